@@ -1,0 +1,25 @@
+"""Formulations as immutable, validated data objects (``combprune.problems``).
+
+* :class:`L0Regression` — CHITA / FALCON sparse ridge regression (SPEC 1.1).
+* :class:`FlopNnzILP` — FALCON's count + FLOP knapsack (SPEC 1.2).
+* :class:`StructuredMIQP` — OSSCAR's group-sparse layer reconstruction (SPEC 1.3).
+"""
+
+from ._base import Problem, load_problem
+from .flop_ilp import FlopNnzILP
+from .generators import random_flop_ilp, random_l0_regression, random_problem, random_structured
+from .l0_regression import L0Regression
+from .structured import StructuredMIQP, osscar_default_ridge
+
+__all__ = [
+    "Problem",
+    "L0Regression",
+    "FlopNnzILP",
+    "StructuredMIQP",
+    "load_problem",
+    "osscar_default_ridge",
+    "random_l0_regression",
+    "random_flop_ilp",
+    "random_structured",
+    "random_problem",
+]

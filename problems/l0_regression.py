@@ -1,0 +1,195 @@
+"""``L0Regression``: sparse ridge regression around trained weights (CHITA; FALCON with FLOPs)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from combprune import backend
+from combprune._validation import check_array, check_int, check_scalar
+
+from ._base import Problem
+
+#: Relative slack when comparing a FLOP total with the budget (absorbs summation order only).
+FLOP_RTOL = 1e-12
+
+
+def flop_total(costs: np.ndarray, support: np.ndarray) -> float:
+    """Correctly rounded sum of ``costs`` over the boolean ``support`` (``math.fsum``)."""
+    return math.fsum(np.asarray(costs, dtype=np.float64)[np.asarray(support, dtype=bool)].tolist())
+
+
+def within_budget(total: float, budget: float) -> bool:
+    return total <= budget + FLOP_RTOL * max(abs(budget), 1.0)
+
+
+class L0Regression(Problem):
+    r"""Sparse (l0-constrained) ridge regression, CHITA's formulation (FALCON's with FLOPs).
+
+    .. math::
+
+        \min_w \; Q(w) = \tfrac12 \|b - A w\|_2^2 + \tfrac{\text{ridge}}{2} \|w - \bar w\|_2^2
+        \quad \text{s.t.} \quad \|w\|_0 \le k, \quad \sum_{i: w_i \ne 0} f_i \le F .
+
+    Parameters
+    ----------
+    A : (n, p) array, n calibration samples by p weights (NumPy, torch or CuPy; float32/float64).
+    b : (n,) array.
+    k : number of weights kept (``0 <= k <= p``); sparsity (fraction removed) is ``1 - k/p``.
+    ridge : ``>= 0``; the absolute ridge of the objective above. See :meth:`from_gradients`
+        for the papers' normalised ``l2`` (``ridge = n * l2``).
+    w_bar : (p,) trained weights the ridge pulls towards (default zeros).
+    flop_costs : (p,) non-negative FLOPs of each weight, FLOPs (not MACs) by convention of the
+        torch adapter; must be given together with ``flop_budget``.
+    flop_budget : F, the FLOPs kept, in the same unit as ``flop_costs``.
+
+    Conventions: the FLOP constraint counts ``f_i`` for every ``w_i != 0`` exactly; a total
+    passes ``check`` when it is ``<= F (1 + 1e-12)`` (summation-order slack only).
+    The instance is immutable; NumPy inputs are stored as read-only views (not copied).
+    """
+
+    kind: ClassVar[str] = "l0_regression"
+    sense: ClassVar[str] = "min"
+    default_solver: ClassVar[str] = "chita"
+    _array_fields: ClassVar[tuple[str, ...]] = ("A", "b", "w_bar", "flop_costs")
+    _scalar_fields: ClassVar[tuple[str, ...]] = ("k", "ridge", "flop_budget")
+
+    def __init__(
+        self,
+        A: Any,
+        b: Any,
+        k: int,
+        *,
+        ridge: float = 0.0,
+        w_bar: Any = None,
+        flop_costs: Any = None,
+        flop_budget: float | None = None,
+    ) -> None:
+        A = check_array("A", A, ndim=2)
+        n, p = A.shape
+        if p == 0:
+            raise ValueError("A: needs at least one column (p >= 1)")
+        b = check_array("b", b, ndim=1, shape=(n,))
+        xp = backend.namespace(A)
+        if backend.namespace(b) is not xp:
+            raise TypeError("b: must be the same array type as A")
+        k = check_int("k", k, low=0, high=p)
+        ridge = check_scalar("ridge", ridge, low=0.0)
+        if w_bar is None:
+            w_bar = xp.zeros(p, dtype=A.dtype, device=backend.device_of(A))
+        w_bar = check_array("w_bar", w_bar, ndim=1, shape=(p,))
+        if (flop_costs is None) != (flop_budget is None):
+            missing = "flop_budget" if flop_budget is None else "flop_costs"
+            raise ValueError(f"{missing}: flop_costs and flop_budget must be given together")
+        if flop_costs is not None:
+            flop_costs = check_array("flop_costs", flop_costs, ndim=1, shape=(p,), nonnegative=True)
+            flop_budget = check_scalar("flop_budget", flop_budget, low=0.0)
+        self.A, self.b, self.w_bar = A, b, w_bar
+        self.k, self.ridge = k, ridge
+        self.flop_costs, self.flop_budget = flop_costs, flop_budget
+        self._freeze()
+
+    # Constructors ---------------------------------------------------------------------------
+    @classmethod
+    def from_gradients(
+        cls,
+        grads: Any,
+        w_bar: Any,
+        k: int,
+        *,
+        l2: float,
+        first_order: bool = False,
+        flop_costs: Any = None,
+        flop_budget: float | None = None,
+    ) -> "L0Regression":
+        r"""Build the local quadratic model of a network's loss from per-sample gradients.
+
+        With ``grads`` = G (n x p, row i the gradient of sample i's loss at ``w_bar``), the
+        empirical Fisher is ``H = G^T G / n`` and the local model of the *mean* loss is
+        ``L(w) ~ L(w_bar) + g^T (w - w_bar) + 1/2 (w - w_bar)^T H (w - w_bar)`` with
+        ``g = G^T 1 / n``. Multiplying by n gives ``Q(w)`` with ``A = G`` and
+
+        * ``first_order=False`` (the papers' default, gradient term dropped): ``b = G w_bar``;
+        * ``first_order=True``: ``b = G w_bar - 1_n``.
+
+        The ridge is given relative to the normalised Fisher, as in CHITA/FALCON code:
+        ``(l2/2) ||w - w_bar||^2`` added to the mean loss model, i.e. ``ridge = n * l2`` here.
+        Typical values of ``l2``: 1e-4 to 1e-2.
+        """
+        A = check_array("grads", grads, ndim=2)
+        w_bar = check_array("w_bar", w_bar, ndim=1, shape=(A.shape[1],))
+        l2 = check_scalar("l2", l2, low=0.0)
+        xp = backend.namespace(A)
+        b = A @ xp.astype(w_bar, A.dtype)
+        if first_order:
+            b = b - 1.0
+        return cls(A, b, k, ridge=A.shape[0] * l2, w_bar=w_bar, flop_costs=flop_costs, flop_budget=flop_budget)
+
+    # Properties -----------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return int(self.A.shape[0])
+
+    @property
+    def p(self) -> int:
+        return int(self.A.shape[1])
+
+    @property
+    def has_flop_budget(self) -> bool:
+        return self.flop_budget is not None
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of weights removed, ``1 - k/p``."""
+        return 1.0 - self.k / self.p
+
+    # Evaluation -----------------------------------------------------------------------------
+    def objective(self, w: Any) -> float:
+        """``Q(w)`` as a Python float (residual accumulated in float64)."""
+        xp = backend.namespace(self.A)
+        w = xp.asarray(w, device=backend.device_of(self.A))
+        if tuple(w.shape) != (self.p,):
+            raise ValueError(f"w: expected shape ({self.p},), got {tuple(w.shape)}")
+        Aw = self.A @ xp.astype(w, self.A.dtype)
+        r = xp.astype(self.b, xp.float64) - xp.astype(Aw, xp.float64)
+        d = xp.astype(w, xp.float64) - xp.astype(self.w_bar, xp.float64)
+        return float(0.5 * xp.sum(r * r) + 0.5 * self.ridge * xp.sum(d * d))
+
+    def check(self, w: Any) -> list[str]:
+        """Violated constraints of ``w`` (empty when feasible)."""
+        w = backend.to_numpy(w)
+        if w is None or w.shape != (self.p,):
+            return [f"shape: expected ({self.p},), got {None if w is None else w.shape}"]
+        if not np.all(np.isfinite(w)):
+            return ["finite: w contains NaN or Inf"]
+        violations = []
+        support = w != 0
+        nnz = int(support.sum())
+        if nnz > self.k:
+            violations.append(f"nnz: {nnz} nonzeros > k = {self.k}")
+        if self.flop_costs is not None:
+            total = flop_total(backend.to_numpy(self.flop_costs), support)
+            if not within_budget(total, self.flop_budget):
+                violations.append(f"flops: {total:.17g} > flop_budget = {self.flop_budget:.17g}")
+        return violations
+
+    def metadata(self) -> dict[str, Any]:
+        return {"k": self.k, "ridge": self.ridge, "flop_budget": self.flop_budget}
+
+    @classmethod
+    def _from_saved(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "L0Regression":
+        return cls(
+            arrays["A"],
+            arrays["b"],
+            meta["k"],
+            ridge=meta["ridge"],
+            w_bar=arrays.get("w_bar"),
+            flop_costs=arrays.get("flop_costs"),
+            flop_budget=meta.get("flop_budget"),
+        )
+
+    def __repr__(self) -> str:
+        flops = "" if self.flop_budget is None else f", flop_budget={self.flop_budget:.6g}"
+        return f"L0Regression(n={self.n}, p={self.p}, k={self.k}, ridge={self.ridge:.6g}{flops}, dtype={self.A.dtype})"

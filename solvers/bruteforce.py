@@ -1,0 +1,169 @@
+"""``bruteforce``: exact enumeration of supports, for tiny instances and tests.
+
+Because a superset of a support can always reproduce the subset's solution (extra weights at
+zero), only *maximal* feasible supports are enumerated: supports of size k without a FLOP/cost
+budget; with one, supports to which no further coordinate fits. For each support the inner
+problem is solved exactly:
+
+* ``L0Regression``: ridge least squares on S,
+  ``min_{w_S} 1/2 ||b - A_S w_S||^2 + ridge/2 ||w_S - w_bar_S||^2`` (``lstsq`` on the stacked
+  system, so ridge = 0 and rank-deficient A are handled);
+* ``FlopNnzILP``: the value of S;
+* ``StructuredMIQP``: ``W_S = K_SS^+ (K W_hat)_S`` with ``K = H + ridge I``.
+
+Ties are broken towards the first support in lexicographic order. An instance needing more
+than ``max_subsets`` subsets is refused with a ``ValueError`` (no silent hours-long run).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Iterator
+
+import numpy as np
+
+from combprune import backend
+from combprune.problems import FlopNnzILP, L0Regression, StructuredMIQP
+from combprune.registry import register_solver
+from combprune.result import Deadline, History, Result, Status
+
+DEFAULT_MAX_SUBSETS = 200_000
+
+
+def _count_subsets(p: int, k: int) -> int:
+    return sum(math.comb(p, j) for j in range(k + 1))
+
+
+def _maximal_supports(
+    p: int, k: int, costs: np.ndarray | None, budget: float | None, max_subsets: int
+) -> Iterator[tuple[int, ...]]:
+    """Maximal feasible supports (size <= k, cost <= budget) in lexicographic order."""
+    if costs is None:
+        n_subsets = math.comb(p, k)
+        sizes = [k]
+    else:
+        n_subsets = _count_subsets(p, k)
+        sizes = list(range(k, -1, -1))
+    if n_subsets > max_subsets:
+        raise ValueError(
+            f"max_subsets: instance needs {n_subsets} subsets > max_subsets={max_subsets}; bruteforce is for tiny instances"
+        )
+    slack_tol = 1e-12 * max(abs(budget or 0.0), 1.0)
+    for size in sizes:
+        for S in itertools.combinations(range(p), size):
+            if costs is None:
+                yield S
+                continue
+            used = math.fsum(costs[list(S)].tolist())
+            if used > budget + slack_tol:
+                continue
+            if size < k:
+                outside = np.ones(p, dtype=bool)
+                outside[list(S)] = False
+                if np.any(costs[outside] <= budget - used + slack_tol):
+                    continue  # not maximal: some coordinate still fits
+            yield S
+
+
+def _finish(problem, x_np, support, best, deadline, history, iterations, like) -> Result:
+    status = Status.TIME_LIMIT if deadline.expired() else Status.OPTIMAL
+    if support is None:
+        return Result(x=None, support=np.zeros(0, bool), objective=math.nan, status=Status.INFEASIBLE, iterations=iterations)
+    x = backend.from_numpy(x_np, like=like, keep_dtype=True)
+    objective = problem.objective(x)
+    bound = objective if status is Status.OPTIMAL else None
+    return Result(
+        x=x, support=support, objective=objective, bound=bound, status=status,
+        iterations=iterations, history=history.points,
+    )
+
+
+def _solve_l0(problem: L0Regression, deadline: Deadline, max_subsets: int) -> Result:
+    A = backend.to_numpy(problem.A).astype(np.float64)
+    b = backend.to_numpy(problem.b).astype(np.float64)
+    w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
+    costs = None if problem.flop_costs is None else backend.to_numpy(problem.flop_costs).astype(np.float64)
+    sr = math.sqrt(problem.ridge)
+    history = History(deadline, "min")
+    best, best_w, best_support, it = math.inf, None, None, 0
+    for S in _maximal_supports(problem.p, problem.k, costs, problem.flop_budget, max_subsets):
+        it += 1
+        idx = list(S)
+        w = np.zeros(problem.p)
+        if idx:
+            M = np.vstack([A[:, idx], sr * np.eye(len(idx))])
+            rhs = np.concatenate([b, sr * w_bar[idx]])
+            w[idx] = np.linalg.lstsq(M, rhs, rcond=None)[0]
+        val = problem.objective(w)
+        if val < best - 1e-12 * max(1.0, abs(best)) or best_w is None:
+            best, best_w = val, w
+            best_support = np.zeros(problem.p, dtype=bool)
+            best_support[idx] = True
+            history.record(val)
+        if deadline.expired():
+            break
+    return _finish(problem, best_w, best_support, best, deadline, history, it, problem.A)
+
+
+def _solve_ilp(problem: FlopNnzILP, deadline: Deadline, max_subsets: int) -> Result:
+    v = backend.to_numpy(problem.values).astype(np.float64)
+    costs = backend.to_numpy(problem.costs).astype(np.float64)
+    history = History(deadline, "max")
+    best, best_z, it = -math.inf, None, 0
+    for S in _maximal_supports(problem.p, problem.k, costs, problem.flop_budget, max_subsets):
+        it += 1
+        val = math.fsum(v[list(S)].tolist())
+        if val > best + 1e-12 * max(1.0, abs(best)) or best_z is None:
+            best = val
+            best_z = np.zeros(problem.p)
+            best_z[list(S)] = 1.0
+            history.record(val)
+        if deadline.expired():
+            break
+    support = None if best_z is None else best_z == 1
+    return _finish(problem, best_z, support, best, deadline, history, it, problem.values)
+
+
+def _solve_structured(problem: StructuredMIQP, deadline: Deadline, max_subsets: int) -> Result:
+    H = backend.to_numpy(problem.H).astype(np.float64)
+    W_hat = backend.to_numpy(problem.W_hat).astype(np.float64)
+    K = H + problem.ridge * np.eye(problem.d)
+    G = K @ W_hat
+    n_groups = problem.n_groups
+    k = n_groups if problem.s is None else problem.s
+    costs = None if problem.group_costs is None else backend.to_numpy(problem.group_costs).astype(np.float64)
+    history = History(deadline, "min")
+    best, best_W, best_support, it = math.inf, None, None, 0
+    for S in _maximal_supports(n_groups, k, costs, problem.cost_budget, max_subsets):
+        it += 1
+        sel = np.zeros(n_groups, dtype=bool)
+        sel[list(S)] = True
+        rows = problem.rows_of(sel)
+        W = np.zeros_like(W_hat)
+        if rows.any():
+            W[rows] = np.linalg.lstsq(K[np.ix_(rows, rows)], G[rows], rcond=None)[0]
+        val = problem.objective(W)
+        if val < best - 1e-12 * max(1.0, abs(best)) or best_W is None:
+            best, best_W, best_support = val, W, sel
+            history.record(val)
+        if deadline.expired():
+            break
+    return _finish(problem, best_W, best_support, best, deadline, history, it, problem.W_hat)
+
+
+@register_solver(
+    "bruteforce",
+    problems=(L0Regression, FlopNnzILP, StructuredMIQP),
+    exact=True,
+    description="Exact enumeration of maximal supports (tiny instances only).",
+)
+def bruteforce(problem, *, deadline: Deadline, seed: int | None = None, max_subsets: int = DEFAULT_MAX_SUBSETS) -> Result:
+    """Exact enumeration of maximal feasible supports; ``max_subsets`` caps the work."""
+    if isinstance(max_subsets, bool) or not isinstance(max_subsets, int) or max_subsets < 1:
+        raise ValueError(f"max_subsets: expected a positive integer, got {max_subsets!r}")
+    if isinstance(problem, L0Regression):
+        return _solve_l0(problem, deadline, max_subsets)
+    if isinstance(problem, FlopNnzILP):
+        return _solve_ilp(problem, deadline, max_subsets)
+    return _solve_structured(problem, deadline, max_subsets)
