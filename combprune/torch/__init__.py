@@ -1,0 +1,1 @@
+"""Torch adapter: map network layers to combprune problem instances and prune models."""
