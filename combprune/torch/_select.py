@@ -1,0 +1,170 @@
+"""Choosing the prunable parameters of a model (``targets`` / ``ignore``).
+
+By default every ``weight`` of a :class:`torch.nn.Linear` and of a convolution
+(``Conv1d``/``Conv2d``/``Conv3d``) is prunable; biases, normalisation layers (BatchNorm,
+LayerNorm, GroupNorm, ...) and embeddings are not. ``targets`` and ``ignore`` refine the
+choice; each accepts one item or a list of
+
+* a module instance (``model.fc1``),
+* a module class (``torch.nn.Linear``): every module of that type,
+* a string: a regular expression matched (``re.fullmatch``) against the module's qualified
+  name (``"features.0"``) or the parameter's (``"features.0.weight"``), e.g. ``r"fc\\d"``.
+
+``targets`` replaces the default selection (a module type given in ``targets`` is pruned even
+if it is not Linear/Conv, through its ``weight``); ``ignore`` removes from it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["PrunableParam", "select_parameters", "DEFAULT_TYPES", "NOT_PRUNED_TYPES"]
+
+#: Module types whose ``weight`` is pruned by default.
+DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+#: Module types never pruned unless named explicitly in ``targets`` by instance or name.
+NOT_PRUNED_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.Embedding,
+    nn.EmbeddingBag,
+)
+
+
+@dataclass(frozen=True)
+class PrunableParam:
+    """One prunable weight: ``module_name`` + ``param_name`` (normally ``"weight"``).
+
+    ``tensor`` is the current effective weight; for a module already pruned through
+    :mod:`torch.nn.utils.prune` that is ``weight_orig * weight_mask``.
+    """
+
+    module_name: str
+    param_name: str
+    module: nn.Module
+
+    @property
+    def name(self) -> str:
+        return f"{self.module_name}.{self.param_name}" if self.module_name else self.param_name
+
+    @property
+    def is_masked(self) -> bool:
+        """True when the module already carries a torch pruning mask for this parameter."""
+        return hasattr(self.module, self.param_name + "_mask") and hasattr(self.module, self.param_name + "_orig")
+
+    @property
+    def storage(self) -> nn.Parameter:
+        """The ``nn.Parameter`` that holds the values (``weight_orig`` for masked modules)."""
+        return getattr(self.module, self.param_name + "_orig") if self.is_masked else getattr(self.module, self.param_name)
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """Current effective values (mask applied)."""
+        if self.is_masked:
+            return getattr(self.module, self.param_name + "_orig") * getattr(self.module, self.param_name + "_mask")
+        return getattr(self.module, self.param_name)
+
+    @property
+    def numel(self) -> int:
+        return self.storage.numel()
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.storage.shape
+
+
+Spec = Any  # nn.Module | type | str
+
+
+def _as_list(spec: Spec | Iterable[Spec] | None) -> list[Spec]:
+    if spec is None:
+        return []
+    if isinstance(spec, (str, nn.Module, type)):
+        return [spec]
+    try:
+        items = list(spec)
+    except TypeError:
+        raise TypeError(f"expected a module, a module type, a regex string or a list of them, got {spec!r}") from None
+    return items
+
+
+def _compile(name: str, items: list[Spec]) -> list[Spec]:
+    out: list[Spec] = []
+    for item in items:
+        if isinstance(item, str):
+            try:
+                out.append(re.compile(item))
+            except re.error as exc:
+                raise ValueError(f"{name}: invalid regular expression {item!r} ({exc})") from None
+        elif isinstance(item, nn.Module) or (isinstance(item, type) and issubclass(item, nn.Module)):
+            out.append(item)
+        else:
+            raise TypeError(f"{name}: expected a module, a module type or a regex string, got {item!r}")
+    return out
+
+
+def _matches(items: list[Spec], module_name: str, module: nn.Module, param_name: str) -> bool:
+    full = f"{module_name}.{param_name}" if module_name else param_name
+    for item in items:
+        if isinstance(item, re.Pattern):
+            if item.fullmatch(module_name) or item.fullmatch(full):
+                return True
+        elif isinstance(item, nn.Module):
+            if item is module:
+                return True
+        elif isinstance(module, item):
+            return True
+    return False
+
+
+def _weight_names(module: nn.Module) -> list[str]:
+    """``["weight"]`` when the module has a weight (plain or torch-masked), else ``[]``."""
+    if "weight_orig" in module._parameters or "weight" in module._parameters:
+        return ["weight"]
+    return []
+
+
+def select_parameters(
+    model: nn.Module,
+    targets: Spec | Iterable[Spec] | None = None,
+    ignore: Spec | Iterable[Spec] | None = None,
+    *,
+    types: tuple[type[nn.Module], ...] = DEFAULT_TYPES,
+) -> list[PrunableParam]:
+    """The prunable weights of ``model``, in module registration order.
+
+    Raises ``ValueError`` naming ``targets``/``ignore`` when nothing is left to prune, or when a
+    target matches no module with a weight.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    tgt = _compile("targets", _as_list(targets))
+    ign = _compile("ignore", _as_list(ignore))
+    chosen: list[PrunableParam] = []
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for pname in _weight_names(module):
+            if tgt:
+                ok = _matches(tgt, module_name, module, pname)
+            else:
+                ok = isinstance(module, types) and not isinstance(module, NOT_PRUNED_TYPES)
+            if not ok or _matches(ign, module_name, module, pname):
+                continue
+            param = PrunableParam(module_name, pname, module)
+            if id(param.storage) in seen:  # tied weights are pruned once
+                continue
+            seen.add(id(param.storage))
+            chosen.append(param)
+    if not chosen:
+        kinds = ", ".join(t.__name__ for t in types)
+        what = f"targets={targets!r}" if tgt else f"the default types ({kinds})"
+        extra = f" after ignore={ignore!r}" if ign else ""
+        raise ValueError(f"targets: no prunable layer matched {what}{extra} in {type(model).__name__}")
+    return chosen

@@ -1,0 +1,338 @@
+"""Pruning reports: what was pruned, per layer and in total, and whether the budgets hold.
+
+Conventions
+-----------
+* ``sparsity`` is the **fraction of weights removed** (``1 - kept / params``), never density.
+* FLOPs are counted with :class:`torch.utils.flop_counter.FlopCounterMode`, which reports
+  **FLOPs = 2 x multiply-accumulates (MACs)** per forward pass of the calibration input shape
+  used to count them. ``flop_unit`` says which unit a figure is in ("FLOPs" by default).
+* ``dense_flops`` of a layer is its cost with every weight kept; ``effective_flops`` is the cost
+  with only the kept weights (per-weight cost ``dense_flops / params`` times ``kept`` for an
+  unstructured layer; the smaller layer's count for a structured one).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["LayerReport", "PruneReport", "BudgetError"]
+
+
+class BudgetError(RuntimeError):
+    """A pruning result does not meet the budget it was asked for."""
+
+
+@dataclass
+class LayerReport:
+    """One pruned parameter (a layer's weight).
+
+    Attributes
+    ----------
+    name : qualified parameter name, e.g. ``"features.0.weight"``.
+    kind : ``"unstructured"`` (individual weights) or ``"structured"`` (neurons, channels, heads).
+    params : number of weights of the parameter before pruning.
+    kept : number of nonzero (kept) weights after pruning.
+    sparsity : fraction removed, ``1 - kept / params``.
+    dense_flops : FLOPs of the layer with all weights (``flop_unit``; FLOPs = 2 x MACs).
+    effective_flops : FLOPs of the layer after pruning (same unit).
+    flop_unit : unit of the two FLOP figures (``"FLOPs"``).
+    solver : the solver / method that chose the kept weights.
+    objective, bound, gap : of the optimisation problem this layer took part in (a global
+        unstructured problem is shared by all its layers), ``None`` where not applicable.
+    time : seconds spent on the layer (a share of a global solve is not split: the global
+        solve's time is reported in :attr:`PruneReport.time`).
+    groups, groups_kept : for structured layers, the number of groups (neurons, channels,
+        heads) before and after pruning; ``None`` for unstructured layers.
+    """
+
+    name: str
+    kind: str
+    params: int
+    kept: int
+    sparsity: float
+    dense_flops: float
+    effective_flops: float
+    flop_unit: str = "FLOPs"
+    solver: str = ""
+    objective: float | None = None
+    bound: float | None = None
+    gap: float | None = None
+    time: float = 0.0
+    groups: int | None = None
+    groups_kept: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("unstructured", "structured"):
+            raise ValueError(f"kind: expected 'unstructured' or 'structured', got {self.kind!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fmt_num(x: float | int | None) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if not math.isfinite(x):
+        return str(x)
+    ax = abs(x)
+    if ax != 0 and (ax >= 1e6 or ax < 1e-3):
+        return f"{x:.3e}"
+    return f"{x:,.4g}" if ax < 1e4 else f"{x:,.0f}"
+
+
+@dataclass
+class PruneReport:
+    """The result of :func:`combprune.torch.prune`: per-layer rows, totals, budgets.
+
+    Attributes
+    ----------
+    layers : one :class:`LayerReport` per pruned parameter.
+    method : the pruning method (``"chita++"``, ``"osscar"``, ...).
+    sparsity_requested : requested fraction of prunable weights removed (or ``None``).
+    flop_budget_requested : requested fraction of dense FLOPs kept (or ``None``).
+    k : the NNZ budget derived from ``sparsity_requested`` (``None`` when not requested).
+    flop_limit : the FLOP budget F in absolute FLOPs (``None`` when not requested).
+    time : wall-clock seconds of the whole pruning call.
+    apply : how the result was applied (``"mask"``, ``"permanent"``, ``"physical"``).
+    stages : per-stage records of multi-stage methods (k, F, objective, time).
+    info : free-form extras (options used, number of calibration samples, ...).
+    """
+
+    layers: list[LayerReport]
+    method: str
+    sparsity_requested: float | None = None
+    flop_budget_requested: float | None = None
+    k: int | None = None
+    flop_limit: float | None = None
+    time: float = 0.0
+    apply: str = "mask"
+    flop_unit: str = "FLOPs"
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # Totals ---------------------------------------------------------------------------------
+    @property
+    def params(self) -> int:
+        """Prunable weights before pruning."""
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def kept(self) -> int:
+        """Nonzero prunable weights after pruning (the NNZ reached)."""
+        return sum(layer.kept for layer in self.layers)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of prunable weights removed (reached)."""
+        return 1.0 - self.kept / self.params if self.params else 0.0
+
+    @property
+    def dense_flops(self) -> float:
+        """FLOPs of the prunable layers before pruning (FLOPs = 2 x MACs)."""
+        return math.fsum(layer.dense_flops for layer in self.layers)
+
+    @property
+    def effective_flops(self) -> float:
+        """FLOPs of the prunable layers after pruning (FLOPs = 2 x MACs)."""
+        return math.fsum(layer.effective_flops for layer in self.layers)
+
+    @property
+    def flop_fraction(self) -> float:
+        """Fraction of the dense FLOPs kept (reached)."""
+        return self.effective_flops / self.dense_flops if self.dense_flops else 1.0
+
+    # Budgets --------------------------------------------------------------------------------
+    def budget_violations(self) -> list[str]:
+        """Budgets requested but not reached (empty when all hold).
+
+        NNZ: ``kept <= k`` exactly (integers). FLOPs: ``effective_flops <= flop_limit`` up to a
+        relative 1e-12 (summation-order slack only, as in the formulations).
+        """
+        from combprune.problems.l0_regression import within_budget
+
+        out = []
+        if self.k is not None and self.kept > self.k:
+            out.append(f"nnz: {self.kept} weights kept > k = {self.k}")
+        if self.flop_limit is not None and not within_budget(self.effective_flops, self.flop_limit):
+            out.append(f"flops: {self.effective_flops:.17g} {self.flop_unit} kept > budget {self.flop_limit:.17g}")
+        return out
+
+    def check_budgets(self) -> "PruneReport":
+        """Raise :class:`BudgetError` unless ``NNZ <= k`` and ``FLOPs <= F``; returns ``self``."""
+        violations = self.budget_violations()
+        if violations:
+            raise BudgetError("budget not met: " + "; ".join(violations))
+        return self
+
+    # Export ---------------------------------------------------------------------------------
+    def totals(self) -> dict[str, Any]:
+        return {
+            "params": self.params,
+            "kept": self.kept,
+            "sparsity": self.sparsity,
+            "dense_flops": self.dense_flops,
+            "effective_flops": self.effective_flops,
+            "flop_fraction": self.flop_fraction,
+            "flop_unit": self.flop_unit,
+            "sparsity_requested": self.sparsity_requested,
+            "flop_budget_requested": self.flop_budget_requested,
+            "k": self.k,
+            "flop_limit": self.flop_limit,
+            "budgets_met": not self.budget_violations(),
+            "time": self.time,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "apply": self.apply,
+            "totals": self.totals(),
+            "layers": [layer.to_dict() for layer in self.layers],
+            "stages": self.stages,
+            "info": self.info,
+        }
+
+    def to_json(self, path: str | None = None, **kwargs: Any) -> str:
+        """The report as JSON (written to ``path`` too when given)."""
+        kwargs.setdefault("indent", 2)
+        text = json.dumps(self.to_dict(), default=_json_default, **kwargs)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        return text
+
+    def to_csv(self, path: str | None = None) -> str:
+        """One CSV row per layer plus a ``TOTAL`` row (written to ``path`` too when given)."""
+        buf = io.StringIO()
+        names = [f for f in LayerReport.__dataclass_fields__]
+        writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+        writer.writeheader()
+        for layer in self.layers:
+            writer.writerow(layer.to_dict())
+        writer.writerow(
+            {
+                "name": "TOTAL",
+                "kind": "",
+                "params": self.params,
+                "kept": self.kept,
+                "sparsity": self.sparsity,
+                "dense_flops": self.dense_flops,
+                "effective_flops": self.effective_flops,
+                "flop_unit": self.flop_unit,
+                "solver": self.method,
+                "time": self.time,
+            }
+        )
+        text = buf.getvalue()
+        if path is not None:
+            with open(path, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+        return text
+
+    # Display --------------------------------------------------------------------------------
+    _COLUMNS = ("layer", "kind", "params", "kept", "sparsity", "dense FLOPs", "eff. FLOPs", "solver", "objective", "gap", "time [s]")
+
+    def _rows(self) -> list[list[str]]:
+        rows = []
+        for lr in self.layers:
+            rows.append(
+                [
+                    lr.name,
+                    lr.kind,
+                    _fmt_num(lr.params),
+                    _fmt_num(lr.kept),
+                    f"{lr.sparsity:.4f}",
+                    _fmt_num(lr.dense_flops),
+                    _fmt_num(lr.effective_flops),
+                    lr.solver,
+                    _fmt_num(lr.objective),
+                    _fmt_num(lr.gap),
+                    f"{lr.time:.3f}",
+                ]
+            )
+        return rows
+
+    def _total_row(self) -> list[str]:
+        return [
+            "TOTAL",
+            "",
+            _fmt_num(self.params),
+            _fmt_num(self.kept),
+            f"{self.sparsity:.4f}",
+            _fmt_num(self.dense_flops),
+            _fmt_num(self.effective_flops),
+            self.method,
+            "",
+            "",
+            f"{self.time:.3f}",
+        ]
+
+    def _caption(self) -> str:
+        req = []
+        if self.sparsity_requested is not None:
+            req.append(f"sparsity {self.sparsity_requested:g} (k={self.k})")
+        if self.flop_budget_requested is not None:
+            req.append(f"FLOPs kept {self.flop_budget_requested:g} (F={self.flop_limit:.6g})")
+        met = "met" if not self.budget_violations() else "NOT met"
+        return (
+            f"{self.method}: requested {', '.join(req) or 'nothing'}; reached sparsity {self.sparsity:.4f}, "
+            f"FLOPs kept {self.flop_fraction:.4f}; budgets {met}. "
+            f"{self.flop_unit} counted by torch.utils.flop_counter (FLOPs = 2 x MACs)."
+        )
+
+    def table(self) -> str:
+        """A plain-text table (one row per layer and a total)."""
+        rows = self._rows() + [self._total_row()]
+        header = list(self._COLUMNS)
+        widths = [max(len(header[j]), *(len(r[j]) for r in rows)) for j in range(len(header))]
+
+        def line(cells: list[str]) -> str:
+            return "  ".join(c.ljust(w) if j < 2 or j == 7 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths)))
+
+        sep = "  ".join("-" * w for w in widths)
+        body = [line(header), sep] + [line(r) for r in rows[:-1]] + [sep, line(rows[-1])]
+        return "\n".join(body + [self._caption()])
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def __rich__(self) -> Any:
+        """A :class:`rich.table.Table` (``rich.print(report)`` shows it)."""
+        from rich.table import Table
+
+        table = Table(title=f"combprune.torch.prune: {self.method}", caption=self._caption(), show_footer=False)
+        for j, col in enumerate(self._COLUMNS):
+            table.add_column(col, justify="left" if j in (0, 1, 7) else "right")
+        for row in self._rows():
+            table.add_row(*row)
+        table.add_section()
+        table.add_row(*self._total_row(), style="bold")
+        return table
+
+    def __repr__(self) -> str:
+        return (
+            f"PruneReport(method={self.method!r}, layers={len(self.layers)}, params={self.params}, kept={self.kept}, "
+            f"sparsity={self.sparsity:.4f}, flop_fraction={self.flop_fraction:.4f}, time={self.time:.3g}s)"
+        )
+
+
+def _json_default(obj: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
