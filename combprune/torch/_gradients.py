@@ -1,0 +1,133 @@
+"""Per-sample gradients with :mod:`torch.func` (``vmap`` over ``grad``, chunked).
+
+Row ``i`` of the returned matrix A is ``grad_w l_i(w)``: the gradient of sample ``i``'s loss
+with respect to the selected (prunable) weights, flattened in the order of ``params`` (each
+parameter flattened in C order). Other parameters and buffers are held fixed. The model is
+evaluated in ``eval()`` mode (dropout off, batch-norm running statistics) and its mode is
+restored afterwards.
+
+``loss_fn(outputs, targets)`` must return the *mean* loss of its batch; it is applied to a
+batch of one sample at a time, so ``l_i`` is sample ``i``'s own loss. The default is
+:func:`torch.nn.functional.cross_entropy` (on log-softmax outputs it equals the NLL loss,
+since ``log_softmax`` is idempotent).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from ._calibration import Batch
+from ._select import PrunableParam
+
+__all__ = ["per_sample_gradients", "default_loss", "param_overrides", "flat_weights"]
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+def default_loss(outputs: Any, targets: Any) -> torch.Tensor:
+    """Cross-entropy of logits (or log-probabilities) against integer class targets."""
+    if hasattr(outputs, "logits"):
+        outputs = outputs.logits
+    if targets is None:
+        raise ValueError("loss_fn: the default loss (cross-entropy) needs targets; pass (inputs, targets) batches or a loss_fn")
+    return nn.functional.cross_entropy(outputs, targets)
+
+
+def flat_weights(params: list[PrunableParam]) -> torch.Tensor:
+    """Current effective weights of ``params`` as one flat vector (detached copy)."""
+    return torch.cat([p.tensor.detach().reshape(-1) for p in params])
+
+
+def param_overrides(params: list[PrunableParam], flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``functional_call`` overrides setting ``params`` to the values in ``flat``.
+
+    For a module already pruned by :mod:`torch.nn.utils.prune`, ``weight_orig`` is set to the
+    values and ``weight_mask`` to ones, so the effective weight is exactly ``flat``'s slice.
+    """
+    out: dict[str, torch.Tensor] = {}
+    offset = 0
+    for p in params:
+        n = p.numel
+        value = flat[offset : offset + n].reshape(p.shape)
+        offset += n
+        prefix = f"{p.module_name}." if p.module_name else ""
+        if p.is_masked:
+            out[f"{prefix}{p.param_name}_orig"] = value
+            mask = getattr(p.module, p.param_name + "_mask")
+            out[f"{prefix}{p.param_name}_mask"] = torch.ones_like(mask)
+        else:
+            out[f"{prefix}{p.param_name}"] = value
+    return out
+
+
+def _names(params: list[PrunableParam]) -> list[str]:
+    prefix = [f"{p.module_name}." if p.module_name else "" for p in params]
+    return [f"{pre}{p.param_name}_orig" if p.is_masked else f"{pre}{p.param_name}" for pre, p in zip(prefix, params)]
+
+
+def per_sample_gradients(
+    model: nn.Module,
+    params: list[PrunableParam],
+    batches: Iterable[Batch],
+    *,
+    weights: torch.Tensor | None = None,
+    wrt: list[int] | None = None,
+    loss_fn: LossFn | None = None,
+    chunk_size: int = 128,
+    dtype: torch.dtype = torch.float32,
+    progress: Any = None,
+) -> torch.Tensor:
+    """The n x p matrix of per-sample gradients at ``weights`` (default: current weights).
+
+    Parameters
+    ----------
+    model : the network; not modified (weights are substituted with ``functional_call``).
+    params : prunable weights (columns of the result, in order).
+    batches : calibration batches on the model's device.
+    weights : flat (p,) values of ``params`` at which to differentiate.
+    wrt : indices into ``params`` of the weights to differentiate (default: all); the others
+        are held at their values in ``weights``. The result has columns for ``wrt`` only.
+    loss_fn : ``loss_fn(outputs, targets) -> mean loss``; default cross-entropy.
+    chunk_size : samples per ``vmap`` chunk (bounds peak memory: about
+        ``chunk_size x p`` floats of gradients plus activations).
+    dtype : storage dtype of the result (float32 by default).
+    progress : an optional tqdm bar advanced by the number of samples processed.
+    """
+    loss_fn = loss_fn or default_loss
+    if weights is None:
+        weights = flat_weights(params)
+    overrides = param_overrides(params, weights.detach())
+    chosen = params if wrt is None else [params[j] for j in wrt]
+    names = _names(chosen)
+    diff = {name: overrides[name] for name in names}
+    fixed = {k: v for k, v in overrides.items() if k not in diff}
+
+    def sample_loss(dparams: dict[str, torch.Tensor], inputs: Any, targets: Any) -> torch.Tensor:
+        one = torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0) if isinstance(t, torch.Tensor) else t, inputs)
+        tgt = targets.unsqueeze(0) if isinstance(targets, torch.Tensor) else targets
+        if isinstance(one, dict):
+            out = functional_call(model, {**dparams, **fixed}, (), one)
+        elif isinstance(one, (tuple, list)):
+            out = functional_call(model, {**dparams, **fixed}, tuple(one))
+        else:
+            out = functional_call(model, {**dparams, **fixed}, (one,))
+        return loss_fn(out, tgt)
+
+    grad_fn = grad(sample_loss)
+    was_training = model.training
+    model.eval()
+    rows: list[torch.Tensor] = []
+    try:
+        for batch in batches:
+            tdim = 0 if isinstance(batch.targets, torch.Tensor) else None
+            g = vmap(grad_fn, in_dims=(None, 0, tdim), chunk_size=chunk_size)(diff, batch.inputs, batch.targets)
+            rows.append(torch.cat([g[name].reshape(batch.size, -1) for name in names], dim=1).to(dtype))
+            if progress is not None:
+                progress.update(batch.size)
+    finally:
+        model.train(was_training)
+    return torch.cat(rows, dim=0)

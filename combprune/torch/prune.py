@@ -1,0 +1,597 @@
+"""``combprune.torch.prune``: one-shot pruning of a torch model by combinatorial optimisation.
+
+The unstructured methods build one global problem over every prunable weight (SPEC 1.1):
+
+.. math::
+
+    \\min_w \\tfrac12 \\|b - A w\\|^2 + \\tfrac{n\\,l2}{2} \\|w - \\bar w\\|^2
+    \\quad \\text{s.t.} \\quad \\|w\\|_0 \\le k, \\quad \\sum_{i: w_i \\ne 0} f_i \\le F
+
+with A the n x p per-sample gradients at the current weights ``w_bar`` (empirical Fisher
+``A^T A / n``), ``f_i`` the FLOPs of weight i (its layer's dense FLOPs / its number of weights,
+measured by :class:`torch.utils.flop_counter.FlopCounterMode`, FLOPs = 2 x MACs), ``k`` the
+weights kept and ``F`` the FLOPs kept by the pruned layers.
+
+Budget conventions
+------------------
+* ``sparsity`` = fraction of the prunable weights **removed**: ``k = p - removed`` with
+  ``removed = ceil(sparsity * p)`` (rounded to the nearest integer when within 1e-9 of it), so
+  the reached sparsity is never below the requested one.
+* ``flop_budget`` = fraction of the **model's** dense FLOPs kept (one forward pass on one
+  calibration sample, everything torch's counter sees). FLOPs of layers that are not pruned are
+  fixed, so the pruned layers get ``F = flop_budget x model FLOPs - fixed FLOPs``; when that is
+  negative the budget cannot be met and a ``ValueError`` says so.
+* Both budgets are checked exactly after pruning: NNZ <= k, FLOPs <= F (``math.fsum``, 1e-12
+  relative slack for summation order only).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from combprune import problems as _problems
+from combprune.api import solve
+from combprune.registry import get_solver, list_solvers
+
+from ._calibration import Batch, check_device, collect
+from ._flops import layer_flops, model_flops
+from ._gradients import flat_weights, per_sample_gradients
+from ._select import PrunableParam, select_parameters
+from .report import BudgetError, LayerReport, PruneReport
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["prune", "METHODS", "PruningError", "k_from_sparsity"]
+
+
+class PruningError(RuntimeError):
+    """Pruning failed; the model has been restored to its state before the call."""
+
+
+@dataclass(frozen=True)
+class _Method:
+    kind: str  # "magnitude" | "gradient" | "structured"
+    solver: str | None
+    multistage: bool = False
+    flop_aware: bool = False
+    description: str = ""
+
+
+#: Built-in method names. Any registered solver of ``L0Regression`` (gradient based) or of
+#: ``FlopNnzILP`` (magnitude based, values w^2) is accepted as a method name too.
+METHODS: dict[str, _Method] = {
+    "magnitude": _Method("magnitude", None, description="global top-k |w| (FLOP-aware ILP when flop_budget is given)"),
+    "flop-magnitude": _Method("magnitude", "dual-sort", flop_aware=True, description="FLOP-aware magnitude: max sum w^2 under NNZ and FLOP budgets (FALCON's ILP)"),
+    "chita": _Method("gradient", "chita", description="CHITA: l0-constrained regression on per-sample gradients"),
+    "chita++": _Method("gradient", "chita", multistage=True, description="CHITA++: multi-stage CHITA, re-linearised at every stage"),
+    "falcon": _Method("gradient", "dfo", flop_aware=True, description="FALCON: DFO under NNZ and FLOP budgets"),
+    "falcon++": _Method("gradient", "dfo", multistage=True, flop_aware=True, description="FALCON++: multi-stage FALCON"),
+    "osscar": _Method("structured", "osscar", description="OSSCAR: layer-wise structured pruning (neurons, channels, heads)"),
+    "group-magnitude": _Method("structured", "group-magnitude", description="structured magnitude baseline (group norms)"),
+}
+
+_APPLY = ("mask", "permanent", "physical")
+_DEFAULT_STAGES = 10
+
+
+def k_from_sparsity(sparsity: float, p: int) -> int:
+    """Weights kept for a fraction ``sparsity`` removed: ``p - ceil(sparsity p)`` (see module doc)."""
+    r = sparsity * p
+    removed = round(r) if abs(r - round(r)) <= 1e-9 * max(1.0, p) else math.ceil(r)
+    return int(p - min(p, max(0, removed)))
+
+
+# Model snapshot / restore ----------------------------------------------------------------------
+class _Snapshot:
+    """Everything :func:`prune` may change on a model, to put it back exactly on failure.
+
+    Saves, per module: the parameter, buffer and child dicts, forward (pre-)hooks, the instance
+    attributes, and a copy of every tensor's data; plus a deep copy of ``model.config`` when
+    present (Hugging Face models).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modules = []
+        for m in model.modules():
+            self.modules.append(
+                (
+                    m,
+                    OrderedDict(m._parameters),
+                    OrderedDict(m._buffers),
+                    OrderedDict(m._modules),
+                    OrderedDict(m._forward_pre_hooks),
+                    OrderedDict(m._forward_hooks),
+                    {k: v for k, v in m.__dict__.items() if not k.startswith("_")},
+                )
+            )
+        self.tensors: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
+        seen: set[int] = set()
+        for m in model.modules():
+            for t in list(m._parameters.values()) + list(m._buffers.values()):
+                if t is not None and id(t) not in seen:
+                    seen.add(id(t))
+                    self.tensors.append((t, t.detach().clone(), t.requires_grad))
+        self.config = copy.deepcopy(model.config) if hasattr(model, "config") else None
+
+    def restore(self) -> None:
+        for m, params, buffers, modules, pre, post, attrs in self.modules:
+            for d, saved in ((m._parameters, params), (m._buffers, buffers), (m._modules, modules), (m._forward_pre_hooks, pre), (m._forward_hooks, post)):
+                d.clear()
+                d.update(saved)
+            for key in [k for k in m.__dict__ if not k.startswith("_") and k not in attrs]:
+                del m.__dict__[key]
+            m.__dict__.update(attrs)
+        with torch.no_grad():
+            for t, data, req in self.tensors:
+                if t.shape == data.shape:
+                    t.copy_(data)
+                else:
+                    t.data = data
+                t.requires_grad_(req)
+        if self.config is not None:
+            self.model.config = self.config
+
+
+# Validation ------------------------------------------------------------------------------------
+def _check_fraction(name: str, value: Any, *, low_open: bool, high_open: bool) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    v = float(value)
+    lo_ok = v > 0 if low_open else v >= 0
+    hi_ok = v < 1 if high_open else v <= 1
+    if not (math.isfinite(v) and lo_ok and hi_ok):
+        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+        raise ValueError(f"{name}: must lie in {interval}, got {value!r}")
+    return v
+
+
+def _resolve_method(method: str, structured: bool) -> _Method:
+    if not isinstance(method, str):
+        raise TypeError(f"method: expected a method name (str), got {type(method).__name__}")
+    if method in METHODS:
+        m = METHODS[method]
+        if structured and m.kind != "structured":
+            raise ValueError(f"method: {method!r} is unstructured; structured=True needs 'osscar' or 'group-magnitude'")
+        return m
+    if structured:
+        return _Method("structured", method)
+    try:
+        spec = get_solver(method)
+    except ValueError:
+        names = sorted(METHODS) + sorted(r["name"] for r in list_solvers(_problems.L0Regression))
+        raise ValueError(f"method: unknown method {method!r}; choose one of {', '.join(dict.fromkeys(names))}") from None
+    if issubclass(_problems.L0Regression, spec.problems):
+        return _Method("gradient", method)
+    if issubclass(_problems.FlopNnzILP, spec.problems):
+        return _Method("magnitude", method, flop_aware=True)
+    raise ValueError(f"method: solver {method!r} solves {[c.__name__ for c in spec.problems]}; the torch adapter needs an L0Regression or FlopNnzILP solver")
+
+
+# Public API ------------------------------------------------------------------------------------
+def prune(
+    model: nn.Module,
+    calibration: Any,
+    *,
+    method: str = "chita",
+    sparsity: float | None = None,
+    flop_budget: float | None = None,
+    targets: Any = None,
+    ignore: Any = None,
+    n_samples: int | None = 1000,
+    stages: int | None = None,
+    schedule: str = "poly",
+    structured: bool = False,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    l2: float = 1e-3,
+    first_order: bool = False,
+    solver: str | None = None,
+    solver_options: dict[str, Any] | None = None,
+    time_limit: float | None = None,
+    seed: int | None = 0,
+    apply: str = "mask",
+    max_memory: int = 2 * 1024**3,
+    chunk_size: int = 128,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> PruneReport:
+    """Prune ``model`` in place and return a :class:`PruneReport`.
+
+    Parameters
+    ----------
+    model : the network (any ``nn.Module``), on one device.
+    calibration : a DataLoader or an iterable of ``(inputs, targets)`` batches (inputs alone for
+        the layer-wise structured methods, or with a ``loss_fn`` that ignores targets), or one
+        tensor / one ``(X, y)`` pair; moved batch by batch to the model's device.
+    method : ``"magnitude"``, ``"flop-magnitude"``, ``"chita"``, ``"chita++"``, ``"falcon"``,
+        ``"falcon++"``, ``"osscar"``, ``"group-magnitude"``, or the name of any registered
+        ``L0Regression`` solver (e.g. ``"iht"``, ``"backsolve"``, ``"swap"``; gradient based) or
+        ``FlopNnzILP`` solver (magnitude based, values ``w^2``).
+    sparsity : fraction of the prunable weights removed, in ``[0, 1)``.
+    flop_budget : fraction of the model's dense FLOPs kept, in ``(0, 1]``. At least one of
+        ``sparsity`` / ``flop_budget`` is required; both may be given.
+    targets, ignore : which weights are prunable (see :func:`combprune.torch.select_parameters`;
+        default: weights of Linear and Conv layers).
+    n_samples : calibration samples used (rows of A); ``None`` for all.
+    stages : number of stages of the multi-stage methods (default 10 for ``chita++`` /
+        ``falcon++``, 1 otherwise); any gradient method with ``stages > 1`` is run multi-stage.
+    schedule : budget schedule of the stages: ``"poly"`` (cubic, the papers' default),
+        ``"exp"``, ``"linear"``, ``"const"``.
+    structured : prune groups (neurons, channels, heads) layer by layer instead of weights.
+    loss_fn : ``loss_fn(outputs, targets) -> mean loss`` for the per-sample gradients
+        (default: cross-entropy; on log-softmax outputs it is the NLL loss).
+    l2 : ridge relative to the normalised Fisher (``ridge = n * l2``, SPEC 1.1).
+    first_order : keep the gradient term of the local model (``b = A w_bar - 1``).
+    solver : override the solver of the method (a registered name).
+    solver_options : keyword options passed to the solver (its own names).
+    time_limit : seconds per solve (the solver returns its best feasible point).
+    seed : seed of solver randomness.
+    apply : ``"mask"`` (torch's ``weight_orig`` / ``weight_mask`` through
+        ``torch.nn.utils.prune.custom_from_mask``), ``"permanent"`` (zeros written into the
+        weights, no mask) or ``"physical"`` (structured only: a smaller dense model).
+    max_memory : bytes allowed for the gradient matrix A (n x p floats). Above it the weights
+        are split into blocks of whole layers (a layer larger than the limit is split into
+        chunks) and each block is solved in turn, at the current weights, with its share of the
+        budgets: the block's share of the global (FLOP-aware) magnitude solution
+        (``k_b`` = its kept weights, ``F_b`` = their FLOPs), so the union meets both budgets.
+    chunk_size : samples per ``vmap`` chunk of the per-sample gradients.
+    device : expected device of the model (a ``ValueError`` when the model is elsewhere).
+    progress : show tqdm progress bars (samples, stages, blocks, layers).
+
+    Returns
+    -------
+    PruneReport with one row per pruned weight; its budgets have been checked.
+
+    Raises
+    ------
+    ValueError / TypeError for bad arguments (naming them); :class:`PruningError` (or the
+    original error) when pruning fails, after restoring the model exactly.
+    """
+    t0 = time.perf_counter()
+    spec = _resolve_method(method, structured)
+    sparsity = _check_fraction("sparsity", sparsity, low_open=False, high_open=True)
+    flop_budget = _check_fraction("flop_budget", flop_budget, low_open=True, high_open=False)
+    if sparsity is None and flop_budget is None:
+        raise ValueError("sparsity: give sparsity (fraction removed) and/or flop_budget (fraction of FLOPs kept)")
+    if apply not in _APPLY:
+        raise ValueError(f"apply: expected one of {', '.join(_APPLY)}, got {apply!r}")
+    if apply == "physical" and spec.kind != "structured":
+        raise ValueError("apply: 'physical' removal needs a structured method (structured=True, 'osscar' or 'group-magnitude')")
+    if schedule not in ("poly", "exp", "linear", "const"):
+        raise ValueError(f"schedule: expected 'poly', 'exp', 'linear' or 'const', got {schedule!r}")
+    if stages is None:
+        stages = _DEFAULT_STAGES if spec.multistage else 1
+    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+        raise ValueError(f"stages: expected a positive integer, got {stages!r}")
+    if not isinstance(l2, (int, float)) or not math.isfinite(l2) or l2 < 0:
+        raise ValueError(f"l2: expected a finite number >= 0, got {l2!r}")
+    if solver_options is not None and not isinstance(solver_options, dict):
+        raise TypeError(f"solver_options: expected a dict, got {type(solver_options).__name__}")
+    dev = check_device(model, device)
+
+    if spec.kind == "structured":
+        return _prune_structured(
+            model, calibration, spec=spec, method=method, sparsity=sparsity, flop_budget=flop_budget, targets=targets,
+            ignore=ignore, n_samples=n_samples, apply=apply, solver_options=solver_options, progress=progress, t0=t0,
+        )
+
+    params = select_parameters(model, targets, ignore)
+    need_grads = spec.kind == "gradient"
+    batches = collect(calibration, n_samples, dev, need_targets=need_grads and loss_fn is None)
+    n = sum(b.size for b in batches)
+    ctx = _Context(model, params, batches, dev, progress)
+    k = ctx.p if sparsity is None else k_from_sparsity(sparsity, ctx.p)
+    F = None
+    if flop_budget is not None:
+        F = flop_budget * ctx.model_flops - ctx.fixed_flops
+        if F < -1e-9 * ctx.model_flops:
+            raise ValueError(
+                f"flop_budget: {flop_budget:g} of the model's {ctx.model_flops:.6g} FLOPs cannot be met: layers that are not "
+                f"pruned already take {ctx.fixed_flops:.6g} FLOPs ({ctx.fixed_flops / ctx.model_flops:.4f} of the total)"
+            )
+        F = max(F, 0.0)
+    logger.info(
+        "prune %s: %d prunable weights in %d layers, %d calibration samples, k=%d, F=%s",
+        method, ctx.p, len(params), n, k, "-" if F is None else f"{F:.6g}",
+    )
+    snapshot = _Snapshot(model)
+    try:
+        options = dict(solver_options or {})
+        if spec.kind == "magnitude":
+            new_w, solves = _solve_magnitude(ctx, spec, k, F, solver=solver, options=options, time_limit=time_limit, seed=seed)
+            stage_records: list[dict[str, Any]] = []
+        else:
+            new_w, solves, stage_records = _solve_gradient(
+                ctx, spec, k, F, solver=solver or spec.solver, options=options, stages=stages, schedule=schedule,
+                loss_fn=loss_fn, l2=float(l2), first_order=first_order, time_limit=time_limit, seed=seed,
+                max_memory=max_memory, chunk_size=chunk_size,
+            )
+        report = _apply_and_report(ctx, new_w, apply=apply, method=method, solves=solves, k=k if sparsity is not None else None, F=F)
+        report.sparsity_requested, report.flop_budget_requested = sparsity, flop_budget
+        report.stages = stage_records
+        report.info.update(
+            n_samples=n, l2=l2 if need_grads else None, first_order=first_order if need_grads else None,
+            stages=stages if need_grads else 1, schedule=schedule if need_grads and stages > 1 else None,
+            solver=solver or spec.solver, solver_options=options, model_flops=ctx.model_flops, fixed_flops=ctx.fixed_flops,
+            flop_unit="FLOPs (= 2 x MACs, torch.utils.flop_counter, per sample)",
+        )
+        report.check_budgets()
+    except BaseException as exc:
+        snapshot.restore()
+        logger.warning("prune %s failed (%s: %s); the model was restored", method, type(exc).__name__, exc)
+        if isinstance(exc, (ValueError, TypeError, KeyboardInterrupt, BudgetError)):
+            raise
+        raise PruningError(f"pruning with {method!r} failed: {exc}; the model was restored unchanged") from exc
+    report.time = time.perf_counter() - t0
+    logger.info("prune %s done: %r", method, report)
+    return report
+
+
+# Shared state of one call ----------------------------------------------------------------------
+class _Context:
+    """Prunable weights, their FLOPs and the calibration batches of one :func:`prune` call."""
+
+    def __init__(self, model: nn.Module, params: list[PrunableParam], batches: list[Batch], device: torch.device, progress: bool) -> None:
+        self.model, self.params, self.batches, self.device, self.progress = model, params, batches, device, progress
+        self.sizes = [p.numel for p in params]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.p = int(self.offsets[-1])
+        self.w0 = flat_weights(params)
+        self.dense = layer_flops(model, params, batches[0])
+        self.model_flops = model_flops(model, batches[0])
+        self.fixed_flops = max(0.0, self.model_flops - math.fsum(self.dense))
+        per_weight = [d / s if s else 0.0 for d, s in zip(self.dense, self.sizes)]
+        self.costs = np.repeat(np.asarray(per_weight, dtype=np.float64), self.sizes)
+        self.layer = np.repeat(np.arange(len(params), dtype=np.int64), self.sizes)
+
+    def bar(self, **kwargs: Any) -> tqdm:
+        return tqdm(disable=not self.progress, leave=False, dynamic_ncols=True, **kwargs)
+
+
+@dataclass
+class _Solve:
+    """One solve's summary, attributed to the layers it covered."""
+
+    layers: list[int]
+    solver: str
+    objective: float | None
+    bound: float | None
+    gap: float | None
+    time: float
+
+
+# Magnitude ---------------------------------------------------------------------------------------
+def _topk_mask(values: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of the k largest ``values`` (ties broken by position, stable)."""
+    mask = np.zeros(values.shape[0], dtype=bool)
+    if k > 0:
+        order = np.argsort(-values, kind="stable")
+        mask[order[:k]] = True
+    return mask
+
+
+def _flop_magnitude_support(ctx: _Context, w: np.ndarray, costs: np.ndarray, layer: np.ndarray, k: int, F: float, *, solver: str, options: dict[str, Any], time_limit: float | None, seed: int | None):
+    problem = _problems.FlopNnzILP(w.astype(np.float64) ** 2, costs, k, F, layer=layer)
+    res = solve(problem, solver, time_limit=time_limit, seed=seed, **options)
+    z = np.asarray(res.x if res.x is not None else res.support).astype(np.float64)
+    violations = problem.check(z)
+    if violations:
+        raise PruningError(f"solver {solver!r} returned an infeasible FLOP/NNZ selection: {'; '.join(violations)}")
+    return z == 1, res
+
+
+def _solve_magnitude(ctx: _Context, spec: _Method, k: int, F: float | None, *, solver: str | None, options: dict[str, Any], time_limit: float | None, seed: int | None):
+    t = time.perf_counter()
+    w = ctx.w0.detach().cpu().numpy().astype(np.float64)
+    if F is None and not (spec.flop_aware and solver):
+        mask = _topk_mask(np.abs(w), k)
+        name, obj, bound, gap = "top-k", float(np.sum(w[mask] ** 2)), None, None
+    else:
+        name = solver or spec.solver or "dual-sort"
+        budget = F if F is not None else math.fsum(ctx.costs.tolist())
+        mask, res = _flop_magnitude_support(ctx, w, ctx.costs, ctx.layer, k, budget, solver=name, options=options, time_limit=time_limit, seed=seed)
+        obj, bound, gap = res.objective, res.bound, res.gap
+    new_w = np.where(mask, w, 0.0)
+    return new_w, [_Solve(list(range(len(ctx.params))), name, obj, bound, gap, time.perf_counter() - t)]
+
+
+# Gradient-based methods ---------------------------------------------------------------------------
+def _blocks(ctx: _Context, n: int, max_memory: int, itemsize: int) -> list[tuple[int, int]]:
+    """Contiguous coordinate ranges [start, stop) whose gradient block n x (stop-start) fits."""
+    cols = max(1, int(max_memory // max(1, n * itemsize)))
+    if ctx.p <= cols:
+        return [(0, ctx.p)]
+    blocks: list[tuple[int, int]] = []
+    start = 0
+    for j in range(len(ctx.params)):
+        lo, hi = int(ctx.offsets[j]), int(ctx.offsets[j + 1])
+        if hi - start > cols and lo > start:  # close the current block before this layer
+            blocks.append((start, lo))
+            start = lo
+        while hi - start > cols:  # a layer larger than the limit: split it
+            blocks.append((start, start + cols))
+            start += cols
+    if start < ctx.p:
+        blocks.append((start, ctx.p))
+    return blocks
+
+
+def _solve_gradient(ctx: _Context, spec: _Method, k: int, F: float | None, *, solver: str, options: dict[str, Any], stages: int, schedule: str, loss_fn, l2: float, first_order: bool, time_limit: float | None, seed: int | None, max_memory: int, chunk_size: int):
+    n = sum(b.size for b in ctx.batches)
+    blocks = _blocks(ctx, n, max_memory, 4)
+    w_all = ctx.w0.detach().clone()
+    solves: list[_Solve] = []
+    stage_records: list[dict[str, Any]] = []
+    if len(blocks) == 1:
+        shares = [(k, F)]
+    else:
+        # Budgets of each block: its share of the global (FLOP-aware) magnitude solution.
+        w = w_all.cpu().numpy().astype(np.float64)
+        if F is None:
+            mask = _topk_mask(np.abs(w), k)
+        else:
+            mask, _ = _flop_magnitude_support(ctx, w, ctx.costs, ctx.layer, k, F, solver="dual-sort", options={}, time_limit=time_limit, seed=seed)
+        shares = [(int(mask[a:b].sum()), None if F is None else math.fsum(ctx.costs[a:b][mask[a:b]].tolist())) for a, b in blocks]
+        logger.info("gradient matrix %d x %d exceeds max_memory=%d bytes: solving %d blocks in turn", n, ctx.p, max_memory, len(blocks))
+    bar = ctx.bar(total=len(blocks), desc="blocks", unit="block") if len(blocks) > 1 else None
+    for (a, b), (k_b, F_b) in zip(blocks, shares):
+        t = time.perf_counter()
+        w_block, res, records = _solve_block(
+            ctx, w_all, a, b, k_b, F_b, solver=solver, options=options, stages=stages, schedule=schedule, loss_fn=loss_fn,
+            l2=l2, first_order=first_order, time_limit=time_limit, seed=seed, chunk_size=chunk_size,
+        )
+        w_all[a:b] = torch.as_tensor(w_block, dtype=w_all.dtype, device=w_all.device)
+        layers = [j for j in range(len(ctx.params)) if ctx.offsets[j] < b and ctx.offsets[j + 1] > a]
+        solves.append(_Solve(layers, res.solver, res.objective, res.bound, res.gap, time.perf_counter() - t))
+        stage_records.extend(dict(r, block=(a, b)) if len(blocks) > 1 else r for r in records)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return w_all.cpu().numpy().astype(np.float64), solves, stage_records
+
+
+def _block_params(ctx: _Context, a: int, b: int):
+    """Parameters overlapping [a, b) and, for each, the slice of its flat values inside."""
+    out = []
+    for j, p in enumerate(ctx.params):
+        lo, hi = int(ctx.offsets[j]), int(ctx.offsets[j + 1])
+        if lo < b and hi > a:
+            out.append((j, max(a, lo) - lo, min(b, hi) - lo))
+    return out
+
+
+def _solve_block(ctx: _Context, w_all: torch.Tensor, a: int, b: int, k: int, F: float | None, *, solver: str, options, stages, schedule, loss_fn, l2, first_order, time_limit, seed, chunk_size):
+    members = _block_params(ctx, a, b)
+    lo = int(ctx.offsets[members[0][0]])
+    costs = ctx.costs[a:b]
+    n = sum(bt.size for bt in ctx.batches)
+
+    def gradients(weights_block: np.ndarray) -> np.ndarray:
+        """Per-sample gradients (n x (b-a)) with the block set to ``weights_block``."""
+        w = w_all.clone()
+        w[a:b] = torch.as_tensor(weights_block, dtype=w.dtype, device=w.device)
+        wrt = [j for j, _, _ in members]
+        with ctx.bar(total=n, desc="per-sample gradients", unit="sample") as bar:
+            G = per_sample_gradients(ctx.model, ctx.params, ctx.batches, weights=w, wrt=wrt, loss_fn=loss_fn, chunk_size=chunk_size, progress=bar)
+        return G[:, a - lo : b - lo].detach().cpu().numpy()
+
+    def build(weights: Any, k_t: int, F_t: float | None) -> _problems.L0Regression:
+        """The local quadratic model at ``weights`` with budgets ``k_t`` / ``F_t``."""
+        wb = np.asarray(weights, dtype=np.float64)
+        A = gradients(wb)
+        flop = {} if F_t is None else {"flop_costs": costs, "flop_budget": float(F_t)}
+        return _problems.L0Regression.from_gradients(A, wb.astype(A.dtype), int(k_t), l2=l2, first_order=first_order, **flop)
+
+    w_start = w_all[a:b].detach().cpu().numpy().astype(np.float64)
+    if stages == 1:
+        problem = build(w_start, k, F)
+        res = solve(problem, solver, time_limit=time_limit, seed=seed, **options)
+        violations = problem.check(res.x)
+        if violations:
+            raise PruningError(f"solver {solver!r} returned an infeasible point: {'; '.join(violations)}")
+        return np.asarray(res.x, dtype=np.float64), res, []
+    from combprune.solvers.staging import multistage
+
+    res = multistage(
+        build, w_start, k, F, stages=stages, schedule=schedule, solver=solver, options=options, time_limit=time_limit,
+        seed=seed, progress=ctx.progress,
+    )
+    final = res.info.get("problem")
+    x = np.asarray(res.x, dtype=np.float64)
+    if final is not None:
+        violations = final.check(x)
+        if violations:
+            raise PruningError(f"multi-stage {solver!r} returned an infeasible point: {'; '.join(violations)}")
+    return x, res, list(res.info.get("stages", []))
+
+
+# Applying the result -------------------------------------------------------------------------------
+def _apply_param(p: PrunableParam, values: torch.Tensor, mask: torch.Tensor, apply: str) -> None:
+    from torch.nn.utils import prune as torch_prune
+
+    with torch.no_grad():
+        if apply == "permanent":
+            if p.is_masked:
+                torch_prune.remove(p.module, p.param_name)
+            p.storage.copy_(values * mask)
+            return
+        if p.is_masked:  # replace the existing mask and values
+            p.storage.copy_(values)
+            getattr(p.module, p.param_name + "_mask").copy_(mask)
+            setattr(p.module, p.param_name, p.storage * getattr(p.module, p.param_name + "_mask"))
+            return
+        p.storage.copy_(values)
+        torch_prune.custom_from_mask(p.module, p.param_name, mask)
+
+
+def _apply_and_report(ctx: _Context, new_w: np.ndarray, *, apply: str, method: str, solves: list[_Solve], k: int | None, F: float | None) -> PruneReport:
+    solve_of: dict[int, _Solve] = {}
+    for s in solves:
+        for j in s.layers:
+            solve_of.setdefault(j, s)
+    layers: list[LayerReport] = []
+    with ctx.bar(total=len(ctx.params), desc="apply", unit="layer") as bar:
+        for j, p in enumerate(ctx.params):
+            lo, hi = int(ctx.offsets[j]), int(ctx.offsets[j + 1])
+            vals = torch.as_tensor(new_w[lo:hi], dtype=p.storage.dtype, device=p.storage.device).reshape(p.shape)
+            mask = (vals != 0).to(p.storage.dtype)
+            kept = int(np.count_nonzero(new_w[lo:hi]))
+            _apply_param(p, vals, mask, apply)
+            s = solve_of.get(j)
+            layers.append(
+                LayerReport(
+                    name=p.name, kind="unstructured", params=p.numel, kept=kept, sparsity=1.0 - kept / p.numel,
+                    dense_flops=ctx.dense[j], effective_flops=ctx.dense[j] * kept / p.numel if p.numel else 0.0,
+                    solver=s.solver if s else "", objective=s.objective if s else None, bound=s.bound if s else None,
+                    gap=s.gap if s else None, time=s.time if s and len(s.layers) == 1 else 0.0,
+                )
+            )
+            bar.update(1)
+    report = PruneReport(layers=layers, method=method, k=k, flop_limit=F, apply=apply)
+    # Effective FLOPs of the report are computed per layer (dense/params x kept); check them
+    # against the per-weight costs used by the solver (same numbers, exact fsum).
+    if F is not None:
+        from combprune.problems.l0_regression import flop_total, within_budget
+
+        total = flop_total(ctx.costs, new_w != 0)
+        if not within_budget(total, F):
+            raise BudgetError(f"flops: {total:.17g} FLOPs kept > budget {F:.17g}")
+    report.info["objective"] = solves[0].objective if len(solves) == 1 else None
+    return report
+
+
+# Structured methods (layer-wise, delegated) ----------------------------------------------------------
+def _prune_structured(model: nn.Module, calibration: Any, *, spec: _Method, method: str, sparsity, flop_budget, targets, ignore, n_samples, apply, solver_options, progress, t0) -> PruneReport:
+    from . import structured as _structured
+
+    if flop_budget is not None and sparsity is None:
+        raise ValueError("flop_budget: structured methods take sparsity (fraction of groups removed per layer); a FLOP budget is not supported there")
+    snapshot = _Snapshot(model)
+    try:
+        layers = _structured.prune_structured(
+            model, calibration, method=spec.solver or method, sparsity=sparsity, targets=targets, ignore=ignore,
+            n_samples=n_samples, apply=apply, solver_options=solver_options, progress=progress,
+        )
+        report = PruneReport(layers=list(layers), method=method, sparsity_requested=sparsity, apply=apply)
+    except BaseException as exc:
+        snapshot.restore()
+        logger.warning("prune %s failed (%s: %s); the model was restored", method, type(exc).__name__, exc)
+        if isinstance(exc, (ValueError, TypeError, KeyboardInterrupt)):
+            raise
+        raise PruningError(f"pruning with {method!r} failed: {exc}; the model was restored unchanged") from exc
+    report.time = time.perf_counter() - t0
+    return report
