@@ -1,0 +1,722 @@
+r"""``swap``: local search over supports with low-rank (Schur complement) gain evaluation.
+
+Problem (:class:`~combprune.problems.L0Regression`)::
+
+    min_w  Q(w) = 1/2 ||b - A w||^2 + (ridge/2) ||w - w_bar||^2
+    s.t.   ||w||_0 <= k,   sum_{i: w_i != 0} f_i <= F   (optional FLOP budget; f_i in FLOPs)
+
+Starting from any feasible support S, the search repeatedly applies the best improving *move*
+among a screened set of candidates and stops when none improves (or at the deadline):
+
+* a 1-for-1 swap ``S -> S - i + j`` (i kept, j dropped), and
+* a pure addition ``S -> S + j`` while ``|S| < k`` and the FLOP budget has room
+  (a pure removal never lowers Q: Q is non-increasing under support inclusion).
+
+A move is admissible only if both budgets hold after it (the FLOP test uses the problem's own
+``within_budget`` rule).
+
+Exact value of a support
+------------------------
+With ``G_S = A_S^T A_S + ridge I`` and ``g = A^T b + ridge w_bar`` the best weights on S are
+``w_S = G_S^{-1} g_S`` and ``Q*(S) = 1/2 ||b||^2 + ridge/2 ||w_bar||^2 - 1/2 g_S^T G_S^{-1} g_S``.
+With ``r = b - A_S w_S`` the residual, write for a coordinate j outside S
+
+    c_j = a_j^T r + ridge w_bar_j              (minus the partial derivative of Q at w, w_j = 0)
+    v_j = G_S^{-1} A_S^T a_j                   (|S|-vector)
+    s_j = ||a_j - A_S v_j||^2 + ridge (1 + ||v_j||^2)      (Schur complement of G_jj)
+
+and for a coordinate i in S, ``d_i = (G_S^{-1})_ii``. Then (Schur complements, rank one each):
+
+* add j:     ``Q*(S + j) - Q*(S) = - c_j^2 / (2 s_j)``
+* drop i:    ``Q*(S - i) - Q*(S) = + w_i^2 / (2 d_i)``
+* swap i, j: ``Q*(S - i + j) - Q*(S) = (w_i^2 s_j - 2 w_i v_ji c_j - d_i c_j^2) / (2 (d_i s_j + v_ji^2))``
+
+The swap formula is "add j, then drop i from S + j" with the common factor cancelled: it never
+divides by ``s_j`` alone, so a column j in the span of A_S (``s_j -> 0`` at ridge 0) is harmless,
+and its denominator ``d_i s_j + v_ji^2 = d_i s_j'`` (``s_j'`` = Schur complement of j w.r.t.
+``S - i``) vanishes only when ``S - i + j`` itself is singular. For q candidate columns
+``A_J`` the whole ``|S| x q`` gain matrix costs one product with A_S and one with the factor:
+``O(n |S| q)`` plus ``O(min(n, |S|)^2 q)``, never a fresh solve.
+
+Factorisation (all in float64, n x n space at most)
+---------------------------------------------------
+* ``|S| <= n`` ("gram"): the explicit inverse ``G_S^{-1}`` (|S| x |S|). Adding j is the
+  bordered-inverse update ``[[G^{-1} + v v^T / s, -v / s], [-v^T / s, 1 / s]]``; dropping i is
+  the downdate ``G^{-1}_{-i,-i} - G^{-1}_{-i,i} G^{-1}_{i,-i} / d_i``: O(|S|^2) each.
+* ``|S| > n`` ("woodbury"): ``K^{-1}`` with ``K = A_S A_S^T + ridge I_n`` (n x n), the
+  Woodbury form ``G_S^{-1} = (I - A_S^T K^{-1} A_S) / ridge``; push-through gives
+  ``v_j = A_S^T K^{-1} a_j`` and ``s_j = ridge (1 + a_j^T K^{-1} a_j)``. Add / drop are
+  Sherman-Morrison up/downdates of ``K^{-1}`` (O(n^2)); the diagonal ``d`` is carried along
+  with one O(n |S|) product per move.
+
+The factor is rebuilt from scratch (Cholesky) every ``refactor_every`` accepted moves and
+whenever a move fails to lower the exactly recomputed objective, so rounding drift cannot
+accumulate or make the search cycle: after every move the weights ``w_S`` are recomputed from
+the factor and the objective is the exact ``Q`` of those weights (residual recomputed from A),
+and a move is kept only if that exact objective decreased.
+
+``ridge = 0``: G_S may be singular (rank-deficient A, |S| > n). The search then ranks
+candidates with a tiny internal ridge ``1e-9 * mean ||a_j||^2`` (gains are approximations
+there, objectives stay exact for the weights held), refactorises after every accepted move,
+and the final weights are a rank-revealing least-squares solve (``numpy.linalg.lstsq``, the
+minimum-norm solution) on the final support. No NaN can arise.
+
+Candidate screening (one "iteration" = one accepted move)
+---------------------------------------------------------
+1. Full gradient ``c = A^T r + ridge w_bar`` (one pass over A, in A's dtype).
+2. Primary neighbourhood: the ``candidates`` outside coordinates with the largest
+   ``c_j^2 / (||a_j||^2 + ridge)`` (a lower bound on twice their add gain), restricted to
+   coordinates that fit the FLOP budget after some swap; the exact gains of these columns
+   against *every* kept coordinate (all pairs) and as pure additions.
+3. If nothing improves: secondary neighbourhood. For the ``drop_candidates`` kept coordinates
+   with the smallest drop cost ``w_i^2 / (2 d_i)`` the gradient after dropping i is
+   ``c' = c + (w_i / d_i) A^T u_i`` with ``u_i = A_S G_S^{-1} e_i`` (one matrix product
+   ``A^T U`` for all of them); the best replacements for each are added to the candidate set
+   and all pairs are evaluated exactly as in 2.
+4. Best improvement: the most negative gain among the evaluated moves is applied if it lowers
+   Q by more than ``tol * max(|Q|, 1e-300)``; otherwise the search stops. When every outside
+   coordinate fits in the candidate set (small p) the neighbourhood is exhaustive and the
+   result is a true 1-swap local optimum (``info["local_optimum"]``).
+
+Public entry points: :func:`swap_search` (NumPy, float64 internals; used by other solvers as
+a final stage) and the registered solver ``swap`` (``combprune.solve(problem, "swap",
+warm_start=...)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+
+from combprune import backend
+from combprune.problems import L0Regression
+from combprune.problems.l0_regression import FLOP_RTOL, flop_total, within_budget
+from combprune.registry import register_solver
+from combprune.result import Deadline, History, Result, Status
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SwapOutcome", "SupportModel", "swap_search", "exact_weights_on_support", "swap"]
+
+#: Relative size of the internal ridge used to rank candidates when the problem's ridge is 0.
+ZERO_RIDGE_JITTER = 1e-9
+#: Hysteresis (in coordinates) before the factor switches between gram and woodbury form.
+_MODE_SLACK = 32
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact solve on a support
+# ----------------------------------------------------------------------------------------------
+def exact_weights_on_support(A: np.ndarray, b: np.ndarray, w_bar: np.ndarray, ridge: float, idx: np.ndarray) -> np.ndarray:
+    r"""Exact minimiser ``w_S`` of ``1/2 ||b - A_S w_S||^2 + ridge/2 ||w_S - w_bar_S||^2`` (float64).
+
+    ``ridge > 0``: Cholesky of ``A_S^T A_S + ridge I`` when ``|S| <= n``, else the Woodbury
+    form ``w_S = w_bar_S + A_S^T K^{-1} (b - A_S w_bar_S)`` with ``K = A_S A_S^T + ridge I_n``.
+    ``ridge = 0``: minimum-norm least squares (``lstsq``; rank-deficient A allowed).
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if idx.size == 0:
+        return np.zeros(0)
+    AS = np.asarray(A[:, idx], dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    wS = np.asarray(w_bar, dtype=np.float64)[idx]
+    n, m = AS.shape
+    if ridge <= 0.0:
+        return np.linalg.lstsq(AS, b, rcond=None)[0]
+    if m <= n:
+        G = AS.T @ AS
+        G[np.diag_indices_from(G)] += ridge
+        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(G, lower=True), AS.T @ b + ridge * wS)
+    K = AS @ AS.T
+    K[np.diag_indices_from(K)] += ridge
+    return wS + AS.T @ scipy.linalg.cho_solve(scipy.linalg.cho_factor(K, lower=True), b - AS @ wS)
+
+
+def _spd_inverse(M: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive definite matrix through Cholesky (eigen fallback)."""
+    if M.shape[0] == 0:
+        return np.zeros((0, 0))
+    try:
+        inv = scipy.linalg.cho_solve(scipy.linalg.cho_factor(M, lower=True), np.eye(M.shape[0]))
+    except np.linalg.LinAlgError:
+        vals, vecs = np.linalg.eigh(M)
+        floor = max(vals.max(), 1e-300) * 1e-14
+        inv = (vecs / np.maximum(vals, floor)) @ vecs.T
+    return 0.5 * (inv + inv.T)
+
+
+# ----------------------------------------------------------------------------------------------
+# The support model: exact solution on S with rank-one updates
+# ----------------------------------------------------------------------------------------------
+class SupportModel:
+    r"""Exact ridge least squares on a support S, kept up to date under rank-one changes.
+
+    Holds the kept columns ``A_S`` (float64, one row per kept coordinate, "slots"), the
+    factor (``G_S^{-1}`` in gram form or ``K^{-1}`` in woodbury form, see the module
+    docstring), the weights ``w`` (per slot), the residual ``r = b - A_S w``, the diagonal
+    ``d = diag(G_S^{-1})`` and the exact objective ``Q`` of the weights held.
+
+    ``lam`` is the ridge used in the factor (the problem's ridge, or the internal jitter when
+    that is 0); ``ridge`` is the problem's ridge, used for the objective.
+    """
+
+    def __init__(self, A: np.ndarray, b: np.ndarray, w_bar: np.ndarray, ridge: float, idx: np.ndarray, capacity: int, col_sq: np.ndarray) -> None:
+        self.A = A
+        self.n = int(A.shape[0])
+        self.b = np.asarray(b, dtype=np.float64)
+        self.w_bar = np.asarray(w_bar, dtype=np.float64)
+        self.ridge = float(ridge)
+        if self.ridge > 0.0:
+            self.lam = self.ridge
+        else:
+            self.lam = ZERO_RIDGE_JITTER * max(float(np.mean(col_sq)) if col_sq.size else 1.0, 1e-300)
+        self.wbar_sq_total = math.fsum((self.w_bar * self.w_bar).tolist()) if self.w_bar.size < 2_000_000 else float(self.w_bar @ self.w_bar)
+        idx = np.asarray(idx, dtype=np.int64)
+        capacity = max(int(capacity), idx.size, 1)
+        self.AS = np.empty((capacity, self.n))
+        self.idx = np.empty(capacity, dtype=np.int64)
+        self.m = idx.size
+        self.idx[: self.m] = idx
+        if self.m:
+            self.AS[: self.m] = self.columns(idx).T
+        self.refactorizations = 0
+        self.refactor()
+
+    # Columns -----------------------------------------------------------------------------------
+    def columns(self, J: np.ndarray) -> np.ndarray:
+        """``A[:, J]`` as a float64 (n, |J|) array."""
+        return np.asarray(self.A[:, np.asarray(J, dtype=np.int64)], dtype=np.float64)
+
+    @property
+    def support_idx(self) -> np.ndarray:
+        return self.idx[: self.m].copy()
+
+    # Factorisation -------------------------------------------------------------------------------
+    def refactor(self) -> None:
+        """Rebuild the factor from scratch (Cholesky) and recompute w, r, d, Q."""
+        self.refactorizations += 1
+        m, AS = self.m, self.AS[: self.m]
+        if m <= self.n:
+            self.mode = "gram"
+            G = AS @ AS.T
+            G[np.diag_indices_from(G)] += self.lam
+            self.Ginv = _spd_inverse(G)
+            self.Kinv = None
+        else:
+            self.mode = "woodbury"
+            K = AS.T @ AS
+            K[np.diag_indices_from(K)] += self.lam
+            self.Kinv = _spd_inverse(K)
+            self.Ginv = None
+            Y = AS @ self.Kinv
+            self.d = (1.0 - np.einsum("ij,ij->i", Y, AS)) / self.lam
+        self._solve()
+
+    def _solve(self) -> None:
+        """Weights from the factor; residual and objective recomputed exactly from them."""
+        m, AS = self.m, self.AS[: self.m]
+        wbS = self.w_bar[self.idx[:m]]
+        if self.mode == "gram":
+            self.w = self.Ginv @ (AS @ self.b + self.lam * wbS)
+            self.d = np.diag(self.Ginv).copy()
+        else:
+            self.w = wbS + AS @ (self.Kinv @ (self.b - AS.T @ wbS))
+        self.d = np.maximum(self.d, np.finfo(np.float64).tiny)
+        self.r = self.b - AS.T @ self.w
+        diff = self.w - wbS
+        outside_sq = max(self.wbar_sq_total - float(wbS @ wbS), 0.0)
+        self.objective = 0.5 * float(self.r @ self.r) + 0.5 * self.ridge * (float(diff @ diff) + outside_sq)
+
+    # Gains -----------------------------------------------------------------------------------------
+    def candidate_terms(self, J: np.ndarray, AJ: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(c_J, V, s_J)``: gradient terms, ``V = G_S^{-1} A_S^T A_J`` (m x q), Schur complements."""
+        if AJ is None:
+            AJ = self.columns(J)
+        AS = self.AS[: self.m]
+        c = AJ.T @ self.r + self.lam * self.w_bar[J]
+        if self.mode == "gram":
+            V = self.Ginv @ (AS @ AJ)
+            R = AJ - AS.T @ V
+            s = np.einsum("ij,ij->j", R, R) + self.lam * (1.0 + np.einsum("ij,ij->j", V, V))
+        else:
+            Y = self.Kinv @ AJ
+            V = AS @ Y
+            s = self.lam * (1.0 + np.einsum("ij,ij->j", AJ, Y))
+        return c, V, np.maximum(s, np.finfo(np.float64).tiny)
+
+    def move_gains(self, J: np.ndarray, AJ: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact objective changes: ``(swap (m x q) [slot, candidate], add (q,))``.
+
+        ``swap[t, l] = Q*(S - idx[t] + J[l]) - Q*(S)`` and ``add[l] = Q*(S + J[l]) - Q*(S)``,
+        both for the factor's ridge ``lam`` (exact for the problem when ridge > 0).
+        """
+        c, V, s = self.candidate_terms(J, AJ)
+        add = -(c * c) / (2.0 * s)
+        w = self.w[:, None]
+        d = self.d[:, None]
+        num = (w * w) * s[None, :] - 2.0 * w * V * c[None, :] - d * (c * c)[None, :]
+        den = 2.0 * (d * s[None, :] + V * V)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            swap = num / den
+        swap[~np.isfinite(swap) | (den <= 0.0)] = np.inf
+        return swap, add
+
+    def drop_costs(self) -> np.ndarray:
+        """``Q*(S - idx[t]) - Q*(S) = w_t^2 / (2 d_t)`` per slot."""
+        return self.w * self.w / (2.0 * self.d)
+
+    def drop_directions(self, slots: np.ndarray) -> np.ndarray:
+        """``U = A_S G_S^{-1} e_t`` for the given slots (n x |slots|)."""
+        AS = self.AS[: self.m]
+        if self.mode == "gram":
+            return AS.T @ self.Ginv[:, slots]
+        return self.Kinv @ AS[slots].T
+
+    # Updates ---------------------------------------------------------------------------------------
+    def _drop(self, t: int) -> None:
+        m, last = self.m, self.m - 1
+        AS = self.AS
+        if self.mode == "woodbury":
+            a = AS[t]
+            y = self.Kinv @ a
+            col = -(AS[:m] @ y)
+            col[t] += 1.0
+            col /= self.lam  # G_S^{-1} e_t
+            den = max(1.0 - float(a @ y), np.finfo(np.float64).tiny)
+            self.Kinv += np.outer(y, y) / den
+            self.d = self.d - col * col / max(col[t], np.finfo(np.float64).tiny)
+        if t != last:
+            AS[[t, last]] = AS[[last, t]]
+            self.idx[[t, last]] = self.idx[[last, t]]
+            self.w[[t, last]] = self.w[[last, t]]
+            self.d[[t, last]] = self.d[[last, t]]
+            if self.mode == "gram":
+                Gi = self.Ginv
+                Gi[[t, last]] = Gi[[last, t]]
+                Gi[:, [t, last]] = Gi[:, [last, t]]
+        if self.mode == "gram":
+            Gi = self.Ginv
+            g = Gi[:last, last]
+            self.Ginv = Gi[:last, :last] - np.outer(g, g) / Gi[last, last]
+        self.d = self.d[:last]
+        self.w = self.w[:last]
+        self.m = last
+
+    def _add(self, j: int, a: np.ndarray) -> None:
+        if self.m >= self.AS.shape[0]:
+            grown = np.empty((2 * self.AS.shape[0], self.n))
+            grown[: self.m] = self.AS[: self.m]
+            self.AS = grown
+            idx = np.empty(2 * self.idx.shape[0], dtype=np.int64)
+            idx[: self.m] = self.idx[: self.m]
+            self.idx = idx
+        m, AS = self.m, self.AS[: self.m]
+        if self.mode == "gram":
+            v = self.Ginv @ (AS @ a)
+            res = a - AS.T @ v
+            s = max(float(res @ res) + self.lam * (1.0 + float(v @ v)), np.finfo(np.float64).tiny)
+            Gi = np.empty((m + 1, m + 1))
+            Gi[:m, :m] = self.Ginv + np.outer(v, v) / s
+            Gi[:m, m] = Gi[m, :m] = -v / s
+            Gi[m, m] = 1.0 / s
+            self.Ginv = Gi
+        else:
+            y = self.Kinv @ a
+            q = float(a @ y)
+            s = self.lam * (1.0 + q)
+            v = AS @ y
+            self.d = np.concatenate([self.d + v * v / s, [1.0 / s]])
+            self.Kinv -= np.outer(y, y) / (1.0 + q)
+        self.AS[m] = a
+        self.idx[m] = j
+        self.w = np.concatenate([self.w, [0.0]])
+        self.m = m + 1
+
+    def apply(self, drop_slot: int | None, add: int | None) -> None:
+        """Drop the coordinate in ``drop_slot`` and/or add coordinate ``add``; re-solve."""
+        if drop_slot is not None:
+            self._drop(int(drop_slot))
+        if add is not None:
+            self._add(int(add), self.columns([add])[:, 0])
+        if (self.mode == "gram" and self.m > self.n + _MODE_SLACK) or (self.mode == "woodbury" and self.m < self.n - _MODE_SLACK):
+            self.refactor()
+        else:
+            if self.mode == "woodbury":
+                self.Kinv = 0.5 * (self.Kinv + self.Kinv.T)
+            self._solve()
+
+
+# ----------------------------------------------------------------------------------------------
+# The search
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SwapOutcome:
+    """What :func:`swap_search` found.
+
+    ``weights`` (p,) float64 exact ridge least squares on ``support``; ``objective`` its Q;
+    ``swaps`` / ``additions`` accepted moves of each kind; ``history`` ``(seconds, Q)`` of the
+    incumbents; ``local_optimum`` True when the search stopped because no evaluated move
+    improves (with ``exhaustive`` True when that neighbourhood was all 1-swaps and additions).
+    """
+
+    support: np.ndarray
+    weights: np.ndarray
+    objective: float
+    initial_objective: float
+    swaps: int = 0
+    additions: int = 0
+    history: list[tuple[float, float]] = field(default_factory=list)
+    local_optimum: bool = False
+    exhaustive: bool = False
+    refactorizations: int = 0
+    timed_out: bool = False
+
+    @property
+    def moves(self) -> int:
+        return self.swaps + self.additions
+
+
+def _top(scores: np.ndarray, pool: np.ndarray, count: int) -> np.ndarray:
+    """Indices from ``pool`` with the ``count`` largest ``scores[pool]`` (descending)."""
+    if pool.size <= count:
+        order = np.argsort(-scores[pool], kind="stable")
+        return pool[order]
+    part = np.argpartition(-scores[pool], count - 1)[:count]
+    part = part[np.argsort(-scores[pool][part], kind="stable")]
+    return pool[part]
+
+
+def _check_int_option(name: str, value: Any, low: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}: expected an integer >= {low}{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def swap_search(
+    problem: L0Regression,
+    support: Any,
+    *,
+    deadline: Deadline | None = None,
+    candidates: int = 32,
+    drop_candidates: int = 8,
+    max_swaps: int | None = None,
+    refactor_every: int = 25,
+    tol: float = 1e-10,
+    final_solve: bool = True,
+) -> SwapOutcome:
+    """Improve the feasible ``support`` of ``problem`` by swaps and additions (module docstring).
+
+    Parameters
+    ----------
+    problem : an ``L0Regression`` (NumPy, torch or CuPy data; the work is done on the host in
+        NumPy, float64 for everything but the full gradient pass over A, which uses A's dtype).
+    support : boolean (p,) mask or integer indices of a feasible support (``|S| <= k``, FLOPs
+        within budget); ``ValueError`` otherwise.
+    deadline : a :class:`~combprune.result.Deadline` (default: none).
+    candidates : outside coordinates screened per neighbourhood (>= 1).
+    drop_candidates : kept coordinates whose replacements are screened when the primary
+        neighbourhood has no improving move (>= 0; 0 disables the secondary neighbourhood).
+    max_swaps : cap on accepted moves (None: until no improving move).
+    refactor_every : accepted moves between fresh factorisations (>= 1).
+    tol : a move must lower Q by more than ``tol * |Q|`` (relative, >= 0).
+    final_solve : re-solve the final support from scratch (exact weights) before returning.
+
+    Returns
+    -------
+    SwapOutcome with float64 NumPy weights.
+    """
+    if not isinstance(problem, L0Regression):
+        raise TypeError(f"problem: swap_search needs an L0Regression, got {type(problem).__name__}")
+    candidates = _check_int_option("candidates", candidates, 1)
+    drop_candidates = _check_int_option("drop_candidates", drop_candidates, 0)
+    max_swaps = _check_int_option("max_swaps", max_swaps, 0, allow_none=True)
+    refactor_every = _check_int_option("refactor_every", refactor_every, 1)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
+    deadline = deadline if deadline is not None else Deadline(None)
+    p, k = problem.p, problem.k
+    mask = _as_support_mask(problem, support, "support")
+
+    A = backend.to_numpy(problem.A)
+    b = backend.to_numpy(problem.b).astype(np.float64)
+    w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
+    ridge = float(problem.ridge)
+    col_sq = np.einsum("ij,ij->j", A, A, dtype=np.float64)
+    costs = None if problem.flop_costs is None else backend.to_numpy(problem.flop_costs).astype(np.float64)
+    budget = problem.flop_budget
+    slack = 0.5 * FLOP_RTOL * max(abs(budget), 1.0) if budget is not None else 0.0
+
+    idx0 = np.flatnonzero(mask)
+    model = SupportModel(A, b, w_bar, ridge, idx0, capacity=max(k, 1), col_sq=col_sq)
+    in_S = mask.copy()
+    history = History(deadline, "min")
+    history.record(model.objective)
+    out = SwapOutcome(support=in_S, weights=np.zeros(p), objective=model.objective, initial_objective=model.objective)
+    since_refactor = 0
+    lam = model.lam
+    screen_den = col_sq + lam
+
+    while True:
+        if deadline.expired():
+            out.timed_out = True
+            break
+        if max_swaps is not None and out.moves >= max_swaps:
+            break
+        m = model.m
+        outside = np.flatnonzero(~in_S)
+        if outside.size == 0 or k == 0:
+            out.local_optimum = out.exhaustive = True
+            break
+        used = flop_total(costs, in_S) if costs is not None else 0.0
+        room = (budget - used + slack) if costs is not None else math.inf
+        can_add = m < k
+        idxS = model.support_idx
+        fS = costs[idxS] if costs is not None else None
+        # Eligible outside coordinates: feasible for some swap or as an addition.
+        if costs is not None:
+            limit = room + (fS.max() if m else 0.0)
+            outside = outside[costs[outside] <= limit]
+        if outside.size == 0:
+            out.local_optimum = out.exhaustive = True
+            break
+        # Full gradient (one pass over A, in A's dtype).
+        c_full = np.asarray(A.T @ model.r.astype(A.dtype, copy=False), dtype=np.float64) + lam * w_bar
+        score = c_full * c_full / screen_den
+        exhaustive = outside.size <= candidates
+        J = _top(score, outside, candidates)
+        if can_add and costs is not None and not exhaustive:
+            addable = outside[costs[outside] <= room]
+            if addable.size:
+                J = np.union1d(J, _top(score, addable, max(1, candidates // 4)))
+        move = _best_move(model, J, fS, costs, room, can_add, tol)
+        if move is None and not exhaustive and drop_candidates > 0 and m > 0:
+            J2 = _secondary_candidates(model, A, c_full, screen_den, outside, fS, costs, room, candidates, drop_candidates)
+            J2 = np.setdiff1d(J2, J)
+            if J2.size:
+                move = _best_move(model, J2, fS, costs, room, can_add, tol)
+        if move is None:
+            out.local_optimum = True
+            out.exhaustive = exhaustive
+            break
+        drop_slot, add_j, predicted = move
+        before = model.objective
+        old_idx = model.support_idx
+        dropped = None if drop_slot is None else int(model.idx[drop_slot])
+        model.apply(drop_slot, add_j)
+        since_refactor += 1
+        if ridge == 0.0 or since_refactor >= refactor_every:
+            model.refactor()
+            since_refactor = 0
+        if not model.objective < before:
+            model.refactor()
+            since_refactor = 0
+            if not model.objective < before:
+                logger.debug("swap: move (%s -> %s) predicted %.3g but did not lower Q; stopping", dropped, add_j, predicted)
+                model = SupportModel(A, b, w_bar, ridge, old_idx, capacity=max(k, 1), col_sq=col_sq)
+                out.local_optimum = True
+                break
+        if dropped is not None:
+            in_S[dropped] = False
+            out.swaps += 1
+        else:
+            out.additions += 1
+        in_S[add_j] = True
+        history.record(model.objective)
+        logger.debug("swap: %s -> %s, Q %.12g -> %.12g (predicted %.3g)", dropped, add_j, before, model.objective, predicted)
+
+    out.refactorizations = model.refactorizations
+    idx = model.support_idx
+    weights = np.zeros(p)
+    weights[idx] = model.w
+    out.objective = model.objective
+    if final_solve:
+        exact = np.zeros(p)
+        exact[idx] = exact_weights_on_support(A, b, w_bar, ridge, idx)
+        exact_obj = _objective64(A, b, w_bar, ridge, exact)
+        if exact_obj <= out.objective:
+            weights, out.objective = exact, exact_obj
+    out.support = np.zeros(p, dtype=bool)
+    out.support[idx] = True
+    out.weights = weights
+    out.history = history.points
+    return out
+
+
+def _best_move(model: SupportModel, J: np.ndarray, fS, costs, room: float, can_add: bool, tol: float):
+    """Best admissible move among all (kept slot, J) swaps and J additions, or None."""
+    if J.size == 0:
+        return None
+    swap_gain, add_gain = model.move_gains(J)
+    if costs is not None:
+        fJ = costs[J]
+        if swap_gain.size:
+            swap_gain = np.where(fJ[None, :] - fS[:, None] <= room, swap_gain, np.inf)
+        add_gain = np.where(fJ <= room, add_gain, np.inf)
+    if not can_add:
+        add_gain = np.full_like(add_gain, np.inf)
+    threshold = -tol * max(abs(model.objective), 1e-300)
+    best_swap = np.inf
+    if swap_gain.size:
+        t, l = np.unravel_index(np.argmin(swap_gain), swap_gain.shape)
+        best_swap = swap_gain[t, l]
+    l_add = int(np.argmin(add_gain))
+    best_add = add_gain[l_add]
+    if min(best_swap, best_add) >= threshold or not math.isfinite(min(best_swap, best_add)):
+        return None
+    if best_add <= best_swap:
+        return None, int(J[l_add]), float(best_add)
+    return int(t), int(J[l]), float(best_swap)
+
+
+def _secondary_candidates(model, A, c_full, screen_den, outside, fS, costs, room, candidates, drop_candidates) -> np.ndarray:
+    """Replacement candidates for the kept coordinates that are cheapest to drop."""
+    costs_drop = model.drop_costs()
+    slots = np.argsort(costs_drop, kind="stable")[:drop_candidates]
+    U = model.drop_directions(slots)
+    Z = np.asarray(A.T @ U.astype(A.dtype, copy=False), dtype=np.float64)
+    scale = model.w[slots] / model.d[slots]
+    per_drop = max(2, candidates // max(len(slots), 1))
+    found = []
+    for col, t in enumerate(slots):
+        pool = outside
+        if costs is not None:
+            pool = outside[costs[outside] - fS[t] <= room]
+        if pool.size == 0:
+            continue
+        c_after = c_full[pool] + scale[col] * Z[pool, col]
+        sc = np.zeros_like(c_full)
+        sc[pool] = c_after * c_after / screen_den[pool]
+        found.append(_top(sc, pool, per_drop))
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+
+def _objective64(A, b, w_bar, ridge, w) -> float:
+    nz = np.flatnonzero(w)
+    r = b - (np.asarray(A[:, nz], dtype=np.float64) @ w[nz] if nz.size else 0.0)
+    diff = w - w_bar
+    return 0.5 * float(r @ r) + 0.5 * ridge * float(diff @ diff)
+
+
+# ----------------------------------------------------------------------------------------------
+# Warm starts and the registered solver
+# ----------------------------------------------------------------------------------------------
+def _as_support_mask(problem: L0Regression, support: Any, name: str) -> np.ndarray:
+    """Boolean (p,) mask from a mask or index array; checks feasibility."""
+    s = backend.to_numpy(support) if backend.is_array(support) else np.asarray(support)
+    p = problem.p
+    if s.dtype == bool:
+        if s.shape != (p,):
+            raise ValueError(f"{name}: expected a boolean mask of shape ({p},), got shape {s.shape}")
+        mask = s.copy()
+    elif s.dtype.kind in "iu" and s.ndim == 1:
+        if s.size and (s.min() < 0 or s.max() >= p):
+            raise ValueError(f"{name}: indices must lie in [0, {p - 1}]")
+        mask = np.zeros(p, dtype=bool)
+        mask[s] = True
+    else:
+        raise ValueError(f"{name}: expected a boolean mask of shape ({p},) or integer indices, got dtype {s.dtype} shape {s.shape}")
+    nnz = int(mask.sum())
+    if nnz > problem.k:
+        raise ValueError(f"{name}: support has {nnz} coordinates > k = {problem.k}; swap needs a feasible start")
+    if problem.flop_costs is not None:
+        total = flop_total(backend.to_numpy(problem.flop_costs), mask)
+        if not within_budget(total, problem.flop_budget):
+            raise ValueError(f"{name}: support uses {total:.17g} FLOPs > flop_budget = {problem.flop_budget:.17g}; swap needs a feasible start")
+    return mask
+
+
+def _warm_start(problem: L0Regression, warm_start: Any, deadline: Deadline, seed: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(support mask, weights or None) from a Result, a weight vector, a boolean mask, or None."""
+    if warm_start is None:
+        from combprune.registry import get_solver
+
+        start = get_solver("magnitude").func(problem, deadline=deadline, seed=seed)
+        return _as_support_mask(problem, start.support, "warm_start"), None
+    if isinstance(warm_start, Result):
+        if warm_start.x is None:
+            raise ValueError(f"warm_start: the Result has no solution (status {warm_start.status.value})")
+        x = np.asarray(backend.to_numpy(warm_start.x), dtype=np.float64)
+        if x.shape != (problem.p,):
+            raise ValueError(f"warm_start: the Result's x has shape {x.shape}, expected ({problem.p},)")
+        mask = x != 0
+        if warm_start.support.shape == (problem.p,):
+            mask = mask | warm_start.support
+            if int(mask.sum()) > problem.k:
+                mask = x != 0
+        return _as_support_mask(problem, mask, "warm_start"), x
+    if backend.is_array(warm_start) or isinstance(warm_start, (list, tuple)):
+        arr = backend.to_numpy(warm_start) if backend.is_array(warm_start) else np.asarray(warm_start)
+        if arr.shape != (problem.p,):
+            raise ValueError(f"warm_start: expected shape ({problem.p},) (weights or boolean support), got {arr.shape}")
+        if arr.dtype == bool:
+            return _as_support_mask(problem, arr, "warm_start"), None
+        if arr.dtype.kind not in "fiu":
+            raise ValueError(f"warm_start: expected float weights or a boolean support, got dtype {arr.dtype}")
+        x = arr.astype(np.float64)
+        if not np.all(np.isfinite(x)):
+            raise ValueError("warm_start: weights contain NaN or Inf")
+        return _as_support_mask(problem, x != 0, "warm_start"), x
+    raise TypeError(f"warm_start: expected a Result, a weight vector, a boolean support or None, got {type(warm_start).__name__}")
+
+
+@register_solver(
+    "swap",
+    problems=L0Regression,
+    exact=False,
+    description="Swap local search on the support with low-rank (Schur complement) gains.",
+)
+def swap(
+    problem: L0Regression,
+    *,
+    deadline: Deadline,
+    seed: int | None = None,
+    warm_start: Any = None,
+    candidates: int = 32,
+    drop_candidates: int = 8,
+    max_swaps: int | None = None,
+    refactor_every: int = 25,
+    tol: float = 1e-10,
+) -> Result:
+    """Swap local search from ``warm_start`` (default: magnitude / FLOP-aware magnitude support).
+
+    ``warm_start``: a :class:`Result` (e.g. of ``chita``), a weight vector (its nonzeros are
+    the support) or a boolean support mask, in any supported array namespace. Other options:
+    see :func:`swap_search`. ``iterations`` = accepted moves (swaps + pure additions); the
+    weights are the exact ridge least squares on the final support; ``info`` has
+    ``swaps``, ``additions``, ``initial_objective``, ``local_optimum``, ``exhaustive``,
+    ``refactorizations``. Status ``feasible`` (``time_limit`` when the deadline stopped it).
+    """
+    mask, x0 = _warm_start(problem, warm_start, deadline, seed)
+    outcome = swap_search(
+        problem, mask, deadline=deadline, candidates=candidates, drop_candidates=drop_candidates,
+        max_swaps=max_swaps, refactor_every=refactor_every, tol=tol,
+    )
+    like = problem.A
+    x = backend.from_numpy(outcome.weights, like=like, keep_dtype=True)
+    objective = problem.objective(x)
+    if x0 is not None:
+        x_start = backend.from_numpy(x0, like=like, keep_dtype=True)
+        start_obj = problem.objective(x_start)
+        if start_obj <= objective and not problem.check(x_start):
+            x, objective = x_start, start_obj
+    support = backend.to_numpy(x) != 0
+    status = Status.TIME_LIMIT if outcome.timed_out else Status.FEASIBLE
+    return Result(
+        x=x, support=support, objective=objective, status=status, iterations=outcome.moves,
+        history=outcome.history,
+        info={
+            "swaps": outcome.swaps,
+            "additions": outcome.additions,
+            "initial_objective": outcome.initial_objective,
+            "local_optimum": outcome.local_optimum,
+            "exhaustive": outcome.exhaustive,
+            "refactorizations": outcome.refactorizations,
+        },
+    )
