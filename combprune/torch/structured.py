@@ -1,0 +1,690 @@
+"""Layer-wise structured pruning (OSSCAR): neurons, convolution channels and attention heads.
+
+A *unit* is a pair of layers joined by per-feature operations: a **producer** whose output
+features are the prunable groups and a **consumer** that reads them. Removing a group means
+removing output features of the producer(s) and the matching input rows of the consumer; the
+optimisation happens on the consumer (OSSCAR's layer-wise reconstruction), the producer is
+only shrunk (:mod:`combprune.torch.physical`).
+
+=============  =================================  ==========================================
+kind           producer -> consumer               group = rows of the consumer's input
+=============  =================================  ==========================================
+``neuron``     Linear -> [act / BN1d] -> Linear   one input feature (one row of W_hat)
+``channel``    Conv2d -> [BN2d / act] -> Conv2d   one input channel = its ``kh * kw`` rows of
+                                                  the unfolded (im2col) input
+``head``       q, k, v -> attention -> out proj   ``head_dim`` consecutive input rows of the
+                                                  attention output projection
+=============  =================================  ==========================================
+
+For each unit, in forward order, the consumer's calibration input X (N x d; for a convolution
+the im2col patches, N = samples x output positions; for a Linear applied to sequences, N =
+samples x tokens) is accumulated as ``H = X^T X`` in float64 with a forward pre-hook, and
+:class:`~combprune.problems.StructuredMIQP` ``(H, W_hat, groups, s, ridge)`` is solved with
+``W_hat = consumer weight^T`` (rows = input features, d x m):
+
+    minimize_W  1/2 ||X (W - W_hat)||_F^2 + (ridge/2) ||W - W_hat||_F^2
+    s.t.        at most s groups of rows of W nonzero.
+
+The solution W (kept rows reconstructed, pruned rows zero) is written into the consumer, so
+the pruned model is exact to use as is; later units are calibrated on the outputs of the
+already-pruned layers (the calibration batches are run again through the updated model).
+
+Sparsity here is the **fraction of groups removed** per unit: ``floor(sparsity * G)`` groups are
+removed, ``s = G - floor(sparsity * G)`` are kept (never more than asked for removed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from combprune.problems import StructuredMIQP, osscar_default_ridge
+
+from . import _calibration
+from ._select import select_parameters
+from .report import LayerReport
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "StructuredUnit",
+    "StructuredPlan",
+    "UnsupportedGraphError",
+    "discover_units",
+    "accumulate_gram",
+    "layer_problem",
+    "prune_structured",
+    "KINDS",
+]
+
+KINDS: tuple[str, ...] = ("neuron", "channel", "head")
+
+#: Modules acting on each feature / channel separately (a zero input row stays irrelevant).
+ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus, nn.Softsign, nn.Tanhshrink,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
+)
+_ELEMENTWISE_FUNCTIONS = {
+    F.relu, F.relu6, F.gelu, F.silu, F.elu, F.selu, F.celu, F.leaky_relu, F.hardswish, F.hardsigmoid,
+    F.hardtanh, F.mish, F.softplus, F.dropout, F.tanh, F.sigmoid, torch.relu, torch.tanh, torch.sigmoid,
+    torch.nn.functional.dropout2d,
+}
+_ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous"}
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class UnsupportedGraphError(ValueError):
+    """The model's layer graph has no structured pruning unit this adapter can handle safely."""
+
+
+@dataclass(frozen=True)
+class StructuredUnit:
+    """A producer -> consumer pair whose shared features are pruned in groups.
+
+    Attributes
+    ----------
+    kind : ``"neuron"``, ``"channel"`` or ``"head"``.
+    consumer : qualified name of the layer whose input groups are optimised (Linear / Conv2d).
+    producers : layers whose *output* features are the groups (one Linear/Conv2d; q, k, v for
+        heads); they are shrunk by physical removal.
+    norms : BatchNorm layers between producer and consumer (sliced by physical removal).
+    attention : for heads, the module holding ``num_attention_heads`` / ``all_head_size``
+        (Hugging Face BERT-family self-attention), else ``None``.
+    n_groups : number of groups G.
+    features_per_group : consumer input features (Linear ``in_features`` / Conv ``in_channels``)
+        per group: 1 for neurons and channels, ``head_dim`` for heads.
+    """
+
+    kind: str
+    consumer: str
+    producers: tuple[str, ...]
+    norms: tuple[str, ...] = ()
+    attention: str | None = None
+    n_groups: int = 0
+    features_per_group: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.consumer
+
+    def features_of(self, keep: np.ndarray) -> np.ndarray:
+        """Indices of the consumer input features of the kept groups (``keep``: (G,) bool)."""
+        keep = np.asarray(keep, dtype=bool)
+        return np.flatnonzero(np.repeat(keep, self.features_per_group))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "consumer": self.consumer,
+            "producers": list(self.producers),
+            "norms": list(self.norms),
+            "attention": self.attention,
+            "n_groups": self.n_groups,
+            "features_per_group": self.features_per_group,
+        }
+
+
+@dataclass
+class StructuredPlan:
+    """Which groups of which units are kept: the input of physical removal.
+
+    ``keep[unit.consumer]`` is a (G,) boolean array over the unit's groups.
+    """
+
+    units: list[StructuredUnit]
+    keep: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def unit(self, consumer: str) -> StructuredUnit:
+        for u in self.units:
+            if u.consumer == consumer:
+                return u
+        raise KeyError(consumer)
+
+    @property
+    def pruned_units(self) -> list[StructuredUnit]:
+        """Units with at least one group removed."""
+        return [u for u in self.units if u.consumer in self.keep and not np.all(self.keep[u.consumer])]
+
+    def feature_keep(self, modules: Mapping[str, nn.Module]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """``(out_keep, in_keep)``: per layer name, boolean masks over its output features
+        (producers; also BatchNorms) and input features (consumers) that stay."""
+        out_keep: dict[str, np.ndarray] = {}
+        in_keep: dict[str, np.ndarray] = {}
+        for u in self.pruned_units:
+            feats = np.zeros(_in_features(modules[u.consumer]), dtype=bool)
+            feats[u.features_of(self.keep[u.consumer])] = True
+            in_keep[u.consumer] = feats
+            for name in u.producers + u.norms:
+                out_keep[name] = feats
+        return out_keep, in_keep
+
+    def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """``{layer name: weight mask}`` for consumers (0 on the input columns of removed groups)
+        and producers (0 on the output rows of removed groups); 1 elsewhere.
+
+        Suitable for :func:`torch.nn.utils.prune.custom_from_mask` on each layer's ``weight``.
+        The masked model computes the same outputs as the physically smaller one (the consumer
+        reads nothing of a removed feature; producer biases are not masked, they only feed
+        zero columns).
+        """
+        modules = dict(model.named_modules())
+        out_keep, in_keep = self.feature_keep(modules)
+        out: dict[str, torch.Tensor] = {}
+        for name in set(out_keep) | set(in_keep):
+            layer = modules[name]
+            if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+                continue  # BatchNorm: nothing to mask
+            weight = layer.weight
+            mask = torch.ones_like(weight)
+            if name in out_keep:
+                mask[torch.as_tensor(~out_keep[name], device=weight.device)] = 0
+            if name in in_keep:
+                mask[:, torch.as_tensor(~in_keep[name], device=weight.device)] = 0
+            out[name] = mask
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "units": [u.to_dict() for u in self.units],
+            "keep": {k: np.asarray(v, dtype=bool).tolist() for k, v in self.keep.items()},
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Discovery of producer/consumer units
+# ---------------------------------------------------------------------------------------------
+def _in_features(layer: nn.Module) -> int:
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+
+
+def _out_features(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def _hf_units(model: nn.Module) -> list[StructuredUnit]:
+    """BERT-family Hugging Face blocks (BERT, RoBERTa, ViT, ELECTRA, DeiT, ...).
+
+    Heads: a self-attention module with ``query``/``key``/``value`` Linear children and
+    ``num_attention_heads`` / ``attention_head_size``, whose parent has ``output.dense``
+    (the output projection). FFN neurons: a block with ``intermediate.dense`` (+
+    ``intermediate_act_fn``) and ``output.dense``.
+    """
+    units: list[StructuredUnit] = []
+    for name, mod in model.named_modules():
+        prefix = f"{name}." if name else ""
+        children = dict(mod.named_children())
+        # attention heads: mod is the parent (BertAttention / ViTAttention)
+        out = children.get("output")
+        for attr, sub in children.items():
+            if attr == "output" or not all(isinstance(getattr(sub, a, None), nn.Linear) for a in ("query", "key", "value")):
+                continue
+            heads, hd = getattr(sub, "num_attention_heads", None), getattr(sub, "attention_head_size", None)
+            dense = getattr(out, "dense", None)
+            if not isinstance(heads, int) or not isinstance(hd, int) or not isinstance(dense, nn.Linear):
+                continue
+            if dense.in_features != heads * hd or any(getattr(sub, a).out_features != heads * hd for a in ("query", "key", "value")):
+                continue
+            units.append(
+                StructuredUnit(
+                    "head",
+                    f"{prefix}output.dense",
+                    tuple(f"{prefix}{attr}.{a}" for a in ("query", "key", "value")),
+                    attention=f"{prefix}{attr}",
+                    n_groups=heads,
+                    features_per_group=hd,
+                )
+            )
+        # FFN neurons
+        inter = children.get("intermediate")
+        if (
+            inter is not None
+            and isinstance(getattr(inter, "dense", None), nn.Linear)
+            and hasattr(inter, "intermediate_act_fn")
+            and isinstance(getattr(out, "dense", None), nn.Linear)
+            and out.dense.in_features == inter.dense.out_features
+        ):
+            units.append(
+                StructuredUnit("neuron", f"{prefix}output.dense", (f"{prefix}intermediate.dense",), n_groups=inter.dense.out_features)
+            )
+    return units
+
+
+def _is_elementwise(node: Any, modules: Mapping[str, nn.Module], prev: Any) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], ELEMENTWISE_MODULES)
+    if node.op == "call_function":
+        return node.target in _ELEMENTWISE_FUNCTIONS and node.args[:1] == (prev,)
+    if node.op == "call_method":
+        return node.target in _ELEMENTWISE_METHODS and node.args[:1] == (prev,)
+    return False
+
+
+def _fx_units(model: nn.Module) -> list[StructuredUnit]:
+    """Linear -> [elementwise | BN1d] -> Linear and Conv2d -> [elementwise | BN2d] -> Conv2d chains
+    found by :func:`torch.fx.symbolic_trace`; every intermediate value must have exactly one user
+    (a residual branch or any other reader of the features makes the pair unprunable)."""
+    import torch.fx
+
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means "cannot analyse"
+        raise UnsupportedGraphError(
+            f"model: cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
+            "pass the producer/consumer pairs explicitly with pairs=[(producer, consumer), ...]"
+        ) from exc
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    units = []
+    for node in graph.nodes:
+        if node.op != "call_module" or calls[node.target] != 1:
+            continue
+        prod = modules[node.target]
+        if isinstance(prod, nn.Linear):
+            consumer_type, bn_type = nn.Linear, nn.BatchNorm1d
+        elif _is_plain_conv(prod):
+            consumer_type, bn_type = nn.Conv2d, nn.BatchNorm2d
+        else:
+            continue
+        norms: list[str] = []
+        cur = node
+        while True:
+            users = list(cur.users)
+            if len(users) != 1:
+                break
+            nxt = users[0]
+            if nxt.op == "call_module" and calls[nxt.target] == 1:
+                mod = modules[nxt.target]
+                if isinstance(mod, consumer_type) and (consumer_type is nn.Linear or _is_plain_conv(mod)):
+                    if _in_features(mod) == _out_features(prod) and nxt.args[:1] == (cur,) and len(nxt.args) == 1 and not nxt.kwargs:
+                        units.append(StructuredUnit(
+                            "neuron" if consumer_type is nn.Linear else "channel",
+                            nxt.target, (node.target,), tuple(norms), n_groups=_out_features(prod),
+                        ))
+                    break
+                if isinstance(mod, bn_type) and mod.num_features == _out_features(prod):
+                    norms.append(nxt.target)
+                    cur = nxt
+                    continue
+            if _is_elementwise(nxt, modules, cur):
+                cur = nxt
+                continue
+            break
+    return units
+
+
+def _is_plain_conv(mod: nn.Module) -> bool:
+    return isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding_mode == "zeros"
+
+
+def _declared_units(model: nn.Module, pairs: Iterable[Any]) -> list[StructuredUnit]:
+    modules = dict(model.named_modules())
+    units = []
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) < 2 or not all(isinstance(p, str) for p in pair):
+            raise ValueError(f"pairs: each pair is (producer, [batchnorm, ...,] consumer) module names, got {pair!r}")
+        for p in pair:
+            if p not in modules:
+                raise ValueError(f"pairs: {type(model).__name__} has no module named {p!r}")
+        prod, cons, norms = modules[pair[0]], modules[pair[-1]], pair[1:-1]
+        if isinstance(prod, nn.Linear) and isinstance(cons, nn.Linear):
+            kind, bn = "neuron", nn.BatchNorm1d
+        elif _is_plain_conv(prod) and _is_plain_conv(cons):
+            kind, bn = "channel", nn.BatchNorm2d
+        else:
+            raise UnsupportedGraphError(
+                f"pairs: {pair!r}: supported pairs are Linear -> Linear and Conv2d -> Conv2d (groups=1, zero padding), "
+                f"got {type(prod).__name__} -> {type(cons).__name__}"
+            )
+        if _in_features(cons) != _out_features(prod):
+            raise ValueError(f"pairs: {pair!r}: producer has {_out_features(prod)} outputs but consumer {_in_features(cons)} inputs")
+        for n in norms:
+            if not isinstance(modules[n], bn) or modules[n].num_features != _out_features(prod):
+                raise UnsupportedGraphError(f"pairs: {pair!r}: {n!r} must be a {bn.__name__} with {_out_features(prod)} features")
+        units.append(StructuredUnit(kind, pair[-1], (pair[0],), tuple(norms), n_groups=_out_features(prod)))
+    return units
+
+
+def discover_units(model: nn.Module, *, pairs: Iterable[Any] | None = None) -> list[StructuredUnit]:
+    """All structured pruning units of ``model`` (in module registration order).
+
+    ``pairs`` declares units explicitly as ``(producer, [batchnorm, ...,] consumer)`` module
+    names (the caller vouches that only per-feature operations sit between them). Otherwise:
+    Hugging Face BERT-family blocks are recognised by their module structure, and any other
+    model is traced with :mod:`torch.fx`. Raises :class:`UnsupportedGraphError` when nothing
+    safe is found.
+    """
+    if pairs is not None:
+        units = _declared_units(model, pairs)
+    else:
+        units = _hf_units(model)
+        if not units:
+            units = _fx_units(model)
+    if not units:
+        raise UnsupportedGraphError(
+            f"model: found no prunable producer -> consumer pair in {type(model).__name__} "
+            "(supported: Linear -> [activation/BN1d] -> Linear, Conv2d -> [BN2d/activation] -> Conv2d with a single "
+            "reader of the features, and BERT-family Hugging Face attention heads / FFN neurons); "
+            "declare pairs explicitly with pairs=[(producer, consumer), ...]"
+        )
+    consumers = [u.consumer for u in units]
+    if len(set(consumers)) != len(consumers):
+        raise UnsupportedGraphError(f"model: a layer is the consumer of several units ({consumers})")
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(units, key=lambda u: order[u.consumer])
+
+
+# ---------------------------------------------------------------------------------------------
+# X^T X accumulation
+# ---------------------------------------------------------------------------------------------
+def _conv_padding(layer: nn.Conv2d) -> tuple[int, int]:
+    if isinstance(layer.padding, str):
+        if layer.padding == "valid":
+            return (0, 0)
+        pads = []
+        for k, d in zip(layer.kernel_size, layer.dilation):
+            total = d * (k - 1)
+            if total % 2:
+                raise UnsupportedGraphError(f"{layer}: padding='same' with an even kernel is asymmetric; not supported")
+            pads.append(total // 2)
+        return tuple(pads)  # type: ignore[return-value]
+    return tuple(layer.padding)  # type: ignore[return-value]
+
+
+def layer_rows(layer: nn.Module, x: torch.Tensor, *, max_rows: int = 65536) -> Iterable[torch.Tensor]:
+    """The consumer's input as rows of X (chunks of at most about ``max_rows`` rows).
+
+    Linear: ``x.reshape(-1, in_features)``. Conv2d: im2col patches (``F.unfold``) of shape
+    ``(samples x output positions, C_in * kh * kw)``, channel-major like
+    ``weight.reshape(C_out, -1)``; unfolded a few samples at a time to bound memory.
+    """
+    if isinstance(layer, nn.Linear):
+        rows = x.reshape(-1, layer.in_features)
+        for start in range(0, rows.shape[0], max_rows):
+            yield rows[start : start + max_rows]
+        return
+    if not _is_plain_conv(layer):
+        raise UnsupportedGraphError(f"{type(layer).__name__}: only Linear and Conv2d (groups=1, zero padding) consumers are supported")
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    pad = _conv_padding(layer)
+    per_sample = None
+    start = 0
+    while start < x.shape[0]:
+        if per_sample is None:
+            stop = start + 1
+        else:
+            stop = start + max(1, max_rows // max(per_sample, 1))
+        cols = F.unfold(x[start:stop], layer.kernel_size, dilation=layer.dilation, padding=pad, stride=layer.stride)
+        per_sample = cols.shape[2]
+        yield cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        start = stop
+
+
+def accumulate_gram(H: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """``H + rows^T rows`` in float64 (``H`` None starts from zero)."""
+    r = rows.detach().to(torch.float64)
+    G = r.T @ r
+    return G if H is None else H.add_(G)
+
+
+def weight_matrix(layer: nn.Module) -> torch.Tensor:
+    """``W_hat`` (d x m): the layer's weight with input features as rows (Conv: im2col rows)."""
+    w = layer.weight.detach()
+    return w.reshape(w.shape[0], -1).T if not isinstance(layer, nn.Linear) else w.T
+
+
+def _set_weight_matrix(layer: nn.Module, W: torch.Tensor) -> None:
+    with torch.no_grad():
+        layer.weight.copy_(W.T.reshape(layer.weight.shape).to(layer.weight.dtype))
+
+
+def group_labels(unit: StructuredUnit, layer: nn.Module) -> np.ndarray:
+    """(d,) group of each input row of the consumer: features of one group are consecutive; a
+    conv input channel owns ``kh * kw`` consecutive im2col rows."""
+    per_feature = 1 if isinstance(layer, nn.Linear) else int(np.prod(layer.kernel_size))
+    return np.repeat(np.arange(unit.n_groups), unit.features_per_group * per_feature)
+
+
+def layer_problem(unit: StructuredUnit, layer: nn.Module, H: torch.Tensor, s: int, ridge: float | None = None) -> StructuredMIQP:
+    """``StructuredMIQP(H, W_hat, groups, s, ridge)`` of one unit (NumPy float64 data);
+    ``ridge=None`` takes OSSCAR's default ``1e-2 * mean(diag(H))``."""
+    Hn = H.detach().cpu().numpy().astype(np.float64)
+    Hn = 0.5 * (Hn + Hn.T)
+    W_hat = weight_matrix(layer).detach().cpu().numpy().astype(np.float64)
+    if ridge is None:
+        ridge = osscar_default_ridge(Hn)
+    return StructuredMIQP(Hn, W_hat, group_labels(unit, layer), s, ridge=ridge)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sequential procedure
+# ---------------------------------------------------------------------------------------------
+class _StopForward(Exception):
+    """Raised by a hook once the layer of interest has seen its input (skips the rest)."""
+
+
+def _unit_sparsity(sparsity: float | Mapping[str, float], unit: StructuredUnit) -> float:
+    if not isinstance(sparsity, Mapping):
+        return float(sparsity)
+    for key, value in sparsity.items():
+        if key == unit.kind or key == unit.consumer or re.fullmatch(key, unit.consumer):
+            return float(value)
+    return 0.0
+
+
+def _check_sparsity(sparsity: Any) -> float | dict[str, float]:
+    items = sparsity.items() if isinstance(sparsity, Mapping) else [("sparsity", sparsity)]
+    for key, value in items:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= float(value) < 1.0) or math.isnan(value):
+            raise ValueError(f"sparsity: expected a fraction of groups removed in [0, 1), got {value!r} for {key!r}")
+    return dict(sparsity) if isinstance(sparsity, Mapping) else float(sparsity)
+
+
+def _flops(layer: nn.Module, rows: int) -> float:
+    """FLOPs (2 x MACs) of the layer's matrix product for ``rows`` input rows (no bias)."""
+    return 2.0 * rows * weight_matrix(layer).shape[0] * weight_matrix(layer).shape[1]
+
+
+def prune_structured(
+    model: nn.Module,
+    calibration: Any,
+    *,
+    method: str = "osscar",
+    sparsity: float | Mapping[str, float] = 0.5,
+    targets: Any = None,
+    ignore: Any = None,
+    n_samples: int | None = 1000,
+    solver_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    kinds: Iterable[str] = KINDS,
+    pairs: Iterable[Any] | None = None,
+) -> tuple[list[LayerReport], StructuredPlan]:
+    """Layer-wise structured pruning of ``model`` in place (OSSCAR's procedure).
+
+    Parameters
+    ----------
+    model : the network; must sit on one device. Its weights are modified in place: each
+        pruned consumer gets the solver's reconstructed weights, with the rows of removed
+        groups set to zero (producers are left as they are; see
+        :func:`combprune.torch.physical.remove_pruned` to shrink them). Train/eval mode is
+        restored; calibration runs in eval mode without gradients.
+    calibration : a DataLoader / iterable of batches (inputs, (inputs, targets) or HF dicts;
+        targets are ignored), see :mod:`combprune.torch._calibration`.
+    method : a registered solver of :class:`~combprune.problems.StructuredMIQP`:
+        ``"osscar"``, ``"group-magnitude"``, ``"bruteforce"``, ...
+    sparsity : fraction of **groups removed** per unit, in ``[0, 1)``: ``floor(sparsity * G)``
+        groups removed. A dict maps a unit kind (``"neuron"``, ``"channel"``, ``"head"``), a
+        consumer name or a regex (fullmatch) on it to a fraction; the first matching key wins
+        and unmatched units are not pruned.
+    targets, ignore : which units to prune, by their **consumer** layer (the layer whose input
+        groups are optimised: e.g. ``fc2`` for the neurons of ``fc1``; ``attention.output.dense``
+        for heads); same syntax as :func:`combprune.torch._select.select_parameters`.
+    n_samples : calibration samples (first dimension of the batches) used; ``None``: all.
+    solver_options : ``ridge`` (float; default OSSCAR's ``1e-2 * mean(diag(X^T X))`` per layer),
+        ``time_limit`` (seconds per layer) and ``seed`` are used here; every other key is
+        passed to the solver.
+    progress : a tqdm bar over units.
+    kinds : unit kinds to prune (subset of ``("neuron", "channel", "head")``).
+    pairs : declare units explicitly as ``(producer, [batchnorm, ...,] consumer)`` module names
+        instead of discovering them (:func:`discover_units`).
+
+    Returns
+    -------
+    (reports, plan): one :class:`~combprune.torch.report.LayerReport` (kind ``"structured"``)
+    per pruned unit's consumer weight (``objective`` = the layer's StructuredMIQP objective,
+    i.e. ``1/2 ||X (W - W_hat)||_F^2 + ridge/2 ||W - W_hat||_F^2`` on the calibration input
+    it saw; FLOPs = 2 x MACs of the weight product for the first calibration batch) followed by
+    one per producer weight (rows of removed groups counted as removed), and the
+    :class:`StructuredPlan` (kept groups per unit).
+
+    If anything fails, every weight written so far is restored and the exception re-raised:
+    the model is left exactly as it was.
+    """
+    import combprune
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    sparsity = _check_sparsity(sparsity)
+    kinds = tuple(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"kinds: expected a non-empty subset of {KINDS}, got {kinds!r}")
+    options = dict(solver_options or {})
+    ridge = options.pop("ridge", None)
+    time_limit = options.pop("time_limit", None)
+    seed = options.pop("seed", None)
+    spec = combprune.get_solver(method)
+    if not any(issubclass(StructuredMIQP, cls) for cls in spec.problems):
+        raise ValueError(f"method: solver {method!r} does not solve StructuredMIQP")
+
+    device = _calibration.model_device(model)
+    modules = dict(model.named_modules())
+    for name, mod in modules.items():
+        if hasattr(mod, "weight_orig"):
+            raise ValueError(f"model: {name!r} carries a torch.nn.utils.prune mask; call prune.remove on it first")
+    units = [u for u in discover_units(model, pairs=pairs) if u.kind in kinds]
+    selected = {p.module_name for p in select_parameters(model, targets, ignore, types=(nn.Linear, nn.Conv2d))}
+    units = [u for u in units if u.consumer in selected]
+    if not units:
+        raise ValueError(f"targets: no structured unit of kinds {kinds} has its consumer layer selected by targets={targets!r}, ignore={ignore!r}")
+    batches = _calibration.collect(calibration, n_samples, device)
+    plan = StructuredPlan(units)
+
+    from tqdm.auto import tqdm
+
+    originals: dict[str, torch.Tensor] = {}
+    was_training = model.training
+    solved: dict[str, Any] = {}
+    flop_rows: dict[str, int] = {}
+    model.eval()
+    try:
+        for unit in tqdm(units, desc=f"{method} layers", disable=not progress, leave=False):
+            layer = modules[unit.consumer]
+            frac = _unit_sparsity(sparsity, unit)
+            n_remove = int(math.floor(frac * unit.n_groups + 1e-9))
+            s = unit.n_groups - n_remove
+            t0 = time.perf_counter()
+            if n_remove == 0:
+                plan.keep[unit.consumer] = np.ones(unit.n_groups, dtype=bool)
+                continue
+            H, rows_first, positions_first = _gram_of(model, layer, batches)
+            problem = layer_problem(unit, layer, H, s, ridge)
+            result = combprune.solve(problem, method, time_limit=time_limit, seed=seed, **options)
+            if result.x is None:
+                raise RuntimeError(f"{unit.consumer}: solver {method!r} returned no solution (status {result.status.value})")
+            violations = problem.check(result.x)
+            if violations:
+                raise RuntimeError(f"{unit.consumer}: solver {method!r} returned an infeasible point: {violations}")
+            W = torch.as_tensor(np.asarray(result.x, dtype=np.float64))
+            keep = problem.group_support(result.x)
+            if int(keep.sum()) < s:  # a group may be kept with all-zero weights: keep it as dropped
+                logger.debug("%s: solver kept %d < s = %d nonzero groups", unit.consumer, int(keep.sum()), s)
+            originals.setdefault(unit.consumer, layer.weight.detach().clone())
+            _set_weight_matrix(layer, W.to(layer.weight.device))
+            plan.keep[unit.consumer] = keep
+            solved[unit.consumer] = (result, time.perf_counter() - t0)
+            flop_rows[unit.consumer] = rows_first
+            for pname in unit.producers:
+                flop_rows.setdefault(pname, positions_first)
+    except BaseException:
+        with torch.no_grad():
+            for name, w in originals.items():
+                modules[name].weight.copy_(w)
+        raise
+    finally:
+        model.train(was_training)
+    return _reports(plan, modules, solved, flop_rows, method), plan
+
+
+def _reports(plan: StructuredPlan, modules: Mapping[str, nn.Module], solved: Mapping[str, Any], flop_rows: Mapping[str, int], method: str) -> list[LayerReport]:
+    """One report per weight touched (consumer and/or producer of pruned units), counting what
+    physical removal keeps: ``kept = kept output features x kept input features x kernel``."""
+    out_keep, in_keep = plan.feature_keep(modules)
+    reports = []
+    names = [n for n in set(out_keep) | set(in_keep) if isinstance(modules[n], (nn.Linear, nn.Conv2d))]
+    for name in sorted(names, key=list(modules).index):
+        layer = modules[name]
+        n_out, n_in = _out_features(layer), _in_features(layer)
+        k_out = int(out_keep[name].sum()) if name in out_keep else n_out
+        k_in = int(in_keep[name].sum()) if name in in_keep else n_in
+        params = layer.weight.numel()
+        kept = params // (n_out * n_in) * k_out * k_in
+        dense = _flops(layer, flop_rows.get(name, 0))
+        unit = next((u for u in plan.units if u.consumer == name), None) or next(u for u in plan.units if name in u.producers)
+        result, elapsed = solved.get(name, (None, 0.0))
+        reports.append(LayerReport(
+            name=f"{name}.weight", kind="structured", params=params, kept=kept, sparsity=1.0 - kept / params,
+            dense_flops=dense, effective_flops=dense * kept / params, solver=method,
+            objective=None if result is None else result.objective, bound=None if result is None else result.bound,
+            gap=None if result is None else result.gap, time=elapsed, groups=unit.n_groups,
+            groups_kept=int(plan.keep[unit.consumer].sum()),
+        ))
+    return reports
+
+
+def _gram_of(model: nn.Module, layer: nn.Module, batches: list[Any]) -> tuple[torch.Tensor, int]:
+    """Run the calibration batches until ``layer`` and accumulate ``X^T X`` (float64) of its input.
+
+    Returns ``(H, rows of X for the first batch, input feature vectors of the first batch)``
+    (the latter is the number of output positions of the producer: equal to the rows for a
+    Linear, ``samples x H_in x W_in`` for a convolution).
+    """
+    state: dict[str, Any] = {"H": None, "first": None, "positions": None}
+
+    def hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0]
+        n = 0
+        for rows in layer_rows(layer, x):
+            state["H"] = accumulate_gram(state["H"], rows)
+            n += rows.shape[0]
+        if state["first"] is None:
+            state["first"] = n
+            state["positions"] = x.numel() // _in_features(layer)
+        raise _StopForward
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    _calibration.forward(model, batch.inputs)
+                except _StopForward:
+                    continue
+                raise UnsupportedGraphError(f"{type(layer).__name__} layer was not called during the forward pass; cannot calibrate it")
+    finally:
+        handle.remove()
+    return state["H"], int(state["first"]), int(state["positions"])
+
