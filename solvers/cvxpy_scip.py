@@ -1,0 +1,309 @@
+r"""``cvxpy``: exact mixed-integer solves of ``L0Regression`` and ``StructuredMIQP`` with SCIP.
+
+The models are written in cvxpy and solved by SCIP (through pyscipopt), which handles the
+convex quadratic objective as second-order cones inside its branch and bound.
+
+L0Regression (n-dimensional residual, never a p x p matrix)
+-----------------------------------------------------------
+::
+
+    min   1/2 ||r||^2 + ridge/2 ||w - w_bar||^2
+    s.t.  r = b - A w                                  (n equalities)
+          -M_i z_i <= w_i <= M_i z_i,   z in {0,1}^p   (big-M link)
+          sum_i z_i <= k,   sum_i f_i z_i <= F         (FLOP row only when given)
+
+StructuredMIQP (group indicators, residual of the factor of H)
+---------------------------------------------------------------
+With ``H = R^T R`` (R of size r x d, r = rank H, from an eigen-decomposition of the d x d H),
+``D = W - W_hat``::
+
+    min   1/2 ||E||_F^2 + lam/2 ||D||_F^2
+    s.t.  E = R D
+          -M_ij z_g(i) <= W_ij <= M_ij z_g(i),  z in {0,1}^G
+          sum_g z_g <= s,   sum_g c_g z_g <= C
+
+Validity of the big-M
+---------------------
+Let x0 be any feasible point (we take the better of 0 and a refitted greedy-magnitude
+support) and Q the objective. Every optimum x* satisfies Q(x*) <= Q(x0). The objective is a
+convex quadratic with Hessian ``A^T A + ridge I`` (``K = H + lam I`` for the structured case),
+so for its unconstrained minimiser c and the Hessian's smallest eigenvalue ``l_min``,
+``Q(x) >= Q(c) + l_min/2 ||x - c||^2``. Hence ``||x* - c||^2 <= 2 (Q(x0) - Q(c)) / l_min``
+and ``|x*_i| <= |c_i| + sqrt(2 (Q(x0) - Q(c)) / l_min)``, a valid M_i. Two instances:
+
+* ``ridge > 0`` (SPEC 2): c = w_bar, l_min >= ridge, and dropping the (non-negative) residual
+  term, ``||w* - w_bar||^2 <= 2 Q(x0) / ridge``;
+* ``n >= p`` with A of full column rank: l_min = sigma_min(A)^2 + ridge and c the (ridge)
+  least-squares solution, which also covers ``ridge = 0``.
+
+Both are computed when applicable and the smaller M is used (a further relative safety
+margin of 1e-6 absorbs rounding). For ``StructuredMIQP`` c = W_hat (the unconstrained
+minimiser, Q(c) = 0) and l_min = lambda_min(H) + lam. With no positive l_min (``ridge = 0``
+and a singular Hessian) no finite M follows from the data: the solver refuses with a
+``ValueError`` suggesting ``ridge > 0`` or the ``bruteforce`` solver, unless the caller passes
+``big_m`` (then the result is optimal only among points with ``|x_i| <= big_m``; this is
+recorded in ``info["big_m_source"] = "user"``).
+
+What is reported
+----------------
+The binary selection of SCIP's best solution is rounded to exact 0/1 (repaired if rounding
+broke a budget), the weights are set to zero off the selected support and re-fitted by an
+exact float64 ridge least squares on it, so the support and budgets hold exactly and
+``objective == problem.objective(x)`` (never worse than SCIP's incumbent up to tolerance).
+``bound`` is SCIP's dual bound mapped back to the objective (cvxpy's constant offset added),
+clamped to the objective; ``status`` is ``optimal`` when SCIP proved optimality and the
+refitted objective is within 1e-6 relative of the bound, ``time_limit`` when SCIP stopped
+on the deadline (best point so far), otherwise ``feasible``. ``iterations`` = SCIP nodes.
+
+Options: ``gap_rel`` (SCIP ``limits/gap``, default 0), ``big_m`` (see above), ``verbose``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from combprune import backend
+from combprune.problems import L0Regression, StructuredMIQP
+from combprune.registry import register_solver
+from combprune.result import Deadline, Result, Status, relative_gap
+
+from ._exact import l0_refit, round_selection, structured_refit
+
+__all__ = ["cvxpy_scip", "l0_big_m", "structured_big_m"]
+
+_SAFETY = 1e-6
+
+
+def _greedy_mask(scores: np.ndarray, k: int | None, costs: np.ndarray | None, budget: float | None) -> np.ndarray:
+    """Largest ``scores`` first, skipping coordinates that no longer fit the budgets."""
+    mask = np.zeros(scores.size, dtype=bool)
+    used, count = 0.0, 0
+    for i in np.argsort(-scores, kind="stable"):
+        if k is not None and count >= k:
+            break
+        c = 0.0 if costs is None else float(costs[i])
+        if costs is not None and used + c > budget:
+            continue
+        mask[i] = True
+        used += c
+        count += 1
+    return mask
+
+
+def _no_big_m_error(what: str) -> ValueError:
+    return ValueError(
+        f"big_m: {what} is singular and ridge = 0, so no valid big-M follows from the data; "
+        "use ridge > 0 (e.g. from_gradients(l2=...)), the 'bruteforce' solver, or pass big_m "
+        "explicitly (optimal only among |x_i| <= big_m)"
+    )
+
+
+def l0_big_m(problem: L0Regression) -> tuple[np.ndarray, float]:
+    """Valid per-coordinate big-M (p,) for ``L0Regression`` and ``Q(x0)`` of the feasible point used.
+
+    Raises ``ValueError`` when neither ``ridge > 0`` nor a full-column-rank A gives a bound.
+    """
+    A = backend.to_numpy(problem.A).astype(np.float64)
+    w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
+    costs = None if problem.flop_costs is None else backend.to_numpy(problem.flop_costs).astype(np.float64)
+    mask = _greedy_mask(np.abs(w_bar), problem.k, costs, problem.flop_budget)
+    q0 = min(problem.objective(np.zeros(problem.p)), problem.objective(l0_refit(problem, mask)))
+    M = np.full(problem.p, math.inf)
+    if problem.ridge > 0:
+        M = np.abs(w_bar) + math.sqrt(2.0 * q0 / problem.ridge)
+    if problem.n >= problem.p:
+        smin = float(np.linalg.svd(A, compute_uv=False)[-1])
+        lmin = smin * smin + problem.ridge
+        if lmin > 1e-12 * max(1.0, float(np.abs(A).max()) ** 2):
+            c = l0_refit(problem, np.ones(problem.p, dtype=bool))
+            qc = problem.objective(c)
+            M = np.minimum(M, np.abs(c) + math.sqrt(2.0 * max(q0 - qc, 0.0) / lmin))
+    if not np.all(np.isfinite(M)):
+        raise _no_big_m_error("A^T A")
+    return M * (1.0 + _SAFETY) + _SAFETY, q0
+
+
+def structured_big_m(problem: StructuredMIQP) -> np.ndarray:
+    """Valid entry-wise big-M (d, m) for ``StructuredMIQP`` (see the module docstring)."""
+    H = backend.to_numpy(problem.H).astype(np.float64)
+    W_hat = backend.to_numpy(problem.W_hat).astype(np.float64)
+    lmin = max(float(np.linalg.eigvalsh(H)[0]), 0.0) + problem.ridge
+    if lmin <= 1e-12 * max(1.0, float(np.abs(H).max())):
+        raise _no_big_m_error("H")
+    costs = None if problem.group_costs is None else backend.to_numpy(problem.group_costs).astype(np.float64)
+    norms = np.bincount(problem.group_index, weights=np.sum(W_hat**2, axis=1), minlength=problem.n_groups)
+    sel = _greedy_mask(norms, problem.s, costs, problem.cost_budget)
+    q0 = min(problem.objective(np.zeros_like(W_hat)), problem.objective(structured_refit(problem, sel)))
+    M = np.abs(W_hat) + math.sqrt(2.0 * q0 / lmin)
+    return M * (1.0 + _SAFETY) + _SAFETY
+
+
+def _user_big_m(big_m: Any) -> float:
+    if isinstance(big_m, bool) or not isinstance(big_m, (int, float)) or not (big_m > 0 and math.isfinite(big_m)):
+        raise ValueError(f"big_m: expected a positive finite number or None, got {big_m!r}")
+    return float(big_m)
+
+
+def _import_cvxpy():
+    try:
+        import cvxpy as cp
+        import pyscipopt  # noqa: F401  (SCIP backend of cvxpy)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("cvxpy and pyscipopt are needed for the 'cvxpy' solver: install them with `pip install combprune[exact]`") from exc
+    return cp
+
+
+def _run_scip(cp, prob, deadline: Deadline, seed: int | None, gap_rel: float, verbose: bool) -> dict[str, Any]:
+    """Solve with SCIP; return SCIP's status, dual bound (in cvxpy's objective), nodes."""
+    params: dict[str, Any] = {"limits/gap": float(gap_rel), "limits/absgap": 0.0}
+    remaining = deadline.remaining()
+    if math.isfinite(remaining):
+        params["limits/time"] = max(remaining, 0.01)
+    if seed is not None:
+        params["randomization/randomseedshift"] = int(seed % 2147483647)
+    try:
+        prob.solve(solver=cp.SCIP, verbose=verbose, scip_params=params)
+    except cp.error.SolverError:
+        pass  # no incumbent (e.g. stopped before the first solution); handled by the caller
+    stats = prob.solver_stats.extra_stats if prob.solver_stats is not None else None
+    model = stats.get("model") if isinstance(stats, dict) else None
+    out: dict[str, Any] = {"scip_status": None, "bound": None, "nodes": 0}
+    if model is None:
+        return out
+    out["scip_status"] = model.getStatus()
+    out["nodes"] = int(model.getNNodes())
+    dual = float(model.getDualbound())
+    if math.isfinite(dual) and model.getNSols() > 0 and prob.value is not None and math.isfinite(prob.value):
+        # cvxpy's objective = SCIP's objective + a constant offset; measure it at SCIP's best point.
+        # An epigraph variable that is not tight only lowers the offset: the bound stays valid.
+        offset = float(prob.value) - float(model.getSolObjVal(model.getBestSol()))
+        out["bound"] = dual + offset
+    return out
+
+
+def _finish(problem, x_np, support, sel_ok, run, deadline, like, info) -> Result:
+    objective = problem.objective(x_np)
+    bound = run["bound"]
+    if bound is not None:
+        bound = min(bound, objective)
+    if run["scip_status"] == "optimal" and sel_ok and relative_gap(objective, bound) is not None \
+            and relative_gap(objective, bound) <= 1e-6:
+        status = Status.OPTIMAL
+    elif run["scip_status"] == "timelimit" or deadline.expired():
+        status = Status.TIME_LIMIT
+    else:
+        status = Status.FEASIBLE
+    info = {**info, "scip_status": run["scip_status"]}
+    return Result(
+        x=backend.from_numpy(x_np, like=like, keep_dtype=True), support=support, objective=objective, bound=bound,
+        status=status, iterations=run["nodes"], history=[(deadline.elapsed(), objective)], info=info,
+    )
+
+
+def _solve_l0(problem: L0Regression, deadline, seed, gap_rel, big_m, verbose) -> Result:
+    cp = _import_cvxpy()
+    A = backend.to_numpy(problem.A).astype(np.float64)
+    b = backend.to_numpy(problem.b).astype(np.float64)
+    w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
+    costs = None if problem.flop_costs is None else backend.to_numpy(problem.flop_costs).astype(np.float64)
+    if big_m is None:
+        M, _ = l0_big_m(problem)
+        source = "proven"
+    else:
+        M, source = np.full(problem.p, _user_big_m(big_m)), "user"
+    w = cp.Variable(problem.p)
+    z = cp.Variable(problem.p, boolean=True)
+    r = cp.Variable(problem.n)
+    cons = [r == b - A @ w, w <= cp.multiply(M, z), w >= -cp.multiply(M, z), cp.sum(z) <= problem.k]
+    if costs is not None:
+        cons.append(costs @ z <= problem.flop_budget)
+    obj = 0.5 * cp.sum_squares(r)
+    if problem.ridge > 0:
+        obj = obj + 0.5 * problem.ridge * cp.sum_squares(w - w_bar)
+    prob = cp.Problem(cp.Minimize(obj), cons)
+    run = _run_scip(cp, prob, deadline, seed, gap_rel, verbose)
+    if z.value is None:
+        mask, repaired = np.zeros(problem.p, dtype=bool), False
+    else:
+        mask, repaired = round_selection(z.value, np.abs(w.value), problem.k, costs, problem.flop_budget)
+    x = l0_refit(problem, mask)
+    support = x != 0
+    return _finish(problem, x, support, z.value is not None and not repaired, run, deadline, problem.A,
+                   {"big_m": float(M.max()) if M.size else 0.0, "big_m_source": source, "repaired": repaired})
+
+
+def _solve_structured(problem: StructuredMIQP, deadline, seed, gap_rel, big_m, verbose) -> Result:
+    cp = _import_cvxpy()
+    H = backend.to_numpy(problem.H).astype(np.float64)
+    W_hat = backend.to_numpy(problem.W_hat).astype(np.float64)
+    costs = None if problem.group_costs is None else backend.to_numpy(problem.group_costs).astype(np.float64)
+    if big_m is None:
+        M, source = structured_big_m(problem), "proven"
+    else:
+        M, source = np.full(W_hat.shape, _user_big_m(big_m)), "user"
+    evals, evecs = np.linalg.eigh(H)
+    keep = evals > 1e-12 * max(float(evals[-1]), 1e-300)
+    R = np.sqrt(evals[keep])[:, None] * evecs[:, keep].T  # H = R^T R up to the dropped null space
+    d, m, G = problem.d, problem.m, problem.n_groups
+    P = np.zeros((d, G))
+    P[np.arange(d), problem.group_index] = 1.0
+    W = cp.Variable((d, m))
+    z = cp.Variable(G, boolean=True)
+    Zrows = cp.reshape(P @ z, (d, 1), order="F") @ np.ones((1, m))
+    D = W - W_hat
+    cons = [W <= cp.multiply(M, Zrows), W >= -cp.multiply(M, Zrows)]
+    if problem.s is not None:
+        cons.append(cp.sum(z) <= problem.s)
+    if costs is not None:
+        cons.append(costs @ z <= problem.cost_budget)
+    obj = 0
+    if R.shape[0]:
+        E = cp.Variable((R.shape[0], m))
+        cons.append(E == R @ D)
+        obj = 0.5 * cp.sum_squares(E)
+    if problem.ridge > 0:
+        obj = obj + 0.5 * problem.ridge * cp.sum_squares(D)
+    prob = cp.Problem(cp.Minimize(obj), cons)
+    run = _run_scip(cp, prob, deadline, seed, gap_rel, verbose)
+    if z.value is None:
+        sel, repaired = np.zeros(G, dtype=bool), False
+    else:
+        gnorm = np.bincount(problem.group_index, weights=np.sum(np.asarray(W.value) ** 2, axis=1), minlength=G)
+        sel, repaired = round_selection(z.value, gnorm, problem.s, costs, problem.cost_budget)
+    x = structured_refit(problem, sel)
+    return _finish(problem, x, problem.group_support(x), z.value is not None and not repaired, run, deadline,
+                   problem.W_hat, {"big_m": float(M.max()), "big_m_source": source, "repaired": repaired})
+
+
+@register_solver(
+    "cvxpy",
+    problems=(L0Regression, StructuredMIQP),
+    exact=True,
+    requires=("cvxpy", "pyscipopt"),
+    extra="exact",
+    description="cvxpy + SCIP big-M MIQP for L0Regression and StructuredMIQP (proven big-M, SCIP's bound).",
+)
+def cvxpy_scip(
+    problem: L0Regression | StructuredMIQP,
+    *,
+    deadline: Deadline,
+    seed: int | None = None,
+    gap_rel: float = 0.0,
+    big_m: float | None = None,
+    verbose: bool = False,
+) -> Result:
+    """Big-M MIQP in cvxpy solved by SCIP (see the module docstring for the model and the big-M)."""
+    if isinstance(gap_rel, bool) or not isinstance(gap_rel, (int, float)) or not 0 <= gap_rel < 1:
+        raise ValueError(f"gap_rel: expected a number in [0, 1), got {gap_rel!r}")
+    if big_m is not None:
+        _user_big_m(big_m)
+    if not isinstance(verbose, bool):
+        raise ValueError(f"verbose: expected a bool, got {verbose!r}")
+    if isinstance(problem, L0Regression):
+        return _solve_l0(problem, deadline, seed, gap_rel, big_m, verbose)
+    if isinstance(problem, StructuredMIQP):
+        return _solve_structured(problem, deadline, seed, gap_rel, big_m, verbose)
+    raise TypeError(f"problem: expected L0Regression or StructuredMIQP, got {type(problem).__name__}")
