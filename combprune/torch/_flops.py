@@ -12,6 +12,7 @@ actually receives in the model.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -30,11 +31,23 @@ def _one_sample(batch: Batch) -> Batch:
 
 
 def model_flops(model: nn.Module, batch: Batch) -> float:
-    """Dense FLOPs of one forward pass of ``model`` on one sample of ``batch``."""
+    """Dense FLOPs of one forward pass of ``model`` (in eval mode) on one sample of ``batch``."""
     sample = _one_sample(batch)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with _eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
         forward(model, sample.inputs)
     return float(counter.get_total_flops())
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Run in ``eval()`` (batch-norm statistics untouched) and restore each module's mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> list[float]:
@@ -56,13 +69,13 @@ def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> 
             seen.add(id(p.module))
             handles.append(p.module.register_forward_hook(hook, with_kwargs=True))
     try:
-        with torch.no_grad():
+        with _eval_mode(model), torch.no_grad():
             forward(model, _one_sample(batch).inputs)
     finally:
         for h in handles:
             h.remove()
     per_module: dict[int, float] = {}
-    with torch.no_grad():
+    with _eval_mode(model), torch.no_grad():
         for p in params:
             if id(p.module) in per_module:
                 continue

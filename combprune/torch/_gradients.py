@@ -118,7 +118,7 @@ def per_sample_gradients(
         return loss_fn(out, tgt)
 
     grad_fn = grad(sample_loss)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     rows: list[torch.Tensor] = []
     try:
@@ -129,5 +129,6 @@ def per_sample_gradients(
             if progress is not None:
                 progress.update(batch.size)
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     return torch.cat(rows, dim=0)

@@ -292,6 +292,7 @@ def prune(
     need_grads = spec.kind == "gradient"
     batches = collect(calibration, n_samples, dev, need_targets=need_grads and loss_fn is None)
     n = sum(b.size for b in batches)
+    snapshot = _Snapshot(model)
     ctx = _Context(model, params, batches, dev, progress)
     k = ctx.p if sparsity is None else k_from_sparsity(sparsity, ctx.p)
     F = None
@@ -307,7 +308,6 @@ def prune(
         "prune %s: %d prunable weights in %d layers, %d calibration samples, k=%d, F=%s",
         method, ctx.p, len(params), n, k, "-" if F is None else f"{F:.6g}",
     )
-    snapshot = _Snapshot(model)
     try:
         options = dict(solver_options or {})
         if spec.kind == "magnitude":
@@ -582,11 +582,13 @@ def _prune_structured(model: nn.Module, calibration: Any, *, spec: _Method, meth
         raise ValueError("flop_budget: structured methods take sparsity (fraction of groups removed per layer); a FLOP budget is not supported there")
     snapshot = _Snapshot(model)
     try:
-        layers = _structured.prune_structured(
+        layers, plan = _structured.prune_structured(
             model, calibration, method=spec.solver or method, sparsity=sparsity, targets=targets, ignore=ignore,
-            n_samples=n_samples, apply=apply, solver_options=solver_options, progress=progress,
+            n_samples=n_samples, solver_options=solver_options, progress=progress,
         )
+        _apply_structured(model, plan, apply)
         report = PruneReport(layers=list(layers), method=method, sparsity_requested=sparsity, apply=apply)
+        report.info.update(structured_plan=plan.to_dict(), solver=spec.solver or method, solver_options=dict(solver_options or {}))
     except BaseException as exc:
         snapshot.restore()
         logger.warning("prune %s failed (%s: %s); the model was restored", method, type(exc).__name__, exc)
@@ -595,3 +597,28 @@ def _prune_structured(model: nn.Module, calibration: Any, *, spec: _Method, meth
         raise PruningError(f"pruning with {method!r} failed: {exc}; the model was restored unchanged") from exc
     report.time = time.perf_counter() - t0
     return report
+
+
+def _apply_structured(model: nn.Module, plan: Any, apply: str) -> None:
+    """Apply a structured plan: torch masks, zeros, or physical removal of the groups.
+
+    The consumers already hold the solver's reconstructed weights (pruned input rows zero).
+    ``"mask"`` adds ``weight_mask`` to consumers and producers; ``"permanent"`` writes the zeros
+    into the producers' removed output rows too; ``"physical"`` builds the smaller dense layers
+    (:mod:`combprune.torch.physical`).
+    """
+    from torch.nn.utils import prune as torch_prune
+
+    if apply == "physical":
+        from .physical import remove_pruned
+
+        remove_pruned(model, plan)
+        return
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, mask in plan.masks(model).items():
+            layer = modules[name]
+            if apply == "mask":
+                torch_prune.custom_from_mask(layer, "weight", mask)
+            else:
+                layer.weight.mul_(mask)
