@@ -95,13 +95,16 @@ import scipy.linalg
 
 from combprune import backend
 from combprune.problems import L0Regression
-from combprune.problems.l0_regression import FLOP_RTOL, flop_total, within_budget
+from combprune.problems.l0_regression import FLOP_RTOL, flop_total
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
+from ._l0_core import ColumnOperator, L0Data, check_positive_int, default_support, final_objective, support_mask, to_host64
+from .backsolve import ridge_solve_on_support
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["SwapOutcome", "SupportModel", "swap_search", "exact_weights_on_support", "swap"]
+__all__ = ["SwapOutcome", "SupportModel", "swap_search", "swap"]
 
 #: Relative size of the internal ridge used to rank candidates when the problem's ridge is 0.
 ZERO_RIDGE_JITTER = 1e-9
@@ -110,33 +113,8 @@ _MODE_SLACK = 32
 
 
 # ----------------------------------------------------------------------------------------------
-# Exact solve on a support
+# Dense helpers
 # ----------------------------------------------------------------------------------------------
-def exact_weights_on_support(A: np.ndarray, b: np.ndarray, w_bar: np.ndarray, ridge: float, idx: np.ndarray) -> np.ndarray:
-    r"""Exact minimiser ``w_S`` of ``1/2 ||b - A_S w_S||^2 + ridge/2 ||w_S - w_bar_S||^2`` (float64).
-
-    ``ridge > 0``: Cholesky of ``A_S^T A_S + ridge I`` when ``|S| <= n``, else the Woodbury
-    form ``w_S = w_bar_S + A_S^T K^{-1} (b - A_S w_bar_S)`` with ``K = A_S A_S^T + ridge I_n``.
-    ``ridge = 0``: minimum-norm least squares (``lstsq``; rank-deficient A allowed).
-    """
-    idx = np.asarray(idx, dtype=np.int64)
-    if idx.size == 0:
-        return np.zeros(0)
-    AS = np.asarray(A[:, idx], dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    wS = np.asarray(w_bar, dtype=np.float64)[idx]
-    n, m = AS.shape
-    if ridge <= 0.0:
-        return np.linalg.lstsq(AS, b, rcond=None)[0]
-    if m <= n:
-        G = AS.T @ AS
-        G[np.diag_indices_from(G)] += ridge
-        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(G, lower=True), AS.T @ b + ridge * wS)
-    K = AS @ AS.T
-    K[np.diag_indices_from(K)] += ridge
-    return wS + AS.T @ scipy.linalg.cho_solve(scipy.linalg.cho_factor(K, lower=True), b - AS @ wS)
-
-
 def _spd_inverse(M: np.ndarray) -> np.ndarray:
     """Inverse of a symmetric positive definite matrix through Cholesky (eigen fallback)."""
     if M.shape[0] == 0:
@@ -165,9 +143,9 @@ class SupportModel:
     that is 0); ``ridge`` is the problem's ridge, used for the objective.
     """
 
-    def __init__(self, A: np.ndarray, b: np.ndarray, w_bar: np.ndarray, ridge: float, idx: np.ndarray, capacity: int, col_sq: np.ndarray) -> None:
-        self.A = A
-        self.n = int(A.shape[0])
+    def __init__(self, op: ColumnOperator, b: np.ndarray, w_bar: np.ndarray, ridge: float, idx: np.ndarray, capacity: int, col_sq: np.ndarray) -> None:
+        self.op = op
+        self.n = op.n
         self.b = np.asarray(b, dtype=np.float64)
         self.w_bar = np.asarray(w_bar, dtype=np.float64)
         self.ridge = float(ridge)
@@ -189,8 +167,13 @@ class SupportModel:
 
     # Columns -----------------------------------------------------------------------------------
     def columns(self, J: np.ndarray) -> np.ndarray:
-        """``A[:, J]`` as a float64 (n, |J|) array."""
-        return np.asarray(self.A[:, np.asarray(J, dtype=np.int64)], dtype=np.float64)
+        """``A[:, J]`` as a host float64 (n, |J|) array (columns in the order of ``J``)."""
+        J = np.asarray(J, dtype=np.int64)
+        order = np.argsort(J, kind="stable")
+        cols = to_host64(self.op.take(J[order]))
+        out = np.empty_like(cols)
+        out[:, order] = cols
+        return out
 
     @property
     def support_idx(self) -> np.ndarray:
@@ -391,14 +374,6 @@ def _top(scores: np.ndarray, pool: np.ndarray, count: int) -> np.ndarray:
     return pool[part]
 
 
-def _check_int_option(name: str, value: Any, low: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}{' or None' if allow_none else ''}, got {value!r}")
-    return int(value)
-
-
 def swap_search(
     problem: L0Regression,
     support: Any,
@@ -410,13 +385,15 @@ def swap_search(
     refactor_every: int = 25,
     tol: float = 1e-10,
     final_solve: bool = True,
+    data: L0Data | None = None,
 ) -> SwapOutcome:
     """Improve the feasible ``support`` of ``problem`` by swaps and additions (module docstring).
 
     Parameters
     ----------
-    problem : an ``L0Regression`` (NumPy, torch or CuPy data; the work is done on the host in
-        NumPy, float64 for everything but the full gradient pass over A, which uses A's dtype).
+    problem : an ``L0Regression`` (NumPy, torch or CuPy data). The passes over A (gradient,
+        column gathers) run in A's own library and dtype; the factor and all vectors are host
+        float64 NumPy arrays.
     support : boolean (p,) mask or integer indices of a feasible support (``|S| <= k``, FLOPs
         within budget); ``ValueError`` otherwise.
     deadline : a :class:`~combprune.result.Deadline` (default: none).
@@ -426,35 +403,34 @@ def swap_search(
     max_swaps : cap on accepted moves (None: until no improving move).
     refactor_every : accepted moves between fresh factorisations (>= 1).
     tol : a move must lower Q by more than ``tol * |Q|`` (relative, >= 0).
-    final_solve : re-solve the final support from scratch (exact weights) before returning.
+    final_solve : re-solve the final support from scratch (``ridge_solve_on_support`` of the
+        backsolve module) and keep it when it is at least as good as the factor's weights.
+    data : the problem's host vectors (:class:`L0Data`), when the caller already has them.
 
     Returns
     -------
-    SwapOutcome with float64 NumPy weights.
+    SwapOutcome with host float64 NumPy weights.
     """
     if not isinstance(problem, L0Regression):
         raise TypeError(f"problem: swap_search needs an L0Regression, got {type(problem).__name__}")
-    candidates = _check_int_option("candidates", candidates, 1)
-    drop_candidates = _check_int_option("drop_candidates", drop_candidates, 0)
-    max_swaps = _check_int_option("max_swaps", max_swaps, 0, allow_none=True)
-    refactor_every = _check_int_option("refactor_every", refactor_every, 1)
+    candidates = check_positive_int("candidates", candidates)
+    drop_candidates = check_positive_int("drop_candidates", drop_candidates, low=0)
+    max_swaps = check_positive_int("max_swaps", max_swaps, allow_none=True, low=0)
+    refactor_every = check_positive_int("refactor_every", refactor_every)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
     deadline = deadline if deadline is not None else Deadline(None)
-    p, k = problem.p, problem.k
-    mask = _as_support_mask(problem, support, "support")
-
-    A = backend.to_numpy(problem.A)
-    b = backend.to_numpy(problem.b).astype(np.float64)
-    w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
-    ridge = float(problem.ridge)
-    col_sq = np.einsum("ij,ij->j", A, A, dtype=np.float64)
-    costs = None if problem.flop_costs is None else backend.to_numpy(problem.flop_costs).astype(np.float64)
-    budget = problem.flop_budget
+    data = data if data is not None else L0Data(problem)
+    mask = support_mask(problem, support, "support")
+    p, k, op = data.p, data.k, data.op
+    b, w_bar, ridge, costs, budget = data.b, data.w_bar, data.ridge, data.costs, data.flop_budget
     slack = 0.5 * FLOP_RTOL * max(abs(budget), 1.0) if budget is not None else 0.0
+    col_sq = op.col_sqnorms()
 
-    idx0 = np.flatnonzero(mask)
-    model = SupportModel(A, b, w_bar, ridge, idx0, capacity=max(k, 1), col_sq=col_sq)
+    def new_model(idx: np.ndarray) -> SupportModel:
+        return SupportModel(op, b, w_bar, ridge, idx, capacity=max(k, 1), col_sq=col_sq)
+
+    model = new_model(np.flatnonzero(mask))
     in_S = mask.copy()
     history = History(deadline, "min")
     history.record(model.objective)
@@ -471,23 +447,16 @@ def swap_search(
             break
         m = model.m
         outside = np.flatnonzero(~in_S)
-        if outside.size == 0 or k == 0:
-            out.local_optimum = out.exhaustive = True
-            break
-        used = flop_total(costs, in_S) if costs is not None else 0.0
-        room = (budget - used + slack) if costs is not None else math.inf
         can_add = m < k
         idxS = model.support_idx
         fS = costs[idxS] if costs is not None else None
-        # Eligible outside coordinates: feasible for some swap or as an addition.
-        if costs is not None:
-            limit = room + (fS.max() if m else 0.0)
-            outside = outside[costs[outside] <= limit]
-        if outside.size == 0:
+        room = (budget - flop_total(costs, in_S) + slack) if costs is not None else math.inf
+        if costs is not None:  # outside coordinates that fit after some swap or as an addition
+            outside = outside[costs[outside] <= room + (fS.max() if m else 0.0)]
+        if outside.size == 0 or k == 0 or (m == 0 and not can_add):
             out.local_optimum = out.exhaustive = True
             break
-        # Full gradient (one pass over A, in A's dtype).
-        c_full = np.asarray(A.T @ model.r.astype(A.dtype, copy=False), dtype=np.float64) + lam * w_bar
+        c_full = op.rmatvec(model.r) + lam * w_bar  # one pass over A, in A's dtype
         score = c_full * c_full / screen_den
         exhaustive = outside.size <= candidates
         J = _top(score, outside, candidates)
@@ -497,8 +466,7 @@ def swap_search(
                 J = np.union1d(J, _top(score, addable, max(1, candidates // 4)))
         move = _best_move(model, J, fS, costs, room, can_add, tol)
         if move is None and not exhaustive and drop_candidates > 0 and m > 0:
-            J2 = _secondary_candidates(model, A, c_full, screen_den, outside, fS, costs, room, candidates, drop_candidates)
-            J2 = np.setdiff1d(J2, J)
+            J2 = np.setdiff1d(_secondary_candidates(model, c_full, screen_den, outside, fS, costs, room, candidates, drop_candidates), J)
             if J2.size:
                 move = _best_move(model, J2, fS, costs, room, can_add, tol)
         if move is None:
@@ -519,7 +487,7 @@ def swap_search(
             since_refactor = 0
             if not model.objective < before:
                 logger.debug("swap: move (%s -> %s) predicted %.3g but did not lower Q; stopping", dropped, add_j, predicted)
-                model = SupportModel(A, b, w_bar, ridge, old_idx, capacity=max(k, 1), col_sq=col_sq)
+                model = new_model(old_idx)
                 out.local_optimum = True
                 break
         if dropped is not None:
@@ -535,11 +503,10 @@ def swap_search(
     idx = model.support_idx
     weights = np.zeros(p)
     weights[idx] = model.w
-    out.objective = model.objective
+    out.objective = data.objective(weights)
     if final_solve:
-        exact = np.zeros(p)
-        exact[idx] = exact_weights_on_support(A, b, w_bar, ridge, idx)
-        exact_obj = _objective64(A, b, w_bar, ridge, exact)
+        exact = ridge_solve_on_support(problem.A, b, w_bar, ridge, idx)
+        exact_obj = data.objective(exact)
         if exact_obj <= out.objective:
             weights, out.objective = exact, exact_obj
     out.support = np.zeros(p, dtype=bool)
@@ -550,7 +517,8 @@ def swap_search(
 
 
 def _best_move(model: SupportModel, J: np.ndarray, fS, costs, room: float, can_add: bool, tol: float):
-    """Best admissible move among all (kept slot, J) swaps and J additions, or None."""
+    """Best admissible move ``(slot or None, j, gain)`` among the (kept slot, J) swaps and the
+    J additions, or None when none lowers Q by more than ``tol * |Q|``."""
     if J.size == 0:
         return None
     swap_gain, add_gain = model.move_gains(J)
@@ -562,107 +530,78 @@ def _best_move(model: SupportModel, J: np.ndarray, fS, costs, room: float, can_a
     if not can_add:
         add_gain = np.full_like(add_gain, np.inf)
     threshold = -tol * max(abs(model.objective), 1e-300)
-    best_swap = np.inf
+    best_swap, t, l = np.inf, -1, -1
     if swap_gain.size:
         t, l = np.unravel_index(np.argmin(swap_gain), swap_gain.shape)
         best_swap = swap_gain[t, l]
     l_add = int(np.argmin(add_gain))
     best_add = add_gain[l_add]
-    if min(best_swap, best_add) >= threshold or not math.isfinite(min(best_swap, best_add)):
+    best = min(best_swap, best_add)
+    if not math.isfinite(best) or best >= threshold:
         return None
     if best_add <= best_swap:
         return None, int(J[l_add]), float(best_add)
     return int(t), int(J[l]), float(best_swap)
 
 
-def _secondary_candidates(model, A, c_full, screen_den, outside, fS, costs, room, candidates, drop_candidates) -> np.ndarray:
-    """Replacement candidates for the kept coordinates that are cheapest to drop."""
-    costs_drop = model.drop_costs()
-    slots = np.argsort(costs_drop, kind="stable")[:drop_candidates]
-    U = model.drop_directions(slots)
-    Z = np.asarray(A.T @ U.astype(A.dtype, copy=False), dtype=np.float64)
+def _rmatmat(op: ColumnOperator, U: np.ndarray) -> np.ndarray:
+    """``A^T U`` (p x c, host float64) for a host (n, c) matrix: one BLAS product on NumPy."""
+    if op.is_numpy:
+        return np.asarray(op.A.T @ U.astype(op.dtype, copy=False), dtype=np.float64)
+    return np.stack([op.rmatvec(U[:, c]) for c in range(U.shape[1])], axis=1)
+
+
+def _secondary_candidates(model: SupportModel, c_full, screen_den, outside, fS, costs, room, candidates, drop_candidates) -> np.ndarray:
+    """Replacement candidates for the kept coordinates that are cheapest to drop.
+
+    After dropping slot t the gradient is ``c + (w_t / d_t) A^T u_t``; its best entries
+    (screened like the primary neighbourhood) are the candidates.
+    """
+    slots = np.argsort(model.drop_costs(), kind="stable")[:drop_candidates]
+    Z = _rmatmat(model.op, model.drop_directions(slots))
     scale = model.w[slots] / model.d[slots]
     per_drop = max(2, candidates // max(len(slots), 1))
     found = []
+    score = np.zeros_like(c_full)
     for col, t in enumerate(slots):
-        pool = outside
-        if costs is not None:
-            pool = outside[costs[outside] - fS[t] <= room]
+        pool = outside if costs is None else outside[costs[outside] - fS[t] <= room]
         if pool.size == 0:
             continue
         c_after = c_full[pool] + scale[col] * Z[pool, col]
-        sc = np.zeros_like(c_full)
-        sc[pool] = c_after * c_after / screen_den[pool]
-        found.append(_top(sc, pool, per_drop))
+        score[pool] = c_after * c_after / screen_den[pool]
+        found.append(_top(score, pool, per_drop))
     return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
-
-
-def _objective64(A, b, w_bar, ridge, w) -> float:
-    nz = np.flatnonzero(w)
-    r = b - (np.asarray(A[:, nz], dtype=np.float64) @ w[nz] if nz.size else 0.0)
-    diff = w - w_bar
-    return 0.5 * float(r @ r) + 0.5 * ridge * float(diff @ diff)
 
 
 # ----------------------------------------------------------------------------------------------
 # Warm starts and the registered solver
 # ----------------------------------------------------------------------------------------------
-def _as_support_mask(problem: L0Regression, support: Any, name: str) -> np.ndarray:
-    """Boolean (p,) mask from a mask or index array; checks feasibility."""
-    s = backend.to_numpy(support) if backend.is_array(support) else np.asarray(support)
-    p = problem.p
-    if s.dtype == bool:
-        if s.shape != (p,):
-            raise ValueError(f"{name}: expected a boolean mask of shape ({p},), got shape {s.shape}")
-        mask = s.copy()
-    elif s.dtype.kind in "iu" and s.ndim == 1:
-        if s.size and (s.min() < 0 or s.max() >= p):
-            raise ValueError(f"{name}: indices must lie in [0, {p - 1}]")
-        mask = np.zeros(p, dtype=bool)
-        mask[s] = True
-    else:
-        raise ValueError(f"{name}: expected a boolean mask of shape ({p},) or integer indices, got dtype {s.dtype} shape {s.shape}")
-    nnz = int(mask.sum())
-    if nnz > problem.k:
-        raise ValueError(f"{name}: support has {nnz} coordinates > k = {problem.k}; swap needs a feasible start")
-    if problem.flop_costs is not None:
-        total = flop_total(backend.to_numpy(problem.flop_costs), mask)
-        if not within_budget(total, problem.flop_budget):
-            raise ValueError(f"{name}: support uses {total:.17g} FLOPs > flop_budget = {problem.flop_budget:.17g}; swap needs a feasible start")
-    return mask
-
-
-def _warm_start(problem: L0Regression, warm_start: Any, deadline: Deadline, seed: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _warm_start(problem: L0Regression, data: L0Data, warm_start: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """(support mask, weights or None) from a Result, a weight vector, a boolean mask, or None."""
     if warm_start is None:
-        from combprune.registry import get_solver
-
-        start = get_solver("magnitude").func(problem, deadline=deadline, seed=seed)
-        return _as_support_mask(problem, start.support, "warm_start"), None
+        return support_mask(problem, default_support(problem, data), "warm_start"), None
     if isinstance(warm_start, Result):
         if warm_start.x is None:
             raise ValueError(f"warm_start: the Result has no solution (status {warm_start.status.value})")
-        x = np.asarray(backend.to_numpy(warm_start.x), dtype=np.float64)
+        x = to_host64(warm_start.x)
         if x.shape != (problem.p,):
             raise ValueError(f"warm_start: the Result's x has shape {x.shape}, expected ({problem.p},)")
         mask = x != 0
-        if warm_start.support.shape == (problem.p,):
+        if warm_start.support.shape == (problem.p,) and int((mask | warm_start.support).sum()) <= problem.k:
             mask = mask | warm_start.support
-            if int(mask.sum()) > problem.k:
-                mask = x != 0
-        return _as_support_mask(problem, mask, "warm_start"), x
+        return support_mask(problem, mask, "warm_start"), x
     if backend.is_array(warm_start) or isinstance(warm_start, (list, tuple)):
         arr = backend.to_numpy(warm_start) if backend.is_array(warm_start) else np.asarray(warm_start)
         if arr.shape != (problem.p,):
             raise ValueError(f"warm_start: expected shape ({problem.p},) (weights or boolean support), got {arr.shape}")
         if arr.dtype == bool:
-            return _as_support_mask(problem, arr, "warm_start"), None
+            return support_mask(problem, arr, "warm_start"), None
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"warm_start: expected float weights or a boolean support, got dtype {arr.dtype}")
         x = arr.astype(np.float64)
         if not np.all(np.isfinite(x)):
             raise ValueError("warm_start: weights contain NaN or Inf")
-        return _as_support_mask(problem, x != 0, "warm_start"), x
+        return support_mask(problem, x != 0, "warm_start"), x
     raise TypeError(f"warm_start: expected a Result, a weight vector, a boolean support or None, got {type(warm_start).__name__}")
 
 
@@ -687,26 +626,27 @@ def swap(
     """Swap local search from ``warm_start`` (default: magnitude / FLOP-aware magnitude support).
 
     ``warm_start``: a :class:`Result` (e.g. of ``chita``), a weight vector (its nonzeros are
-    the support) or a boolean support mask, in any supported array namespace. Other options:
-    see :func:`swap_search`. ``iterations`` = accepted moves (swaps + pure additions); the
-    weights are the exact ridge least squares on the final support; ``info`` has
-    ``swaps``, ``additions``, ``initial_objective``, ``local_optimum``, ``exhaustive``,
+    the support) or a boolean support mask, in any supported array namespace; ``None`` starts
+    from top-k ``|w_bar|`` (FLOP-aware magnitude pruning, the FLOP-NNZ ILP with values
+    ``w_bar^2``, under a FLOP budget). Other options: see :func:`swap_search`.
+
+    ``iterations`` = accepted moves (swaps + pure additions); ``x`` = the exact ridge least
+    squares on the final support (or the warm start's own weights when those are at least as
+    good, e.g. when no move was accepted); ``info``: ``swaps``, ``additions``,
+    ``initial_objective`` (Q* of the starting support), ``local_optimum``, ``exhaustive``,
     ``refactorizations``. Status ``feasible`` (``time_limit`` when the deadline stopped it).
     """
-    mask, x0 = _warm_start(problem, warm_start, deadline, seed)
+    data = L0Data(problem)
+    mask, x0 = _warm_start(problem, data, warm_start)
     outcome = swap_search(
         problem, mask, deadline=deadline, candidates=candidates, drop_candidates=drop_candidates,
-        max_swaps=max_swaps, refactor_every=refactor_every, tol=tol,
+        max_swaps=max_swaps, refactor_every=refactor_every, tol=tol, data=data,
     )
-    like = problem.A
-    x = backend.from_numpy(outcome.weights, like=like, keep_dtype=True)
-    objective = problem.objective(x)
+    x, objective, support = final_objective(problem, data, outcome.weights)
     if x0 is not None:
-        x_start = backend.from_numpy(x0, like=like, keep_dtype=True)
-        start_obj = problem.objective(x_start)
+        x_start, start_obj, start_support = final_objective(problem, data, x0)
         if start_obj <= objective and not problem.check(x_start):
-            x, objective = x_start, start_obj
-    support = backend.to_numpy(x) != 0
+            x, objective, support = x_start, start_obj, start_support
     status = Status.TIME_LIMIT if outcome.timed_out else Status.FEASIBLE
     return Result(
         x=x, support=support, objective=objective, status=status, iterations=outcome.moves,

@@ -14,7 +14,9 @@ from combprune.problems import L0Regression
 from combprune.problems.generators import random_l0_regression
 from combprune.registry import get_solver, UnknownSolverError
 from combprune.result import Deadline
-from combprune.solvers.swap import SupportModel, exact_weights_on_support, swap_search
+from combprune.solvers._l0_core import ColumnOperator
+from combprune.solvers.backsolve import ridge_solve_on_support
+from combprune.solvers.swap import SupportModel, swap_search
 
 
 def _numpy_data(prob):
@@ -77,7 +79,7 @@ def test_low_rank_gains_equal_fresh_solves(n, p, kfrac, design, ridge, n_moves, 
     prob = random_l0_regression(n, p, k, design=design, ridge=ridge, seed=seed)
     A, b, w_bar = _numpy_data(prob)
     rng = np.random.default_rng(seed)
-    model = SupportModel(A, b, w_bar, ridge, np.sort(rng.choice(p, size=k, replace=False)), k, (A * A).sum(0))
+    model = SupportModel(ColumnOperator(A), b, w_bar, ridge, np.sort(rng.choice(p, size=k, replace=False)), k, (A * A).sum(0))
     for _ in range(n_moves):  # gains must stay exact after rank-one updates, in both forms
         outside = np.setdiff1d(np.arange(p), model.support_idx)
         model.apply(int(rng.integers(model.m)), int(rng.choice(outside)))
@@ -108,7 +110,7 @@ def test_gains_in_woodbury_form_with_many_columns():
     prob = random_l0_regression(6, 40, 25, design="correlated", ridge=0.3, seed=3)
     A, b, w_bar = _numpy_data(prob)
     rng = np.random.default_rng(1)
-    model = SupportModel(A, b, w_bar, prob.ridge, np.arange(25), 25, (A * A).sum(0))
+    model = SupportModel(ColumnOperator(A), b, w_bar, prob.ridge, np.arange(25), 25, (A * A).sum(0))
     assert model.mode == "woodbury"
     for _ in range(30):
         outside = np.setdiff1d(np.arange(40), model.support_idx)
@@ -121,17 +123,6 @@ def test_gains_in_woodbury_form_with_many_columns():
         for l, j in enumerate(outside):
             fresh = _optimal_value(prob, [x for x in S if x != S[t]] + [j]) - base
             assert abs(swap_gain[t, l] - fresh) <= 1e-8 * max(abs(fresh), 1e-6 * base)
-
-
-def test_exact_weights_on_support_matches_dense():
-    for n, p, k in [(30, 20, 8), (5, 20, 12)]:
-        prob = random_l0_regression(n, p, k, ridge=0.5, seed=2)
-        A, b, w_bar = _numpy_data(prob)
-        idx = np.arange(0, p, 2)[:k]
-        w = exact_weights_on_support(A, b, w_bar, prob.ridge, idx)
-        G = A[:, idx].T @ A[:, idx] + prob.ridge * np.eye(idx.size)
-        ref = np.linalg.solve(G, A[:, idx].T @ b + prob.ridge * w_bar[idx])
-        np.testing.assert_allclose(w, ref, rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,9 +236,7 @@ def test_time_limit_and_max_swaps():
 def test_warm_start_forms_agree():
     prob = random_l0_regression(25, 30, 6, design="correlated", ridge=0.1, seed=3)
     mask = _magnitude_mask(prob)
-    w_start = np.zeros(30)
-    idx = np.flatnonzero(mask)
-    w_start[idx] = exact_weights_on_support(*_numpy_data(prob), prob.ridge, idx)
+    w_start = ridge_solve_on_support(prob.A, prob.b, prob.w_bar, prob.ridge, mask)
     start_result = cp.Result(x=w_start, support=mask, objective=prob.objective(w_start), status=cp.Status.FEASIBLE)
     outs = [
         cp.solve(prob, "swap", warm_start=mask),
@@ -261,15 +250,18 @@ def test_warm_start_forms_agree():
     assert outs[0].objective <= prob.objective(w_start)
 
 
-@pytest.mark.skipif(not _has("magnitude"), reason="magnitude solver not registered")
 def test_default_warm_start_is_magnitude():
+    from combprune.solvers._l0_core import L0Data, default_support
+
     for flops in (None, 3):
         prob = random_l0_regression(20, 25, 6, ridge=0.1, flop_layers=flops, flop_fraction=0.3, seed=8)
-        start = cp.solve(prob, "magnitude")
+        start = default_support(prob, L0Data(prob))
         res = cp.solve(prob, "swap")
         assert prob.check(res.x) == []
-        assert res.info["initial_objective"] <= start.objective * (1 + 1e-12)
-        assert res.objective <= start.objective * (1 + 1e-12)
+        assert res.info["initial_objective"] == pytest.approx(_optimal_value(prob, np.flatnonzero(start)), rel=1e-10)
+        assert res.objective <= res.info["initial_objective"] * (1 + 1e-12)
+        if _has("magnitude"):
+            assert res.objective <= cp.solve(prob, "magnitude").objective * (1 + 1e-12)
 
 
 @pytest.mark.skipif(not _has("chita"), reason="chita solver not registered")
