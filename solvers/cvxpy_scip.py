@@ -52,15 +52,20 @@ exact float64 ridge least squares on it, so the support and budgets hold exactly
 ``objective == problem.objective(x)`` (never worse than SCIP's incumbent up to tolerance).
 ``bound`` is SCIP's dual bound mapped back to the objective (cvxpy's constant offset added),
 clamped to the objective; ``status`` is ``optimal`` when SCIP proved optimality and the
-refitted objective is within 1e-6 relative of the bound, ``time_limit`` when SCIP stopped
+refitted objective is within 1e-6 relative of the bound; if SCIP stopped early and the
+greedy point used for the big-M is better than its incumbent, that point is returned;
+``time_limit`` when SCIP stopped
 on the deadline (best point so far), otherwise ``feasible``. ``iterations`` = SCIP nodes.
 
-Options: ``gap_rel`` (SCIP ``limits/gap``, default 0), ``big_m`` (see above), ``verbose``.
+Options: ``gap_rel`` (SCIP ``limits/gap``, default 0), ``big_m`` (see above), ``verbose``
+(SCIP's log), ``scip_params`` (extra SCIP parameters, e.g. ``{"limits/nodes": 1000}``; by
+default SCIP's ALNS and MPEC heuristics are off, see ``DEFAULT_SCIP_PARAMS``).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -101,16 +106,29 @@ def _no_big_m_error(what: str) -> ValueError:
     )
 
 
-def l0_big_m(problem: L0Regression) -> tuple[np.ndarray, float]:
-    """Valid per-coordinate big-M (p,) for ``L0Regression`` and ``Q(x0)`` of the feasible point used.
+def _l0_greedy(problem: L0Regression) -> np.ndarray:
+    """Feasible support: largest ``|w_bar|`` first within ``k`` and the FLOP budget."""
+    w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
+    costs = None if problem.flop_costs is None else backend.to_numpy(problem.flop_costs).astype(np.float64)
+    return _greedy_mask(np.abs(w_bar), problem.k, costs, problem.flop_budget)
+
+
+def _structured_greedy(problem: StructuredMIQP) -> np.ndarray:
+    """Feasible group selection: largest ``||W_hat_g||_F`` first within ``s`` and the cost budget."""
+    W_hat = backend.to_numpy(problem.W_hat).astype(np.float64)
+    costs = None if problem.group_costs is None else backend.to_numpy(problem.group_costs).astype(np.float64)
+    norms = np.bincount(problem.group_index, weights=np.sum(W_hat**2, axis=1), minlength=problem.n_groups)
+    return _greedy_mask(norms, problem.s, costs, problem.cost_budget)
+
+
+def l0_big_m(problem: L0Regression) -> np.ndarray:
+    """Valid per-coordinate big-M (p,) for ``L0Regression`` (see the module docstring).
 
     Raises ``ValueError`` when neither ``ridge > 0`` nor a full-column-rank A gives a bound.
     """
     A = backend.to_numpy(problem.A).astype(np.float64)
     w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
-    costs = None if problem.flop_costs is None else backend.to_numpy(problem.flop_costs).astype(np.float64)
-    mask = _greedy_mask(np.abs(w_bar), problem.k, costs, problem.flop_budget)
-    q0 = min(problem.objective(np.zeros(problem.p)), problem.objective(l0_refit(problem, mask)))
+    q0 = min(problem.objective(np.zeros(problem.p)), problem.objective(l0_refit(problem, _l0_greedy(problem))))
     M = np.full(problem.p, math.inf)
     if problem.ridge > 0:
         M = np.abs(w_bar) + math.sqrt(2.0 * q0 / problem.ridge)
@@ -123,7 +141,7 @@ def l0_big_m(problem: L0Regression) -> tuple[np.ndarray, float]:
             M = np.minimum(M, np.abs(c) + math.sqrt(2.0 * max(q0 - qc, 0.0) / lmin))
     if not np.all(np.isfinite(M)):
         raise _no_big_m_error("A^T A")
-    return M * (1.0 + _SAFETY) + _SAFETY, q0
+    return M * (1.0 + _SAFETY) + _SAFETY
 
 
 def structured_big_m(problem: StructuredMIQP) -> np.ndarray:
@@ -133,10 +151,7 @@ def structured_big_m(problem: StructuredMIQP) -> np.ndarray:
     lmin = max(float(np.linalg.eigvalsh(H)[0]), 0.0) + problem.ridge
     if lmin <= 1e-12 * max(1.0, float(np.abs(H).max())):
         raise _no_big_m_error("H")
-    costs = None if problem.group_costs is None else backend.to_numpy(problem.group_costs).astype(np.float64)
-    norms = np.bincount(problem.group_index, weights=np.sum(W_hat**2, axis=1), minlength=problem.n_groups)
-    sel = _greedy_mask(norms, problem.s, costs, problem.cost_budget)
-    q0 = min(problem.objective(np.zeros_like(W_hat)), problem.objective(structured_refit(problem, sel)))
+    q0 = min(problem.objective(np.zeros_like(W_hat)), problem.objective(structured_refit(problem, _structured_greedy(problem))))
     M = np.abs(W_hat) + math.sqrt(2.0 * q0 / lmin)
     return M * (1.0 + _SAFETY) + _SAFETY
 
@@ -156,16 +171,25 @@ def _import_cvxpy():
     return cp
 
 
-def _run_scip(cp, prob, deadline: Deadline, seed: int | None, gap_rel: float, verbose: bool) -> dict[str, Any]:
+#: SCIP's ALNS and MPEC heuristics cost ~2/3 of the time on the small instances this solver is
+#: for, and find nothing the tree search does not; ``scip_params`` can switch them back on.
+DEFAULT_SCIP_PARAMS: dict[str, Any] = {"heuristics/alns/freq": -1, "heuristics/mpec/freq": -1}
+
+
+def _run_scip(cp, prob, deadline: Deadline, seed: int | None, gap_rel: float, verbose: bool,
+              scip_params: dict[str, Any] | None) -> dict[str, Any]:
     """Solve with SCIP; return SCIP's status, dual bound (in cvxpy's objective), nodes."""
-    params: dict[str, Any] = {"limits/gap": float(gap_rel), "limits/absgap": 0.0}
+    params: dict[str, Any] = {**DEFAULT_SCIP_PARAMS, "limits/gap": float(gap_rel), "limits/absgap": 0.0}
+    params.update(scip_params or {})
     remaining = deadline.remaining()
     if math.isfinite(remaining):
         params["limits/time"] = max(remaining, 0.01)
     if seed is not None:
         params["randomization/randomseedshift"] = int(seed % 2147483647)
     try:
-        prob.solve(solver=cp.SCIP, verbose=verbose, scip_params=params)
+        with warnings.catch_warnings():  # "solution may be inaccurate" on every time limit
+            warnings.simplefilter("ignore", UserWarning)
+            prob.solve(solver=cp.SCIP, verbose=verbose, scip_params=params)
     except cp.error.SolverError:
         pass  # no incumbent (e.g. stopped before the first solution); handled by the caller
     stats = prob.solver_stats.extra_stats if prob.solver_stats is not None else None
@@ -182,6 +206,11 @@ def _run_scip(cp, prob, deadline: Deadline, seed: int | None, gap_rel: float, ve
         offset = float(prob.value) - float(model.getSolObjVal(model.getBestSol()))
         out["bound"] = dual + offset
     return out
+
+
+def _better(problem, x_solver: np.ndarray, x_greedy: np.ndarray) -> np.ndarray:
+    """SCIP's (refitted) point unless the greedy warm point is strictly better (early stops)."""
+    return x_greedy if problem.objective(x_greedy) < problem.objective(x_solver) else x_solver
 
 
 def _finish(problem, x_np, support, sel_ok, run, deadline, like, info) -> Result:
@@ -203,15 +232,14 @@ def _finish(problem, x_np, support, sel_ok, run, deadline, like, info) -> Result
     )
 
 
-def _solve_l0(problem: L0Regression, deadline, seed, gap_rel, big_m, verbose) -> Result:
+def _solve_l0(problem: L0Regression, deadline, seed, gap_rel, big_m, verbose, scip_params) -> Result:
     cp = _import_cvxpy()
     A = backend.to_numpy(problem.A).astype(np.float64)
     b = backend.to_numpy(problem.b).astype(np.float64)
     w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
     costs = None if problem.flop_costs is None else backend.to_numpy(problem.flop_costs).astype(np.float64)
     if big_m is None:
-        M, _ = l0_big_m(problem)
-        source = "proven"
+        M, source = l0_big_m(problem), "proven"
     else:
         M, source = np.full(problem.p, _user_big_m(big_m)), "user"
     w = cp.Variable(problem.p)
@@ -224,18 +252,18 @@ def _solve_l0(problem: L0Regression, deadline, seed, gap_rel, big_m, verbose) ->
     if problem.ridge > 0:
         obj = obj + 0.5 * problem.ridge * cp.sum_squares(w - w_bar)
     prob = cp.Problem(cp.Minimize(obj), cons)
-    run = _run_scip(cp, prob, deadline, seed, gap_rel, verbose)
+    run = _run_scip(cp, prob, deadline, seed, gap_rel, verbose, scip_params)
     if z.value is None:
         mask, repaired = np.zeros(problem.p, dtype=bool), False
     else:
         mask, repaired = round_selection(z.value, np.abs(w.value), problem.k, costs, problem.flop_budget)
-    x = l0_refit(problem, mask)
+    x = _better(problem, l0_refit(problem, mask), l0_refit(problem, _l0_greedy(problem)))
     support = x != 0
     return _finish(problem, x, support, z.value is not None and not repaired, run, deadline, problem.A,
                    {"big_m": float(M.max()) if M.size else 0.0, "big_m_source": source, "repaired": repaired})
 
 
-def _solve_structured(problem: StructuredMIQP, deadline, seed, gap_rel, big_m, verbose) -> Result:
+def _solve_structured(problem: StructuredMIQP, deadline, seed, gap_rel, big_m, verbose, scip_params) -> Result:
     cp = _import_cvxpy()
     H = backend.to_numpy(problem.H).astype(np.float64)
     W_hat = backend.to_numpy(problem.W_hat).astype(np.float64)
@@ -267,13 +295,13 @@ def _solve_structured(problem: StructuredMIQP, deadline, seed, gap_rel, big_m, v
     if problem.ridge > 0:
         obj = obj + 0.5 * problem.ridge * cp.sum_squares(D)
     prob = cp.Problem(cp.Minimize(obj), cons)
-    run = _run_scip(cp, prob, deadline, seed, gap_rel, verbose)
+    run = _run_scip(cp, prob, deadline, seed, gap_rel, verbose, scip_params)
     if z.value is None:
         sel, repaired = np.zeros(G, dtype=bool), False
     else:
         gnorm = np.bincount(problem.group_index, weights=np.sum(np.asarray(W.value) ** 2, axis=1), minlength=G)
         sel, repaired = round_selection(z.value, gnorm, problem.s, costs, problem.cost_budget)
-    x = structured_refit(problem, sel)
+    x = _better(problem, structured_refit(problem, sel), structured_refit(problem, _structured_greedy(problem)))
     return _finish(problem, x, problem.group_support(x), z.value is not None and not repaired, run, deadline,
                    problem.W_hat, {"big_m": float(M.max()), "big_m_source": source, "repaired": repaired})
 
@@ -294,16 +322,19 @@ def cvxpy_scip(
     gap_rel: float = 0.0,
     big_m: float | None = None,
     verbose: bool = False,
+    scip_params: dict[str, Any] | None = None,
 ) -> Result:
     """Big-M MIQP in cvxpy solved by SCIP (see the module docstring for the model and the big-M)."""
     if isinstance(gap_rel, bool) or not isinstance(gap_rel, (int, float)) or not 0 <= gap_rel < 1:
         raise ValueError(f"gap_rel: expected a number in [0, 1), got {gap_rel!r}")
     if big_m is not None:
         _user_big_m(big_m)
+    if scip_params is not None and not (isinstance(scip_params, dict) and all(isinstance(k, str) for k in scip_params)):
+        raise ValueError(f"scip_params: expected a dict of SCIP parameter names to values, got {scip_params!r}")
     if not isinstance(verbose, bool):
         raise ValueError(f"verbose: expected a bool, got {verbose!r}")
     if isinstance(problem, L0Regression):
-        return _solve_l0(problem, deadline, seed, gap_rel, big_m, verbose)
+        return _solve_l0(problem, deadline, seed, gap_rel, big_m, verbose, scip_params)
     if isinstance(problem, StructuredMIQP):
-        return _solve_structured(problem, deadline, seed, gap_rel, big_m, verbose)
+        return _solve_structured(problem, deadline, seed, gap_rel, big_m, verbose, scip_params)
     raise TypeError(f"problem: expected L0Regression or StructuredMIQP, got {type(problem).__name__}")
