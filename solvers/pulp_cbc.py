@@ -24,6 +24,7 @@ import math
 import os
 import re
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -93,7 +94,7 @@ def pulp_cbc(
     v = backend.to_numpy(problem.values).astype(np.float64)
     f = backend.to_numpy(problem.costs).astype(np.float64)
     model = pulp.LpProblem("flop_nnz_ilp", pulp.LpMaximize)
-    z = [pulp.LpVariable(f"z{i}", cat=pulp.LpBinary) for i in range(problem.p)]
+    z = [model.add_variable(f"z{i}", cat=pulp.LpBinary) for i in range(problem.p)]
     model += pulp.LpAffineExpression(zip(z, v.tolist()))
     model += pulp.LpAffineExpression(zip(z, [1.0] * problem.p)) <= problem.k, "count"
     nz = np.flatnonzero(f)
@@ -104,16 +105,18 @@ def pulp_cbc(
     fd, log_path = tempfile.mkstemp(prefix="combprune-cbc-", suffix=".log")
     os.close(fd)
     try:
-        cmd = pulp.PULP_CBC_CMD(
-            msg=False,
-            timeLimit=None if math.isinf(remaining) else max(1, math.ceil(remaining)),
-            gapRel=float(gap_rel),
-            gapAbs=0.0,
-            threads=threads,
-            presolve=presolve,
-            logPath=log_path,
-            options=options,
-        )
+        with warnings.catch_warnings():  # PuLP 3.x deprecates the bundled binary for 4.0 (pinned <4)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            cmd = pulp.PULP_CBC_CMD(
+                msg=False,
+                timeLimit=None if math.isinf(remaining) else max(1, math.ceil(remaining)),
+                gapRel=float(gap_rel),
+                gapAbs=0.0,
+                threads=threads,
+                presolve=presolve,
+                logPath=log_path,
+                options=options,
+            )
         model.solve(cmd)
         with open(log_path, encoding="utf-8", errors="replace") as fh:
             log = parse_cbc_log(fh.read())
