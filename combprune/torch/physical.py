@@ -36,6 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 from .structured import StructuredPlan, _in_features, _out_features
 
@@ -116,7 +117,7 @@ def remove_pruned(model: nn.Module, plan: StructuredPlan) -> nn.Module:
     for mod, params, buffers, attrs in updates:
         for pname in ("weight", "bias"):
             if hasattr(mod, pname + "_orig"):
-                torch.nn.utils.prune.remove(mod, pname)
+                torch_prune.remove(mod, pname)
         for pname, value in params.items():
             setattr(mod, pname, value)
         for bname, value in buffers.items():
