@@ -4,7 +4,8 @@
   stop a solver that ignores its deadline.
 * :class:`ProcessExecutor` (``"process"``, the default): a pool of worker processes that is
   restarted as needed. A solve still running ``time_limit + grace`` seconds after it started
-  is stopped by terminating its worker (a fresh worker replaces it) and recorded with status
+  (counted from when the worker has received the task) is stopped by terminating its worker
+  (a fresh worker replaces it) and recorded with status
   ``"killed"``; a worker that dies (segfault, out-of-memory kill) is recorded as ``"failed"``.
   Each worker keeps the last few problems it received, so an instance is pickled to a worker
   once, not once per solver.
@@ -126,6 +127,9 @@ class _LRU:
 def _worker_main(conn: multiprocessing.connection.Connection, cache_size: int) -> None:
     """Worker loop: receive ``(hash, problem or None, payload)``, send the outcome; exit on EOF/None."""
     _set_parent_death_signal()
+    import combprune
+
+    combprune.list_solvers()  # import the solver modules before the first task's clock starts
     cache = _LRU(cache_size)
     conn.send({"__ready__": os.getpid()})
     while True:
@@ -142,6 +146,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, cache_size: int) -
         if problem is None:
             problem = cache.items[key]
         cache.use(key, problem)
+        conn.send({"__started__": True})  # the parent's kill clock starts now
         conn.send(execute_task(problem, payload))
 
 
@@ -161,7 +166,7 @@ class _Worker:
         self.conn.send((task.instance_hash, None if has else problem, task.payload))
         self.cache.use(task.instance_hash)
         self.task = task
-        self.started = time.perf_counter() if self.ready else math.inf
+        self.started = math.inf  # until the worker says it has unpickled the task
 
     def stop(self, *, kill: bool) -> None:
         if kill:
@@ -221,17 +226,17 @@ class ProcessExecutor(Executor):
                 if not busy:
                     return
                 now = time.perf_counter()
-                waits = [w.started + w.task.kill_after - now for w in busy if w.task.kill_after is not None and w.ready]
+                waits = [w.started + w.task.kill_after - now for w in busy if w.task.kill_after is not None and w.started < math.inf]
                 timeout = max(0.0, min(waits)) if waits else None
-                ready = multiprocessing.connection.wait(
+                signalled = multiprocessing.connection.wait(
                     [w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=timeout
                 )
                 now = time.perf_counter()
                 for i, w in enumerate(pool):
                     if w.task is None:
                         continue
-                    task, elapsed = w.task, now - w.started
-                    if w.conn in ready or w.proc.sentinel in ready:
+                    task, elapsed = w.task, max(0.0, now - w.started)
+                    if w.conn in signalled or w.proc.sentinel in signalled:
                         try:
                             outcome = w.conn.recv()
                         except (EOFError, OSError):
@@ -245,6 +250,8 @@ class ProcessExecutor(Executor):
                             outcome = _crashed(f"WorkerDied: worker process exited with code {w.proc.exitcode}", elapsed)
                         if "__ready__" in outcome:
                             w.ready = True
+                            continue
+                        if "__started__" in outcome:
                             w.started = now
                             continue
                         if "__worker_error__" in outcome:

@@ -11,7 +11,8 @@ status is ``optimal``, ``feasible`` or ``time_limit``, its objective is finite a
     gap = (objective - best) / max(|best|, 1e-12)      (min)
     gap = (best - objective) / max(|best|, 1e-12)      (max)
 
-so ``gap >= 0`` and 0 for the best point. ``reference`` says where ``best`` comes from:
+so ``gap >= 0`` and 0 for the best point (relative differences below 1e-12 are rounding
+noise and reported as 0). ``reference`` says where ``best`` comes from:
 ``"exact"`` when a solver proved optimality (status ``optimal``) at that value (within
 ``gap_tol``), else ``"best-found"`` (the gap is then only relative to the other solvers).
 A valid point that beats a proven optimum by more than ``gap_tol`` is reported in
@@ -26,6 +27,7 @@ A record is *solved* when its gap is ``<= gap_tol``.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import os
@@ -33,11 +35,14 @@ import statistics
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
+from .instances import GENERATORS
+
 __all__ = ["StudyResults", "load_results", "format_table"]
 
 VALID_STATUSES = ("optimal", "feasible", "time_limit")
 FAILED_STATUSES = ("failed", "killed")
 _EPS = 1e-12
+NOISE = 1e-12  # relative differences below this are rounding noise and reported as gap 0
 
 
 def _lookup(record: dict[str, Any], name: str) -> Any:
@@ -49,6 +54,11 @@ def _lookup(record: dict[str, Any], name: str) -> Any:
     for scope in (params, record.get("meta") or {}, source):
         if name in scope:
             return scope[name]
+    generator = GENERATORS.get(source.get("generator", ""))
+    if generator is not None:  # a generator parameter left at its default
+        par = inspect.signature(generator).parameters.get(name)
+        if par is not None and par.default is not inspect.Parameter.empty:
+            return par.default
     return None
 
 
@@ -58,7 +68,9 @@ def _valid(rec: dict[str, Any]) -> bool:
 
 
 def _rel(diff: float, ref: float) -> float:
-    return max(0.0, diff) / max(abs(ref), _EPS)
+    """``max(diff, 0) / max(|ref|, 1e-12)``, with float noise (< 1e-12) reported as 0."""
+    gap = max(0.0, diff) / max(abs(ref), _EPS)
+    return 0.0 if gap < NOISE else gap
 
 
 def _fmt(value: Any, spec: str = ".3g") -> str:
@@ -313,7 +325,7 @@ class StudyResults:
             ax.set_xscale("log")
             ax.set_xlabel(r"$\tau$ (relative gap to the best known)")
             ax.set_ylabel(r"share of problems with gap $\leq \tau$")
-        for label, values in data.items():
+        for i, (label, values) in enumerate(data.items()):
             xs, ys = [lo], [sum(v <= lo for v in values) / n]
             for i, v in enumerate(values):
                 if math.isfinite(v) and v > lo:
@@ -321,7 +333,7 @@ class StudyResults:
                     ys.append(sum(w <= v for w in values) / n)
             xs.append(hi)
             ys.append(ys[-1])
-            ax.step(xs, ys, where="post", label=label, linewidth=1.6)
+            ax.step(xs, ys, where="post", label=label, linewidth=1.6, linestyle=_LINESTYLES[i % len(_LINESTYLES)])
         ax.set_xlim(lo, hi)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(True, which="both", alpha=0.3)
@@ -413,6 +425,9 @@ class StudyResults:
         paths["profile_gap"] = self.plot_profile(os.path.join(out_dir, f"{prefix}profile_gap.png"), "gap")
         paths["objective_vs_time"] = self.plot_objective_vs_time(os.path.join(out_dir, f"{prefix}objective_vs_time.png"))
         return paths
+
+
+_LINESTYLES = ("-", "--", "-.", ":")
 
 
 def _sortable(v: Any) -> Any:
