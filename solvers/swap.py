@@ -342,9 +342,11 @@ class SwapOutcome:
     """What :func:`swap_search` found.
 
     ``weights`` (p,) float64 exact ridge least squares on ``support``; ``objective`` its Q;
-    ``swaps`` / ``additions`` accepted moves of each kind; ``history`` ``(seconds, Q)`` of the
-    incumbents; ``local_optimum`` True when the search stopped because no evaluated move
-    improves (with ``exhaustive`` True when that neighbourhood was all 1-swaps and additions).
+    ``swaps`` / ``additions`` accepted moves of each kind (moves of accepted variable-depth
+    chains included); ``history`` ``(seconds, Q)`` of the incumbents; ``local_optimum`` True
+    when the search stopped because no evaluated move (and no variable-depth chain) improves,
+    with ``exhaustive`` True when that neighbourhood was all 1-swaps and additions;
+    ``chains`` variable-depth passes run / ``chains_accepted`` those that improved.
     """
 
     support: np.ndarray
@@ -358,6 +360,8 @@ class SwapOutcome:
     exhaustive: bool = False
     refactorizations: int = 0
     timed_out: bool = False
+    chains: int = 0
+    chains_accepted: int = 0
 
     @property
     def moves(self) -> int:
@@ -374,6 +378,138 @@ def _top(scores: np.ndarray, pool: np.ndarray, count: int) -> np.ndarray:
     return pool[part]
 
 
+@dataclass
+class _Move:
+    slot: int | None  # kept slot dropped (None: pure addition)
+    add: int  # coordinate added
+    gain: float  # predicted change of Q (negative = improvement)
+
+
+class _Search:
+    """State of one swap search: the support model, the budgets and the candidate screens."""
+
+    def __init__(self, data: L0Data, mask: np.ndarray, candidates: int, drop_candidates: int, tol: float) -> None:
+        self.data, self.op = data, data.op
+        self.k, self.costs, self.budget = data.k, data.costs, data.flop_budget
+        self.slack = 0.5 * FLOP_RTOL * max(abs(self.budget), 1.0) if self.budget is not None else 0.0
+        self.candidates, self.drop_candidates, self.tol = candidates, drop_candidates, tol
+        self.col_sq = self.op.col_sqnorms()
+        self.in_S = mask.copy()
+        self.model = self.new_model(np.flatnonzero(mask))
+        self.screen_den = self.col_sq + self.model.lam
+        self.refactorizations = 0
+
+    def new_model(self, idx: np.ndarray) -> SupportModel:
+        d = self.data
+        return SupportModel(self.op, d.b, d.w_bar, d.ridge, idx, capacity=max(self.k, 1), col_sq=self.col_sq)
+
+    def reset(self, idx: np.ndarray) -> None:
+        """Rebuild the model from scratch on the support ``idx``."""
+        self.refactorizations += self.model.refactorizations
+        self.model = self.new_model(idx)
+        self.in_S[:] = False
+        self.in_S[idx] = True
+
+    def best_moves(self, *, threshold: float, frozen: np.ndarray | None = None, n_best: int = 1) -> tuple[list[_Move], bool]:
+        """The ``n_best`` best admissible moves lowering Q by more than ``-threshold`` (any
+        moves when ``threshold = inf``), best first, and whether the neighbourhood evaluated
+        was exhaustive.
+
+        ``frozen`` (p,) bool: coordinates that may not move (variable-depth chains).
+        """
+        model, costs = self.model, self.costs
+        m, k = model.m, self.k
+        can_add = m < k
+        outside = np.flatnonzero(~self.in_S if frozen is None else ~(self.in_S | frozen))
+        idxS = model.support_idx
+        fS = costs[idxS] if costs is not None else None
+        room = (self.budget - flop_total(costs, self.in_S) + self.slack) if costs is not None else math.inf
+        if costs is not None:  # outside coordinates that fit after some swap or as an addition
+            outside = outside[costs[outside] <= room + (fS.max() if m else 0.0)]
+        if outside.size == 0 or k == 0 or (m == 0 and not can_add):
+            return [], True
+        c_full = self.op.rmatvec(model.r) + model.lam * self.data.w_bar  # one pass over A
+        score = c_full * c_full / self.screen_den
+        exhaustive = outside.size <= self.candidates
+        J = _top(score, outside, self.candidates)
+        if can_add and costs is not None and not exhaustive:
+            addable = outside[costs[outside] <= room]
+            if addable.size:
+                J = np.union1d(J, _top(score, addable, max(1, self.candidates // 4)))
+        keep = None if frozen is None else ~frozen[idxS]
+        moves = self._evaluate(J, fS, room, can_add, threshold, keep, n_best)
+        if not moves and not exhaustive and self.drop_candidates > 0 and m > 0:
+            J2 = np.setdiff1d(self._secondary(c_full, score, outside, fS, room, keep), J)
+            if J2.size:
+                moves = self._evaluate(J2, fS, room, can_add, threshold, keep, n_best)
+        return moves, exhaustive
+
+    def _evaluate(self, J, fS, room, can_add, threshold, keep, n_best) -> list[_Move]:
+        """Exact gains of every (kept slot, J) swap and J addition; the best admissible ones."""
+        swap_gain, add_gain = self.model.move_gains(J)
+        if self.costs is not None:
+            fJ = self.costs[J]
+            if swap_gain.size:
+                swap_gain = np.where(fJ[None, :] - fS[:, None] <= room, swap_gain, np.inf)
+            add_gain = np.where(fJ <= room, add_gain, np.inf)
+        if keep is not None and swap_gain.size:
+            swap_gain = np.where(keep[:, None], swap_gain, np.inf)
+        if not can_add:
+            add_gain = np.full_like(add_gain, np.inf)
+        gains = np.concatenate([swap_gain.ravel(), add_gain])
+        n_best = min(n_best, gains.size)
+        order = np.argpartition(gains, n_best - 1)[:n_best] if n_best < gains.size else np.arange(gains.size)
+        order = order[np.argsort(gains[order], kind="stable")]
+        moves = []
+        q = J.size
+        for flat in order:
+            g = float(gains[flat])
+            if not math.isfinite(g) or g >= threshold:
+                break
+            if flat < swap_gain.size:
+                moves.append(_Move(int(flat // q), int(J[flat % q]), g))
+            else:
+                moves.append(_Move(None, int(J[flat - swap_gain.size]), g))
+        return moves
+
+    def _secondary(self, c_full, score, outside, fS, room, keep) -> np.ndarray:
+        """Replacement candidates for the kept coordinates that are cheapest to drop.
+
+        After dropping slot t the gradient is ``c + (w_t / d_t) A^T u_t``; its best entries
+        (screened like the primary neighbourhood) are the candidates.
+        """
+        model = self.model
+        drop_cost = model.drop_costs()
+        if keep is not None:
+            drop_cost = np.where(keep, drop_cost, np.inf)
+        slots = np.argsort(drop_cost, kind="stable")[: self.drop_candidates]
+        slots = slots[np.isfinite(drop_cost[slots])]
+        if slots.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        Z = _rmatmat(self.op, model.drop_directions(slots))
+        scale = model.w[slots] / model.d[slots]
+        per_drop = max(2, self.candidates // len(slots))
+        found = []
+        score = np.zeros_like(c_full)
+        for col, t in enumerate(slots):
+            pool = outside if self.costs is None else outside[self.costs[outside] - fS[t] <= room]
+            if pool.size == 0:
+                continue
+            c_after = c_full[pool] + scale[col] * Z[pool, col]
+            score[pool] = c_after * c_after / self.screen_den[pool]
+            found.append(_top(score, pool, per_drop))
+        return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+    def apply(self, move: _Move) -> int | None:
+        """Apply ``move`` to the model and the mask; returns the coordinate dropped (or None)."""
+        dropped = None if move.slot is None else int(self.model.idx[move.slot])
+        self.model.apply(move.slot, move.add)
+        if dropped is not None:
+            self.in_S[dropped] = False
+        self.in_S[move.add] = True
+        return dropped
+
+
 def swap_search(
     problem: L0Regression,
     support: Any,
@@ -381,6 +517,8 @@ def swap_search(
     deadline: Deadline | None = None,
     candidates: int = 32,
     drop_candidates: int = 8,
+    depth: int = 4,
+    breadth: int = 4,
     max_swaps: int | None = None,
     refactor_every: int = 25,
     tol: float = 1e-10,
@@ -400,6 +538,9 @@ def swap_search(
     candidates : outside coordinates screened per neighbourhood (>= 1).
     drop_candidates : kept coordinates whose replacements are screened when the primary
         neighbourhood has no improving move (>= 0; 0 disables the secondary neighbourhood).
+    depth : length of the variable-depth (Kernighan-Lin) chains tried at each local optimum
+        (>= 0; 0 = plain descent).
+    breadth : number of first moves a variable-depth pass starts from (>= 1).
     max_swaps : cap on accepted moves (None: until no improving move).
     refactor_every : accepted moves between fresh factorisations (>= 1).
     tol : a move must lower Q by more than ``tol * |Q|`` (relative, >= 0).
@@ -415,6 +556,8 @@ def swap_search(
         raise TypeError(f"problem: swap_search needs an L0Regression, got {type(problem).__name__}")
     candidates = check_positive_int("candidates", candidates)
     drop_candidates = check_positive_int("drop_candidates", drop_candidates, low=0)
+    depth = check_positive_int("depth", depth, low=0)
+    breadth = check_positive_int("breadth", breadth)
     max_swaps = check_positive_int("max_swaps", max_swaps, allow_none=True, low=0)
     refactor_every = check_positive_int("refactor_every", refactor_every)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
@@ -422,126 +565,120 @@ def swap_search(
     deadline = deadline if deadline is not None else Deadline(None)
     data = data if data is not None else L0Data(problem)
     mask = support_mask(problem, support, "support")
-    p, k, op = data.p, data.k, data.op
-    b, w_bar, ridge, costs, budget = data.b, data.w_bar, data.ridge, data.costs, data.flop_budget
-    slack = 0.5 * FLOP_RTOL * max(abs(budget), 1.0) if budget is not None else 0.0
-    col_sq = op.col_sqnorms()
+    zero_ridge = data.ridge == 0.0
 
-    def new_model(idx: np.ndarray) -> SupportModel:
-        return SupportModel(op, b, w_bar, ridge, idx, capacity=max(k, 1), col_sq=col_sq)
-
-    model = new_model(np.flatnonzero(mask))
-    in_S = mask.copy()
+    search = _Search(data, mask, candidates, drop_candidates, tol)
     history = History(deadline, "min")
-    history.record(model.objective)
-    out = SwapOutcome(support=in_S, weights=np.zeros(p), objective=model.objective, initial_objective=model.objective)
+    history.record(search.model.objective)
+    out = SwapOutcome(support=mask, weights=np.zeros(data.p), objective=search.model.objective, initial_objective=search.model.objective)
     since_refactor = 0
-    lam = model.lam
-    screen_den = col_sq + lam
 
-    while True:
+    def budget_left() -> bool:
         if deadline.expired():
             out.timed_out = True
-            break
-        if max_swaps is not None and out.moves >= max_swaps:
-            break
-        m = model.m
-        outside = np.flatnonzero(~in_S)
-        can_add = m < k
-        idxS = model.support_idx
-        fS = costs[idxS] if costs is not None else None
-        room = (budget - flop_total(costs, in_S) + slack) if costs is not None else math.inf
-        if costs is not None:  # outside coordinates that fit after some swap or as an addition
-            outside = outside[costs[outside] <= room + (fS.max() if m else 0.0)]
-        if outside.size == 0 or k == 0 or (m == 0 and not can_add):
-            out.local_optimum = out.exhaustive = True
-            break
-        c_full = op.rmatvec(model.r) + lam * w_bar  # one pass over A, in A's dtype
-        score = c_full * c_full / screen_den
-        exhaustive = outside.size <= candidates
-        J = _top(score, outside, candidates)
-        if can_add and costs is not None and not exhaustive:
-            addable = outside[costs[outside] <= room]
-            if addable.size:
-                J = np.union1d(J, _top(score, addable, max(1, candidates // 4)))
-        move = _best_move(model, J, fS, costs, room, can_add, tol)
-        if move is None and not exhaustive and drop_candidates > 0 and m > 0:
-            J2 = np.setdiff1d(_secondary_candidates(model, c_full, screen_den, outside, fS, costs, room, candidates, drop_candidates), J)
-            if J2.size:
-                move = _best_move(model, J2, fS, costs, room, can_add, tol)
-        if move is None:
-            out.local_optimum = True
+            return False
+        return max_swaps is None or out.moves < max_swaps
+
+    def count(dropped: int | None) -> None:
+        if dropped is None:
+            out.additions += 1
+        else:
+            out.swaps += 1
+
+    while budget_left():
+        model = search.model
+        threshold = -tol * max(abs(model.objective), 1e-300)
+        moves, exhaustive = search.best_moves(threshold=threshold)
+        if not moves:
             out.exhaustive = exhaustive
-            break
-        drop_slot, add_j, predicted = move
-        before = model.objective
-        old_idx = model.support_idx
-        dropped = None if drop_slot is None else int(model.idx[drop_slot])
-        model.apply(drop_slot, add_j)
+            if depth == 0 or not _chain(search, depth, breadth, threshold, deadline, out, count):
+                out.local_optimum = not out.timed_out
+                break
+            history.record(search.model.objective)
+            since_refactor = 0
+            continue
+        move = moves[0]
+        before, old_idx = model.objective, model.support_idx
+        dropped = search.apply(move)
         since_refactor += 1
-        if ridge == 0.0 or since_refactor >= refactor_every:
+        if zero_ridge or since_refactor >= refactor_every:
             model.refactor()
             since_refactor = 0
         if not model.objective < before:
             model.refactor()
             since_refactor = 0
             if not model.objective < before:
-                logger.debug("swap: move (%s -> %s) predicted %.3g but did not lower Q; stopping", dropped, add_j, predicted)
-                model = new_model(old_idx)
+                logger.debug("swap: move %s predicted %.3g but did not lower Q; stopping", move, move.gain)
+                search.reset(old_idx)
                 out.local_optimum = True
                 break
-        if dropped is not None:
-            in_S[dropped] = False
-            out.swaps += 1
-        else:
-            out.additions += 1
-        in_S[add_j] = True
+        count(dropped)
         history.record(model.objective)
-        logger.debug("swap: %s -> %s, Q %.12g -> %.12g (predicted %.3g)", dropped, add_j, before, model.objective, predicted)
+        logger.debug("swap: %s -> %s, Q %.12g -> %.12g (predicted %.3g)", dropped, move.add, before, model.objective, move.gain)
 
-    out.refactorizations = model.refactorizations
+    model = search.model
+    out.refactorizations = search.refactorizations + model.refactorizations
     idx = model.support_idx
-    weights = np.zeros(p)
+    weights = np.zeros(data.p)
     weights[idx] = model.w
     out.objective = data.objective(weights)
     if final_solve:
-        exact = ridge_solve_on_support(problem.A, b, w_bar, ridge, idx)
+        exact = ridge_solve_on_support(problem.A, data.b, data.w_bar, data.ridge, idx)
         exact_obj = data.objective(exact)
         if exact_obj <= out.objective:
             weights, out.objective = exact, exact_obj
-    out.support = np.zeros(p, dtype=bool)
+    out.support = np.zeros(data.p, dtype=bool)
     out.support[idx] = True
     out.weights = weights
     out.history = history.points
     return out
 
 
-def _best_move(model: SupportModel, J: np.ndarray, fS, costs, room: float, can_add: bool, tol: float):
-    """Best admissible move ``(slot or None, j, gain)`` among the (kept slot, J) swaps and the
-    J additions, or None when none lowers Q by more than ``tol * |Q|``."""
-    if J.size == 0:
-        return None
-    swap_gain, add_gain = model.move_gains(J)
-    if costs is not None:
-        fJ = costs[J]
-        if swap_gain.size:
-            swap_gain = np.where(fJ[None, :] - fS[:, None] <= room, swap_gain, np.inf)
-        add_gain = np.where(fJ <= room, add_gain, np.inf)
-    if not can_add:
-        add_gain = np.full_like(add_gain, np.inf)
-    threshold = -tol * max(abs(model.objective), 1e-300)
-    best_swap, t, l = np.inf, -1, -1
-    if swap_gain.size:
-        t, l = np.unravel_index(np.argmin(swap_gain), swap_gain.shape)
-        best_swap = swap_gain[t, l]
-    l_add = int(np.argmin(add_gain))
-    best_add = add_gain[l_add]
-    best = min(best_swap, best_add)
-    if not math.isfinite(best) or best >= threshold:
-        return None
-    if best_add <= best_swap:
-        return None, int(J[l_add]), float(best_add)
-    return int(t), int(J[l]), float(best_swap)
+def _chain(search: _Search, depth: int, breadth: int, threshold: float, deadline: Deadline, out: SwapOutcome, count) -> bool:
+    """Variable-depth (Kernighan-Lin) passes from a local optimum.
+
+    From each of the ``breadth`` best first moves, applies up to ``depth`` best moves in
+    total *even when they worsen Q*, each coordinate moving at most once (moved coordinates
+    are frozen). If some prefix of some chain ends below the starting objective by more than
+    ``-threshold``, the support after the best prefix is kept (rebuilt from scratch) and True
+    is returned; otherwise the start is restored and False returned.
+    """
+    start_obj, start_idx = search.model.objective, search.model.support_idx
+    best_obj, best_idx, best_moves = start_obj, None, []
+    first_moves, _ = search.best_moves(threshold=math.inf, n_best=breadth)
+    for first in first_moves:
+        if deadline.expired():
+            break
+        out.chains += 1
+        frozen = np.zeros(search.data.p, dtype=bool)
+        moves: list[int | None] = []
+        move: _Move | None = first
+        for step in range(depth):
+            if step:
+                nxt, _ = search.best_moves(threshold=math.inf, frozen=frozen)
+                if not nxt or deadline.expired():
+                    break
+                move = nxt[0]
+            dropped = search.apply(move)
+            if dropped is not None:
+                frozen[dropped] = True
+            frozen[move.add] = True
+            moves.append(dropped)
+            if search.model.objective < best_obj + threshold:
+                best_obj, best_idx, best_moves = search.model.objective, search.model.support_idx, list(moves)
+        if best_idx is not None:
+            break  # first improving chain wins
+        search.reset(start_idx)
+    if best_idx is None:
+        return False
+    search.reset(best_idx)
+    if not search.model.objective < start_obj:  # rounding: the fresh solve disagrees
+        search.reset(start_idx)
+        return False
+    out.chains_accepted += 1
+    for dropped in best_moves:
+        count(dropped)
+    return True
 
 
 def _rmatmat(op: ColumnOperator, U: np.ndarray) -> np.ndarray:
@@ -549,28 +686,6 @@ def _rmatmat(op: ColumnOperator, U: np.ndarray) -> np.ndarray:
     if op.is_numpy:
         return np.asarray(op.A.T @ U.astype(op.dtype, copy=False), dtype=np.float64)
     return np.stack([op.rmatvec(U[:, c]) for c in range(U.shape[1])], axis=1)
-
-
-def _secondary_candidates(model: SupportModel, c_full, screen_den, outside, fS, costs, room, candidates, drop_candidates) -> np.ndarray:
-    """Replacement candidates for the kept coordinates that are cheapest to drop.
-
-    After dropping slot t the gradient is ``c + (w_t / d_t) A^T u_t``; its best entries
-    (screened like the primary neighbourhood) are the candidates.
-    """
-    slots = np.argsort(model.drop_costs(), kind="stable")[:drop_candidates]
-    Z = _rmatmat(model.op, model.drop_directions(slots))
-    scale = model.w[slots] / model.d[slots]
-    per_drop = max(2, candidates // max(len(slots), 1))
-    found = []
-    score = np.zeros_like(c_full)
-    for col, t in enumerate(slots):
-        pool = outside if costs is None else outside[costs[outside] - fS[t] <= room]
-        if pool.size == 0:
-            continue
-        c_after = c_full[pool] + scale[col] * Z[pool, col]
-        score[pool] = c_after * c_after / screen_den[pool]
-        found.append(_top(score, pool, per_drop))
-    return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -619,6 +734,8 @@ def swap(
     warm_start: Any = None,
     candidates: int = 32,
     drop_candidates: int = 8,
+    depth: int = 4,
+    breadth: int = 4,
     max_swaps: int | None = None,
     refactor_every: int = 25,
     tol: float = 1e-10,
@@ -634,13 +751,13 @@ def swap(
     squares on the final support (or the warm start's own weights when those are at least as
     good, e.g. when no move was accepted); ``info``: ``swaps``, ``additions``,
     ``initial_objective`` (Q* of the starting support), ``local_optimum``, ``exhaustive``,
-    ``refactorizations``. Status ``feasible`` (``time_limit`` when the deadline stopped it).
+    ``refactorizations``, ``chains`` / ``chains_accepted`` (variable-depth passes). Status ``feasible`` (``time_limit`` when the deadline stopped it).
     """
     data = L0Data(problem)
     mask, x0 = _warm_start(problem, data, warm_start)
     outcome = swap_search(
         problem, mask, deadline=deadline, candidates=candidates, drop_candidates=drop_candidates,
-        max_swaps=max_swaps, refactor_every=refactor_every, tol=tol, data=data,
+        depth=depth, breadth=breadth, max_swaps=max_swaps, refactor_every=refactor_every, tol=tol, data=data,
     )
     x, objective, support = final_objective(problem, data, outcome.weights)
     if x0 is not None:
@@ -658,5 +775,7 @@ def swap(
             "local_optimum": outcome.local_optimum,
             "exhaustive": outcome.exhaustive,
             "refactorizations": outcome.refactorizations,
+            "chains": outcome.chains,
+            "chains_accepted": outcome.chains_accepted,
         },
     )

@@ -304,6 +304,8 @@ def test_torch_and_float32_round_trip(dtype):
         ({"candidates": True}, ValueError, "candidates"),
         ({"drop_candidates": -1}, ValueError, "drop_candidates"),
         ({"max_swaps": -2}, ValueError, "max_swaps"),
+        ({"depth": -1}, ValueError, "depth"),
+        ({"breadth": 0}, ValueError, "breadth"),
         ({"refactor_every": 0}, ValueError, "refactor_every"),
         ({"tol": -1.0}, ValueError, "tol"),
         ({"tol": float("nan")}, ValueError, "tol"),
