@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ._table import text_table
+
 __all__ = ["Command", "COMMANDS", "add_command", "build_parser", "main", "parse_value", "parse_key_values"]
 
 
@@ -79,13 +81,6 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
 _PROBLEM_CLASSES = {"l0_regression": "L0Regression", "flop_nnz_ilp": "FlopNnzILP", "structured_miqp": "StructuredMIQP"}
 
 
@@ -106,7 +101,7 @@ def _run_solvers(args: argparse.Namespace) -> int:
         return 0
     body = [[r["name"], ", ".join(r["problems"]), r["kind"], "yes" if r["available"] else "no",
              r["extra"] or "-", r["description"]] for r in rows]
-    print(_table(["name", "formulations", "kind", "available", "extra", "description"], body))
+    print(text_table(["name", "formulations", "kind", "available", "extra", "description"], body))
     missing = sorted({r["extra"] for r in rows if not r["available"] and r["extra"]})
     if missing:
         print("\nmissing: " + ", ".join(f"pip install combprune[{e}]" for e in missing))

@@ -19,6 +19,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+from ._table import text_table
 from .api import solve
 from .problems import Problem, random_flop_ilp, random_l0_regression, random_structured
 from .registry import list_solvers
@@ -121,9 +122,7 @@ def format_gap_table(rows: list[GapRow]) -> str:
          _fmt(r.gap, ".2e"), f"{r.time:.3f}"]
         for r in rows
     ]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    lines = [text_table(header, body)]
     errors = [r for r in rows if r.error]
     if errors:
         lines.append("")
