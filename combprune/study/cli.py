@@ -1,7 +1,7 @@
 """``combprune study``: run a TOML study with a progress bar, or redraw a report from records.
 
     combprune study CONFIG.toml [--executor process|serial|ray] [--workers N] [--output F.jsonl]
-                                [--report-dir DIR] [--no-progress]
+                                [--report-dir DIR] [--no-progress] [--dry-run]
     combprune study --report RESULTS.jsonl [--report-dir DIR] [--group-by p] [--gap-tol 1e-6]
 
 The first form runs (or resumes) the study, then writes its report and prints the summary
@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--gap-tol", type=float, help="relative gap counted as solved (--report only; default 1e-6)")
     parser.add_argument("--study", dest="study_name", help="with --report: only the records of this study name")
     parser.add_argument("--no-plots", action="store_true", help="tables and CSV only")
+    parser.add_argument("--dry-run", action="store_true", help="validate the config and list the solves; run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     return parser
@@ -43,6 +44,21 @@ def _print_summary(results, by: Sequence[str], paths: dict[str, str]) -> None:
         print(f"warning: {warning}", file=sys.stderr)
     for what, path in paths.items():
         print(f"{what}: {path}")
+
+
+def _print_plan(config) -> None:
+    from .store import RecordStore
+
+    study = config.study
+    tasks = study.tasks()
+    store = RecordStore(study.output) if study.output and os.path.exists(study.output) else None
+    done = sum(t.key in store for t in tasks) if store is not None else 0
+    print(f"study {study.name!r}: {len(study.instances)} instances x {len(study.runs)} solver runs -> "
+          f"{len(tasks)} solves ({done} already in {study.output})")
+    for run in study.runs:
+        n = sum(t.head["label"] == run.label for t in tasks)
+        opts = f" options={run.options}" if run.options else ""
+        print(f"  {run.label}: solver={run.solver}{opts}, {n} solves")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        _print_plan(config)
+        return 0
     if args.report_dir:
         config.report_dir = args.report_dir
     if args.group_by:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import itertools
 import json
 import math
 import os
@@ -270,27 +271,32 @@ class StudyResults:
         return path
 
     # ----------------------------------------------------------------------------- plots
-    def profile_data(self, metric: str = "time") -> tuple[list[float], dict[str, list[float]]]:
-        """Per label, the sorted performance values of the problems (instance, seed).
+    def profile_data(self, metric: str = "time", kind: str | None = None) -> tuple[list[str], dict[str, list[float]]]:
+        """Per label, the sorted performance values over the problems (instances) of ``kind``.
 
-        ``metric="time"``: Dolan-Moré ratios ``r = t / min_s t`` where ``t`` is the solve
-        time of a *solved* record (``inf`` otherwise; times floored at 1e-6 s).
-        ``metric="gap"``: the gaps themselves (``inf`` without a valid point).
-        Returns ``(problems, {label: sorted values})``.
+        A solver's value on an instance is the median over its seeds of:
+        ``metric="time"``: the solve time of a *solved* record (gap <= gap_tol; ``inf``
+        otherwise; times floored at 1e-6 s), turned into the Dolan-Moré ratio
+        ``r = t / min_s t`` over the solvers; ``metric="gap"``: the gap (``inf`` without a
+        valid point). Only labels run on instances of ``kind`` are included (``kind=None``:
+        every instance and label). Returns ``(instance hashes, {label: sorted values})``.
         """
         if metric not in ("time", "gap"):
             raise ValueError(f"metric: expected 'time' or 'gap', got {metric!r}")
-        cells: dict[tuple[str, Any], dict[str, float]] = defaultdict(dict)
+        samples: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in self.records:
-            problem = (r["instance_hash"], r.get("seed"))
+            if kind is not None and r.get("kind") != kind:
+                continue
             if metric == "time":
                 value = max(r["time"], 1e-6) if r["solved"] and r.get("time") is not None else math.inf
             else:
                 value = r["gap"] if r["gap"] is not None else math.inf
-            cells[problem].setdefault(r["label"], value)
+            samples[r["instance_hash"]][r["label"]].append(value)
+        cells = {h: {label: statistics.median(v) for label, v in per.items()} for h, per in samples.items()}
         problems = list(cells)
+        labels = [label for label in self.labels if any(label in c for c in cells.values())]
         out: dict[str, list[float]] = {}
-        for label in self.labels:
+        for label in labels:
             values = []
             for prob in problems:
                 v = cells[prob].get(label, math.inf)
@@ -302,59 +308,75 @@ class StudyResults:
         return problems, out
 
     def plot_profile(self, path: str | os.PathLike[str], metric: str = "time", *, title: str | None = None) -> str:
-        """Performance profile (Dolan & Moré 2002) saved to ``path``.
+        """Performance profile (Dolan & Moré 2002) saved to ``path``, one panel per formulation.
 
         ``metric="time"``: share of problems a solver solves (gap <= gap_tol) within a factor
         tau of the fastest solver, against tau (log2 axis). ``metric="gap"``: share of problems
-        whose gap is <= tau, against tau (log axis; gap 0 drawn at the left edge).
+        whose gap is <= tau, against tau (log axis; gap 0 drawn at the left edge). Problems
+        are instances (seeds: median, see :meth:`profile_data`); a solver never run on an
+        instance of a formulation does not appear in that panel.
         """
-        problems, data = self.profile_data(metric)
-        n = max(1, len(problems))
-        fig, axes = _figure()
-        ax = axes[0, 0]
-        finite = [v for vals in data.values() for v in vals if math.isfinite(v)]
-        if metric == "time":
-            lo, hi = 1.0, max([2.0] + [v * 1.25 for v in finite])
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel(r"$\tau$ (time / fastest solver's time)")
-            ax.set_ylabel(r"share of problems solved within $\tau$")
-        else:
-            positive = [v for v in finite if v > 0]
-            lo = min([self.gap_tol / 10] + [v / 2 for v in positive])
-            hi = max([1.0] + [v * 2 for v in positive])
-            ax.set_xscale("log")
-            ax.set_xlabel(r"$\tau$ (relative gap to the best known)")
-            ax.set_ylabel(r"share of problems with gap $\leq \tau$")
-        for i, (label, values) in enumerate(data.items()):
-            xs, ys = [lo], [sum(v <= lo for v in values) / n]
-            for i, v in enumerate(values):
-                if math.isfinite(v) and v > lo:
-                    xs.append(v)
-                    ys.append(sum(w <= v for w in values) / n)
-            xs.append(hi)
-            ys.append(ys[-1])
-            ax.step(xs, ys, where="post", label=label, linewidth=1.6, linestyle=_LINESTYLES[i % len(_LINESTYLES)])
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small", loc="lower right")
-        ax.set_title(title or f"Performance profile ({metric}, {n} problems)")
+        from matplotlib import rcParams
+
+        kinds = list(dict.fromkeys(r.get("kind") for r in self.records)) or [None]
+        fig, axes = _figure(1, len(kinds), figsize=(6.0 * len(kinds), 4.2))
+        colors = rcParams["axes.prop_cycle"].by_key()["color"]
+        style = {label: (colors[i % len(colors)], _LINESTYLES[i % len(_LINESTYLES)]) for i, label in enumerate(self.labels)}
+        for ax, kind in zip(axes.flat, kinds):
+            problems, data = self.profile_data(metric, kind)
+            n = max(1, len(problems))
+            finite = [v for vals in data.values() for v in vals if math.isfinite(v)]
+            if metric == "time":
+                lo, hi = 1.0, max([2.0] + [v * 1.25 for v in finite])
+                ax.set_xscale("log", base=2)
+                ax.set_xlabel(r"$\tau$ (time / fastest solver's time)")
+                ax.set_ylabel(r"share of problems solved within $\tau$")
+            else:
+                positive = [v for v in finite if v > 0]
+                lo = min([self.gap_tol / 10] + [v / 2 for v in positive])
+                hi = max([1.0] + [v * 2 for v in positive])
+                ax.set_xscale("log")
+                ax.set_xlabel(r"$\tau$ (relative gap to the best known)")
+                ax.set_ylabel(r"share of problems with gap $\leq \tau$")
+            for label, values in data.items():
+                xs, ys = [lo], [sum(v <= lo for v in values) / n]
+                for v in values:
+                    if math.isfinite(v) and v > lo:
+                        xs.append(v)
+                        ys.append(sum(w <= v for w in values) / n)
+                xs.append(hi)
+                ys.append(ys[-1])
+                color, linestyle = style[label]
+                ax.step(xs, ys, where="post", label=label, linewidth=1.6, color=color, linestyle=linestyle)
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize="small", loc="lower right")
+            ax.set_title(f"{kind or 'all'}: {n} problems", fontsize=10)
+        fig.suptitle(title or f"Performance profile ({metric})")
         fig.tight_layout()
         return _save(fig, path)
 
     def plot_objective_vs_time(
         self, path: str | os.PathLike[str], *, max_instances: int = 6, seed: Any = "first", title: str | None = None
     ) -> str:
-        """Incumbent objective against time, one panel per instance (the first ``max_instances``).
+        """Incumbent objective against time, one panel per instance.
 
-        Curves come from ``Result.history`` (improving incumbents), drawn as steps up to the
-        solve's end and marked there with the final objective. The dashed line is the best
-        known objective (``reference`` in the panel title). ``seed="first"`` plots each
-        label's first seed only.
+        Up to ``max_instances`` panels, taken in turn from each formulation. Curves come from
+        ``Result.history`` (improving incumbents), drawn as steps up to the solve's end and
+        marked there with the final objective. The dashed line is the best known objective
+        (``reference`` in the panel title). The objective axis is zoomed on the final values
+        (up to 3 times their spread beyond the best), so early incumbents may leave the
+        panel. ``seed="first"`` plots each label's first seed only, else the given seed.
         """
         from matplotlib import rcParams
 
-        hashes = self.instances[:max_instances]
+        by_kind: dict[Any, list[str]] = defaultdict(list)
+        for r in self.records:
+            if r["instance_hash"] not in by_kind[r.get("kind")]:
+                by_kind[r.get("kind")].append(r["instance_hash"])
+        interleaved = [h for group in itertools.zip_longest(*by_kind.values()) for h in group if h is not None]
+        hashes = interleaved[:max_instances]
         ncols = min(3, len(hashes)) or 1
         nrows = max(1, -(-len(hashes) // ncols))
         fig, axes = _figure(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows))
@@ -363,6 +385,7 @@ class StudyResults:
         for ax, h in zip(axes.flat, hashes):
             recs = [r for r in self.records if r["instance_hash"] == h]
             seen: set[str] = set()
+            finals = []
             for r in recs:
                 if seed == "first" and r["label"] in seen:
                     continue
@@ -371,6 +394,7 @@ class StudyResults:
                 seen.add(r["label"])
                 if not _valid(r):
                     continue
+                finals.append(r["objective"])
                 end = max(r.get("time") or 0.0, 1e-6)
                 hist = [(max(t, 1e-6), v) for t, v in (r.get("history") or []) if v is not None]
                 if hist:
@@ -383,6 +407,10 @@ class StudyResults:
             best = recs[0].get("best_known")
             if best is not None:
                 ax.axhline(best, color="0.3", linestyle="--", linewidth=0.9)
+                spread = max(abs(v - best) for v in finals) if finals else 0.0
+                if spread > 1e-9 * max(1.0, abs(best)):
+                    lo, hi = (best - 0.1 * spread, best + 3 * spread) if recs[0].get("sense", "min") == "min" else (best - 3 * spread, best + 0.1 * spread)
+                    ax.set_ylim(lo, hi)
             ax.set_xscale("log")
             ax.set_xlabel("time (s)")
             ax.set_ylabel("objective")

@@ -33,6 +33,7 @@ __all__ = ["execute_task", "MEMORY_METHODS", "PeakMemory"]
 MEMORY_METHODS = ("rss", "tracemalloc", "none")
 _MIB = float(2**20)
 _MAX_VIOLATIONS = 5
+MAX_HISTORY = 1000  # history points kept per record
 
 
 def _status_kib(field: str) -> float | None:
@@ -136,6 +137,14 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _thin(points: list[list[float]]) -> list[list[float]]:
+    """At most :data:`MAX_HISTORY` points of an incumbent history (evenly spaced, the last kept)."""
+    if len(points) <= MAX_HISTORY:
+        return points
+    step = len(points) / (MAX_HISTORY - 1)
+    return [points[int(i * step)] for i in range(MAX_HISTORY - 1)] + [points[-1]]
+
+
 def _scalar_info(info: dict[str, Any]) -> dict[str, Any]:
     """The JSON-scalar entries of ``Result.info`` (arrays and nested objects are left out)."""
     out: dict[str, Any] = {}
@@ -194,7 +203,7 @@ def execute_task(problem: Any, payload: dict[str, Any]) -> dict[str, Any]:
             time=float(result.time),
             iterations=int(result.iterations),
             nnz=int(result.nnz),
-            history=[[float(t), v] for t, v in ((t, _finite(o)) for t, o in result.history) if v is not None],
+            history=_thin([[float(t), v] for t, v in ((t, _finite(o)) for t, o in result.history) if v is not None]),
             info=_scalar_info(result.info),
             peak_memory_mb=mem.peak_mb,
             memory_method=mem.method,
