@@ -119,13 +119,18 @@ def _spd_inverse(M: np.ndarray) -> np.ndarray:
     """Inverse of a symmetric positive definite matrix through Cholesky (eigen fallback)."""
     if M.shape[0] == 0:
         return np.zeros((0, 0))
-    try:
-        inv = scipy.linalg.cho_solve(scipy.linalg.cho_factor(M, lower=True), np.eye(M.shape[0]))
-    except np.linalg.LinAlgError:
-        vals, vecs = np.linalg.eigh(M)
+    # Cholesky, triangular inverse, product (LAPACK's potri is much slower multithreaded).
+    L, info = scipy.linalg.lapack.dpotrf(M, lower=1, clean=1)
+    if info == 0:
+        Linv, info = scipy.linalg.lapack.dtrtri(L, lower=1)
+    if info == 0:
+        inv = Linv.T @ Linv
+    else:  # rounding made M indefinite: eigenvalue inverse with a floor
+        vals, vecs = np.linalg.eigh(0.5 * (M + M.T))
         floor = max(vals.max(), 1e-300) * 1e-14
         inv = (vecs / np.maximum(vals, floor)) @ vecs.T
-    return 0.5 * (inv + inv.T)
+        inv = 0.5 * (inv + inv.T)
+    return inv
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,6 +264,20 @@ class SupportModel:
         if self.mode == "gram":
             return AS.T @ self.Ginv[:, slots]
         return self.Kinv @ AS[slots].T
+
+    # Snapshots --------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Copy of the mutable state (O(|S| n + min(n, |S|)^2) memory, no factorisation)."""
+        state = {key: getattr(self, key) for key in ("m", "mode", "objective")}
+        for key in ("AS", "idx", "Ginv", "Kinv", "w", "d", "r"):
+            value = getattr(self, key)
+            state[key] = None if value is None else value.copy()
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Return to a :meth:`snapshot` (the snapshot stays usable)."""
+        for key, value in state.items():
+            setattr(self, key, value.copy() if isinstance(value, np.ndarray) else value)
 
     # Updates ---------------------------------------------------------------------------------------
     def _drop(self, t: int) -> None:
@@ -644,6 +663,7 @@ def _chain(search: _Search, depth: int, breadth: int, threshold: float, deadline
     is returned; otherwise the start is restored and False returned.
     """
     start_obj, start_idx = search.model.objective, search.model.support_idx
+    start_state, start_mask = search.model.snapshot(), search.in_S.copy()
     best_obj, best_idx, best_moves = start_obj, None, []
     first_moves, _ = search.best_moves(threshold=math.inf, n_best=breadth)
     for first in first_moves:
@@ -668,7 +688,8 @@ def _chain(search: _Search, depth: int, breadth: int, threshold: float, deadline
                 best_obj, best_idx, best_moves = search.model.objective, search.model.support_idx, list(moves)
         if best_idx is not None:
             break  # first improving chain wins
-        search.reset(start_idx)
+        search.model.restore(start_state)
+        search.in_S[:] = start_mask
     if best_idx is None:
         return False
     search.reset(best_idx)
