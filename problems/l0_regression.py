@@ -80,6 +80,8 @@ class L0Regression(Problem):
         if w_bar is None:
             w_bar = xp.zeros(p, dtype=A.dtype, device=backend.device_of(A))
         w_bar = check_array("w_bar", w_bar, ndim=1, shape=(p,))
+        if backend.namespace(w_bar) is not xp:
+            raise TypeError("w_bar: must be the same array type as A")
         if (flop_costs is None) != (flop_budget is None):
             missing = "flop_budget" if flop_budget is None else "flop_costs"
             raise ValueError(f"{missing}: flop_costs and flop_budget must be given together")

@@ -51,6 +51,7 @@ B3 = rng.standard_normal(3)
         ((A4, B3, 2), {"flop_costs": np.ones(4), "flop_budget": -2.0}, ValueError, "flop_budget"),
         ((A4, B3, 2), {"flop_costs": np.ones(3), "flop_budget": 2.0}, ValueError, "flop_costs"),
         ((A4, torch.tensor(B3), 2), {}, TypeError, "b"),
+        ((A4, B3, 2), {"w_bar": torch.zeros(4, dtype=torch.float64)}, TypeError, "w_bar"),
     ],
 )
 def test_l0_validation(args, kwargs, exc, field):
