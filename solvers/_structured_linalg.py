@@ -50,6 +50,7 @@ __all__ = [
     "refit",
     "support_objective",
     "block_quadratic",
+    "block_quadratic_gram",
     "gather_blocks",
     "gather_rows",
     "rank_update",
@@ -214,22 +215,31 @@ def support_objective(system: ScaledSystem, rows: np.ndarray, W_scaled: np.ndarr
 def block_quadratic(M: np.ndarray, Y: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-group ``q_g = tr(Y_g^T M_g^{-1} Y_g)`` for a batch of symmetric blocks.
 
-    ``M``: (n, b, b) blocks (or (n,) for b = 1), ``Y``: (n, b, m) (or (n, m)). A block whose
-    smallest eigenvalue is ``<= tol`` is reported in ``ok = False``; its ``q`` uses the
-    pseudo-inverse (directions with eigenvalue ``<= tol`` are ignored), so it is finite.
-    Cost ``O(n b^2 (b + m))``: only diagonal blocks, never a d x d inverse.
+    ``M``: (n, b, b) blocks (or (n,) for b = 1), ``Y``: (n, b, m) (or (n, m)). See
+    :func:`block_quadratic_gram` (this computes the Gram matrices ``Y_g Y_g^T`` first).
+    """
+    if M.ndim == 1:
+        return block_quadratic_gram(M, np.einsum("ij,ij->i", Y, Y), tol)
+    return block_quadratic_gram(M, np.matmul(Y, np.swapaxes(Y, 1, 2)), tol)
+
+
+def block_quadratic_gram(M: np.ndarray, gram: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group ``q_g = tr(M_g^{-1} Gram_g)`` for symmetric blocks ``M_g`` and ``Gram_g = Y_g Y_g^T``.
+
+    ``M``, ``gram``: (n, b, b), or (n,) for b = 1. A block whose smallest eigenvalue is
+    ``<= tol`` is reported in ``ok = False``; its ``q`` uses the pseudo-inverse (directions
+    with eigenvalue ``<= tol`` are ignored), so it is finite. Cost ``O(n b^3)``: only diagonal
+    blocks, never a d x d inverse.
     """
     if M.ndim == 1:
         ok = M > tol
-        y2 = np.einsum("ij,ij->i", Y, Y)
-        return np.where(ok, y2 / np.where(ok, M, 1.0), 0.0), ok
+        return np.where(ok, gram / np.where(ok, M, 1.0), 0.0), ok
     M = 0.5 * (M + np.swapaxes(M, 1, 2))
     w, V = np.linalg.eigh(M)
-    Z = np.matmul(np.swapaxes(V, 1, 2), Y)  # (n, b, m)
     good = w > tol
     inv_w = np.where(good, 1.0 / np.where(good, w, 1.0), 0.0)
-    q = np.einsum("nb,nbm,nbm->n", inv_w, Z, Z)
-    return q, good.all(axis=1)
+    rotated = np.einsum("nik,nij,njk->nk", V, gram, V)  # diag(V^T Gram V)
+    return np.einsum("nk,nk->n", inv_w, rotated), good.all(axis=1)
 
 
 class SizeBatches:

@@ -73,6 +73,7 @@ from ._structured_linalg import (
     ScaledSystem,
     SizeBatches,
     block_quadratic,
+    block_quadratic_gram,
     gather_blocks,
     gather_rows,
     rank_update,
@@ -120,17 +121,25 @@ def _select_removals(costs: np.ndarray, alive: np.ndarray, budget: Budget, limit
 
 
 class _Elimination:
-    """``A = K~_SS^{-1}`` and ``W~_S`` on the alive rows, compacted after every removal."""
+    """``A = K~_SS^{-1}`` and ``W~_S`` on the alive rows.
+
+    Removed rows are zeroed in place; the arrays are compacted to the alive rows only when
+    these fall below ``COMPACT_AT`` of the array size (a gather of the whole matrix costs
+    more than several rank-|T| updates, so it is amortised).
+    """
+
+    COMPACT_AT = 0.7
 
     def __init__(self, system: ScaledSystem, batches: SizeBatches) -> None:
         self.system, self.batches = system, batches
-        self.act = np.arange(system.d)
-        self.pos = np.arange(system.d)
+        self.row_at = np.arange(system.d)  # original row at each array position (-1: removed)
+        self.pos = np.arange(system.d)  # array position of each original row (-1: removed)
         self.alive = np.ones(system.n_groups, dtype=bool)
         self.A = spd_inverse(system.K, system.ridge)
         self.W = system.W_hat.copy()  # K^{-1} G = W_hat on the full support
         self.obj = 0.0
         self.moved = 0
+        self.n_alive_rows = system.d
 
     def costs(self) -> np.ndarray:
         """Group-OBS costs ``1/2 tr(W_g^T [A_gg]^{-1} W_g)`` of the alive groups (inf elsewhere)."""
@@ -142,30 +151,41 @@ class _Elimination:
         return out
 
     def remove(self, groups: np.ndarray) -> None:
+        """Remove ``groups`` jointly: exact rank-|T| downdate of ``A`` and ``W``."""
         idx = self.pos[self.system.rows_of(groups)]
-        mask = np.ones(self.act.size, dtype=bool)
-        mask[idx] = False
-        keep = np.flatnonzero(mask)
+        n = self.A.shape[0]
         c = scipy.linalg.cho_factor(self.A[np.ix_(idx, idx)], lower=True, check_finite=False)
-        A_ok = self.A[np.ix_(keep, idx)]
+        U = self.A[:, idx]
         W_t = self.W[idx]
-        Z = scipy.linalg.cho_solve(c, np.hstack([A_ok.T, W_t]), check_finite=False)
-        self.obj += 0.5 * float(np.sum(W_t * Z[:, keep.size :]))
-        A_new = self.A[np.ix_(keep, keep)]
-        rank_update(A_new, A_ok, np.ascontiguousarray(Z[:, : keep.size].T))
-        self.W = self.W[keep] - A_ok @ Z[:, keep.size :]
-        self.A = A_new
-        self.pos[self.act[idx]] = -1
-        self.act = self.act[keep]
-        self.pos[self.act] = np.arange(self.act.size)
+        Z = scipy.linalg.cho_solve(c, np.hstack([U.T, W_t]), check_finite=False)
+        self.obj += 0.5 * float(np.sum(W_t * Z[:, n:]))
+        rank_update(self.A, U, Z[:, :n].T)
+        self.W -= U @ Z[:, n:]
+        self.A[idx, :] = 0.0
+        self.A[:, idx] = 0.0
+        self.W[idx] = 0.0
+        self.pos[self.row_at[idx]] = -1
+        self.row_at[idx] = -1
         self.alive[groups] = False
         self.moved += idx.size
+        self.n_alive_rows -= idx.size
+        if self.n_alive_rows < self.COMPACT_AT * n:
+            self.compact()
+
+    def compact(self) -> None:
+        keep = np.flatnonzero(self.row_at >= 0)
+        self.A = self.A.take(keep, axis=0).take(keep, axis=1)
+        self.W = self.W[keep]
+        self.row_at = self.row_at[keep]
+        self.pos[self.row_at] = np.arange(keep.size)
 
     def refresh(self) -> float:
         """Rebuild ``A`` and ``W`` from scratch; returns the relative change of ``W`` (drift)."""
+        self.compact()
         K, G = self.system.K, self.system.G
-        self.A = spd_inverse(K[np.ix_(self.act, self.act)], self.system.ridge)
-        W = self.A @ G[self.act]
+        act = self.row_at
+        self.A = spd_inverse(K.take(act, axis=0).take(act, axis=1), self.system.ridge)
+        W = self.A @ G[act]
         drift = float(np.linalg.norm(W - self.W) / max(np.linalg.norm(W), 1e-300))
         self.W = W
         self.moved = 0
@@ -252,32 +272,52 @@ class _SweepState:
             out[ids] = np.where(ok, 0.5 * q, -np.inf)
         return out
 
-    def exchange_gains(self, g: int, allowed: np.ndarray) -> tuple[float, np.ndarray]:
+    def pruned_blocks(self) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per size batch of pruned groups: (b, ids, flat rows, T_aa blocks, Y rows, Gram blocks)."""
+        out = []
+        for b, ids, rows in self.batches.select(~self.keep):
+            flat = rows.ravel()
+            Y_p = self.Y[flat]
+            if b == 1:
+                gram = np.einsum("ij,ij->i", Y_p, Y_p)
+            else:
+                Y3 = Y_p.reshape(ids.size, b, -1)
+                gram = np.matmul(Y3, np.swapaxes(Y3, 1, 2))
+            out.append((b, ids, flat, gather_blocks(self.T, rows), Y_p, gram))
+        return out
+
+    def exchange_gains(self, g: int, allowed: np.ndarray, blocks=None) -> tuple[float, np.ndarray]:
         """Drop cost of kept group ``g`` and the gain of each pruned group after dropping it.
 
-        From rank-|g| corrections of the diagonal blocks only (T is not modified):
-        ``C'_aa = T_aa + T_ag N^{-1} T_ga`` and ``R'_a = Y_a + T_ag N^{-1} Y_g`` with
-        ``N = -T_gg = (K_SS^{-1})_gg``. Gains are -inf outside ``allowed`` (G,) bool.
+        From rank-|g| corrections of the diagonal blocks only (T is not modified): with
+        ``N = -T_gg = (K_SS^{-1})_gg`` and ``t_a = T_ag``,
+        ``C'_aa = T_aa + t_a N^{-1} t_a^T`` and ``R'_a = Y_a + t_a N^{-1} Y_g``, whose Gram
+        matrix ``R'_a R'_a^T`` is expanded so that no |P| x m array is formed per candidate.
+        ``blocks`` is :meth:`pruned_blocks` (recomputed when None). Gains are -inf outside
+        ``allowed`` (G,) bool.
         """
         rg = self.system.rows[g]
         N_inv = _pd_inverse(-self.T[np.ix_(rg, rg)])
         Y_g = self.Y[rg]
         NY = N_inv @ Y_g
         drop = 0.5 * float(np.sum(Y_g * NY))
+        P2 = NY @ NY.T
         gains = np.full(self.system.n_groups, -np.inf)
-        for b, ids, rows in self.batches.select(allowed & ~self.keep):
-            flat = rows.ravel()
-            T_ag = self.T[np.ix_(flat, rg)]
-            TN = T_ag @ N_inv
-            Y_a = self.Y[flat] + T_ag @ NY
+        for b, ids, flat, T_aa, Y_p, gram in blocks if blocks is not None else self.pruned_blocks():
+            t = self.T[np.ix_(flat, rg)]  # (rows, |g|)
+            X = Y_p @ NY.T  # (rows, |g|): Y_i NY^T
+            tN = t @ N_inv
             if b == 1:
-                M = self.T[flat, flat] + np.einsum("ij,ij->i", TN, T_ag)
+                M = T_aa + np.einsum("ij,ij->i", tN, t)
+                gram2 = gram + 2.0 * np.einsum("ij,ij->i", t, X) + np.einsum("ij,jk,ik->i", t, P2, t)
             else:
                 n, bg = ids.size, rg.size
-                M = gather_blocks(self.T, rows) + np.einsum("nib,njb->nij", TN.reshape(n, b, bg), T_ag.reshape(n, b, bg))
-                Y_a = Y_a.reshape(n, b, -1)
-            q, ok = block_quadratic(M, Y_a, ADD_TOL)
-            gains[ids] = np.where(ok, 0.5 * q, -np.inf)
+                t3, X3, tN3 = t.reshape(n, b, bg), X.reshape(n, b, bg), tN.reshape(n, b, bg)
+                M = T_aa + np.matmul(tN3, np.swapaxes(t3, 1, 2))
+                cross = np.matmul(t3, np.swapaxes(X3, 1, 2))
+                gram2 = gram + cross + np.swapaxes(cross, 1, 2) + np.matmul(t3 @ P2, np.swapaxes(t3, 1, 2))
+            q, ok = block_quadratic_gram(M, gram2, ADD_TOL)
+            gains[ids] = np.where(ok & allowed[ids], 0.5 * q, -np.inf)
         return drop, gains
 
 
@@ -365,8 +405,9 @@ class _Search:
         kept = np.flatnonzero(st.keep)
         cands = kept[np.lexsort((kept, costs[kept]))][:n_candidates]
         best, move = -self.tol, None
+        blocks = st.pruned_blocks()
         for g in cands:
-            drop, gains = st.exchange_gains(int(g), _exchange_allowed(self.budget, st.keep, int(g)))
+            drop, gains = st.exchange_gains(int(g), _exchange_allowed(self.budget, st.keep, int(g)), blocks)
             a = int(np.argmax(gains))
             if np.isfinite(gains[a]) and gains[a] - drop > best:
                 best, move = gains[a] - drop, (int(g), a)
@@ -436,7 +477,7 @@ def osscar(
     add_chunks : the t groups added back after a drop of size t are swept in at most this many
         joint updates (1 = all at once; larger = closer to one-by-one greedy).
     refresh_every : rows moved (removed, added or dropped) between rebuilds of the inverse /
-        sweep matrix from scratch by Cholesky (default ``max(64, d // 4)``).
+        sweep matrix from scratch by Cholesky (default ``max(64, d // 2)``).
     compare_magnitude : also refit the ``group-magnitude`` support and start the swaps from the
         better of the two starts.
 
@@ -450,7 +491,7 @@ def osscar(
     batches = SizeBatches(system.rows)
     n_groups, d = system.n_groups, system.d
     per_round = groups_per_round or max(1, math.ceil(n_groups / 128))
-    refresh_rows = refresh_every or max(64, d // 4)
+    refresh_rows = refresh_every or max(64, d // 2)
     history = History(deadline, "min")
     scale = 0.5 * float(np.sum(system.W_hat * system.G))  # objective of W = 0
     tol = 1e-10 * scale + 1e-300
