@@ -64,7 +64,7 @@ import numpy as np
 import scipy.linalg
 
 from combprune.problems import StructuredMIQP
-from combprune.problems.l0_regression import within_budget
+from combprune.problems.l0_regression import FLOP_RTOL, within_budget
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
@@ -111,7 +111,8 @@ def _select_removals(costs: np.ndarray, alive: np.ndarray, budget: Budget, limit
             score = costs[cand] / budget.costs[cand]
             order = cand[np.lexsort((cand, score))]
             freed = np.cumsum(budget.costs[order])
-            enough = np.array([within_budget(used - f, budget.cost_budget) for f in freed])
+            slack = FLOP_RTOL * max(abs(budget.cost_budget), 1.0)
+            enough = used - freed <= budget.cost_budget + slack  # within_budget, vectorised
             n = int(np.argmax(enough)) + 1 if enough.any() else order.size
             return order[: min(n, limit)]
     if budget.s is not None and ids.size > budget.s:
