@@ -49,7 +49,8 @@ Factorisation (all in float64, n x n space at most)
   Sherman-Morrison up/downdates of ``K^{-1}`` (O(n^2)); the diagonal ``d`` is carried along
   with one O(n |S|) product per move.
 
-The factor is rebuilt from scratch (Cholesky) every ``refactor_every`` accepted moves and
+The factor is rebuilt from scratch (Cholesky) every ``refactor_every`` accepted moves
+(default ``max(25, min(n, |S|))``) and
 whenever a move fails to lower the exactly recomputed objective, so rounding drift cannot
 accumulate or make the search cycle: after every move the weights ``w_S`` are recomputed from
 the factor and the objective is the exact ``Q`` of those weights (residual recomputed from A),
@@ -265,20 +266,6 @@ class SupportModel:
             return AS.T @ self.Ginv[:, slots]
         return self.Kinv @ AS[slots].T
 
-    # Snapshots --------------------------------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
-        """Copy of the mutable state (O(|S| n + min(n, |S|)^2) memory, no factorisation)."""
-        state = {key: getattr(self, key) for key in ("m", "mode", "objective")}
-        for key in ("AS", "idx", "Ginv", "Kinv", "w", "d", "r"):
-            value = getattr(self, key)
-            state[key] = None if value is None else value.copy()
-        return state
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Return to a :meth:`snapshot` (the snapshot stays usable)."""
-        for key, value in state.items():
-            setattr(self, key, value.copy() if isinstance(value, np.ndarray) else value)
-
     # Updates ---------------------------------------------------------------------------------------
     def _drop(self, t: int) -> None:
         m, last = self.m, self.m - 1
@@ -399,8 +386,8 @@ def _top(scores: np.ndarray, pool: np.ndarray, count: int) -> np.ndarray:
 
 @dataclass
 class _Move:
-    slot: int | None  # kept slot dropped (None: pure addition)
-    add: int  # coordinate added
+    drop: int | None  # coordinate dropped (None: pure addition)
+    add: int | None  # coordinate added (None: pure removal, only when undoing a chain)
     gain: float  # predicted change of Q (negative = improvement)
 
 
@@ -486,7 +473,7 @@ class _Search:
             if not math.isfinite(g) or g >= threshold:
                 break
             if flat < swap_gain.size:
-                moves.append(_Move(int(flat // q), int(J[flat % q]), g))
+                moves.append(_Move(int(self.model.idx[flat // q]), int(J[flat % q]), g))
             else:
                 moves.append(_Move(None, int(J[flat - swap_gain.size]), g))
         return moves
@@ -521,12 +508,14 @@ class _Search:
 
     def apply(self, move: _Move) -> int | None:
         """Apply ``move`` to the model and the mask; returns the coordinate dropped (or None)."""
-        dropped = None if move.slot is None else int(self.model.idx[move.slot])
-        self.model.apply(move.slot, move.add)
-        if dropped is not None:
-            self.in_S[dropped] = False
-        self.in_S[move.add] = True
-        return dropped
+        slot = None
+        if move.drop is not None:
+            slot = int(np.flatnonzero(self.model.idx[: self.model.m] == move.drop)[0])
+            self.in_S[move.drop] = False
+        self.model.apply(slot, move.add)
+        if move.add is not None:
+            self.in_S[move.add] = True
+        return move.drop
 
 
 def swap_search(
@@ -539,7 +528,7 @@ def swap_search(
     depth: int = 4,
     breadth: int = 4,
     max_swaps: int | None = None,
-    refactor_every: int = 25,
+    refactor_every: int | None = None,
     tol: float = 1e-10,
     final_solve: bool = True,
     data: L0Data | None = None,
@@ -561,7 +550,9 @@ def swap_search(
         (>= 0; 0 = plain descent).
     breadth : number of first moves a variable-depth pass starts from (>= 1).
     max_swaps : cap on accepted moves (None: until no improving move).
-    refactor_every : accepted moves between fresh factorisations (>= 1).
+    refactor_every : accepted moves between fresh factorisations (>= 1). Default (None):
+        ``max(25, min(n, |S|))``, so that the O(min(n,|S|)^2 max(n,|S|)) refactorisation costs
+        about as much as the O(n (n + |S|)) updates it follows.
     tol : a move must lower Q by more than ``tol * |Q|`` (relative, >= 0).
     final_solve : re-solve the final support from scratch (``ridge_solve_on_support`` of the
         backsolve module) and keep it when it is at least as good as the factor's weights.
@@ -578,7 +569,7 @@ def swap_search(
     depth = check_positive_int("depth", depth, low=0)
     breadth = check_positive_int("breadth", breadth)
     max_swaps = check_positive_int("max_swaps", max_swaps, allow_none=True, low=0)
-    refactor_every = check_positive_int("refactor_every", refactor_every)
+    refactor_every = check_positive_int("refactor_every", refactor_every, allow_none=True)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"tol: expected a finite number >= 0, got {tol!r}")
     deadline = deadline if deadline is not None else Deadline(None)
@@ -620,7 +611,8 @@ def swap_search(
         before, old_idx = model.objective, model.support_idx
         dropped = search.apply(move)
         since_refactor += 1
-        if zero_ridge or since_refactor >= refactor_every:
+        period = refactor_every or max(25, min(data.n, model.m))
+        if zero_ridge or since_refactor >= period:
             model.refactor()
             since_refactor = 0
         if not model.objective < before:
@@ -658,48 +650,43 @@ def _chain(search: _Search, depth: int, breadth: int, threshold: float, deadline
 
     From each of the ``breadth`` best first moves, applies up to ``depth`` best moves in
     total *even when they worsen Q*, each coordinate moving at most once (moved coordinates
-    are frozen). If some prefix of some chain ends below the starting objective by more than
-    ``-threshold``, the support after the best prefix is kept (rebuilt from scratch) and True
-    is returned; otherwise the start is restored and False returned.
+    are frozen). If some prefix of a chain ends below the starting objective by more than
+    ``-threshold``, the moves after the best prefix are undone (reverse rank-one moves) and
+    True is returned; otherwise the whole chain is undone and the next first move is tried.
     """
-    start_obj, start_idx = search.model.objective, search.model.support_idx
-    start_state, start_mask = search.model.snapshot(), search.in_S.copy()
-    best_obj, best_idx, best_moves = start_obj, None, []
+    start_obj = search.model.objective
     first_moves, _ = search.best_moves(threshold=math.inf, n_best=breadth)
     for first in first_moves:
         if deadline.expired():
             break
         out.chains += 1
         frozen = np.zeros(search.data.p, dtype=bool)
-        moves: list[int | None] = []
-        move: _Move | None = first
+        applied: list[_Move] = []
+        best_obj, best_len = start_obj, 0
+        move = first
         for step in range(depth):
             if step:
                 nxt, _ = search.best_moves(threshold=math.inf, frozen=frozen)
                 if not nxt or deadline.expired():
                     break
                 move = nxt[0]
-            dropped = search.apply(move)
-            if dropped is not None:
-                frozen[dropped] = True
+            search.apply(move)
             frozen[move.add] = True
-            moves.append(dropped)
+            if move.drop is not None:
+                frozen[move.drop] = True
+            applied.append(move)
             if search.model.objective < best_obj + threshold:
-                best_obj, best_idx, best_moves = search.model.objective, search.model.support_idx, list(moves)
-        if best_idx is not None:
-            break  # first improving chain wins
-        search.model.restore(start_state)
-        search.in_S[:] = start_mask
-    if best_idx is None:
-        return False
-    search.reset(best_idx)
-    if not search.model.objective < start_obj:  # rounding: the fresh solve disagrees
-        search.reset(start_idx)
-        return False
-    out.chains_accepted += 1
-    for dropped in best_moves:
-        count(dropped)
-    return True
+                best_obj, best_len = search.model.objective, len(applied)
+        for move in reversed(applied[best_len:]):
+            search.apply(_Move(move.add, move.drop, -move.gain))
+        if best_len and search.model.objective < start_obj:
+            out.chains_accepted += 1
+            for move in applied[:best_len]:
+                count(move.drop)
+            return True
+        if abs(search.model.objective - start_obj) > 1e-9 * max(abs(start_obj), 1e-300):
+            search.model.refactor()  # undo drifted: start afresh on the same support
+    return False
 
 
 def _rmatmat(op: ColumnOperator, U: np.ndarray) -> np.ndarray:
@@ -758,7 +745,7 @@ def swap(
     depth: int = 4,
     breadth: int = 4,
     max_swaps: int | None = None,
-    refactor_every: int = 25,
+    refactor_every: int | None = None,
     tol: float = 1e-10,
 ) -> Result:
     """Swap local search from ``warm_start`` (default: magnitude / FLOP-aware magnitude support).

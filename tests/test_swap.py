@@ -220,6 +220,21 @@ def test_many_swaps_with_periodic_refactorisation():
     assert ref.objective == pytest.approx(res.objective, rel=1e-6)
 
 
+def test_variable_depth_chains():
+    prob = random_l0_regression(10, 20, 3, design="planted", ridge=0.01, seed=36)
+    start = _magnitude_mask(prob)
+    plain = cp.solve(prob, "swap", warm_start=start, depth=0)
+    deep = cp.solve(prob, "swap", warm_start=start, depth=4, breadth=6)
+    assert plain.info["chains"] == 0 and deep.info["chains"] >= 1
+    assert deep.info["local_optimum"] and plain.info["local_optimum"]
+    for res in (plain, deep):
+        assert prob.check(res.x) == []
+        assert res.iterations == res.info["swaps"] + res.info["additions"]
+    # a chain is only kept when it ends lower, so the final point is a 1-swap local optimum too
+    again = cp.solve(prob, "swap", warm_start=deep, depth=0)
+    assert again.iterations == 0
+
+
 def test_time_limit_and_max_swaps():
     prob = random_l0_regression(20, 200, 30, design="correlated", ridge=0.1, seed=2)
     mask = _magnitude_mask(prob)
