@@ -15,6 +15,7 @@ import importlib
 import inspect
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -170,6 +171,8 @@ def _import_object(ref: str) -> Any:
     module, sep, attr = ref.partition(":")
     if not sep or not module or not attr:
         raise ValueError(f"factory: expected 'package.module:function', got {ref!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:  # console scripts omit the working directory
+        sys.path.insert(0, os.getcwd())
     obj: Any = importlib.import_module(module)
     for part in attr.split("."):
         obj = getattr(obj, part)
@@ -179,7 +182,8 @@ def _import_object(ref: str) -> Any:
 def from_factory(factory: str | Callable[..., Any], *, name: str | None = None, **params: Any) -> list[Instance]:
     """Instances returned by a user function (for instance layers extracted from a torch model).
 
-    ``factory`` is a callable or an import reference ``"package.module:function"``; it is
+    ``factory`` is a callable or an import reference ``"package.module:function"`` (the
+    working directory is searched too); it is
     called with ``params`` and returns a problem, an iterable of problems, a mapping
     ``name -> problem``, or :class:`Instance` objects.
     """

@@ -186,7 +186,9 @@ class StudyResults:
         Columns: ``label``, the ``by`` fields, ``solves`` (records), ``instances``,
         ``mean_gap`` / ``median_gap`` / ``max_gap`` over records with a valid point,
         ``solved`` (share of records with gap <= gap_tol, failures counting as unsolved),
-        ``optimal`` (records with proven optimality), ``mean_time`` / ``median_time`` (seconds,
+        ``ref_exact`` (share of records whose instance has a proven optimum, i.e. whose gap is
+        exact rather than relative to the best point found), ``optimal`` (records with proven
+        optimality), ``mean_time`` / ``median_time`` (seconds,
         all records; a killed solve counts its time until it was stopped), ``mean_iters``,
         ``peak_mem_mb`` (mean), ``failed``, ``killed``, ``infeasible`` (returned points that
         ``problem.check`` rejected).
@@ -212,6 +214,7 @@ class StudyResults:
                 median_gap=_median(gaps),
                 max_gap=max(gaps) if gaps else None,
                 solved=sum(r["solved"] for r in recs) / len(recs),
+                ref_exact=sum(r.get("reference") == "exact" for r in recs) / len(recs),
                 optimal=sum(r.get("status") == "optimal" for r in recs),
                 mean_time=_mean(times),
                 median_time=_median(times),
@@ -225,15 +228,16 @@ class StudyResults:
         return rows
 
     SUMMARY_COLUMNS = (
-        "solves", "mean_gap", "median_gap", "max_gap", "solved", "optimal",
+        "solves", "mean_gap", "median_gap", "max_gap", "solved", "ref_exact", "optimal",
         "mean_time", "median_time", "peak_mem_mb", "failed", "killed",
     )
 
     def summary_table(self, by: Sequence[str] = ()) -> str:
-        """:meth:`summary` as a markdown table (``solved`` as a percentage)."""
+        """:meth:`summary` as a markdown table (shares as percentages)."""
         rows = self.summary(by)
         for row in rows:
             row["solved"] = f"{100 * row['solved']:.0f}%"
+            row["ref_exact"] = f"{100 * row['ref_exact']:.0f}%"
         return format_table(rows, ["label", *by, *self.SUMMARY_COLUMNS], formats={"mean_time": ".3g", "median_time": ".3g"})
 
     # ------------------------------------------------------------------------------- csv
