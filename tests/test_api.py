@@ -153,3 +153,18 @@ def test_result_round_trips_to_dict():
     d = res.to_dict(include_x=True)
     assert d["status"] == "optimal" and d["solver"] == "highs" and len(d["x"]) == 6
     assert "highs" in repr(res)
+
+
+def test_writing_a_solver_example_runs(clean_registry):
+    """The plugin guide's example solver and its brute-force test work as written."""
+    import pathlib
+    import re
+
+    doc = pathlib.Path(__file__).resolve().parents[1] / "docs" / "writing_a_solver.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
+    ns: dict = {}
+    exec(blocks[0], ns)  # registers "top-k"
+    exec(blocks[1], ns)
+    ns["test_top_k_is_feasible_and_not_better_than_optimal"]()
+    with pytest.raises(ValueError, match="^scale"):
+        cp.solve(random_l0_regression(3, 4, 2, seed=0), "top-k", scale=-1.0)
