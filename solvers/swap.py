@@ -75,13 +75,28 @@ Candidate screening (one "iteration" = one accepted move)
    ``A^T U`` for all of them); the best replacements for each are added to the candidate set
    and all pairs are evaluated exactly as in 2.
 4. Best improvement: the most negative gain among the evaluated moves is applied if it lowers
-   Q by more than ``tol * max(|Q|, 1e-300)``; otherwise the search stops. When every outside
-   coordinate fits in the candidate set (small p) the neighbourhood is exhaustive and the
-   result is a true 1-swap local optimum (``info["local_optimum"]``).
+   Q by more than ``tol * max(|Q|, 1e-300)``. When every outside coordinate fits in the
+   candidate set (small p) the neighbourhood is exhaustive and a point where no move applies
+   is a true 1-swap local optimum (``info["exhaustive"]``).
+5. Variable-depth chains (Kernighan-Lin) at a local optimum, ``depth`` > 0: from each of the
+   ``breadth`` best first moves, apply up to ``depth`` best moves *even when they worsen Q*,
+   every coordinate moving at most once. If some prefix of a chain ends lower than the local
+   optimum, the moves after the best prefix are undone (reverse rank-one moves) and the
+   descent resumes from there; otherwise the chain is undone. This escapes the 1-swap local
+   optima that need two or three simultaneous exchanges (typical under a FLOP budget, where a
+   single exchange is often inadmissible). The search stops when no chain improves.
 
-Public entry points: :func:`swap_search` (NumPy, float64 internals; used by other solvers as
-a final stage) and the registered solver ``swap`` (``combprune.solve(problem, "swap",
-warm_start=...)``).
+Public entry points
+-------------------
+``swap_search(problem, support, *, deadline=None, candidates=32, drop_candidates=8,
+depth=4, breadth=4, max_swaps=None, refactor_every=None, tol=1e-10, final_solve=True,
+data=None) -> SwapOutcome``: improve a feasible support (boolean mask or indices; ValueError
+if infeasible); returns host float64 weights (exact ridge least squares on the final support
+through ``backsolve.ridge_solve_on_support``), the support, Q, the counts of moves and the
+history. This is the function other solvers call as a final stage (e.g. after CHITA's IHT).
+The registered solver ``swap`` wraps it: ``combprune.solve(problem, "swap", warm_start=...)``
+with a Result, a weight vector or a boolean support (default: magnitude / FLOP-aware
+magnitude), results in the input's namespace and dtype.
 """
 
 from __future__ import annotations
