@@ -414,17 +414,21 @@ class _Search:
                 best, move = gains[a] - drop, (int(g), a)
         if move is None:
             return False
-        snap = st.snapshot()
+        # The exchange's effect is known exactly, so no undo copy of T is taken: a failure
+        # (numerically impossible with a well-conditioned block) is undone by the inverse sweeps.
+        before = st.obj
+        g, a = np.array([move[0]]), np.array([move[1]])
+        st.sweep(g, add=False)
         try:
-            st.sweep(np.array([move[0]]), add=False)
-            st.sweep(np.array([move[1]]), add=True)
+            st.sweep(a, add=True)
         except np.linalg.LinAlgError:  # pragma: no cover - gains were computed from OK blocks
-            st.restore(snap)
+            st.sweep(g, add=True)
             return False
-        self.fill()
-        if st.obj < snap[3] - self.tol:
+        if st.obj < before - self.tol:
+            self.fill()  # (cost budgets) whatever fits again; never raises the objective
             return True
-        st.restore(snap)  # pragma: no cover - the exact gain said it improves
+        st.sweep(a, add=False)  # pragma: no cover - the exact gain said it improves
+        st.sweep(g, add=True)  # pragma: no cover
         return False
 
 
