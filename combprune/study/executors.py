@@ -10,8 +10,10 @@
   Each worker keeps the last few problems it received, so an instance is pickled to a worker
   once, not once per solver.
 * :class:`RayExecutor` (``"ray"``, ``pip install combprune[ray]``): the same tasks as Ray
-  tasks on a local or remote Ray cluster; a solve past ``time_limit + grace`` is cancelled
-  with ``ray.cancel(force=True)`` (which kills its worker) and recorded as ``"killed"``.
+  tasks on a local or remote Ray cluster. A watchdog thread in the task ends its worker
+  process ``time_limit + grace`` seconds after the solve started (recorded as ``"killed"``);
+  as a backstop the driver cancels a task still pending 30 s later with
+  ``ray.cancel(force=True)``.
 
 An executor's :meth:`run` takes the tasks and the problems by instance hash and yields
 ``(task, outcome)`` pairs as solves finish, in completion order.
@@ -37,6 +39,7 @@ __all__ = ["Task", "Executor", "SerialExecutor", "ProcessExecutor", "RayExecutor
 
 EXECUTORS = ("serial", "process", "ray")
 DEFAULT_GRACE = 2.0
+RAY_SLACK = 30.0  # extra seconds before the driver cancels a Ray task whose watchdog did not fire
 
 
 @dataclass
@@ -315,7 +318,7 @@ class RayExecutor(Executor):
         inflight: dict[Any, tuple[Task, float]] = {}
         try:
             capacity = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            remote = ray.remote(num_cpus=1, max_retries=0)(execute_task)
+            remote = ray.remote(num_cpus=1, max_retries=0)(_ray_execute)
             warm = ray.remote(num_cpus=1, max_retries=0)(_ray_warmup)
             ray.get([warm.remote() for _ in range(min(capacity, len(pending)))])  # start and import workers
             refs: dict[str, Any] = {}
@@ -324,10 +327,10 @@ class RayExecutor(Executor):
                     task = pending.popleft()
                     if task.instance_hash not in refs:
                         refs[task.instance_hash] = ray.put(problems[task.instance_hash])
-                    ref = remote.remote(refs[task.instance_hash], task.payload)
+                    ref = remote.remote(refs[task.instance_hash], task.payload, task.kill_after)
                     inflight[ref] = (task, time.perf_counter())
                 now = time.perf_counter()
-                waits = [t0 + t.kill_after - now for t, t0 in inflight.values() if t.kill_after is not None]
+                waits = [t0 + t.kill_after + RAY_SLACK - now for t, t0 in inflight.values() if t.kill_after is not None]
                 timeout = max(0.0, min(waits)) if waits else None
                 done, _ = ray.wait(list(inflight), num_returns=1, timeout=timeout)
                 now = time.perf_counter()
@@ -335,11 +338,14 @@ class RayExecutor(Executor):
                     task, t0 = inflight.pop(ref)
                     try:
                         outcome = ray.get(ref)
-                    except Exception as exc:  # worker crash, serialisation error
-                        outcome = _crashed(f"{type(exc).__name__}: {exc}", now - t0)
+                    except Exception as exc:  # the watchdog ended the worker, a crash, a serialisation error
+                        if task.kill_after is not None and now - t0 >= task.kill_after:
+                            outcome = _killed(task, now - t0)
+                        else:
+                            outcome = _crashed(f"{type(exc).__name__}: {exc}", now - t0)
                     yield task, outcome
-                for ref, (task, t0) in list(inflight.items()):
-                    if task.kill_after is not None and now - t0 >= task.kill_after:
+                for ref, (task, t0) in list(inflight.items()):  # backstop: the watchdog did not fire
+                    if task.kill_after is not None and now - t0 >= task.kill_after + RAY_SLACK:
                         ray.cancel(ref, force=True)
                         del inflight[ref]
                         yield task, _killed(task, now - t0)
@@ -348,6 +354,24 @@ class RayExecutor(Executor):
                 ray.cancel(ref, force=True)
             if owns:
                 ray.shutdown()
+
+
+def _ray_execute(problem: Any, payload: dict[str, Any], kill_after: float | None) -> dict[str, Any]:
+    """:func:`execute_task` under a watchdog that ends this Ray worker process ``kill_after``
+    seconds after the task started (Ray then reports the task as failed; a fresh worker
+    replaces the process)."""
+    import threading
+
+    timer = None
+    if kill_after is not None:
+        timer = threading.Timer(kill_after, os._exit, args=(137,))
+        timer.daemon = True
+        timer.start()
+    try:
+        return execute_task(problem, payload)
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def _ray_warmup() -> int:
