@@ -13,10 +13,12 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import combprune as cp
 from combprune import registry
-from combprune.problems import FlopNnzILP, L0Regression
+from combprune.problems import FlopNnzILP, L0Regression, StructuredMIQP
 from combprune.result import Result, Status
 from combprune.study import (
     ConfigError,
@@ -80,12 +82,17 @@ def tiny_instances():
     return generate("l0_regression", seeds=[0, 1], n=12, p=7, k=3) + generate("flop_nnz_ilp", seeds=[0, 1], p=8, k=3)
 
 
+def tiny_structured():
+    return generate("structured_miqp", seeds=[0], d=6, m=3, s=2) + generate(
+        "structured_miqp", seeds=[1], d=8, m=2, group_size=2, correlated=True)
+
+
 # ------------------------------------------------------------------------------------ gaps
 def test_gaps_exact_zero_heuristics_match_manual(test_solvers, tmp_path):
-    heuristics = [r["name"] for cls in (L0Regression, FlopNnzILP) for r in cp.list_solvers(cls)
+    heuristics = [r["name"] for cls in (L0Regression, FlopNnzILP, StructuredMIQP) for r in cp.list_solvers(cls)
                   if r["kind"] == "heuristic" and r["available"] and not r["name"].startswith("_test-")]
     runs = ["bruteforce", "_test-first-fit", *dict.fromkeys(heuristics)]
-    study = Study(tiny_instances(), runs, time_limit=20, executor="serial", output=tmp_path / "r.jsonl")
+    study = Study(tiny_instances() + tiny_structured(), runs, time_limit=20, executor="serial", output=tmp_path / "r.jsonl")
     res = study.run()
     assert not res.warnings, res.warnings
     by_label = {}
@@ -95,7 +102,7 @@ def test_gaps_exact_zero_heuristics_match_manual(test_solvers, tmp_path):
         assert r["feasible"] is True and r["gap"] is not None and r["gap"] >= 0
         assert r["reference"] == "exact"
         assert r["peak_memory_mb"] is None or r["peak_memory_mb"] >= 0
-    assert len(by_label["bruteforce"]) == 4
+    assert len(by_label["bruteforce"]) == 6
     for r in by_label["bruteforce"]:
         assert r["gap"] == 0.0 and r["solved"] and r["status"] == "optimal" and r["exact"]
     for r in by_label["_test-first-fit"]:  # max sense: gap = (opt - obj) / opt
@@ -109,7 +116,7 @@ def test_gaps_exact_zero_heuristics_match_manual(test_solvers, tmp_path):
             assert diff >= -1e-9 * max(1.0, abs(opt)), (label, r["objective"], opt)
     summary = {row["label"]: row for row in res.summary()}
     assert summary["bruteforce"]["solved"] == 1.0 and summary["bruteforce"]["mean_gap"] == 0.0
-    assert summary["bruteforce"]["optimal"] == 4 and summary["bruteforce"]["failed"] == 0
+    assert summary["bruteforce"]["optimal"] == 6 and summary["bruteforce"]["failed"] == 0
 
 
 def test_gap_for_max_sense_and_inconsistency_warning():
@@ -129,6 +136,41 @@ def test_gap_for_max_sense_and_inconsistency_warning():
     res = StudyResults(recs)
     assert any("claims optimal" in w for w in res.warnings)
     assert {r["label"]: r["reference"] for r in res.records}["heur"] == "best-found"
+
+
+_objectives = st.floats(-1e6, 1e6, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sense=st.sampled_from(["min", "max"]),
+    objs=st.lists(st.tuples(_objectives, st.sampled_from(["optimal", "feasible", "time_limit", "failed"])), min_size=1, max_size=6),
+    data=st.data(),
+)
+def test_gap_properties(sense, objs, data):
+    base = {"instance": "i", "instance_hash": "h", "sense": sense, "seed": 0, "time": 1.0, "feasible": True}
+    recs = [{**base, "key": str(i), "label": f"s{i}", "status": status, "objective": None if status == "failed" else obj}
+            for i, (obj, status) in enumerate(objs)]
+    res = StudyResults(recs)
+    valid = [r for r in res.records if r["status"] != "failed"]
+    if not valid:
+        assert all(r["gap"] is None and not r["solved"] for r in res.records)
+        return
+    best = (min if sense == "min" else max)(r["objective"] for r in valid)
+    for r in res.records:
+        if r["status"] == "failed":
+            assert r["gap"] is None
+            continue
+        assert r["gap"] >= 0 and r["best_known"] == best
+        if r["objective"] == best:
+            assert r["gap"] == 0.0 and r["solved"]
+        else:
+            expected = abs(r["objective"] - best) / max(abs(best), 1e-12)
+            assert r["gap"] == pytest.approx(expected if expected >= 1e-12 else 0.0)
+    # gaps do not depend on the order of the records
+    shuffled = data.draw(st.permutations(recs))
+    again = {r["key"]: r["gap"] for r in StudyResults(shuffled).records}
+    assert again == {r["key"]: r["gap"] for r in res.records}
 
 
 # ------------------------------------------------------------- failures, kills, process pool
