@@ -10,6 +10,7 @@ returns the exit status. Adding a subcommand means writing those two functions a
                     [--json] [--save-x out.npy]
     combprune generate KIND OUT [--seed N] [--param key=value ...]
     combprune demo [--instances] [--seed N] [--time-limit S] [--json]
+    combprune study CONFIG.toml [--executor E] [--workers N] [--dry-run] | --report RESULTS.jsonl
 
 Errors a user can cause (bad file, unknown solver, bad option, missing extra) print one line
 ``combprune: error: ...`` on stderr and exit with status 2.
@@ -203,6 +204,10 @@ add_command("solvers", "list the registered solvers", _configure_solvers, _run_s
 add_command("solve", "solve a saved problem file", _configure_solve, _run_solve)
 add_command("generate", "write a seeded random instance to a file", _configure_generate, _run_generate)
 add_command("demo", "run the demo (optimality gaps of all solvers on random instances)", _configure_demo, _run_demo)
+
+from combprune.study.cli import add_arguments as _configure_study, run as _run_study  # noqa: E402
+
+add_command("study", "run a study (instances x solvers x seeds) from a TOML config, or --report saved records", _configure_study, _run_study)
 
 
 # --- entry point --------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-plots", action="store_true", help="tables and CSV only")
     parser.add_argument("--dry-run", action="store_true", help="validate the config and list the solves; run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     return parser
 
 
@@ -66,8 +65,6 @@ def run(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
     from .report import load_results
 
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.workers is not None and args.workers < 1:
         print(f"error: --workers: expected >= 1, got {args.workers}", file=sys.stderr)
         return 2
@@ -122,4 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry point (``python -m combprune.study``)."""
     parser = argparse.ArgumentParser(prog="combprune study", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    args = parser.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run(args)
