@@ -399,7 +399,9 @@ def test_config_run_report_csv_plots_and_cli(tmp_path, capsys):
     assert len((rep / "study_records.csv").read_text().strip().splitlines()) == 1 + len(records)
     # --report redraws from the saved records only
     rep2 = tmp_path / "rep2"
-    assert study_main(["--report", str(out), "--report-dir", str(rep2), "--group-by", "p"]) == 0
+    from combprune.cli import main as combprune_main
+
+    assert combprune_main(["study", "--report", str(out), "--report-dir", str(rep2), "--group-by", "p"]) == 0
     assert (rep2 / "study_profile_time.png").exists()
     assert "| p " in capsys.readouterr().out
     res = load_results(out)
