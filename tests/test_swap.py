@@ -91,8 +91,13 @@ def test_low_rank_gains_equal_fresh_solves(n, p, kfrac, design, ridge, n_moves, 
     swap_gain, add_gain = model.move_gains(outside)
     drop_gain = model.drop_costs()
 
+    # 1e-8 relative (gains below 1e-3 Q* compared at 1e-11 Q*). Rank-deficient designs with a
+    # small ridge have cond(G_S) ~ 1e4-1e6: explicit-inverse updates lose accuracy in
+    # proportion (the search itself is safeguarded by recomputing Q exactly after each move).
+    rtol = 1e-6 if design == "rank_deficient" else 1e-8
+
     def close(low_rank, fresh):
-        return abs(low_rank - fresh) <= 1e-8 * max(abs(fresh), 1e-6 * scale)
+        return abs(low_rank - fresh) <= rtol * max(abs(fresh), 1e-3 * scale)
 
     for t, i in enumerate(S):
         fresh = _optimal_value(prob, [x for x in S if x != i]) - base
