@@ -98,7 +98,11 @@ def study() -> Study:
             if other.status is cp.Status.OPTIMAL:
                 res.cross_checks.append((label, opt, other.objective))
         for name, run in pipes.items():
-            out = run(prob)
+            try:
+                out = run(prob)
+            except Exception as exc:  # a broken solver shows up in the violations, by name
+                res.violations.append(f"{name} on {label}: raised {exc!r}")
+                continue
             if out is None:
                 continue
             problems = prob.check(out.x)
