@@ -774,7 +774,8 @@ def swap(
     squares on the final support (or the warm start's own weights when those are at least as
     good, e.g. when no move was accepted); ``info``: ``swaps``, ``additions``,
     ``initial_objective`` (Q* of the starting support), ``local_optimum``, ``exhaustive``,
-    ``refactorizations``, ``chains`` / ``chains_accepted`` (variable-depth passes). Status ``feasible`` (``time_limit`` when the deadline stopped it).
+    ``refactorizations``, ``chains`` / ``chains_accepted`` (variable-depth passes).
+    The search is deterministic (``seed`` is accepted and unused). Status ``feasible`` (``time_limit`` when the deadline stopped it).
     """
     data = L0Data(problem)
     mask, x0 = _warm_start(problem, data, warm_start)
