@@ -217,6 +217,9 @@ class ProcessExecutor(Executor):
             pool = [_Worker(self.ctx, self.cache_size) for _ in range(min(self.workers, len(pending)))]
             while True:
                 for i, w in enumerate(pool):
+                    if w.task is None and pending and not w.proc.is_alive():  # died while idle
+                        w.stop(kill=True)
+                        pool[i] = w = _Worker(self.ctx, self.cache_size)
                     while w.task is None and pending:
                         task = pending.popleft()
                         try:
