@@ -9,7 +9,7 @@ returns the exit status. Adding a subcommand means writing those two functions a
     combprune solve FILE --solver NAME [--time-limit S] [--seed N] [--option key=value ...]
                     [--json] [--save-x out.npy]
     combprune generate KIND OUT [--seed N] [--param key=value ...]
-    combprune demo [--instances] [--seed N] [--time-limit S] [--json]
+    combprune demo [--plot PNG] [--quick] [--seed N] [--json] | --instances [--time-limit S]
     combprune study CONFIG.toml [--executor E] [--workers N] [--dry-run] | --report RESULTS.jsonl
 
 Errors a user can cause (bad file, unknown solver, bad option, missing extra) print one line
@@ -182,6 +182,9 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=5.0, help="per solve (seconds)")
     p.add_argument("--solver", action="append", help="only these solvers (repeatable)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    from combprune.demo import add_arguments
+
+    add_arguments(p, common=False)  # the network demo (default): combprune/demo.py
 
 
 def run_instances_demo(args: argparse.Namespace) -> int:
@@ -197,13 +200,18 @@ def run_instances_demo(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    return run_instances_demo(args)
+    if args.instances:
+        return run_instances_demo(args)
+    from combprune.demo import run_from_args
+
+    run_from_args(args)
+    return 0
 
 
 add_command("solvers", "list the registered solvers", _configure_solvers, _run_solvers)
 add_command("solve", "solve a saved problem file", _configure_solve, _run_solve)
 add_command("generate", "write a seeded random instance to a file", _configure_generate, _run_generate)
-add_command("demo", "run the demo (optimality gaps of all solvers on random instances)", _configure_demo, _run_demo)
+add_command("demo", "run the demo (networks trained on sklearn digits, pruned by each method; --instances: optimality gaps on random instances)", _configure_demo, _run_demo)
 
 from combprune.study.cli import add_arguments as _configure_study, run as _run_study  # noqa: E402
 

@@ -8,7 +8,7 @@ See ``docs/torch_adapter.md`` for conventions (sparsity = fraction removed; FLOP
 """
 
 from ._calibration import model_device
-from ._flops import layer_flops, model_flops
+from ._flops import layer_flops, measure, model_flops
 from ._gradients import per_sample_gradients
 from ._select import DEFAULT_TYPES, PrunableParam, select_parameters
 from .prune import METHODS, PruningError, k_from_sparsity, prune
@@ -27,6 +27,7 @@ __all__ = [
     "per_sample_gradients",
     "layer_flops",
     "model_flops",
+    "measure",
     "model_device",
     "k_from_sparsity",
 ]

@@ -99,3 +99,32 @@ def per_weight_cost(dense: float, numel: int) -> float:
 
 def fsum(values: list[float]) -> float:
     return math.fsum(values)
+
+
+def measure(model: nn.Module, example: Any, *, targets: Any = None, ignore: Any = None) -> dict[str, float]:
+    """Weights and FLOPs of ``model`` as it is now (masks applied), on one sample of ``example``.
+
+    ``example`` is anything :func:`combprune.torch.prune` takes as calibration (its first sample
+    is used). Returns ``params`` / ``nonzero`` prunable weights, ``sparsity`` (fraction of them
+    that are zero), ``model_flops`` (dense FLOPs of the whole model, FLOPs = 2 x MACs),
+    ``effective_flops`` (the model's FLOPs counting only nonzero prunable weights: each weight
+    costs its layer's dense FLOPs / its number of weights) and ``flops_kept`` (their ratio).
+    """
+    from ._calibration import check_device, iter_batches
+    from ._select import select_parameters
+
+    params = select_parameters(model, targets, ignore)
+    batch = next(iter(iter_batches(example, 1, check_device(model, None))))
+    dense = layer_flops(model, params, batch)
+    total = model_flops(model, batch)
+    nnz = [int(torch.count_nonzero(p.tensor.detach())) for p in params]
+    sizes = [p.numel for p in params]
+    effective = total - math.fsum(dense) + math.fsum(d * z / s for d, z, s in zip(dense, nnz, sizes) if s)
+    return {
+        "params": float(sum(sizes)),
+        "nonzero": float(sum(nnz)),
+        "sparsity": 1.0 - sum(nnz) / sum(sizes),
+        "model_flops": total,
+        "effective_flops": effective,
+        "flops_kept": effective / total if total else 1.0,
+    }
