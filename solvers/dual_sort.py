@@ -77,6 +77,12 @@ _KELLEY_RTOL = 1e-12
 _MAX_ITER = 200
 #: Below this many active candidates the layered selection gathers them and partitions.
 _GATHER = 4096
+#: Sample size and number of pivots per round of the layered multi-pivot selection.
+_SAMPLES = 256
+_PIVOTS = 31
+#: Up to this many layers, per-layer counts use one np.searchsorted per layer; beyond, a
+#: binary search vectorised over (layers x pivots).
+_LOOP_LAYERS = 256
 
 
 @dataclass
@@ -170,8 +176,16 @@ class _GeneralOracle:
             return 0.0
         return float(np.max(self.v[pos] / self.f[pos]))
 
-    def integral(self, T: np.ndarray) -> np.ndarray:
-        return T.astype(np.float64)
+    def finish(self, T: Any, lam: float | None) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, float]:
+        """``(z, support, lp_value, dropped, value)`` from an integral T or (TL, TR, lam)."""
+        z = T.astype(np.float64) if lam is None else self.combine(T[0], T[1], lam)
+        lp_value = float(np.dot(self.v, z))
+        support = z >= 1.0
+        dropped = np.flatnonzero((z > 0) & (z < 1))
+        k_rem = self.k - int(np.count_nonzero(support))
+        F_rem = self.F - float(self.f[support].sum())
+        _greedy_fill(self.v, self.f, support, k_rem, F_rem)
+        return z, support, lp_value, dropped, float(self.v[support].sum())
 
     def combine(self, TL: np.ndarray, TR: np.ndarray, lam: float) -> np.ndarray:
         """Basic LP solution from ``lam TL + (1 - lam) TR`` (value never decreases)."""
@@ -189,7 +203,12 @@ class _GeneralOracle:
 
 
 class _LayeredOracle:
-    """Costs constant per layer: sort each layer once, select across the L sorted lists."""
+    """Costs constant per layer: sort each layer once, select across the L sorted lists.
+
+    Storage: ``sd`` holds each layer's values sorted in *descending* order (layers contiguous),
+    ``cs`` their per-layer prefix sums, so the top ``m`` of layer ``l`` sum to
+    ``cs[start_l + m - 1]``. A set T of the dual oracle is a vector of per-layer counts.
+    """
 
     path = "layered"
 
@@ -198,15 +217,13 @@ class _LayeredOracle:
         self.p = v.shape[0]
         self.v, self.f = v, f
         lay = np.asarray(layer)
-        if lay.shape != v.shape:
-            raise ValueError(f"layer: expected shape {v.shape}, got {lay.shape}")
-        if lay.size > 1 and bool(np.all(lay[1:] >= lay[:-1])):
+        if lay.size <= 1 or bool(np.all(lay[1:] >= lay[:-1])):
             self.order = None
             w, fw, lw = v, f, lay
         else:
-            lmax = int(lay.max()) if lay.size else 0
-            key = lay.astype(np.int16) if 0 <= int(lay.min()) and lmax < 32767 else lay
-            self.order = np.argsort(key, kind="stable")  # radix sort for small ints
+            lmin, lmax = int(lay.min()), int(lay.max())
+            key = lay.astype(np.int16) if lmin >= -32768 and lmax < 32767 else lay
+            self.order = np.argsort(key, kind="stable")  # radix sort for 16-bit labels
             w, fw, lw = v[self.order], f[self.order], lay[self.order]
         change = np.flatnonzero(lw[1:] != lw[:-1]) + 1
         self.starts = np.concatenate(([0], change)).astype(np.int64)
@@ -218,114 +235,172 @@ class _LayeredOracle:
             raise ValueError(f"layer: costs must be constant within a layer (layer {bad} has several costs)")
         self.c = cmin.astype(np.float64)
         self.w = w  # values in layer-grouped order
-        sv = np.array(w, dtype=np.float64, copy=True)
-        rs = np.empty_like(sv)
+        sd = np.array(w, dtype=np.float64, copy=True)
+        cs = np.empty_like(sd)
         for s, e in zip(self.starts.tolist(), self.ends.tolist()):
-            seg = sv[s:e]
+            seg = sd[s:e]
             seg.sort()
-            rs[s:e] = np.cumsum(seg[::-1])[::-1]
-        self.sv = sv  # ascending within each layer
-        self.rs = rs  # rs[j] = sum sv[j:end of layer]
+            seg[:] = seg[::-1].copy()
+            np.cumsum(seg, out=cs[s:e])
+        self.sd, self.cs = sd, cs
+        self.na = -sd  # ascending within each layer, for np.searchsorted
         self.n = self.ends - self.starts
+        self._last: np.ndarray | None = None  # counts of the last top-k (warm start)
 
-    # counting / selection on a(nu) = sv - nu c_l, monotone within each layer -----------------
-    def _first(self, lo: np.ndarray, hi: np.ndarray, nuc: np.ndarray, t: float, strict: bool) -> np.ndarray:
-        """Per layer, first index j in [lo, hi) with ``sv[j] - nuc > t`` (``>=``), else hi."""
-        lo = lo.copy()
-        hi = hi.copy()
-        sv = self.sv
+    # counting / selection ------------------------------------------------------------------
+    # An element (l, j) has dual score a = sd[j] - nu c_l. Comparisons with a threshold t are
+    # made as ``sd[j] > fl(t + nu c_l)`` (one binary search per layer); this matches the exact
+    # order of the a's up to ties at the rounding level, which cannot change g(nu) beyond
+    # rounding: any prefix-count set of size <= k gives a valid tangent line.
+    def _count_gt(self, lo: np.ndarray, hi: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """(L, P) counts of ``sd[j] > keys[l, p]`` for j in [lo_l, hi_l) (sd descending)."""
+        L, P = keys.shape
+        if L <= _LOOP_LAYERS:
+            out = np.zeros((L, P), dtype=np.int64)
+            na = self.na
+            for i in np.flatnonzero(hi > lo).tolist():
+                out[i] = np.searchsorted(na[lo[i]:hi[i]], -keys[i], side="left")
+            return out
+        lo2 = np.repeat(lo[:, None], P, axis=1)
+        hi2 = np.repeat(hi[:, None], P, axis=1)
+        base = lo2.copy()
+        sd = self.sd
         while True:
-            act = lo < hi
+            act = lo2 < hi2
             if not act.any():
-                return lo
-            mid = (lo + hi) >> 1
-            val = sv[np.where(act, mid, 0)] - nuc
-            pred = (val > t) if strict else (val >= t)
-            hi = np.where(act & pred, mid, hi)
-            lo = np.where(act & ~pred, mid + 1, lo)
+                return lo2 - base
+            mid = (lo2 + hi2) >> 1
+            pred = sd[np.where(act, mid, 0)] > keys
+            lo2 = np.where(act & pred, mid + 1, lo2)
+            hi2 = np.where(act & ~pred, mid, hi2)
 
-    def _select(self, nuc: np.ndarray, r: int) -> float:
-        """The r-th largest (1-based) of all ``sv - nuc`` (exact, an element's computed value)."""
-        lo, hi = self.starts.copy(), self.ends.copy()
-        above = 0
-        sv = self.sv
+    def _topk(self, nu: float) -> tuple[np.ndarray, float]:
+        """Per-layer counts m of the k largest positive a's, and mu = (k+1)-th largest a, >= 0.
+
+        Multi-pivot selection: pivots at weighted quantiles of a sample of the active
+        elements, counts for all (layer, pivot) pairs, the active ranges shrink to the bracket
+        of rank k+1; the last few thousand candidates are gathered and sorted.
+        """
+        nuc = nu * self.c
+        L = self.c.shape[0]
+        starts, ends, sd = self.starts, self.ends, self.sd
+        if self.k == 0 or self.k >= self.p:
+            m = (np.zeros(L, dtype=np.int64) if self.k == 0
+                 else self._count_gt(starts, ends, nuc[:, None])[:, 0])
+            mu = 0.0 if self.k >= self.p else max(self._kth(nuc, 1), 0.0)
+            return m, mu
+        r = self.k + 1
+        lo, hi = starts.copy(), ends.copy()
+        prev = -1
+        warm = self._warm_pivots(nuc)
         while True:
             n = hi - lo
             tot = int(n.sum())
-            if tot <= _GATHER:
-                live = np.flatnonzero(n)
-                vals = np.concatenate([sv[lo[i]:hi[i]] - nuc[i] for i in live.tolist()])
-                rr = r - above  # rank among the active ones, largest first
-                return float(np.partition(vals, tot - rr)[tot - rr])
+            above = int((lo - starts).sum())
+            if tot <= _GATHER or tot == prev:
+                break
+            prev = tot
+            if warm is not None:
+                piv, warm = warm, None
+                piv = np.unique(piv)[::-1]
+                cnt = self._count_gt(lo, hi, piv[None, :] + nuc[:, None])
+                cnt_gt = above + cnt.sum(axis=0)
+                pa = int(np.searchsorted(cnt_gt, r, side="left"))
+                new_lo = lo + cnt[:, pa - 1] if pa > 0 else lo
+                if pa < piv.size:
+                    hi = lo + cnt[:, pa]
+                lo = new_lo
+                prev = -1
+                continue
             live = np.flatnonzero(n)
-            mv = sv[lo[live] + n[live] // 2] - nuc[live]
-            o = np.argsort(mv, kind="stable")
-            cw = np.cumsum(n[live][o])
-            pivot = float(mv[o][int(np.searchsorted(cw, tot / 2.0))])
-            gt = self._first(lo, hi, nuc, pivot, True)
-            ge = self._first(lo, hi, nuc, pivot, False)
-            cnt_gt = above + int((hi - gt).sum())
-            cnt_ge = above + int((hi - ge).sum())
-            if cnt_gt >= r:
-                lo = gt
-            elif cnt_ge >= r:
-                return pivot
-            else:
-                above = cnt_ge
-                hi = ge
+            nl = n[live]
+            s_l = np.minimum(nl, 1 + (_SAMPLES * nl) // tot)
+            lay = np.repeat(live, s_l)
+            srep = np.repeat(s_l, s_l)
+            kin = np.arange(lay.size) - np.repeat(np.cumsum(s_l) - s_l, s_l)
+            pos = lo[lay] + ((2 * kin + 1) * n[lay]) // (2 * srep)
+            sv = sd[pos] - nuc[lay]
+            o = np.argsort(-sv, kind="stable")
+            cw = np.cumsum((n[lay] / srep)[o])
+            q = np.arange(1, _PIVOTS + 1) * (tot / (_PIVOTS + 1))
+            piv = np.unique(sv[o][np.minimum(np.searchsorted(cw, q), o.size - 1)])[::-1]  # descending
+            cnt = self._count_gt(lo, hi, piv[None, :] + nuc[:, None])  # (L, P)
+            cnt_gt = above + cnt.sum(axis=0)  # non-decreasing along the descending pivots
+            pa = int(np.searchsorted(cnt_gt, r, side="left"))  # first pivot with cnt_gt >= r
+            new_lo = lo + cnt[:, pa - 1] if pa > 0 else lo
+            if pa < piv.size:
+                hi = lo + cnt[:, pa]
+            lo = new_lo
+        live = np.flatnonzero(hi > lo)
+        vals = np.concatenate([sd[lo[i]:hi[i]] - nuc[i] for i in live.tolist()])
+        labs = np.repeat(live, (hi - lo)[live])
+        rr = r - above  # rank of the (k+1)-th among the gathered, largest first
+        o = np.argsort(-vals, kind="stable")
+        x = float(vals[o[rr - 1]])
+        if x <= 0.0:  # fewer than k+1 positive scores: take exactly the positive ones
+            return self._count_gt(starts, ends, nuc[:, None])[:, 0], 0.0
+        m = (lo - starts) + np.bincount(labs[o[: rr - 1]], minlength=L)
+        self._last = m
+        return m, x
+
+    def _warm_pivots(self, nuc: np.ndarray) -> np.ndarray | None:
+        """Bracket of the (k+1)-th largest a from the last top-k counts (Kelley steps are close).
+
+        With T the last set (k elements), the (k+1)-th largest lies between the smallest score
+        kept and the largest score left out (both orders), so these two pivots bracket it.
+        """
+        m = self._last
+        if m is None:
+            return None
+        has_in, has_out = m > 0, m < self.n
+        if not has_in.any() or not has_out.any():
+            return None
+        sd, st = self.sd, self.starts
+        worst_in = float(np.min(sd[st[has_in] + m[has_in] - 1] - nuc[has_in]))
+        best_out = float(np.max(sd[st[has_out] + m[has_out]] - nuc[has_out]))
+        return np.array([worst_in, best_out])
+
+    def _kth(self, nuc: np.ndarray, r: int) -> float:
+        """The r-th largest a (small r: only the top r of each layer can matter)."""
+        live = np.flatnonzero(self.n)
+        vals = np.concatenate([self.sd[self.starts[i]:self.starts[i] + min(r, int(self.n[i]))] - nuc[i]
+                               for i in live.tolist()])
+        return float(np.partition(vals, vals.size - r)[vals.size - r])
 
     def mu(self, nu: float) -> float:
-        if self.k >= self.p:
-            return 0.0
-        return max(self._select(nu * self.c, self.k + 1), 0.0)
+        return self._topk(nu)[1]
 
-    def _counts(self, nu: float) -> np.ndarray:
-        """Per-layer counts m of a maximising set (top m of each layer)."""
-        L = self.c.shape[0]
-        if self.k == 0:
-            return np.zeros(L, dtype=np.int64)
-        nuc = nu * self.c
-        mu = self.mu(nu)
-        gt = self._first(self.starts, self.ends, nuc, mu, True)
-        m = self.ends - gt
-        if mu > 0.0:
-            need = self.k - int(m.sum())
-            if need > 0:
-                ge = self._first(self.starts, self.ends, nuc, mu, False)
-                avail = gt - ge
-                before = np.cumsum(avail) - avail
-                m = m + np.clip(need - before, 0, avail)
-        return m
-
-    def _top(self, m: np.ndarray) -> float:
+    def _top(self, m: np.ndarray) -> np.ndarray:
+        """Per-layer sums of the top m values."""
+        out = np.zeros(m.shape[0])
         has = m > 0
-        return float(self.rs[(self.ends - m)[has]].sum())
+        out[has] = self.cs[self.starts[has] + m[has] - 1]
+        return out
 
     def evaluate(self, nu: float) -> tuple[float, float, float, np.ndarray]:
-        m = self._counts(nu)
-        vT = self._top(m)
+        m = self._topk(nu)[0]
+        top = self._top(m)
+        vT = float(top.sum())
         fT = float(np.dot(self.c, m))
-        has = m > 0
-        # g = F nu + sum_l (top_l(m_l) - nu c_l m_l), summed per layer
-        g = self.F * nu + float(np.sum(self.rs[(self.ends - m)[has]] - nu * self.c[has] * m[has]))
+        g = self.F * nu + float(np.sum(top - nu * self.c * m))
         return g, vT, fT, m
 
     def diff(self, mL: np.ndarray, mR: np.ndarray) -> tuple[float, float]:
         dv = 0.0
         for i in np.flatnonzero(mL != mR).tolist():
-            e = int(self.ends[i])
+            s = int(self.starts[i])
             a, b = int(mL[i]), int(mR[i])
             if a > b:
-                dv += float(self.sv[e - a:e - b].sum())
+                dv += float(self.sd[s + b:s + a].sum())
             else:
-                dv -= float(self.sv[e - b:e - a].sum())
+                dv -= float(self.sd[s + a:s + b].sum())
         return dv, float(np.dot(self.c, (mL - mR).astype(np.float64)))
 
     def nu_upper(self) -> float:
         pos = (self.c > 0) & (self.n > 0)
         if not pos.any():
             return 0.0
-        return float(np.max(self.sv[self.ends[pos] - 1] / self.c[pos]))
+        return float(np.max(self.sd[self.starts[pos]] / self.c[pos]))
 
     def _mask_grouped(self, m: np.ndarray) -> np.ndarray:
         """Bool mask (grouped order) of the top ``m_l`` of each layer, ties by position."""
@@ -335,13 +410,13 @@ class _LayeredOracle:
             if cnt >= e - s:
                 out[s:e] = True
                 continue
-            thr = self.sv[e - cnt]
+            thr = self.sd[s + cnt - 1]
             seg = self.w[s:e]
-            sel = seg > thr
+            sel = out[s:e]
+            np.greater(seg, thr, out=sel)
             need = cnt - int(np.count_nonzero(sel))
             if need > 0:
                 sel[np.flatnonzero(seg == thr)[:need]] = True
-            out[s:e] = sel
         return out
 
     def _ungroup(self, zg: np.ndarray) -> np.ndarray:
@@ -351,32 +426,76 @@ class _LayeredOracle:
         z[self.order] = zg
         return z
 
-    def integral(self, m: np.ndarray) -> np.ndarray:
-        return self._ungroup(self._mask_grouped(m).astype(np.float64))
-
-    def combine(self, mL: np.ndarray, mR: np.ndarray, lam: float) -> np.ndarray:
-        x = mR + lam * (mL - mR).astype(np.float64)  # concentrated per-layer fractional counts
-        base = np.floor(x).astype(np.int64)
-        base = np.minimum(base, self.n)
-        frac = x - base
-        fl = np.flatnonzero((frac > 0) & (base < self.n))
-        if fl.size > 2:
-            vnext = self.sv[self.ends[fl] - base[fl] - 1]
-            frac[fl] = _pivot_reduce(frac[fl], self.c[fl], vnext)
-            up = fl[frac[fl] >= 1.0]
-            base[up] += 1
-            frac[up] = 0.0
-            frac[fl[frac[fl] <= 0.0]] = 0.0
-            fl = np.flatnonzero((frac > 0) & (base < self.n))
-        zg = self._mask_grouped(base).astype(np.float64)
+    def finish(self, T: Any, lam: float | None) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, float]:
+        """``(z, support, lp_value, dropped, value)`` from an integral T or (TL, TR, lam)."""
+        if lam is None:
+            base, frac = T.copy(), np.zeros(T.shape[0])
+        else:
+            mL, mR = T
+            x = mR + lam * (mL - mR).astype(np.float64)  # concentrated per-layer counts
+            base = np.minimum(np.floor(x).astype(np.int64), self.n)
+            frac = np.where(base < self.n, x - base, 0.0)
+            fl = np.flatnonzero(frac > 0)
+            if fl.size > 2:
+                vnext = self.sd[self.starts[fl] + base[fl]]
+                frac[fl] = _pivot_reduce(frac[fl], self.c[fl], vnext)
+                up = fl[frac[fl] >= 1.0]
+                base[up] += 1
+                frac[up] = 0.0
+                frac[fl[frac[fl] <= 0.0]] = 0.0
+        fl = np.flatnonzero(frac > 0)
+        top = self._top(base)
+        lp_value = float(top.sum()) + float(np.dot(frac[fl], self.sd[self.starts[fl] + base[fl]]))
+        # integer: drop the fractional entries, greedy fill over the layers' next items
+        m = base.copy()
+        k_rem = self.k - int(m.sum())
+        F_rem = self.F - float(np.dot(self.c, m))
+        self._greedy(m, k_rem, F_rem)
+        value = float(self._top(m).sum())
+        zg = self._mask_grouped(m)
+        dropped_g = np.zeros(0, dtype=np.int64)
         if fl.size:
             inc = base.copy()
             inc[fl] += 1
             nxt = self._mask_grouped(inc)
-            pos = np.flatnonzero(nxt & (zg == 0))
-            lay_of = np.searchsorted(self.ends, pos, side="right")
-            zg[pos] = frac[lay_of]
-        return self._ungroup(zg)
+            basem = self._mask_grouped(base)
+            dropped_g = np.flatnonzero(nxt & ~basem)
+            z = basem.astype(np.float64)
+            z[dropped_g] = frac[np.searchsorted(self.ends, dropped_g, side="right")]
+        else:
+            z = self._mask_grouped(base).astype(np.float64) if np.any(m != base) else zg.astype(np.float64)
+        support = self._ungroup(zg)
+        z = self._ungroup(z)
+        dropped = np.sort(dropped_g if self.order is None else self.order[dropped_g])
+        return z, support, lp_value, dropped, value
+
+    def _greedy(self, m: np.ndarray, k_rem: int, F_rem: float) -> None:
+        """Greedy fill by decreasing value, merging the layers' next items (in place on m)."""
+        sd, starts, c = self.sd, self.starts, self.c
+        while k_rem > 0:
+            ok = (m < self.n) & (c <= F_rem)
+            if not ok.any():
+                return
+            cand = np.flatnonzero(ok)
+            nxt = sd[starts[cand] + m[cand]]
+            o = np.argsort(-nxt, kind="stable")
+            best = cand[o[0]]
+            if nxt[o[0]] <= 0:
+                return
+            second = nxt[o[1]] if o.size > 1 else 0.0
+            s, e, mb = int(starts[best]), int(self.ends[best]), int(m[best])
+            # items of this layer not below the runner-up's next value (at least one)
+            run = sd[s + mb:e]
+            cnt = max(1, int(np.searchsorted(-run, -second, side="right")))
+            cnt = min(cnt, k_rem)
+            if c[best] > 0:
+                cnt = min(cnt, int(F_rem // c[best]))
+                while cnt > 0 and cnt * c[best] > F_rem:
+                    cnt -= 1
+                cnt = max(cnt, 1)
+            m[best] += cnt
+            k_rem -= cnt
+            F_rem -= cnt * float(c[best])
 
 
 # --------------------------------------------------------------------------------------------
@@ -522,15 +641,9 @@ def solve_flop_nnz_lp(
         oracle: Any = _LayeredOracle(v, f, lay, k, F) if p else _GeneralOracle(v, f, k, F)
     else:
         oracle = _GeneralOracle(v, f, k, F)
-    z, nu, bound, iters = _kelley(oracle, F)
-    lp_value = float(np.dot(v, z))
+    T, lam, nu, bound, iters = _kelley(oracle, F)
+    z, support, lp_value, dropped, value = oracle.finish(T, lam)
     mu = oracle.mu(nu)
-    support = z >= 1.0
-    dropped = np.flatnonzero((z > 0) & (z < 1))
-    k_rem = k - int(np.count_nonzero(support))
-    F_rem = F - float(f[support].sum())
-    _greedy_fill(v, f, support, k_rem, F_rem)
-    value = float(v[support].sum())
     bound = max(bound, lp_value)  # rounding noise: the bound can never be below a feasible LP value
     return DualSortSolution(
         z=z, lp_value=lp_value, bound=bound, mu=mu, nu=nu, support=support, value=value,
@@ -538,18 +651,22 @@ def solve_flop_nnz_lp(
     )
 
 
-def _kelley(oracle: Any, F: float) -> tuple[np.ndarray, float, float, int]:
-    """Minimise g(nu) over nu >= 0; returns (LP primal z, nu*, best upper bound, evaluations)."""
+def _kelley(oracle: Any, F: float) -> tuple[Any, float | None, float, float, int]:
+    """Minimise g(nu) over nu >= 0 (Kelley's cutting planes in 1-D).
+
+    Returns ``(T, lam, nu*, best upper bound, evaluations)``: the LP primal is the integral set
+    T when ``lam`` is None, else ``lam T[0] + (1 - lam) T[1]``.
+    """
     g0, v0, f0, T0 = oracle.evaluate(0.0)
     it = 1
     if F - f0 >= 0:  # slope >= 0 at nu = 0: optimal there, T0 is an integral LP optimum
-        return oracle.integral(T0), 0.0, g0, it
+        return T0, None, 0.0, g0, it
     nu_R = 2.0 * oracle.nu_upper() + 1e-300
     gR, vR, fR, TR = oracle.evaluate(nu_R)
     it += 1
     bound = min(g0, gR)
     if F - fR <= 0:  # slope F - 0 = F: here F == 0, flat line, optimal
-        return oracle.integral(TR), nu_R, gR, it
+        return TR, None, nu_R, gR, it
     nu_L, fL, vL, TL = 0.0, f0, v0, T0
     nu = nu_L
     for _ in range(_MAX_ITER):
@@ -567,13 +684,13 @@ def _kelley(oracle: Any, F: float) -> tuple[np.ndarray, float, float, int]:
         elif s > 0:
             nu_R, fR, vR, TR = nu, fT, vT, T
         else:  # a tangent line of slope 0: nu is optimal and T spends exactly F
-            return oracle.integral(T), nu, min(bound, g), it
+            return T, None, nu, min(bound, g), it
     else:  # pragma: no cover - Kelley is finite; guard against floating-point cycling
         logger.warning("dual-sort: no convergence in %d steps (bound gap %.3g)", _MAX_ITER, g - lower)
     _, df = oracle.diff(TL, TR)
     lam = (F - fR) / df
     lam = min(max(lam, 0.0), 1.0)
-    return oracle.combine(TL, TR, lam), nu, bound, it
+    return (TL, TR), lam, nu, bound, it
 
 
 def flop_nnz_select(values: Any, costs: Any, k: int, flop_budget: float, layer: Any = None) -> np.ndarray:
