@@ -75,7 +75,7 @@ METHODS: dict[str, _Method] = {
     "flop-magnitude": _Method("magnitude", "dual-sort", flop_aware=True, description="FLOP-aware magnitude: max sum w^2 under NNZ and FLOP budgets (FALCON's ILP)"),
     "chita": _Method("gradient", "chita", description="CHITA: l0-constrained regression on per-sample gradients"),
     "chita++": _Method("gradient", "chita", multistage=True, description="CHITA++: multi-stage CHITA, re-linearised at every stage"),
-    "falcon": _Method("gradient", "dfo", flop_aware=True, description="FALCON: DFO under NNZ and FLOP budgets"),
+    "falcon": _Method("gradient", "dfo", flop_aware=True, description="FALCON: DFO under NNZ and FLOP budgets ('chita' when 'dfo' is not installed)"),
     "falcon++": _Method("gradient", "dfo", multistage=True, flop_aware=True, description="FALCON++: multi-stage FALCON"),
     "osscar": _Method("structured", "osscar", description="OSSCAR: layer-wise structured pruning (neurons, channels, heads)"),
     "group-magnitude": _Method("structured", "group-magnitude", description="structured magnitude baseline (group norms)"),
@@ -159,6 +159,14 @@ def _check_fraction(name: str, value: Any, *, low_open: bool, high_open: bool) -
     return v
 
 
+def _registered(name: str) -> bool:
+    try:
+        get_solver(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _resolve_method(method: str, structured: bool) -> _Method:
     if not isinstance(method, str):
         raise TypeError(f"method: expected a method name (str), got {type(method).__name__}")
@@ -166,6 +174,11 @@ def _resolve_method(method: str, structured: bool) -> _Method:
         m = METHODS[method]
         if structured and m.kind != "structured":
             raise ValueError(f"method: {method!r} is unstructured; structured=True needs 'osscar' or 'group-magnitude'")
+        if m.solver == "dfo" and not _registered("dfo"):
+            # FALCON's problem is CHITA's with the FLOP constraint: without the DFO solver, the
+            # chita solver (IHT whose projection honours both budgets) solves it.
+            logger.info("method %s: solver 'dfo' is not registered; using 'chita' on the FLOP-constrained problem", method)
+            return _Method(m.kind, "chita", m.multistage, m.flop_aware, m.description)
         return m
     if structured:
         return _Method("structured", method)
