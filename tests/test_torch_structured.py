@@ -121,10 +121,9 @@ def test_gram_conv_im2col_equals_dense(stride, padding, dilation):
     torch.testing.assert_close(H, X.T @ X)
     # the hook-based accumulation through a model gives the same matrix
     model = nn.Sequential(nn.Conv2d(3, 3, 1), layer)
-    H2, rows_first, positions = S._gram_of(model, layer, collect(x, None, torch.device("cpu")))
+    H2 = S._gram_of(model, layer, collect(x, None, torch.device("cpu")))
     X2 = torch.cat(list(S.layer_rows(layer, model[0](x)))).double()
     torch.testing.assert_close(H2, X2.T @ X2)
-    assert rows_first == X2.shape[0] and positions == 5 * 9 * 9
 
 
 def test_group_labels_per_layer_type():
@@ -180,6 +179,9 @@ def test_report_objective_of_first_unit_is_its_reconstruction_error():
     # kept counts describe the physically smaller model
     assert byname["0.weight"].kept == 4 * 6
     assert byname["2.weight"].kept == (5 - 2) * 4
+    # FLOPs per calibration sample, 2 x MACs; effective = dense x kept / params
+    assert byname["2.weight"].dense_flops == 2 * 8 * 5
+    assert byname["2.weight"].effective_flops == pytest.approx(2 * 4 * 3)
     assert all(r.kind == "structured" and r.flop_unit == "FLOPs" for r in reports)
 
 

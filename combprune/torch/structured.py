@@ -50,7 +50,8 @@ from torch import nn
 from combprune.problems import StructuredMIQP, osscar_default_ridge
 
 from . import _calibration
-from ._select import select_parameters
+from ._flops import layer_flops
+from ._select import PrunableParam, select_parameters
 from .report import LayerReport
 
 logger = logging.getLogger(__name__)
@@ -493,11 +494,6 @@ def _check_sparsity(sparsity: Any) -> float | dict[str, float]:
     return dict(sparsity) if isinstance(sparsity, Mapping) else float(sparsity)
 
 
-def _flops(layer: nn.Module, rows: int) -> float:
-    """FLOPs (2 x MACs) of the layer's matrix product for ``rows`` input rows (no bias)."""
-    return 2.0 * rows * weight_matrix(layer).shape[0] * weight_matrix(layer).shape[1]
-
-
 def prune_structured(
     model: nn.Module,
     calibration: Any,
@@ -546,9 +542,10 @@ def prune_structured(
     (reports, plan): one :class:`~combprune.torch.report.LayerReport` (kind ``"structured"``)
     per pruned unit's consumer weight (``objective`` = the layer's StructuredMIQP objective,
     i.e. ``1/2 ||X (W - W_hat)||_F^2 + ridge/2 ||W - W_hat||_F^2`` on the calibration input
-    it saw; FLOPs = 2 x MACs of the weight product for the first calibration batch) followed by
-    one per producer weight (rows of removed groups counted as removed), and the
-    :class:`StructuredPlan` (kept groups per unit).
+    it saw) or producer (no objective), in module order, counting what physical removal keeps
+    (``kept`` = kept output rows x kept input columns x kernel size; FLOPs per calibration
+    sample measured by :func:`combprune.torch._flops.layer_flops`, FLOPs = 2 x MACs, effective
+    FLOPs = dense x kept / params), and the :class:`StructuredPlan` (kept groups per unit).
 
     If anything fails, every weight written so far is restored and the exception re-raised:
     the model is left exactly as it was.
@@ -582,13 +579,14 @@ def prune_structured(
         raise ValueError(f"targets: no structured unit of kinds {kinds} has its consumer layer selected by targets={targets!r}, ignore={ignore!r}")
     batches = _calibration.collect(calibration, n_samples, device)
     plan = StructuredPlan(units)
+    touched = sorted({n for u in units for n in (u.consumer, *u.producers)}, key=list(modules).index)
+    dense_flops = dict(zip(touched, layer_flops(model, [PrunableParam(n, "weight", modules[n]) for n in touched], batches[0])))
 
     from tqdm.auto import tqdm
 
     originals: dict[str, torch.Tensor] = {}
     was_training = model.training
     solved: dict[str, Any] = {}
-    flop_rows: dict[str, int] = {}
     model.eval()
     try:
         for unit in tqdm(units, desc=f"{method} layers", disable=not progress, leave=False):
@@ -600,7 +598,7 @@ def prune_structured(
             if n_remove == 0:
                 plan.keep[unit.consumer] = np.ones(unit.n_groups, dtype=bool)
                 continue
-            H, rows_first, positions_first = _gram_of(model, layer, batches)
+            H = _gram_of(model, layer, batches)
             problem = layer_problem(unit, layer, H, s, ridge)
             result = combprune.solve(problem, method, time_limit=time_limit, seed=seed, **options)
             if result.x is None:
@@ -616,9 +614,6 @@ def prune_structured(
             _set_weight_matrix(layer, W.to(layer.weight.device))
             plan.keep[unit.consumer] = keep
             solved[unit.consumer] = (result, time.perf_counter() - t0)
-            flop_rows[unit.consumer] = rows_first
-            for pname in unit.producers:
-                flop_rows.setdefault(pname, positions_first)
     except BaseException:
         with torch.no_grad():
             for name, w in originals.items():
@@ -626,10 +621,10 @@ def prune_structured(
         raise
     finally:
         model.train(was_training)
-    return _reports(plan, modules, solved, flop_rows, method), plan
+    return _reports(plan, modules, solved, dense_flops, method), plan
 
 
-def _reports(plan: StructuredPlan, modules: Mapping[str, nn.Module], solved: Mapping[str, Any], flop_rows: Mapping[str, int], method: str) -> list[LayerReport]:
+def _reports(plan: StructuredPlan, modules: Mapping[str, nn.Module], solved: Mapping[str, Any], dense_flops: Mapping[str, float], method: str) -> list[LayerReport]:
     """One report per weight touched (consumer and/or producer of pruned units), counting what
     physical removal keeps: ``kept = kept output features x kept input features x kernel``."""
     out_keep, in_keep = plan.feature_keep(modules)
@@ -642,7 +637,7 @@ def _reports(plan: StructuredPlan, modules: Mapping[str, nn.Module], solved: Map
         k_in = int(in_keep[name].sum()) if name in in_keep else n_in
         params = layer.weight.numel()
         kept = params // (n_out * n_in) * k_out * k_in
-        dense = _flops(layer, flop_rows.get(name, 0))
+        dense = dense_flops[name]
         unit = next((u for u in plan.units if u.consumer == name), None) or next(u for u in plan.units if name in u.producers)
         result, elapsed = solved.get(name, (None, 0.0))
         reports.append(LayerReport(
@@ -658,21 +653,13 @@ def _reports(plan: StructuredPlan, modules: Mapping[str, nn.Module], solved: Map
 def _gram_of(model: nn.Module, layer: nn.Module, batches: list[Any]) -> tuple[torch.Tensor, int]:
     """Run the calibration batches until ``layer`` and accumulate ``X^T X`` (float64) of its input.
 
-    Returns ``(H, rows of X for the first batch, input feature vectors of the first batch)``
-    (the latter is the number of output positions of the producer: equal to the rows for a
-    Linear, ``samples x H_in x W_in`` for a convolution).
+    Returns the (d, d) float64 matrix ``H``.
     """
-    state: dict[str, Any] = {"H": None, "first": None, "positions": None}
+    state: dict[str, Any] = {"H": None}
 
     def hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
-        x = args[0]
-        n = 0
-        for rows in layer_rows(layer, x):
+        for rows in layer_rows(layer, args[0]):
             state["H"] = accumulate_gram(state["H"], rows)
-            n += rows.shape[0]
-        if state["first"] is None:
-            state["first"] = n
-            state["positions"] = x.numel() // _in_features(layer)
         raise _StopForward
 
     handle = layer.register_forward_pre_hook(hook)
@@ -686,5 +673,5 @@ def _gram_of(model: nn.Module, layer: nn.Module, batches: list[Any]) -> tuple[to
                 raise UnsupportedGraphError(f"{type(layer).__name__} layer was not called during the forward pass; cannot calibrate it")
     finally:
         handle.remove()
-    return state["H"], int(state["first"]), int(state["positions"])
+    return state["H"]
 
