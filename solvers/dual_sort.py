@@ -56,6 +56,7 @@ every dual evaluation is an ``O(p)`` partition (typically 5-20 evaluations).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -83,6 +84,8 @@ _PIVOTS = 31
 #: Up to this many layers, per-layer counts use one np.searchsorted per layer; beyond, a
 #: binary search vectorised over (layers x pivots).
 _LOOP_LAYERS = 256
+#: Block length of the layered path's running sums.
+_BLOCK = 2048
 
 
 @dataclass
@@ -91,27 +94,39 @@ class DualSortSolution:
 
     Attributes
     ----------
-    z : (p,) optimal basic LP solution, entries in [0, 1], at most two strictly fractional.
+    lp_support : (p,) bool, the entries equal to 1 in the basic LP solution.
+    dropped : (<= 2,) indices of its fractional entries (sorted), dropped by the rounding.
+    dropped_frac : their LP values, in (0, 1).
     lp_value : ``v @ z`` (the LP optimum, to ~1e-12 relative).
     bound : ``min_nu g(nu)`` found, a valid upper bound on the LP and ILP optima.
     mu, nu : optimal duals of the count and FLOP rows.
     support : (p,) bool, the integer solution (fractional entries dropped, then greedy fill).
     value : ``v[support].sum()``, the integer objective.
-    dropped : indices of the fractional entries of ``z`` dropped by the rounding.
     iterations : dual evaluations (Kelley steps).
     path : ``"layered"`` or ``"general"``.
+
+    ``z`` (the dense LP solution, built on first access), ``fractional`` (= ``dropped``) and
+    ``gap`` (certified, ``bound - value``) are properties.
     """
 
-    z: np.ndarray
+    lp_support: np.ndarray
+    dropped: np.ndarray
+    dropped_frac: np.ndarray
     lp_value: float
     bound: float
     mu: float
     nu: float
     support: np.ndarray
     value: float
-    dropped: np.ndarray
     iterations: int
     path: str
+
+    @functools.cached_property
+    def z(self) -> np.ndarray:
+        """(p,) optimal basic LP solution, entries in [0, 1], at most two strictly fractional."""
+        z = self.lp_support.astype(np.float64)
+        z[self.dropped] = self.dropped_frac
+        return z
 
     @property
     def gap(self) -> float:
@@ -120,8 +135,8 @@ class DualSortSolution:
 
     @property
     def fractional(self) -> np.ndarray:
-        """Indices where ``0 < z < 1``."""
-        return np.flatnonzero((self.z > 0) & (self.z < 1))
+        """Indices where ``0 < z < 1`` (the dropped entries)."""
+        return self.dropped
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,16 +191,21 @@ class _GeneralOracle:
             return 0.0
         return float(np.max(self.v[pos] / self.f[pos]))
 
-    def finish(self, T: Any, lam: float | None) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, float]:
-        """``(z, support, lp_value, dropped, value)`` from an integral T or (TL, TR, lam)."""
+    def finish(self, T: Any, lam: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
+        """``(lp_support, dropped, dropped_frac, support, lp_value, value)``.
+
+        ``lp_support``: entries at 1 in the basic LP solution; ``dropped``/``dropped_frac``:
+        its fractional entries and their values; ``support``: the integer solution.
+        """
         z = T.astype(np.float64) if lam is None else self.combine(T[0], T[1], lam)
         lp_value = float(np.dot(self.v, z))
-        support = z >= 1.0
+        lp_support = z >= 1.0
         dropped = np.flatnonzero((z > 0) & (z < 1))
+        support = lp_support.copy()
         k_rem = self.k - int(np.count_nonzero(support))
         F_rem = self.F - float(self.f[support].sum())
         _greedy_fill(self.v, self.f, support, k_rem, F_rem)
-        return z, support, lp_value, dropped, float(self.v[support].sum())
+        return lp_support, dropped, z[dropped], support, lp_value, float(self.v[support].sum())
 
     def combine(self, TL: np.ndarray, TR: np.ndarray, lam: float) -> np.ndarray:
         """Basic LP solution from ``lam TL + (1 - lam) TR`` (value never decreases)."""
@@ -205,51 +225,61 @@ class _GeneralOracle:
 class _LayeredOracle:
     """Costs constant per layer: sort each layer once, select across the L sorted lists.
 
-    Storage: ``sd`` holds each layer's values sorted in *descending* order (layers contiguous),
-    ``cs`` their per-layer prefix sums, so the top ``m`` of layer ``l`` sum to
-    ``cs[start_l + m - 1]``. A set T of the dual oracle is a vector of per-layer counts.
+    Storage: ``na`` holds minus each layer's values sorted ascending (so the values in
+    descending order, layers contiguous), plus block sums for the top-m sums. A set T of the
+    dual oracle is a vector of per-layer counts (the top m_l values of each layer).
     """
 
     path = "layered"
 
-    def __init__(self, v: np.ndarray, f: np.ndarray, layer: np.ndarray, k: int, F: float) -> None:
+    def __init__(self, v: np.ndarray, f: np.ndarray, layer: np.ndarray, k: int, F: float,
+                 check_input: bool = True) -> None:
         self.k, self.F = k, F
         self.p = v.shape[0]
         self.v, self.f = v, f
         lay = np.asarray(layer)
-        if lay.size <= 1 or bool(np.all(lay[1:] >= lay[:-1])):
+        d = np.diff(lay)
+        if d.size == 0 or int(d.min()) >= 0:
             self.order = None
-            w, fw, lw = v, f, lay
+            w, fw = v, f
         else:
             lmin, lmax = int(lay.min()), int(lay.max())
             key = lay.astype(np.int16) if lmin >= -32768 and lmax < 32767 else lay
             self.order = np.argsort(key, kind="stable")  # radix sort for 16-bit labels
-            w, fw, lw = v[self.order], f[self.order], lay[self.order]
-        change = np.flatnonzero(lw[1:] != lw[:-1]) + 1
+            w, fw = v[self.order], f[self.order]
+            d = np.diff(lay[self.order])
+        change = np.flatnonzero(d) + 1
+        del d
         self.starts = np.concatenate(([0], change)).astype(np.int64)
         self.ends = np.concatenate((change, [self.p])).astype(np.int64)
-        cmax = np.maximum.reduceat(fw, self.starts)
-        cmin = np.minimum.reduceat(fw, self.starts)
-        if np.any(cmax != cmin):
-            bad = int(lw[self.starts[np.flatnonzero(cmax != cmin)[0]]])
-            raise ValueError(f"layer: costs must be constant within a layer (layer {bad} has several costs)")
-        self.c = cmin.astype(np.float64)
+        self.c = fw[self.starts].astype(np.float64)
+        if check_input:
+            cmax = np.maximum.reduceat(fw, self.starts)
+            cmin = np.minimum.reduceat(fw, self.starts)
+            if np.any(cmax != cmin):
+                bad_pos = self.starts[np.flatnonzero(cmax != cmin)[0]]
+                bad = int(lay[bad_pos] if self.order is None else lay[self.order[bad_pos]])
+                raise ValueError(f"layer: costs must be constant within a layer (layer {bad} has several costs)")
         self.w = w  # values in layer-grouped order
-        sd = np.array(w, dtype=np.float64, copy=True)
-        cs = np.empty_like(sd)
+        na = np.negative(w)  # each layer sorted ascending below: na = -(values, descending)
         for s, e in zip(self.starts.tolist(), self.ends.tolist()):
-            seg = sd[s:e]
-            seg.sort()
-            seg[:] = seg[::-1].copy()
-            np.cumsum(seg, out=cs[s:e])
-        self.sd, self.cs = sd, cs
-        self.na = -sd  # ascending within each layer, for np.searchsorted
+            na[s:e].sort()
+        self.na = na
         self.n = self.ends - self.starts
+        # block sums of na (blocks never straddle layers) and their per-layer running sums
+        nb = -(-self.n // _BLOCK)
+        self.bfirst = np.concatenate(([0], np.cumsum(nb)[:-1])).astype(np.int64)
+        bst = np.repeat(self.starts, nb) + _BLOCK * (np.arange(int(nb.sum())) - np.repeat(self.bfirst, nb))
+        bsum = np.add.reduceat(na, bst) if bst.size else np.zeros(0)
+        bcum = np.empty_like(bsum)
+        for j0, cnt in zip(self.bfirst.tolist(), nb.tolist()):
+            np.cumsum(bsum[j0:j0 + cnt], out=bcum[j0:j0 + cnt])
+        self.bcum = bcum
         self._last: np.ndarray | None = None  # counts of the last top-k (warm start)
 
     # counting / selection ------------------------------------------------------------------
-    # An element (l, j) has dual score a = sd[j] - nu c_l. Comparisons with a threshold t are
-    # made as ``sd[j] > fl(t + nu c_l)`` (one binary search per layer); this matches the exact
+    # An element (l, j) has dual score a = sd[j] - nu c_l, sd = -na (values, descending).
+    # Comparisons with a threshold t are made as ``sd[j] > fl(t + nu c_l)`` (one binary search per layer); this matches the exact
     # order of the a's up to ties at the rounding level, which cannot change g(nu) beyond
     # rounding: any prefix-count set of size <= k gives a valid tangent line.
     def _count_gt(self, lo: np.ndarray, hi: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -264,13 +294,13 @@ class _LayeredOracle:
         lo2 = np.repeat(lo[:, None], P, axis=1)
         hi2 = np.repeat(hi[:, None], P, axis=1)
         base = lo2.copy()
-        sd = self.sd
+        na = self.na
         while True:
             act = lo2 < hi2
             if not act.any():
                 return lo2 - base
             mid = (lo2 + hi2) >> 1
-            pred = sd[np.where(act, mid, 0)] > keys
+            pred = na[np.where(act, mid, 0)] < -keys  # sd > key
             lo2 = np.where(act & pred, mid + 1, lo2)
             hi2 = np.where(act & ~pred, mid, hi2)
 
@@ -283,7 +313,7 @@ class _LayeredOracle:
         """
         nuc = nu * self.c
         L = self.c.shape[0]
-        starts, ends, sd = self.starts, self.ends, self.sd
+        starts, ends, na = self.starts, self.ends, self.na
         if self.k == 0 or self.k >= self.p:
             m = (np.zeros(L, dtype=np.int64) if self.k == 0
                  else self._count_gt(starts, ends, nuc[:, None])[:, 0])
@@ -319,7 +349,7 @@ class _LayeredOracle:
             srep = np.repeat(s_l, s_l)
             kin = np.arange(lay.size) - np.repeat(np.cumsum(s_l) - s_l, s_l)
             pos = lo[lay] + ((2 * kin + 1) * n[lay]) // (2 * srep)
-            sv = sd[pos] - nuc[lay]
+            sv = -na[pos] - nuc[lay]
             o = np.argsort(-sv, kind="stable")
             cw = np.cumsum((n[lay] / srep)[o])
             q = np.arange(1, _PIVOTS + 1) * (tot / (_PIVOTS + 1))
@@ -332,7 +362,7 @@ class _LayeredOracle:
                 hi = lo + cnt[:, pa]
             lo = new_lo
         live = np.flatnonzero(hi > lo)
-        vals = np.concatenate([sd[lo[i]:hi[i]] - nuc[i] for i in live.tolist()])
+        vals = np.concatenate([-na[lo[i]:hi[i]] - nuc[i] for i in live.tolist()])
         labs = np.repeat(live, (hi - lo)[live])
         rr = r - above  # rank of the (k+1)-th among the gathered, largest first
         o = np.argsort(-vals, kind="stable")
@@ -355,15 +385,15 @@ class _LayeredOracle:
         has_in, has_out = m > 0, m < self.n
         if not has_in.any() or not has_out.any():
             return None
-        sd, st = self.sd, self.starts
-        worst_in = float(np.min(sd[st[has_in] + m[has_in] - 1] - nuc[has_in]))
-        best_out = float(np.max(sd[st[has_out] + m[has_out]] - nuc[has_out]))
+        na, st = self.na, self.starts
+        worst_in = float(np.min(-na[st[has_in] + m[has_in] - 1] - nuc[has_in]))
+        best_out = float(np.max(-na[st[has_out] + m[has_out]] - nuc[has_out]))
         return np.array([worst_in, best_out])
 
     def _kth(self, nuc: np.ndarray, r: int) -> float:
         """The r-th largest a (small r: only the top r of each layer can matter)."""
         live = np.flatnonzero(self.n)
-        vals = np.concatenate([self.sd[self.starts[i]:self.starts[i] + min(r, int(self.n[i]))] - nuc[i]
+        vals = np.concatenate([-self.na[self.starts[i]:self.starts[i] + min(r, int(self.n[i]))] - nuc[i]
                                for i in live.tolist()])
         return float(np.partition(vals, vals.size - r)[vals.size - r])
 
@@ -371,11 +401,17 @@ class _LayeredOracle:
         return self._topk(nu)[1]
 
     def _top(self, m: np.ndarray) -> np.ndarray:
-        """Per-layer sums of the top m values."""
+        """Per-layer sums of the top m values (block running sums + one partial block)."""
+        nb = m // _BLOCK
         out = np.zeros(m.shape[0])
-        has = m > 0
-        out[has] = self.cs[self.starts[has] + m[has] - 1]
-        return out
+        full = nb > 0
+        out[full] = self.bcum[self.bfirst[full] + nb[full] - 1]
+        rem = m - nb * _BLOCK
+        na, st = self.na, self.starts
+        for i in np.flatnonzero(rem).tolist():
+            a = int(st[i] + nb[i] * _BLOCK)
+            out[i] += na[a:a + int(rem[i])].sum()
+        return -out
 
     def evaluate(self, nu: float) -> tuple[float, float, float, np.ndarray]:
         m = self._topk(nu)[0]
@@ -391,43 +427,57 @@ class _LayeredOracle:
             s = int(self.starts[i])
             a, b = int(mL[i]), int(mR[i])
             if a > b:
-                dv += float(self.sd[s + b:s + a].sum())
+                dv -= float(self.na[s + b:s + a].sum())
             else:
-                dv -= float(self.sd[s + a:s + b].sum())
+                dv += float(self.na[s + a:s + b].sum())
         return dv, float(np.dot(self.c, (mL - mR).astype(np.float64)))
 
     def nu_upper(self) -> float:
         pos = (self.c > 0) & (self.n > 0)
         if not pos.any():
             return 0.0
-        return float(np.max(self.sd[self.starts[pos]] / self.c[pos]))
+        return float(np.max(-self.na[self.starts[pos]] / self.c[pos]))
+
+    def _layer_mask(self, i: int, cnt: int, out: np.ndarray) -> None:
+        """Write into ``out`` (layer i's slice) the mask of its top ``cnt``, ties by position."""
+        s, e = int(self.starts[i]), int(self.ends[i])
+        if cnt <= 0:
+            out[:] = False
+            return
+        if cnt >= e - s:
+            out[:] = True
+            return
+        thr = -self.na[s + cnt - 1]
+        seg = self.w[s:e]
+        np.greater(seg, thr, out=out)
+        need = cnt - int(np.count_nonzero(out))
+        if need > 0:
+            out[np.flatnonzero(seg == thr)[:need]] = True
 
     def _mask_grouped(self, m: np.ndarray) -> np.ndarray:
         """Bool mask (grouped order) of the top ``m_l`` of each layer, ties by position."""
         out = np.zeros(self.p, dtype=bool)
         for i in np.flatnonzero(m).tolist():
-            s, e, cnt = int(self.starts[i]), int(self.ends[i]), int(m[i])
-            if cnt >= e - s:
-                out[s:e] = True
-                continue
-            thr = self.sd[s + cnt - 1]
-            seg = self.w[s:e]
-            sel = out[s:e]
-            np.greater(seg, thr, out=sel)
-            need = cnt - int(np.count_nonzero(sel))
-            if need > 0:
-                sel[np.flatnonzero(seg == thr)[:need]] = True
+            self._layer_mask(i, int(m[i]), out[self.starts[i]:self.ends[i]])
         return out
 
-    def _ungroup(self, zg: np.ndarray) -> np.ndarray:
-        if self.order is None:
-            return zg
-        z = np.empty_like(zg)
-        z[self.order] = zg
-        return z
+    def _rank_item(self, i: int, r: int) -> int:
+        """Grouped position of the element of rank r (0-based, ties by position) of layer i."""
+        s, e = int(self.starts[i]), int(self.ends[i])
+        thr = -self.na[s + r]
+        seg = self.w[s:e]
+        above = int(np.count_nonzero(seg > thr))
+        return s + int(np.flatnonzero(seg == thr)[r - above])
 
-    def finish(self, T: Any, lam: float | None) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, float]:
-        """``(z, support, lp_value, dropped, value)`` from an integral T or (TL, TR, lam)."""
+    def _ungroup(self, g: np.ndarray) -> np.ndarray:
+        if self.order is None:
+            return g
+        out = np.empty_like(g)
+        out[self.order] = g
+        return out
+
+    def finish(self, T: Any, lam: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
+        """``(lp_support, dropped, dropped_frac, support, lp_value, value)`` (see _finish)."""
         if lam is None:
             base, frac = T.copy(), np.zeros(T.shape[0])
         else:
@@ -437,47 +487,40 @@ class _LayeredOracle:
             frac = np.where(base < self.n, x - base, 0.0)
             fl = np.flatnonzero(frac > 0)
             if fl.size > 2:
-                vnext = self.sd[self.starts[fl] + base[fl]]
+                vnext = -self.na[self.starts[fl] + base[fl]]
                 frac[fl] = _pivot_reduce(frac[fl], self.c[fl], vnext)
                 up = fl[frac[fl] >= 1.0]
                 base[up] += 1
                 frac[up] = 0.0
                 frac[fl[frac[fl] <= 0.0]] = 0.0
         fl = np.flatnonzero(frac > 0)
-        top = self._top(base)
-        lp_value = float(top.sum()) + float(np.dot(frac[fl], self.sd[self.starts[fl] + base[fl]]))
+        lp_value = float(self._top(base).sum()) + float(np.dot(frac[fl], -self.na[self.starts[fl] + base[fl]]))
         # integer: drop the fractional entries, greedy fill over the layers' next items
         m = base.copy()
-        k_rem = self.k - int(m.sum())
-        F_rem = self.F - float(np.dot(self.c, m))
-        self._greedy(m, k_rem, F_rem)
+        self._greedy(m, self.k - int(m.sum()), self.F - float(np.dot(self.c, m)))
         value = float(self._top(m).sum())
-        zg = self._mask_grouped(m)
-        dropped_g = np.zeros(0, dtype=np.int64)
-        if fl.size:
-            inc = base.copy()
-            inc[fl] += 1
-            nxt = self._mask_grouped(inc)
-            basem = self._mask_grouped(base)
-            dropped_g = np.flatnonzero(nxt & ~basem)
-            z = basem.astype(np.float64)
-            z[dropped_g] = frac[np.searchsorted(self.ends, dropped_g, side="right")]
-        else:
-            z = self._mask_grouped(base).astype(np.float64) if np.any(m != base) else zg.astype(np.float64)
-        support = self._ungroup(zg)
-        z = self._ungroup(z)
-        dropped = np.sort(dropped_g if self.order is None else self.order[dropped_g])
-        return z, support, lp_value, dropped, value
+        support_g = self._mask_grouped(m)
+        lp_g = support_g
+        changed = np.flatnonzero(m != base)
+        if changed.size:
+            lp_g = support_g.copy()
+            for i in changed.tolist():
+                self._layer_mask(i, int(base[i]), lp_g[self.starts[i]:self.ends[i]])
+        dropped = np.array([self._rank_item(i, int(base[i])) for i in fl.tolist()], dtype=np.int64)
+        if self.order is not None:
+            dropped = self.order[dropped]
+        o = np.argsort(dropped)
+        return self._ungroup(lp_g), dropped[o], frac[fl][o], self._ungroup(support_g), lp_value, value
 
     def _greedy(self, m: np.ndarray, k_rem: int, F_rem: float) -> None:
         """Greedy fill by decreasing value, merging the layers' next items (in place on m)."""
-        sd, starts, c = self.sd, self.starts, self.c
+        na, starts, c = self.na, self.starts, self.c
         while k_rem > 0:
             ok = (m < self.n) & (c <= F_rem)
             if not ok.any():
                 return
             cand = np.flatnonzero(ok)
-            nxt = sd[starts[cand] + m[cand]]
+            nxt = -na[starts[cand] + m[cand]]
             o = np.argsort(-nxt, kind="stable")
             best = cand[o[0]]
             if nxt[o[0]] <= 0:
@@ -485,8 +528,7 @@ class _LayeredOracle:
             second = nxt[o[1]] if o.size > 1 else 0.0
             s, e, mb = int(starts[best]), int(self.ends[best]), int(m[best])
             # items of this layer not below the runner-up's next value (at least one)
-            run = sd[s + mb:e]
-            cnt = max(1, int(np.searchsorted(-run, -second, side="right")))
+            cnt = max(1, int(np.searchsorted(na[s + mb:e], -second, side="right")))
             cnt = min(cnt, k_rem)
             if c[best] > 0:
                 cnt = min(cnt, int(F_rem // c[best]))
@@ -593,21 +635,23 @@ def _greedy_fill(v: np.ndarray, f: np.ndarray, support: np.ndarray, k_rem: int, 
 # --------------------------------------------------------------------------------------------
 
 
-def _as_vector(name: str, x: Any, p: int | None = None) -> np.ndarray:
+def _as_vector(name: str, x: Any, p: int | None = None, check: bool = True) -> np.ndarray:
     arr = np.asarray(backend.to_numpy(x), dtype=np.float64)
     if arr.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D array, got shape {arr.shape}")
     if p is not None and arr.shape[0] != p:
         raise ValueError(f"{name}: expected length {p}, got {arr.shape[0]}")
-    if arr.size and not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: contains NaN or Inf")
-    if arr.size and np.any(arr < 0):
-        raise ValueError(f"{name}: must be non-negative")
+    if check and arr.size:
+        lo, hi = float(arr.min()), float(arr.max())  # NaN propagates into both
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{name}: contains NaN or Inf")
+        if lo < 0:
+            raise ValueError(f"{name}: must be non-negative")
     return arr
 
 
 def solve_flop_nnz_lp(
-    values: Any, costs: Any, k: int, flop_budget: float, layer: Any = None
+    values: Any, costs: Any, k: int, flop_budget: float, layer: Any = None, *, check_input: bool = True
 ) -> DualSortSolution:
     """Solve the LP relaxation of the FLOP-NNZ ILP exactly and round it (see module docstring).
 
@@ -618,36 +662,38 @@ def solve_flop_nnz_lp(
     k : count budget, ``0 <= k`` (values above p mean "no count limit").
     flop_budget : F ``>= 0``.
     layer : optional (p,) integer group index with ``costs`` constant per group (fast path).
+    check_input : validate finiteness/signs and the per-layer constancy of the costs (two
+        passes over the data); callers that already validated (e.g. a ``FlopNnzILP``) skip it.
 
     Returns
     -------
     DualSortSolution (NumPy arrays).
     """
-    v = _as_vector("values", values)
+    v = _as_vector("values", values, check=check_input)
     p = v.shape[0]
-    f = _as_vector("costs", costs, p)
+    f = _as_vector("costs", costs, p, check=check_input)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise ValueError(f"k: expected a non-negative integer, got {k!r}")
     k = int(min(k, p))
     F = float(flop_budget)
     if not math.isfinite(F) or F < 0:
         raise ValueError(f"flop_budget: expected a finite number >= 0, got {flop_budget!r}")
-    if layer is not None:
+    if layer is not None and p > 0:
         lay = backend.to_numpy(layer)
         if lay.shape != (p,):
             raise ValueError(f"layer: expected shape ({p},), got {lay.shape}")
         if lay.dtype.kind not in "iu":
             raise ValueError(f"layer: expected an integer array, got dtype {lay.dtype}")
-        oracle: Any = _LayeredOracle(v, f, lay, k, F) if p else _GeneralOracle(v, f, k, F)
+        oracle: Any = _LayeredOracle(v, f, lay, k, F, check_input)
     else:
         oracle = _GeneralOracle(v, f, k, F)
     T, lam, nu, bound, iters = _kelley(oracle, F)
-    z, support, lp_value, dropped, value = oracle.finish(T, lam)
+    lp_support, dropped, dropped_frac, support, lp_value, value = oracle.finish(T, lam)
     mu = oracle.mu(nu)
     bound = max(bound, lp_value)  # rounding noise: the bound can never be below a feasible LP value
     return DualSortSolution(
-        z=z, lp_value=lp_value, bound=bound, mu=mu, nu=nu, support=support, value=value,
-        dropped=dropped, iterations=iters, path=oracle.path,
+        lp_support=lp_support, dropped=dropped, dropped_frac=dropped_frac, lp_value=lp_value, bound=bound,
+        mu=mu, nu=nu, support=support, value=value, iterations=iters, path=oracle.path,
     )
 
 
@@ -725,7 +771,7 @@ def dual_sort(problem: FlopNnzILP, *, deadline: Deadline, seed: int | None = Non
     if not isinstance(use_layers, bool):
         raise ValueError(f"use_layers: expected a bool, got {use_layers!r}")
     layer = problem.layer if use_layers else None
-    sol = solve_flop_nnz_lp(problem.values, problem.costs, problem.k, problem.flop_budget, layer)
+    sol = solve_flop_nnz_lp(problem.values, problem.costs, problem.k, problem.flop_budget, layer, check_input=False)
     like = problem.values
     x = backend.from_numpy(sol.support.astype(np.float64), like=like, keep_dtype=True)
     objective = problem.objective(x)
