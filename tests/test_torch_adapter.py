@@ -414,3 +414,33 @@ def test_falcon_flop_budget_exact():
     report = cpt.prune(model, (X, y), method="falcon", flop_budget=0.3, sparsity=0.5, progress=False)
     report.check_budgets()
     assert report.effective_flops <= report.flop_limit * (1 + 1e-12)
+
+
+# Multi-stage -------------------------------------------------------------------------------------------
+def test_multistage_relinearises_and_meets_budgets():
+    """Any gradient method with stages > 1 runs the multi-stage driver; budgets hold at the end."""
+    model = tiny_mlp()
+    X, y = data((3,), n=12)
+    report = cpt.prune(model, (X, y), method="bruteforce", sparsity=0.6, flop_budget=0.5, stages=3, schedule="linear", progress=False)
+    assert [r["stage"] for r in report.stages] == [1, 2, 3]
+    ks = [r["k"] for r in report.stages]
+    assert ks == sorted(ks, reverse=True) and ks[-1] == report.k == 4
+    assert report.stages[-1]["flop_budget"] == pytest.approx(report.flop_limit)
+    assert all("result" not in r for r in report.stages)
+    json.loads(report.to_json())
+    report.check_budgets()
+
+
+@needs("chita")
+@pytest.mark.parametrize("method, budget", [("chita++", dict(sparsity=0.8)), ("falcon++", dict(flop_budget=0.3))])
+def test_plus_plus_methods_small_cnn(method, budget):
+    X, y = data((1, 7, 7), n=32, classes=5)
+    model = small_cnn()
+    report = cpt.prune(model, (X, y), method=method, stages=3, progress=False, **budget)
+    report.check_budgets()
+    assert len(report.stages) == 3
+    m = cpt.measure(model, X)
+    if "sparsity" in budget:
+        assert m["sparsity"] >= budget["sparsity"] - 1e-12
+    else:
+        assert report.effective_flops <= report.flop_limit * (1 + 1e-12)

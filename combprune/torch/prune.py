@@ -207,6 +207,7 @@ def prune(
     n_samples: int | None = 1000,
     stages: int | None = None,
     schedule: str = "poly",
+    base_sparsity: float = 0.0,
     structured: bool = False,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     l2: float = 1e-3,
@@ -242,7 +243,9 @@ def prune(
     stages : number of stages of the multi-stage methods (default 10 for ``chita++`` /
         ``falcon++``, 1 otherwise); any gradient method with ``stages > 1`` is run multi-stage.
     schedule : budget schedule of the stages: ``"poly"`` (cubic, the papers' default),
-        ``"exp"``, ``"linear"``, ``"const"``.
+        ``"exp"``, ``"linear"``, ``"const"`` (:func:`combprune.solvers.sparsity_schedule`).
+    base_sparsity : sparsity the schedule starts from (before the first stage); FLOP budgets
+        follow the same schedule on the fraction of FLOPs removed.
     structured : prune groups (neurons, channels, heads) layer by layer instead of weights.
     loss_fn : ``loss_fn(outputs, targets) -> mean loss`` for the per-sample gradients
         (default: cross-entropy; on log-softmax outputs it is the NLL loss).
@@ -285,6 +288,7 @@ def prune(
         raise ValueError("apply: 'physical' removal needs a structured method (structured=True, 'osscar' or 'group-magnitude')")
     if schedule not in ("poly", "exp", "linear", "const"):
         raise ValueError(f"schedule: expected 'poly', 'exp', 'linear' or 'const', got {schedule!r}")
+    base_sparsity = _check_fraction("base_sparsity", base_sparsity, low_open=False, high_open=True)
     if stages is None:
         stages = _DEFAULT_STAGES if spec.multistage else 1
     if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
@@ -328,7 +332,7 @@ def prune(
             stage_records: list[dict[str, Any]] = []
         else:
             new_w, solves, stage_records = _solve_gradient(
-                ctx, spec, k, F, solver=solver or spec.solver, options=options, stages=stages, schedule=schedule,
+                ctx, spec, k, F, solver=solver or spec.solver, options=options, stages=stages, schedule=schedule, base_sparsity=base_sparsity,
                 loss_fn=loss_fn, l2=float(l2), first_order=first_order, time_limit=time_limit, seed=seed,
                 max_memory=max_memory, chunk_size=chunk_size,
             )
@@ -338,6 +342,7 @@ def prune(
         report.info.update(
             n_samples=n, l2=l2 if need_grads else None, first_order=first_order if need_grads else None,
             stages=stages if need_grads else 1, schedule=schedule if need_grads and stages > 1 else None,
+            base_sparsity=base_sparsity if need_grads and stages > 1 else None,
             solver=solver or spec.solver, solver_options=options, model_flops=ctx.model_flops, fixed_flops=ctx.fixed_flops,
             flop_unit="FLOPs (= 2 x MACs, torch.utils.flop_counter, per sample)",
         )
@@ -442,7 +447,7 @@ def _blocks(ctx: _Context, n: int, max_memory: int, itemsize: int) -> list[tuple
     return blocks
 
 
-def _solve_gradient(ctx: _Context, spec: _Method, k: int, F: float | None, *, solver: str, options: dict[str, Any], stages: int, schedule: str, loss_fn, l2: float, first_order: bool, time_limit: float | None, seed: int | None, max_memory: int, chunk_size: int):
+def _solve_gradient(ctx: _Context, spec: _Method, k: int, F: float | None, *, solver: str, options: dict[str, Any], stages: int, schedule: str, base_sparsity: float, loss_fn, l2: float, first_order: bool, time_limit: float | None, seed: int | None, max_memory: int, chunk_size: int):
     n = sum(b.size for b in ctx.batches)
     blocks = _blocks(ctx, n, max_memory, 4)
     w_all = ctx.w0.detach().clone()
@@ -463,7 +468,7 @@ def _solve_gradient(ctx: _Context, spec: _Method, k: int, F: float | None, *, so
     for (a, b), (k_b, F_b) in zip(blocks, shares):
         t = time.perf_counter()
         w_block, res, records = _solve_block(
-            ctx, w_all, a, b, k_b, F_b, solver=solver, options=options, stages=stages, schedule=schedule, loss_fn=loss_fn,
+            ctx, w_all, a, b, k_b, F_b, solver=solver, options=options, stages=stages, schedule=schedule, base_sparsity=base_sparsity, loss_fn=loss_fn,
             l2=l2, first_order=first_order, time_limit=time_limit, seed=seed, chunk_size=chunk_size,
         )
         w_all[a:b] = torch.as_tensor(w_block, dtype=w_all.dtype, device=w_all.device)
@@ -487,7 +492,7 @@ def _block_params(ctx: _Context, a: int, b: int):
     return out
 
 
-def _solve_block(ctx: _Context, w_all: torch.Tensor, a: int, b: int, k: int, F: float | None, *, solver: str, options, stages, schedule, loss_fn, l2, first_order, time_limit, seed, chunk_size):
+def _solve_block(ctx: _Context, w_all: torch.Tensor, a: int, b: int, k: int, F: float | None, *, solver: str, options, stages, schedule, base_sparsity, loss_fn, l2, first_order, time_limit, seed, chunk_size):
     members = _block_params(ctx, a, b)
     lo = int(ctx.offsets[members[0][0]])
     costs = ctx.costs[a:b]
@@ -517,19 +522,31 @@ def _solve_block(ctx: _Context, w_all: torch.Tensor, a: int, b: int, k: int, F: 
         if violations:
             raise PruningError(f"solver {solver!r} returned an infeasible point: {'; '.join(violations)}")
         return np.asarray(res.x, dtype=np.float64), res, []
-    from combprune.solvers.staging import multistage
+    from combprune.solvers import multistage
 
-    res = multistage(
-        build, w_start, k, F, stages=stages, schedule=schedule, solver=solver, options=options, time_limit=time_limit,
-        seed=seed, progress=ctx.progress,
-    )
-    final = res.info.get("problem")
+    built: list[_problems.L0Regression] = []
+    bar = ctx.bar(total=stages, desc=f"{solver} stages", unit="stage")
+
+    def build_stage(weights: Any, k_t: int, F_t: float | None) -> _problems.L0Regression:
+        built.append(build(weights, k_t, F_t))
+        return built[-1]
+
+    try:
+        res = multistage(
+            build_stage, schedule, solver, weights=w_start, k=k, flop_budget=F,
+            dense_flops=None if F is None else math.fsum(costs.tolist()), n_stages=stages, base=base_sparsity,
+            time_limit=time_limit, seed=seed, callback=lambda t, r: bar.update(1), **options,
+        )
+    finally:
+        bar.close()
+    if not res.info.get("completed", True):
+        raise PruningError(f"multi-stage {solver!r}: time_limit expired before the last stage (budgets not reached)")
     x = np.asarray(res.x, dtype=np.float64)
-    if final is not None:
-        violations = final.check(x)
-        if violations:
-            raise PruningError(f"multi-stage {solver!r} returned an infeasible point: {'; '.join(violations)}")
-    return x, res, list(res.info.get("stages", []))
+    violations = built[-1].check(x)
+    if violations:
+        raise PruningError(f"multi-stage {solver!r} returned an infeasible point: {'; '.join(violations)}")
+    records = [{key: v for key, v in r.items() if key != "result"} for r in res.info.get("stages", [])]
+    return x, res, records
 
 
 # Applying the result -------------------------------------------------------------------------------
