@@ -235,11 +235,18 @@ def block_quadratic_gram(M: np.ndarray, gram: np.ndarray, tol: float) -> tuple[n
         ok = M > tol
         return np.where(ok, gram / np.where(ok, M, 1.0), 0.0), ok
     M = 0.5 * (M + np.swapaxes(M, 1, 2))
+    try:  # fast path: every block positive definite with pivots above tol
+        L = np.linalg.cholesky(M)
+        if float(np.min(np.diagonal(L, axis1=1, axis2=2))) ** 2 > tol:
+            q = np.trace(np.linalg.solve(M, gram), axis1=1, axis2=2)
+            return q, np.ones(M.shape[0], dtype=bool)
+    except np.linalg.LinAlgError:
+        pass
     w, V = np.linalg.eigh(M)
     good = w > tol
     inv_w = np.where(good, 1.0 / np.where(good, w, 1.0), 0.0)
-    rotated = np.einsum("nik,nij,njk->nk", V, gram, V)  # diag(V^T Gram V)
-    return np.einsum("nk,nk->n", inv_w, rotated), good.all(axis=1)
+    rotated = np.sum(V * np.matmul(gram, V), axis=1)  # diag(V^T Gram V), (n, b)
+    return np.sum(inv_w * rotated, axis=1), good.all(axis=1)
 
 
 class SizeBatches:

@@ -39,8 +39,9 @@ smallest drop cost (one joint unsweep), then adds back pruned groups by largest 
 most ``add_chunks`` joint sweeps) while they fit the budgets; it is kept if the objective
 decreased, otherwise undone and t halved. At t = 1 the move is the best exchange (drop g,
 add a) over the ``swap_candidates`` cheapest kept groups g and all pruned a, evaluated exactly
-from rank-|g| corrections of the diagonal blocks without touching T; the search stops when no
-exchange improves. Before the swaps (and after any drop) pruned groups that fit the budgets
+from rank-|g| corrections of the diagonal blocks without touching T; when no single exchange
+improves, pair moves (drop one or two, add one or two, among the ``pair_candidates`` best) are
+scored the same way; the search stops when no move improves. Before the swaps (and after any drop) pruned groups that fit the budgets
 are added back by largest gain (a group never raises the objective).
 
 Numerics: the inverse and the sweep matrix are rebuilt from scratch (Cholesky) every
@@ -287,26 +288,28 @@ class _SweepState:
             out.append((b, ids, flat, gather_blocks(self.T, rows), Y_p, gram))
         return out
 
-    def exchange_gains(self, g: int, allowed: np.ndarray, blocks=None) -> tuple[float, np.ndarray]:
-        """Drop cost of kept group ``g`` and the gain of each pruned group after dropping it.
+    def exchange_gains(self, drop: np.ndarray, allowed: np.ndarray, blocks=None) -> tuple[float, np.ndarray, tuple]:
+        """Drop cost of the kept groups ``drop`` (jointly) and the gain of each pruned group
+        added after dropping them.
 
-        From rank-|g| corrections of the diagonal blocks only (T is not modified): with
-        ``N = -T_gg = (K_SS^{-1})_gg`` and ``t_a = T_ag``,
-        ``C'_aa = T_aa + t_a N^{-1} t_a^T`` and ``R'_a = Y_a + t_a N^{-1} Y_g``, whose Gram
+        From rank-|D| corrections of the diagonal blocks only (T is not modified): with D the
+        dropped rows, ``N = -T_DD = (K_SS^{-1})_DD`` and ``t_a = T_aD``,
+        ``C'_aa = T_aa + t_a N^{-1} t_a^T`` and ``R'_a = Y_a + t_a N^{-1} Y_D``, whose Gram
         matrix ``R'_a R'_a^T`` is expanded so that no |P| x m array is formed per candidate.
         ``blocks`` is :meth:`pruned_blocks` (recomputed when None). Gains are -inf outside
-        ``allowed`` (G,) bool.
+        ``allowed`` (G,) bool. The third value, ``(rows D, N^{-1}, N^{-1} Y_D)``, feeds
+        :meth:`joint_gain`.
         """
-        rg = self.system.rows[g]
+        rg = self.system.rows_of(drop)
         N_inv = _pd_inverse(-self.T[np.ix_(rg, rg)])
         Y_g = self.Y[rg]
         NY = N_inv @ Y_g
-        drop = 0.5 * float(np.sum(Y_g * NY))
+        cost = 0.5 * float(np.sum(Y_g * NY))
         P2 = NY @ NY.T
         gains = np.full(self.system.n_groups, -np.inf)
         for b, ids, flat, T_aa, Y_p, gram in blocks if blocks is not None else self.pruned_blocks():
-            t = self.T[np.ix_(flat, rg)]  # (rows, |g|)
-            X = Y_p @ NY.T  # (rows, |g|): Y_i NY^T
+            t = self.T[np.ix_(flat, rg)]  # (rows, |D|)
+            X = Y_p @ NY.T  # (rows, |D|): Y_i NY^T
             tN = t @ N_inv
             if b == 1:
                 M = T_aa + np.einsum("ij,ij->i", tN, t)
@@ -319,16 +322,24 @@ class _SweepState:
                 gram2 = gram + cross + np.swapaxes(cross, 1, 2) + np.matmul(t3 @ P2, np.swapaxes(t3, 1, 2))
             q, ok = block_quadratic_gram(M, gram2, ADD_TOL)
             gains[ids] = np.where(ok & allowed[ids], 0.5 * q, -np.inf)
-        return drop, gains
+        return cost, gains, (rg, N_inv, NY)
 
-
-def _exchange_allowed(budget: Budget, keep: np.ndarray, g: int) -> np.ndarray:
-    """Pruned groups that may replace kept group ``g`` within the budgets."""
-    trial = keep.copy()
-    trial[g] = False
-    allowed = budget.addable(trial)
-    allowed[g] = False
-    return allowed
+    def joint_gain(self, context: tuple, add: np.ndarray) -> float:
+        """Exact gain of adding the pruned groups ``add`` jointly after the drop of ``context``."""
+        rg, N_inv, NY = context
+        ra = self.system.rows_of(add)
+        t = self.T[np.ix_(ra, rg)]
+        M = self.T[np.ix_(ra, ra)] + t @ N_inv @ t.T
+        Y_a = self.Y[ra] + t @ NY
+        try:
+            L = scipy.linalg.cholesky(0.5 * (M + M.T), lower=True, check_finite=False)
+            if float(np.min(np.diag(L))) ** 2 > ADD_TOL:
+                Z = scipy.linalg.solve_triangular(L, Y_a, lower=True, check_finite=False)
+                return 0.5 * float(np.sum(Z * Z))
+        except np.linalg.LinAlgError:
+            pass
+        q, ok = block_quadratic(M[None], Y_a[None], ADD_TOL)
+        return 0.5 * float(q[0]) if ok[0] else -np.inf
 
 
 class _Search:
@@ -399,41 +410,84 @@ class _Search:
         st.restore(snap)
         return False
 
-    def one_swap(self, n_candidates: int) -> bool:
-        """Best exchange (drop g, add a) over the cheapest kept g; apply it if it improves."""
+    def exchange(self, n_single: int, n_pair: int) -> bool:
+        """Best exchange of up to two kept groups for up to two pruned ones; apply if improving.
+
+        First single exchanges: drop one of the ``n_single`` kept groups of smallest drop cost,
+        add the best single pruned group. Only when none improves, pair moves too: drop sets
+        are also every pair among the ``n_pair`` cheapest kept groups, and add sets every pair
+        among the ``n_pair`` pruned groups of largest gain after the drop. All are scored
+        exactly (:meth:`_SweepState.exchange_gains`, :meth:`_SweepState.joint_gain`) within
+        the budgets, and the best move is applied.
+        """
         st = self.state
         costs = st.drop_costs()
         kept = np.flatnonzero(st.keep)
-        cands = kept[np.lexsort((kept, costs[kept]))][:n_candidates]
-        best, move = -self.tol, None
+        order = kept[np.lexsort((kept, costs[kept]))]
+        singles = [order[i : i + 1] for i in range(min(n_single, order.size))]
         blocks = st.pruned_blocks()
-        for g in cands:
-            drop, gains = st.exchange_gains(int(g), _exchange_allowed(self.budget, st.keep, int(g)), blocks)
-            a = int(np.argmax(gains))
-            if np.isfinite(gains[a]) and gains[a] - drop > best:
-                best, move = gains[a] - drop, (int(g), a)
+        move = self._best_move(singles, 0, blocks)
+        if move is None and n_pair >= 2:
+            top = order[:n_pair]
+            pairs = [np.array([top[i], top[j]]) for i in range(top.size) for j in range(i + 1, top.size)]
+            move = self._best_move(singles + pairs, n_pair, blocks)
         if move is None:
             return False
-        # The exchange's effect is known exactly, so no undo copy of T is taken: a failure
-        # (numerically impossible with a well-conditioned block) is undone by the inverse sweeps.
+        return self._apply(*move)
+
+    def _best_move(self, drops: list[np.ndarray], n_pair: int, blocks) -> tuple[np.ndarray, np.ndarray] | None:
+        """The most improving (drop set, add set) over ``drops`` (None if none improves)."""
+        st, budget = self.state, self.budget
+        best, move = -self.tol, None
+        for D in drops:
+            trial = st.keep.copy()
+            trial[D] = False
+            allowed = budget.addable(trial)
+            allowed[D] = False
+            if not allowed.any():
+                continue
+            cost, gains, context = st.exchange_gains(D, allowed, blocks)
+            a = int(np.argmax(gains))
+            if np.isfinite(gains[a]) and gains[a] - cost > best:
+                best, move = gains[a] - cost, (D, np.array([a]))
+            cand = np.flatnonzero(np.isfinite(gains))
+            cand = cand[np.lexsort((cand, -gains[cand]))][:n_pair]
+            for i in range(cand.size):
+                for j in range(i + 1, cand.size):
+                    A = np.array([cand[i], cand[j]])
+                    trial[A] = True
+                    fits = budget.feasible(trial)
+                    trial[A] = False
+                    if not fits:
+                        continue
+                    gain = st.joint_gain(context, A)
+                    if gain - cost > best:
+                        best, move = gain - cost, (D, A)
+        return move
+
+    def _apply(self, D: np.ndarray, A: np.ndarray) -> bool:
+        """Apply the exchange (drop D, add A); True if the objective decreased."""
+        st = self.state
+        # The move's effect is known exactly, so no undo copy of T is taken: a failure
+        # (numerically impossible with well-conditioned blocks) is undone by inverse sweeps.
         before = st.obj
-        g, a = np.array([move[0]]), np.array([move[1]])
-        st.sweep(g, add=False)
+        st.sweep(D, add=False)
         try:
-            st.sweep(a, add=True)
+            st.sweep(A, add=True)
         except np.linalg.LinAlgError:  # pragma: no cover - gains were computed from OK blocks
-            st.sweep(g, add=True)
+            st.sweep(D, add=True)
             return False
         if st.obj < before - self.tol:
             self.fill()  # (cost budgets) whatever fits again; never raises the objective
             return True
-        st.sweep(a, add=False)  # pragma: no cover - the exact gain said it improves
-        st.sweep(g, add=True)  # pragma: no cover
+        st.sweep(A, add=False)  # pragma: no cover - the exact gain said it improves
+        st.sweep(D, add=True)  # pragma: no cover
         return False
 
 
-def _check_options(groups_per_round, swap_size, swap_candidates, max_swap_rounds, refresh_every, add_chunks) -> None:
+def _check_options(groups_per_round, swap_size, swap_candidates, pair_candidates, max_swap_rounds, refresh_every, add_chunks) -> None:
     for name, value, allow_none in (
+        ("pair_candidates", pair_candidates, False),
         ("groups_per_round", groups_per_round, True),
         ("swap_size", swap_size, True),
         ("swap_candidates", swap_candidates, False),
@@ -445,7 +499,7 @@ def _check_options(groups_per_round, swap_size, swap_candidates, max_swap_rounds
             continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise TypeError(f"{name}: expected an integer{' or None' if allow_none else ''}, got {value!r}")
-        low = 0 if name == "max_swap_rounds" else 1
+        low = 0 if name in ("max_swap_rounds", "pair_candidates") else 1
         if value < low:
             raise ValueError(f"{name}: must be >= {low}, got {value}")
 
@@ -464,6 +518,7 @@ def osscar(
     groups_per_round: int | None = None,
     swap_size: int | None = None,
     swap_candidates: int = 32,
+    pair_candidates: int = 8,
     max_swap_rounds: int = 100,
     add_chunks: int = 4,
     refresh_every: int | None = None,
@@ -476,8 +531,10 @@ def osscar(
     groups_per_round : groups removed per elimination round (default ``ceil(G / 128)``).
     swap_size : initial swap size t (default ``max(1, min(#kept, #pruned) // 8)``); halved
         whenever a swap of that size does not improve; 1 means exchanges only.
-    swap_candidates : kept groups (cheapest drop cost first) tried as the dropped group of an
-        exchange (t = 1).
+    swap_candidates : kept groups (cheapest drop cost first) tried as the dropped group of a
+        single exchange (t = 1).
+    pair_candidates : exchanges also drop every pair among this many cheapest kept groups and
+        add every pair among this many best pruned groups (0 or 1: single exchanges only).
     max_swap_rounds : swap attempts at most (0 disables the local search).
     add_chunks : the t groups added back after a drop of size t are swept in at most this many
         joint updates (1 = all at once; larger = closer to one-by-one greedy).
@@ -488,7 +545,7 @@ def osscar(
 
     ``seed`` is accepted for the common interface; the search is deterministic.
     """
-    _check_options(groups_per_round, swap_size, swap_candidates, max_swap_rounds, refresh_every, add_chunks)
+    _check_options(groups_per_round, swap_size, swap_candidates, pair_candidates, max_swap_rounds, refresh_every, add_chunks)
     if not isinstance(compare_magnitude, bool):
         raise TypeError(f"compare_magnitude: expected a bool, got {compare_magnitude!r}")
     system = ScaledSystem.from_problem(problem)
@@ -499,7 +556,7 @@ def osscar(
     refresh_rows = refresh_every or max(64, d // 2)
     history = History(deadline, "min")
     scale = 0.5 * float(np.sum(system.W_hat * system.G))  # objective of W = 0
-    tol = 1e-10 * scale + 1e-300
+    tol = 1e-12 * scale + 1e-300
     info: dict = {"groups_per_round": per_round, "refresh_every": refresh_rows}
 
     # Phase 1: backward elimination.
@@ -556,7 +613,7 @@ def osscar(
         t = swap_size or max(1, min(n_keep, n_groups - n_keep) // 8)
         while swap_rounds < max_swap_rounds and 0 < n_keep < n_groups and not deadline.expired():
             swap_rounds += 1
-            improved = search.multi_swap(t) if t > 1 else search.one_swap(swap_candidates)
+            improved = search.multi_swap(t) if t > 1 else search.exchange(swap_candidates, pair_candidates)
             if improved:
                 accepted += 1
                 history.record(state.obj)

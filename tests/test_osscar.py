@@ -375,14 +375,22 @@ def test_exchange_gains_match_real_moves():
     keep[[1, 2, 5, 7, 9]] = True
     state = osscar_mod._SweepState(system, batches, keep)
     allowed = ~keep
-    for g in np.flatnonzero(keep):
-        drop, gains = state.exchange_gains(int(g), allowed)
+    def exact(trial):
+        rows = system.rows_of(np.flatnonzero(trial))
+        return sl.support_objective(system, rows, sl.refit(system, rows))
+
+    drops = [np.array([g]) for g in np.flatnonzero(keep)] + [np.array([1, 7]), np.array([2, 5])]
+    for D in drops:
+        drop, gains, context = state.exchange_gains(D, allowed)
         for a in np.flatnonzero(allowed):
             trial = keep.copy()
-            trial[g], trial[a] = False, True
-            rows = system.rows_of(np.flatnonzero(trial))
-            exact = sl.support_objective(system, rows, sl.refit(system, rows))
-            assert state.obj + drop - gains[a] == pytest.approx(exact, rel=1e-9)
+            trial[D], trial[a] = False, True
+            assert state.obj + drop - gains[a] == pytest.approx(exact(trial), rel=1e-9)
+            assert state.joint_gain(context, np.array([a])) == pytest.approx(gains[a], rel=1e-9)
+        for A in (np.array([0, 3]), np.array([4, 8])):
+            trial = keep.copy()
+            trial[D], trial[A] = False, True
+            assert state.obj + drop - state.joint_gain(context, A) == pytest.approx(exact(trial), rel=1e-9)
 
 
 def test_elimination_downdates_match_refit():
