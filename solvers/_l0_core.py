@@ -35,6 +35,12 @@ logger = logging.getLogger(__name__)
 GATHER_FRACTION = 0.45
 
 
+def vdot(x: np.ndarray, y: np.ndarray) -> float:
+    """Dot product of two host float64 vectors without BLAS (no thread start-up or contention
+    for these short O(n) / O(p) reductions)."""
+    return float(np.einsum("i,i->", x, y))
+
+
 # ------------------------------------------------------------------------------------------
 # Host / device views of A
 # ------------------------------------------------------------------------------------------
@@ -119,7 +125,7 @@ class ColumnOperator:
         if idx.size == 0:
             shape = (self.n,) if X.ndim == 1 else (self.n, X.shape[1])
             return np.zeros(shape)
-        if idx.size * 4 > self.m:  # dense masked product: one contiguous pass
+        if idx.size * 16 > self.m:  # a gather would touch every cache line anyway: one dense pass
             full = np.zeros((self.m,) + X.shape[1:])
             full[idx] = X
             return self.matmat(full) if X.ndim == 2 else self.matvec(full)
@@ -221,7 +227,7 @@ class L0Data:
         if residual is None:
             residual = self.residual(w)
         d = w - self.w_bar
-        return 0.5 * float(residual @ residual) + 0.5 * self.ridge * float(d @ d)
+        return 0.5 * vdot(residual, residual) + 0.5 * self.ridge * vdot(d, d)
 
     def residual(self, w: np.ndarray) -> np.ndarray:
         """``A w - b`` reading only the support columns of ``w``."""
@@ -233,15 +239,18 @@ class L0Data:
         return backend.from_numpy(w, like=self.problem.A, keep_dtype=True)
 
 
-def final_objective(problem: L0Regression, data: L0Data, w: np.ndarray) -> tuple[Any, float, np.ndarray]:
+def final_objective(problem: L0Regression, data: L0Data, w: np.ndarray, residual: np.ndarray | None = None) -> tuple[Any, float, np.ndarray]:
     """(x in the input's namespace, Q(x), support) with the weights cast to ``A``'s dtype.
 
     The objective is evaluated on the cast weights (what the caller receives) reading only the
-    support columns; it equals ``problem.objective(x)`` up to summation order.
+    support columns (or from ``residual = A w - b`` when the cast is exact); it equals
+    ``problem.objective(x)`` up to summation order.
     """
     x = data.result_x(w)
     w_cast = to_host64(x)
-    return x, data.objective(w_cast), w_cast != 0
+    if residual is not None and not np.array_equal(w_cast, w):
+        residual = None
+    return x, data.objective(w_cast, residual), w_cast != 0
 
 
 # ------------------------------------------------------------------------------------------
@@ -302,7 +311,8 @@ class Projector:
 
     Without a FLOP budget: top-k of ``|u|``. With one: FALCON's Lemma 1, the FLOP-NNZ ILP with
     values ``u^2`` solved by dual-sort's integer solution (both budgets hold exactly).
-    Works on a column subset ``C`` (``costs`` restricted to it; ``budget`` what is left).
+    Works on a column subset ``C`` via :meth:`restrict` (weights are zero off C, so the whole
+    budget is available to C).
     """
 
     def __init__(self, k: int, costs: np.ndarray | None = None, budget: float | None = None, layer: np.ndarray | None = None) -> None:
@@ -322,9 +332,9 @@ class Projector:
         return Projector(self.k, self.costs[idx], self.budget, None if self.layer is None else self.layer[idx])
 
     def support(self, u: np.ndarray) -> np.ndarray:
-        """Boolean support of the projection of ``u``."""
+        """Boolean support of the projection of ``u`` (zero entries of ``u`` are never kept)."""
         if self._select is None:
-            return topk_mask(np.abs(u), self.k)
+            return topk_mask(np.abs(u), self.k) & (u != 0)
         sel = self._select(u * u, self.costs, self.k, self.budget, layer=self.layer)
         mask = np.asarray(backend.to_numpy(sel))
         if mask.dtype != bool:
@@ -334,7 +344,7 @@ class Projector:
                 idx = mask.astype(np.int64)
                 mask = np.zeros(u.shape[0], dtype=bool)
                 mask[idx] = True
-        return mask
+        return mask & (u != 0)
 
     def feasible(self, mask: np.ndarray) -> bool:
         if int(mask.sum()) > self.k:

@@ -1,0 +1,122 @@
+r"""``chita``: the recommended solver for ``L0Regression`` (CHITA, single stage).
+
+Stages (all times against the one ``time_limit``):
+
+1. **warm start** (``warm_start="magnitude"``, the default): ``w_bar`` on the magnitude support
+   (top-k of ``|w_bar|``, or FLOP-aware magnitude pruning under a FLOP budget);
+   ``"backsolve"`` also back-solves on it first; or a Result / weights / support.
+2. **active-set IHT** with the exact piecewise-quadratic line search (conjugate directions on a
+   fixed support), see :mod:`combprune.solvers.iht`.
+3. **back-solve**: the ridge least squares on the support IHT found (``backsolve="auto"``:
+   direct when ``min(n, |S|) <= 256``, otherwise conjugate gradients started at the IHT point,
+   which IHT's conjugate directions have already nearly converged).
+4. **swap** (``swap=True``, optional): the swap local search of :mod:`combprune.solvers.swap`
+   from the back-solved point, with the time left.
+
+Result: the best of the stages; ``info["stages"]`` lists each stage's objective and time;
+``iterations`` = IHT steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from combprune.problems import L0Regression
+from combprune.registry import get_solver, register_solver
+from combprune.result import Deadline, History, Result, Status
+
+from ._l0_core import (
+    L0Data,
+    check_positive_float,
+    check_positive_int,
+    default_support,
+    final_objective,
+    warm_start_weights,
+)
+from .backsolve import ridge_solve_on_support
+from .iht import check_active_factor, check_backsolve, run_iht
+
+__all__ = ["chita"]
+
+_WARM = ("magnitude", "backsolve")
+
+
+@register_solver(
+    "chita",
+    problems=L0Regression,
+    exact=False,
+    description="CHITA: magnitude warm start, active-set IHT with exact line search, back-solve (+ optional swaps).",
+)
+def chita(
+    problem: L0Regression,
+    *,
+    deadline: Deadline,
+    seed: int | None = None,
+    warm_start: Any = "magnitude",
+    active_factor: float | None = 2.0,
+    max_iter: int = 1000,
+    max_outer: int = 20,
+    tol: float = 1e-7,
+    backsolve: bool | str = "auto",
+    swap: bool = False,
+    swap_options: dict | None = None,
+) -> Result:
+    """CHITA: warm start -> active-set IHT (exact line search) -> back-solve [-> swap].
+
+    ``warm_start``: ``"magnitude"`` (default), ``"backsolve"``, or a Result / weights / boolean
+    support. ``backsolve``: the final back-solve mode (``"auto"``, ``"exact"``, ``"cg"``,
+    ``False``; see :mod:`combprune.solvers.iht`). ``swap``: run the ``swap`` local search last
+    (``swap_options`` passed to it).
+    """
+    history = History(deadline, "min")
+    af = check_active_factor(active_factor)
+    max_iter = check_positive_int("max_iter", max_iter)
+    max_outer = check_positive_int("max_outer", max_outer)
+    tol = check_positive_float("tol", tol, allow_zero=True)
+    if swap_options is not None and not isinstance(swap_options, dict):
+        raise ValueError(f"swap_options: expected a dict of swap options, got {type(swap_options).__name__}")
+    mode = check_backsolve(backsolve)
+    data = L0Data(problem)
+    stages: list[dict[str, Any]] = []
+    if isinstance(warm_start, str):
+        if warm_start not in _WARM:
+            raise ValueError(f"warm_start: expected one of {_WARM}, a Result, weights or a support, got {warm_start!r}")
+        mask = default_support(problem, data)
+        w0 = np.where(mask, data.w_bar, 0.0)
+        if warm_start == "backsolve" and mask.any():
+            w0 = ridge_solve_on_support(data.op.A, data.b, data.w_bar, data.ridge, mask)
+        name = warm_start
+    else:
+        w0 = warm_start_weights(problem, warm_start)
+        name = "given"
+    f0 = data.objective(w0)
+    history.record(f0)
+    stages.append({"stage": f"warm start ({name})", "objective": f0, "time": deadline.elapsed()})
+    w, f, e, out, f_bs = run_iht(
+        problem, data, w0, deadline=deadline, history=history, active_factor=af, max_iter=max_iter,
+        max_outer=max_outer, tol=tol, line_search=True, backsolve=mode,
+    )
+    stages.append({"stage": "active-set IHT", "objective": out.objective, "iterations": out.iterations, "time": deadline.elapsed()})
+    if f_bs is not None:
+        stages.append({"stage": "backsolve", "objective": f_bs, "time": deadline.elapsed()})
+    if f0 < f:
+        w, f, e = w0, f0, None
+    x, objective, support = final_objective(problem, data, w, e)
+    result_x = x
+    if swap and not deadline.expired():
+        spec = get_solver("swap")
+        sw = spec.func(problem, deadline=deadline, seed=seed, warm_start=Result(x=x, support=support, objective=objective, status=Status.FEASIBLE), **(swap_options or {}))
+        stages.append({"stage": "swap", "objective": sw.objective, "iterations": sw.iterations, "time": deadline.elapsed()})
+        if sw.objective < objective:
+            result_x, objective, support = sw.x, sw.objective, np.asarray(sw.support)
+            for t, v in sw.history:
+                history.record(v)
+    history.record(objective)
+    status = Status.TIME_LIMIT if deadline.expired() else Status.FEASIBLE
+    return Result(
+        x=result_x, support=support, objective=objective, status=status, iterations=out.iterations,
+        history=history.points,
+        info={"stages": stages, "outer": out.outer, "active_size": out.active_size, "converged": out.converged},
+    )

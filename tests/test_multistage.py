@@ -1,0 +1,92 @@
+"""``combprune.solvers.multistage`` (CHITA++ / FALCON++ driver) and ``sparsity_schedule``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import combprune as cp
+from combprune.solvers import multistage, sparsity_schedule
+
+
+@pytest.mark.parametrize("kind", ["poly", "exp", "linear", "const"])
+def test_schedules_monotone_and_end_at_target(kind):
+    s = sparsity_schedule(0.9, 8, kind=kind, base=0.2)
+    assert s.shape == (8,) and s[-1] == pytest.approx(0.9)
+    assert np.all(np.diff(s) >= -1e-15) and np.all((s >= 0) & (s <= 1))
+    if kind != "const":
+        assert s[0] > 0.2
+    if kind == "poly":  # cubic: big steps first, small steps last
+        steps = np.diff(np.concatenate([[0.2], s]))
+        assert steps[0] > steps[-1]
+
+
+def test_schedule_values():
+    assert np.allclose(sparsity_schedule(0.8, 4, kind="linear"), [0.2, 0.4, 0.6, 0.8])
+    assert np.allclose(sparsity_schedule(0.75, 2, kind="exp"), [0.5, 0.75])
+    assert np.allclose(sparsity_schedule(0.9, 2, kind="poly"), [0.9 - 0.9 / 8, 0.9])
+
+
+def _builder(M, calls):
+    def build(w, k, F):
+        w = np.asarray(w, dtype=float)
+        calls.append((w.copy(), k, F))
+        G = M * (1.0 + 0.1 * np.tanh(w))[None, :]  # "gradients" that depend on the weights
+        costs = np.repeat([1.0, 4.0], M.shape[1] // 2)
+        kw = {} if F is None else {"flop_costs": costs, "flop_budget": F}
+        return cp.L0Regression.from_gradients(G, w, k, l2=1e-3, **kw)
+
+    return build
+
+
+def test_multistage_relinearises_and_records_stages():
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((30, 120))
+    calls = []
+    w0 = rng.standard_normal(120)
+    seen = []
+    res = multistage(_builder(M, calls), "poly", "chita", weights=w0, k=12, n_stages=4, callback=lambda t, r: seen.append(t))
+    ks = [c[1] for c in calls]
+    assert ks == sorted(ks, reverse=True) and ks[-1] == 12 and len(ks) == 4
+    assert np.array_equal(calls[0][0], w0)
+    for t in range(1, 4):  # each stage is linearised at the previous stage's weights
+        assert np.array_equal(calls[t][0], np.asarray(res.info["stages"][t - 1]["result"].x))
+    assert res.solver == "multistage(chita)" and res.nnz <= 12 and seen == [0, 1, 2, 3]
+    assert len(res.info["stages"]) == 4 and all("objective" in s for s in res.info["stages"])
+    assert res.iterations == sum(s["result"].iterations for s in res.info["stages"])
+
+
+def test_multistage_flop_budget_and_explicit_schedule():
+    rng = np.random.default_rng(1)
+    M = rng.standard_normal((20, 80))
+    calls = []
+    dense = float(np.repeat([1.0, 4.0], 40).sum())
+    res = multistage(_builder(M, calls), "exp", "dfo", weights=rng.standard_normal(80), k=20, flop_budget=0.3 * dense, dense_flops=dense, n_stages=3)
+    Fs = [c[2] for c in calls]
+    assert Fs[-1] == pytest.approx(0.3 * dense) and Fs == sorted(Fs, reverse=True)
+    last = res.info["stages"][-1]["result"]
+    assert last.nnz <= 20
+    calls.clear()
+    res2 = multistage(_builder(M, calls), [(60, None), (40, None), (20, None)], "iht", weights=rng.standard_normal(80))
+    assert [c[1] for c in calls] == [60, 40, 20] and res2.nnz <= 20
+
+
+def test_multistage_bad_arguments():
+    w = np.zeros(10)
+    build = _builder(np.ones((3, 10)), [])
+    with pytest.raises(ValueError, match="kind"):
+        sparsity_schedule(0.5, 3, kind="cosine")
+    with pytest.raises(ValueError, match="n_stages"):
+        sparsity_schedule(0.5, 0)
+    with pytest.raises(ValueError, match="base"):
+        sparsity_schedule(0.5, 3, base=0.7)
+    with pytest.raises(ValueError, match="k"):
+        multistage(build, "poly", "chita", weights=w)
+    with pytest.raises(ValueError, match="dense_flops"):
+        multistage(build, "poly", "chita", weights=w, k=3, flop_budget=5.0)
+    with pytest.raises(ValueError, match="schedule"):
+        multistage(build, [11], "chita", weights=w)
+    with pytest.raises(TypeError, match="build"):
+        multistage(None, "poly", "chita", weights=w, k=3)
+    with pytest.raises(ValueError, match="time_limit"):
+        multistage(build, "poly", "chita", weights=w, k=3, time_limit=-1)
