@@ -84,6 +84,10 @@ _PIVOTS = 31
 #: Up to this many layers, per-layer counts use one np.searchsorted per layer; beyond, a
 #: binary search vectorised over (layers x pivots).
 _LOOP_LAYERS = 256
+#: Layered 1-swap local search after the rounding: at most this many exchanges, and only
+#: when there are at most this many layers (the exchange table is L x L).
+_SWAP_ROUNDS = 64
+_SWAP_MAX_LAYERS = 1024
 #: Block length of the layered path's running sums.
 _BLOCK = 2048
 
@@ -205,6 +209,7 @@ class _GeneralOracle:
         k_rem = self.k - int(np.count_nonzero(support))
         F_rem = self.F - float(self.f[support].sum())
         _greedy_fill(self.v, self.f, support, k_rem, F_rem)
+        _swap_in(self.v, self.f, support, dropped, self.k, self.F)
         return lp_support, dropped, z[dropped], support, lp_value, float(self.v[support].sum())
 
     def combine(self, TL: np.ndarray, TR: np.ndarray, lam: float) -> np.ndarray:
@@ -498,6 +503,7 @@ class _LayeredOracle:
         # integer: drop the fractional entries, greedy fill over the layers' next items
         m = base.copy()
         self._greedy(m, self.k - int(m.sum()), self.F - float(np.dot(self.c, m)))
+        self._swap(m)
         value = float(self._top(m).sum())
         support_g = self._mask_grouped(m)
         lp_g = support_g
@@ -511,6 +517,32 @@ class _LayeredOracle:
             dropped = self.order[dropped]
         o = np.argsort(dropped)
         return self._ungroup(lp_g), dropped[o], frac[fl][o], self._ungroup(support_g), lp_value, value
+
+    def _swap(self, m: np.ndarray) -> None:
+        """1-swap local search across layer boundaries (in place on m), then greedy refill.
+
+        Exchanges the last kept value of one layer for the next value of another while this
+        increases the kept value and both budgets still hold (best exchange first).
+        """
+        L = m.shape[0]
+        if L < 2 or L > _SWAP_MAX_LAYERS:
+            return
+        na, st, c, n = self.na, self.starts, self.c, self.n
+        for _ in range(_SWAP_ROUNDS):
+            F_rem = self.F - float(np.dot(c, m))
+            nxt = np.where(m < n, -na[np.minimum(st + m, self.p - 1)], -np.inf)  # best value left out
+            last = np.where(m > 0, -na[np.maximum(st + m - 1, 0)], np.inf)  # worst value kept
+            gain = nxt[:, None] - last[None, :]  # add from layer a (row), remove from layer b
+            fits = (c[:, None] - c[None, :]) <= F_rem
+            np.fill_diagonal(fits, False)
+            gain = np.where(fits, gain, -np.inf)
+            best = int(np.argmax(gain))
+            a, b = divmod(best, L)
+            if not gain[a, b] > 0:
+                return
+            m[a] += 1
+            m[b] -= 1
+            self._greedy(m, self.k - int(m.sum()), self.F - float(np.dot(c, m)))
 
     def _greedy(self, m: np.ndarray, k_rem: int, F_rem: float) -> None:
         """Greedy fill by decreasing value, merging the layers' next items (in place on m)."""
@@ -628,6 +660,30 @@ def _greedy_fill(v: np.ndarray, f: np.ndarray, support: np.ndarray, k_rem: int, 
             top = top[f[top] <= F_rem]
         cand = rest[f[rest] <= F_rem]
     return added
+
+
+def _swap_in(v: np.ndarray, f: np.ndarray, support: np.ndarray, cand: np.ndarray, k: int, F: float) -> None:
+    """Try to bring each dropped coordinate back by removing one kept coordinate (in place).
+
+    For a candidate j, the removed i is the smallest-value kept coordinate whose cost frees
+    enough FLOPs (``f_i >= f_j - F_rem``); the exchange is made when ``v_j > v_i``, then the
+    budgets left are refilled greedily. One ``O(p)`` pass per candidate (at most two).
+    """
+    for j in sorted(cand.tolist(), key=lambda q: -v[q]):
+        if support[j]:
+            continue
+        F_rem = F - float(f[support].sum())
+        if int(np.count_nonzero(support)) < k and f[j] <= F_rem:
+            support[j] = True
+            continue
+        ok = support & (f >= f[j] - F_rem)
+        if not ok.any():
+            continue
+        i = int(np.argmin(np.where(ok, v, np.inf)))
+        if v[j] > v[i]:
+            support[i] = False
+            support[j] = True
+            _greedy_fill(v, f, support, k - int(np.count_nonzero(support)), F - float(f[support].sum()))
 
 
 # --------------------------------------------------------------------------------------------
