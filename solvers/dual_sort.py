@@ -243,8 +243,9 @@ class _LayeredOracle:
         self.p = v.shape[0]
         self.v, self.f = v, f
         lay = np.asarray(layer)
-        d = np.diff(lay)
-        if d.size == 0 or int(d.min()) >= 0:
+        change = np.flatnonzero(lay[1:] != lay[:-1]) + 1
+        run_labels = lay[np.concatenate(([0], change))] if self.p else lay[:0]
+        if np.unique(run_labels).size == run_labels.size:  # every layer is one contiguous run
             self.order = None
             w, fw = v, f
         else:
@@ -252,9 +253,8 @@ class _LayeredOracle:
             key = lay.astype(np.int16) if lmin >= -32768 and lmax < 32767 else lay
             self.order = np.argsort(key, kind="stable")  # radix sort for 16-bit labels
             w, fw = v[self.order], f[self.order]
-            d = np.diff(lay[self.order])
-        change = np.flatnonzero(d) + 1
-        del d
+            ls = lay[self.order]
+            change = np.flatnonzero(ls[1:] != ls[:-1]) + 1
         self.starts = np.concatenate(([0], change)).astype(np.int64)
         self.ends = np.concatenate((change, [self.p])).astype(np.int64)
         self.c = fw[self.starts].astype(np.float64)
@@ -281,6 +281,7 @@ class _LayeredOracle:
             np.cumsum(bsum[j0:j0 + cnt], out=bcum[j0:j0 + cnt])
         self.bcum = bcum
         self._last: np.ndarray | None = None  # counts of the last top-k (warm start)
+        self._mu_at: tuple[float, float] | None = None  # (nu, mu) of the last selection
 
     # counting / selection ------------------------------------------------------------------
     # An element (l, j) has dual score a = sd[j] - nu c_l, sd = -na (values, descending).
@@ -373,9 +374,11 @@ class _LayeredOracle:
         o = np.argsort(-vals, kind="stable")
         x = float(vals[o[rr - 1]])
         if x <= 0.0:  # fewer than k+1 positive scores: take exactly the positive ones
+            self._mu_at = (nu, 0.0)
             return self._count_gt(starts, ends, nuc[:, None])[:, 0], 0.0
         m = (lo - starts) + np.bincount(labs[o[: rr - 1]], minlength=L)
         self._last = m
+        self._mu_at = (nu, x)
         return m, x
 
     def _warm_pivots(self, nuc: np.ndarray) -> np.ndarray | None:
@@ -403,6 +406,8 @@ class _LayeredOracle:
         return float(np.partition(vals, vals.size - r)[vals.size - r])
 
     def mu(self, nu: float) -> float:
+        if self._mu_at is not None and self._mu_at[0] == nu:
+            return self._mu_at[1]
         return self._topk(nu)[1]
 
     def _top(self, m: np.ndarray) -> np.ndarray:
@@ -829,8 +834,13 @@ def dual_sort(problem: FlopNnzILP, *, deadline: Deadline, seed: int | None = Non
     layer = problem.layer if use_layers else None
     sol = solve_flop_nnz_lp(problem.values, problem.costs, problem.k, problem.flop_budget, layer, check_input=False)
     like = problem.values
-    x = backend.from_numpy(sol.support.astype(np.float64), like=like, keep_dtype=True)
-    objective = problem.objective(x)
+    x_np = sol.support.astype(np.float64)
+    x = backend.from_numpy(x_np, like=like, keep_dtype=True)
+    if backend.is_numpy(like) and like.dtype == np.float64:
+        # the same float64 dot as FlopNnzILP.objective, without its two defensive copies
+        objective = float(np.dot(like, x_np))
+    else:
+        objective = problem.objective(x)
     optimal = objective >= sol.bound - 1e-12 * max(abs(sol.bound), 1e-300)
     info = {
         "lp_value": sol.lp_value,
@@ -838,7 +848,7 @@ def dual_sort(problem: FlopNnzILP, *, deadline: Deadline, seed: int | None = Non
         "nu": sol.nu,
         "lp_x": backend.from_numpy(sol.z, like=like, keep_dtype=True),
         "fractional": sol.fractional,
-        "dropped_value": float(backend.to_numpy(problem.values)[sol.dropped].astype(np.float64).sum()),
+        "dropped_value": float(np.asarray(backend.to_numpy(problem.values)[sol.dropped], dtype=np.float64).sum()),
         "path": sol.path,
         "gap_abs": max(sol.bound - objective, 0.0),
     }
