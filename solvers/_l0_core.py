@@ -18,6 +18,7 @@ Design
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any, Callable
@@ -186,6 +187,22 @@ def psd_solve(M: np.ndarray, rhs: np.ndarray, shift: float) -> np.ndarray:
     matrix indefinite). ``shift == 0``: the minimum-norm solution through a pseudo-inverse
     (eigenvalues below ``dim * eps * max eigenvalue`` treated as zero).
     """
+    with _single_thread():
+        return _psd_solve(M, rhs, shift)
+
+
+def _single_thread():
+    """Limit BLAS/LAPACK to one thread for the small dense factorisations (threadpoolctl when
+    installed): at n ~ 1e3 a second thread gains little, and on a loaded machine a spinning
+    thread pool can make an n x n Cholesky 100x slower."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+def _psd_solve(M: np.ndarray, rhs: np.ndarray, shift: float) -> np.ndarray:
     M = np.array(M, dtype=np.float64, copy=True)
     M = 0.5 * (M + M.T)
     if shift > 0:
