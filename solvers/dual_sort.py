@@ -84,6 +84,8 @@ _PIVOTS = 31
 #: Up to this many layers, per-layer counts use one np.searchsorted per layer; beyond, a
 #: binary search vectorised over (layers x pivots).
 _LOOP_LAYERS = 256
+#: General path: candidate shrinking starts once this many candidates remain.
+_NARROW_MIN = 1024
 #: Layered 1-swap local search after the rounding: at most this many exchanges, and only
 #: when there are at most this many layers (the exchange table is L x L).
 _SWAP_ROUNDS = 64
@@ -149,45 +151,91 @@ class DualSortSolution:
 
 
 class _GeneralOracle:
-    """Arbitrary costs: each evaluation partitions the p values ``a = v - nu f``."""
+    """Arbitrary costs: each evaluation partitions the scores ``a = v - nu f``.
+
+    Candidate shrinking: once Kelley's bracket ``[nu_L, nu_R]`` is known (with
+    ``mu(nu_L) >= mu(nu) >= mu(nu_R)``, mu being non-increasing in nu), a coordinate with
+    ``v_i - nu_R f_i > mu(nu_L)`` is in every maximising set inside the bracket and one with
+    ``v_i - nu_L f_i < mu(nu_R)`` in none; only the others (``U``) are partitioned again.
+    """
 
     path = "general"
 
     def __init__(self, v: np.ndarray, f: np.ndarray, k: int, F: float) -> None:
         self.v, self.f, self.k, self.F = v, f, k, F
         self.p = v.shape[0]
-
-    def a(self, nu: float) -> np.ndarray:
-        return self.v if nu == 0.0 else self.v - nu * self.f
+        self.uidx: np.ndarray | None = None  # None: every coordinate is a candidate
+        self.vU, self.fU = v, f
+        self.in_mask = np.zeros(self.p, dtype=bool)
+        self.n_in, self.v_in, self.f_in = 0, 0.0, 0.0
+        self._mu: dict[float, float] = {}
 
     def mu(self, nu: float) -> float:
         """(k+1)-th largest of ``a(nu)`` floored at 0 (0 when k = p)."""
-        if self.k >= self.p:
-            return 0.0
-        a = self.a(nu)
-        return max(float(np.partition(a, self.p - self.k - 1)[self.p - self.k - 1]), 0.0)
+        if nu not in self._mu:
+            self.evaluate(nu)
+        return self._mu[nu]
 
     def evaluate(self, nu: float) -> tuple[float, float, float, np.ndarray]:
-        """``(g(nu), v(T), f(T), T)`` for a maximising set T (bool mask)."""
-        a = self.a(nu)
+        """``(g(nu), v(T), f(T), T)`` for a maximising set T (bool mask over all p)."""
+        vU, fU = self.vU, self.fU
+        a = vU if nu == 0.0 else vU - nu * fU
+        nU = a.shape[0]
+        r = self.k + 1 - self.n_in  # rank of the (k+1)-th largest among the candidates
         if self.k == 0:
-            T = np.zeros(self.p, dtype=bool)
+            mu = max(float(a.max(initial=0.0)), 0.0) if nU else 0.0
+            TU = np.zeros(nU, dtype=bool)
         else:
-            mu = self.mu(nu)
-            T = a > mu
+            mu = 0.0 if r > nU else max(float(np.partition(a, nU - r)[nU - r]), 0.0)
+            TU = a > mu
             if mu > 0.0:
-                need = self.k - int(np.count_nonzero(T))
+                need = self.k - self.n_in - int(np.count_nonzero(TU))
                 if need > 0:  # ties at the (k+1)-th value: take the first ones by index
-                    T[np.flatnonzero(a == mu)[:need]] = True
-        vT = float(self.v[T].sum())
-        fT = float(self.f[T].sum())
-        g = self.F * nu + float(a[T].sum())
+                    TU[np.flatnonzero(a == mu)[:need]] = True
+        self._mu[nu] = mu
+        vT = self.v_in + float(vU[TU].sum())
+        fT = self.f_in + float(fU[TU].sum())
+        g = self.F * nu + (self.v_in - nu * self.f_in) + float(a[TU].sum())
+        if self.uidx is None:
+            T = TU
+        else:
+            T = self.in_mask.copy()
+            T[self.uidx[TU]] = True
         return g, vT, fT, T
 
+    def narrow(self, nu_L: float, nu_R: float) -> None:
+        """Fix the coordinates that are in / out of every maximising set on [nu_L, nu_R]."""
+        mu_L, mu_R = self._mu.get(nu_L), self._mu.get(nu_R)
+        if mu_L is None or mu_R is None or self.vU.shape[0] < _NARROW_MIN:
+            return
+        vU, fU = self.vU, self.fU
+        tol = 1e-12 * (vU + nu_R * fU + mu_L) + 1e-300
+        sure_in = vU - nu_R * fU > mu_L + tol
+        sure_out = vU - nu_L * fU < mu_R - tol
+        keep = ~(sure_in | sure_out)
+        n_keep = int(np.count_nonzero(keep))
+        if n_keep > 0.7 * vU.shape[0]:
+            return  # not worth a copy yet
+        uidx = np.arange(self.p) if self.uidx is None else self.uidx
+        if self.uidx is None:
+            self.in_mask = sure_in.copy()
+        else:
+            self.in_mask[uidx[sure_in]] = True
+        self.n_in += int(np.count_nonzero(sure_in))
+        self.v_in += float(vU[sure_in].sum())
+        self.f_in += float(fU[sure_in].sum())
+        self.uidx, self.vU, self.fU = uidx[keep], vU[keep], fU[keep]
+
     def diff(self, TL: np.ndarray, TR: np.ndarray) -> tuple[float, float]:
-        """``(v(TL) - v(TR), f(TL) - f(TR))`` summed over the symmetric difference only."""
+        """``(v(TL) - v(TR), f(TL) - f(TR))`` summed over the symmetric difference only.
+
+        The two sets agree outside the current candidates, so only those are looked at.
+        """
+        if self.uidx is not None:
+            TL, TR = TL[self.uidx], TR[self.uidx]
         A, B = TL & ~TR, TR & ~TL
-        return (float(self.v[A].sum() - self.v[B].sum()), float(self.f[A].sum() - self.f[B].sum()))
+        vU, fU = self.vU, self.fU
+        return (float(vU[A].sum() - vU[B].sum()), float(fU[A].sum() - fU[B].sum()))
 
     def nu_upper(self) -> float:
         pos = self.f > 0
@@ -776,6 +824,7 @@ def _kelley(oracle: Any, F: float) -> tuple[Any, float | None, float, float, int
         return TR, None, nu_R, gR, it
     nu_L, fL, vL, TL = 0.0, f0, v0, T0
     nu = nu_L
+    narrow = getattr(oracle, "narrow", None)
     for _ in range(_MAX_ITER):
         dv, df = oracle.diff(TL, TR)  # vL - vR, fL - fR (> 0)
         nu = min(max(dv / df, nu_L), nu_R)
@@ -792,6 +841,8 @@ def _kelley(oracle: Any, F: float) -> tuple[Any, float | None, float, float, int
             nu_R, fR, vR, TR = nu, fT, vT, T
         else:  # a tangent line of slope 0: nu is optimal and T spends exactly F
             return T, None, nu, min(bound, g), it
+        if narrow is not None:
+            narrow(nu_L, nu_R)
     else:  # pragma: no cover - Kelley is finite; guard against floating-point cycling
         logger.warning("dual-sort: no convergence in %d steps (bound gap %.3g)", _MAX_ITER, g - lower)
     _, df = oracle.diff(TL, TR)

@@ -57,6 +57,7 @@ def small_constants(request, monkeypatch):
         monkeypatch.setattr(ds, "_SAMPLES", 6)
         monkeypatch.setattr(ds, "_PIVOTS", 3)
         monkeypatch.setattr(ds, "_BLOCK", 3)
+        monkeypatch.setattr(ds, "_NARROW_MIN", 2)
     return request.param
 
 
