@@ -75,27 +75,11 @@ from combprune.problems import L0Regression, StructuredMIQP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status, relative_gap
 
-from ._exact import l0_refit, round_selection, structured_refit
+from ._exact import greedy_mask, l0_refit, round_selection, structured_refit
 
 __all__ = ["cvxpy_scip", "l0_big_m", "structured_big_m"]
 
 _SAFETY = 1e-6
-
-
-def _greedy_mask(scores: np.ndarray, k: int | None, costs: np.ndarray | None, budget: float | None) -> np.ndarray:
-    """Largest ``scores`` first, skipping coordinates that no longer fit the budgets."""
-    mask = np.zeros(scores.size, dtype=bool)
-    used, count = 0.0, 0
-    for i in np.argsort(-scores, kind="stable"):
-        if k is not None and count >= k:
-            break
-        c = 0.0 if costs is None else float(costs[i])
-        if costs is not None and used + c > budget:
-            continue
-        mask[i] = True
-        used += c
-        count += 1
-    return mask
 
 
 def _no_big_m_error(what: str) -> ValueError:
@@ -110,7 +94,7 @@ def _l0_greedy(problem: L0Regression) -> np.ndarray:
     """Feasible support: largest ``|w_bar|`` first within ``k`` and the FLOP budget."""
     w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
     costs = None if problem.flop_costs is None else backend.to_numpy(problem.flop_costs).astype(np.float64)
-    return _greedy_mask(np.abs(w_bar), problem.k, costs, problem.flop_budget)
+    return greedy_mask(np.abs(w_bar), problem.k, costs, problem.flop_budget)
 
 
 def _structured_greedy(problem: StructuredMIQP) -> np.ndarray:
@@ -118,7 +102,7 @@ def _structured_greedy(problem: StructuredMIQP) -> np.ndarray:
     W_hat = backend.to_numpy(problem.W_hat).astype(np.float64)
     costs = None if problem.group_costs is None else backend.to_numpy(problem.group_costs).astype(np.float64)
     norms = np.bincount(problem.group_index, weights=np.sum(W_hat**2, axis=1), minlength=problem.n_groups)
-    return _greedy_mask(norms, problem.s, costs, problem.cost_budget)
+    return greedy_mask(norms, problem.s, costs, problem.cost_budget)
 
 
 def l0_big_m(problem: L0Regression) -> np.ndarray:

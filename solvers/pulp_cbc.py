@@ -8,7 +8,8 @@ written with PuLP's affine expressions and solved by ``PULP_CBC_CMD`` (the CBC b
 with PuLP 3.3). PuLP does not expose CBC's dual bound, so this module asks CBC for a log file
 and reads its summary: ``Result - Optimal solution found`` (then ``bound = objective``) or
 ``Result - Stopped on time limit`` with ``Upper bound: ...`` (CBC's best bound for this
-maximisation) and its gap. Binary values are rounded to exact 0/1 (with the repair of
+maximisation) and its gap. If CBC stops on the time limit with a point worse than a greedy
+fill (by value, by value per FLOP), the greedy point is returned. Binary values are rounded to exact 0/1 (with the repair of
 :mod:`combprune.solvers._exact` if rounding ever broke a budget, status then ``feasible``).
 
 Options: ``gap_rel`` (CBC's relative gap, default 0), ``threads`` (CBC threads, default 1),
@@ -33,7 +34,7 @@ from combprune.problems import FlopNnzILP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
-from ._exact import ilp_point
+from ._exact import greedy_ilp, ilp_point
 
 __all__ = ["pulp_cbc", "parse_cbc_log"]
 
@@ -130,6 +131,10 @@ def pulp_cbc(
     frac = np.asarray(values, dtype=np.float64) if has_point else None
     zz, support, repaired = ilp_point(problem, frac)
     objective = problem.objective(zz)
+    warm = greedy_ilp(problem)
+    if problem.objective(warm.astype(np.float64)) > objective:  # CBC stopped with nothing better
+        zz, support, repaired = warm.astype(np.float64), warm, False
+        objective = problem.objective(zz)
     result_text = log["result"] or ""
     proved = result_text.startswith("Optimal") and model.sol_status == pulp.LpSolutionOptimal
     if proved:  # CBC's optimum (before our rounding) is the bound
