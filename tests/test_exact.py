@@ -138,6 +138,26 @@ def test_ilp_time_limit_returns_feasible_point(name):
         assert res.bound is None or res.bound >= res.objective
 
 
+@settings(max_examples=60, deadline=None)
+@given(problem=ilp_instances())
+def test_greedy_start_point_is_feasible(problem):
+    from combprune.solvers._exact import greedy_ilp
+
+    z = greedy_ilp(problem).astype(float)
+    assert problem.check(z) == []
+    assert problem.objective(z) <= cp.solve(problem, "bruteforce").objective + 1e-12
+
+
+@pytest.mark.parametrize("name", ILP_SOLVERS)
+def test_time_limited_ilp_is_at_least_greedy(name):
+    _skip_missing(name)
+    from combprune.solvers._exact import greedy_ilp
+
+    problem = _hard_knapsack(4000, seed=1)
+    res = cp.solve(problem, name, time_limit=0.2)
+    assert res.objective >= problem.objective(greedy_ilp(problem).astype(float))
+
+
 def test_highs_options_validated():
     problem = random_flop_ilp(8, seed=0)
     for bad in (dict(mip_rel_gap=-1), dict(threads=0), dict(lp_solver="barrier"), dict(presolve="maybe")):
