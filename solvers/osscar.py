@@ -518,7 +518,7 @@ def osscar(
     groups_per_round: int | None = None,
     swap_size: int | None = None,
     swap_candidates: int = 32,
-    pair_candidates: int = 8,
+    pair_candidates: int = 4,
     max_swap_rounds: int = 100,
     add_chunks: int = 4,
     refresh_every: int | None = None,
