@@ -85,6 +85,7 @@ class IHTOutcome:
     fallback_steps: int = 0
     active_idx: np.ndarray | None = None
     active_op: ColumnOperator | None = None
+    backsolved: bool = False
 
 
 def power_lipschitz(op: ColumnOperator, ridge: float, iters: int = 30, seed: int = 0) -> float:
@@ -150,12 +151,30 @@ class InnerIHT:
         self.line_search = line_search
         self.L = lipschitz
         self.fallbacks = 0
+        self.at_solution = False  # True while w is the exact least squares on its support
         self.last_g: np.ndarray | None = None
         # conjugate-gradient memory on a fixed support (Polak-Ribiere+, restarted on change)
         self.cg = True
         self._prev_gS: np.ndarray | None = None
         self._prev_dir: np.ndarray | None = None
         self._prev_T: np.ndarray | None = None
+
+    def solve_on_support(self) -> bool:
+        """Replace the iterate by the exact ridge least squares on its support (if better)."""
+        from .backsolve import ridge_solve_on_support
+
+        mask = self.w != 0
+        if not mask.any():
+            return False
+        w, e = ridge_solve_on_support(self.op.A, self.b, self.w_bar, self.ridge, mask, return_residual=True)
+        f = self.value(w, e)
+        if not f <= self.f:
+            return False
+        self.w, self.e, self.f = w, e, f
+        self.mask = w != 0
+        self._prev_T = None
+        self.at_solution = True
+        return True
 
     def value(self, w: np.ndarray, e: np.ndarray) -> float:
         d = w - self.w_bar
@@ -290,6 +309,7 @@ class InnerIHT:
         return self._accept(T, tau, self._q_from(e0, v, T, g, tau), e0, v, g)
 
     def _accept(self, T, tau, val, e0, v, g) -> tuple[float, bool]:
+        self.at_solution = False
         changed = not np.array_equal(T, self.mask)
         self.w = np.where(T, self.w - tau * g, 0.0)
         self.e = e0 - tau * v
@@ -306,12 +326,22 @@ def run_inner(
     patience: int = 3,
     refresh_every: int = 25,
     on_iterate: Callable[[float], None] | None = None,
+    stable_iters: int | None = None,
 ) -> tuple[int, list[float], bool]:
-    """Iterate until ``patience`` consecutive steps decrease Q by less than ``tol * |Q|``."""
+    """Iterate until ``patience`` consecutive steps decrease Q by less than ``tol * |Q|``
+    (or a step cannot decrease Q at all).
+
+    ``stable_iters``: once the support has not changed for that many consecutive steps, the
+    weights are set to the exact ridge least squares on it (a back-solve on the current
+    columns; never increases Q), after which IHT continues from that point; a step from a
+    back-solved point that does not change the support ends the loop (a fixed point).
+    """
     steps: list[float] = []
     slow = 0
+    stable = 0
     it = 0
     converged = False
+    solved_support: np.ndarray | None = None
     while it < max_iter and not deadline.expired():
         f_old = inner.f
         tau, changed = inner.step()
@@ -325,6 +355,18 @@ def run_inner(
         if tau == 0.0:
             converged = True
             break
+        stable = 0 if changed else stable + 1
+        if solved_support is not None and not changed and np.array_equal(inner.mask, solved_support):
+            converged = True  # the back-solved support is an IHT fixed point
+            break
+        if stable_iters is not None and stable >= stable_iters and not deadline.expired():
+            if inner.solve_on_support():
+                solved_support = inner.mask.copy()
+                if on_iterate is not None:
+                    on_iterate(inner.f)
+            stable = 0
+            slow = 0
+            continue
         if f_old - inner.f <= tol * max(abs(inner.f), 1e-300):
             slow += 1
             if slow >= patience:
@@ -347,6 +389,7 @@ def iht_active_set(
     max_outer: int = 20,
     tol: float = 1e-7,
     line_search: bool = True,
+    stable_iters: int | None = None,
 ) -> IHTOutcome:
     """IHT from the feasible ``w0`` (host float64) with the active-set strategy of CHITA.
 
@@ -412,7 +455,9 @@ def iht_active_set(
             sub_op, b, data.w_bar[C_idx], ridge, proj.restrict(C_idx) if C_idx.size < p else proj,
             max(const, 0.0), w[C_idx], w[C_idx] != 0, e=e, line_search=line_search,
         )
-        it, steps, conv = run_inner(inner, deadline=deadline, max_iter=max(1, max_iter - total_it), tol=tol, on_iterate=record)
+        it, steps, conv = run_inner(
+            inner, deadline=deadline, max_iter=max(1, max_iter - total_it), tol=tol, on_iterate=record, stable_iters=stable_iters
+        )
         total_it += it
         inner.refresh()
         w = np.zeros(p)
@@ -426,6 +471,7 @@ def iht_active_set(
         out.outer = outer + 1
         out.active_size = int(C_idx.size)
         out.active_idx, out.active_op = C_idx, sub_op
+        out.backsolved = inner.at_solution
         if full or total_it >= max_iter:
             out.converged = conv
             break

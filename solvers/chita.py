@@ -7,9 +7,11 @@ Stages (all times against the one ``time_limit``):
    ``"backsolve"`` also back-solves on it first; or a Result / weights / support.
 2. **active-set IHT** with the exact piecewise-quadratic line search (conjugate directions on a
    fixed support), see :mod:`combprune.solvers.iht`.
-3. **back-solve**: the ridge least squares on the support IHT found (``backsolve="auto"``:
-   direct when ``min(n, |S|) <= 256``, otherwise conjugate gradients started at the IHT point,
-   which IHT's conjugate directions have already nearly converged).
+   Once the support has been stable for ``stable_iters`` steps the weights are back-solved
+   on it and IHT continues from there (CHITA's "update on the support once it stabilises").
+3. **back-solve**: the ridge least squares on the final support, unless IHT ended on a
+   back-solved fixed point (``backsolve="auto"``: direct when ``min(n, |S|) <= 1500``,
+   otherwise conjugate gradients started at the IHT point).
 4. **swap** (``swap=True``, optional): the swap local search of :mod:`combprune.solvers.swap`
    from the back-solved point, with the time left.
 
@@ -60,13 +62,15 @@ def chita(
     max_outer: int = 20,
     tol: float = 1e-7,
     backsolve: bool | str = "auto",
+    stable_iters: int | None = 4,
     swap: bool = False,
     swap_options: dict | None = None,
 ) -> Result:
     """CHITA: warm start -> active-set IHT (exact line search) -> back-solve [-> swap].
 
     ``warm_start``: ``"magnitude"`` (default), ``"backsolve"``, or a Result / weights / boolean
-    support. ``backsolve``: the final back-solve mode (``"auto"``, ``"exact"``, ``"cg"``,
+    support. ``stable_iters``: back-solve once the support is stable that many steps (None:
+    never). ``backsolve``: the final back-solve mode (``"auto"``, ``"exact"``, ``"cg"``,
     ``False``; see :mod:`combprune.solvers.iht`). ``swap``: run the ``swap`` local search last
     (``swap_options`` passed to it).
     """
@@ -97,6 +101,7 @@ def chita(
     w, f, e, out, f_bs = run_iht(
         problem, data, w0, deadline=deadline, history=history, active_factor=af, max_iter=max_iter,
         max_outer=max_outer, tol=tol, line_search=True, backsolve=mode,
+        stable_iters=check_positive_int("stable_iters", stable_iters, allow_none=True),
     )
     stages.append({"stage": "active-set IHT", "objective": out.objective, "iterations": out.iterations, "time": deadline.elapsed()})
     if f_bs is not None:
