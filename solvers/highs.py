@@ -26,8 +26,10 @@ with crossover, which scales well in p; the dual simplex slows down roughly quad
 SPEC 1.2's dual ``min k mu + F nu + sum_i max(0, v_i - mu - nu f_i)``. With the solver option
 ``lp_relaxation=True`` the ``highs`` solver returns it as a :class:`~combprune.Result`:
 ``x`` is the *integer* point obtained by dropping the fractional coordinates (so ``x`` passes
-``check``), ``bound`` is the LP value, status ``optimal`` only when that rounding attains the
-LP bound (to 1e-9 relative), otherwise ``feasible``; the fractional LP solution and the duals
+``check``), ``bound`` is the dual objective at HiGHS's ``mu, nu`` (a valid upper bound by weak
+duality whatever the method's accuracy; equal to the LP value at an exact optimum), status
+``optimal`` only when that rounding attains the bound (to 1e-9 relative), otherwise
+``feasible`` (``time_limit`` if the LP stopped on the deadline); the fractional LP solution and the duals
 are in ``info["lp_x"]``, ``info["lp_value"]``, ``info["mu"]``, ``info["nu"]``.
 """
 
@@ -97,6 +99,8 @@ def _build(problem: FlopNnzILP, *, integer: bool, time_limit: float, threads: in
     if math.isfinite(time_limit):
         h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
     if threads is not None:
+        # HiGHS's task scheduler is global and sized once; a different thread count needs a reset
+        highspy.Highs.resetGlobalScheduler(True)
         h.setOptionValue("threads", int(threads))
     if seed is not None:
         h.setOptionValue("random_seed", int(seed % 2147483647))
@@ -112,8 +116,10 @@ class LPRelaxation:
 
     ``value``: optimal LP value (an upper bound on the ILP); ``x``: (p,) LP solution in [0, 1];
     ``mu``, ``nu``: non-negative duals of the count and FLOP rows; ``status``: ``"optimal"``
-    or ``"time_limit"`` (then ``value`` and the duals are those of the last iterate and are
-    not a proven bound); ``iterations``: simplex + IPM + crossover iterations.
+    or ``"time_limit"`` (then ``value`` and the duals are those of the last iterate);
+    ``iterations``: simplex + IPM + crossover + PDLP iterations; ``dual_valid``: HiGHS returned
+    duals. Whatever the status and method, :meth:`dual_objective` at any ``mu, nu >= 0`` is a
+    valid upper bound on the ILP (weak duality), which is what ``highs`` reports as ``bound``.
     """
 
     value: float
@@ -122,6 +128,7 @@ class LPRelaxation:
     nu: float
     status: str
     iterations: int
+    dual_valid: bool = True
 
     def dual_objective(self, problem: FlopNnzILP) -> float:
         """``k mu + F nu + sum_i max(0, v_i - mu - nu f_i)`` (equals ``value`` at an optimum)."""
@@ -161,7 +168,7 @@ def solve_lp_relaxation(
         raise RuntimeError(f"HiGHS LP relaxation ended with status {h.modelStatusToString(status)}")
     v = backend.to_numpy(problem.values).astype(np.float64)
     return LPRelaxation(value=float(np.dot(v, x)), x=x, mu=float(duals[0]), nu=float(duals[1]),
-                        status=state, iterations=iterations)
+                        status=state, iterations=iterations, dual_valid=bool(sol.dual_valid))
 
 
 def _lp_result(problem: FlopNnzILP, deadline: Deadline, lp_solver: str, threads: int | None) -> Result:
@@ -171,7 +178,7 @@ def _lp_result(problem: FlopNnzILP, deadline: Deadline, lp_solver: str, threads:
     integral = np.where(lp.x >= 1.0 - 1e-9, 1.0, 0.0)  # drop the (at most two) fractional entries
     z, support, _ = ilp_point(problem, integral)
     objective = problem.objective(z)
-    bound = lp.value if lp.status == "optimal" else None
+    bound = lp.dual_objective(problem) if lp.dual_valid else None  # weak duality: valid for any mu, nu >= 0
     if bound is not None and abs(bound - objective) <= 1e-9 * max(abs(bound), 1e-12):
         status = Status.OPTIMAL
     elif lp.status == "time_limit":

@@ -164,6 +164,16 @@ def test_time_limited_ilp_is_at_least_greedy(name):
     assert res.objective >= problem.objective(greedy_ilp(problem).astype(float))
 
 
+def test_highs_threads_can_change_between_solves():
+    _skip_missing("highs")
+    problem = random_flop_ilp(20, 6, seed=4)
+    ref = cp.solve(problem, "highs").objective
+    for threads in (1, 2, None):
+        assert cp.solve(problem, "highs", threads=threads).objective == pytest.approx(ref, rel=1e-12)
+    res = cp.solve(problem, "highs", lp_relaxation=True, lp_solver="pdlp")
+    assert_valid(problem, res)
+
+
 def test_highs_options_validated():
     problem = random_flop_ilp(8, seed=0)
     for bad in (dict(mip_rel_gap=-1), dict(threads=0), dict(lp_solver="barrier"), dict(presolve="maybe")):
