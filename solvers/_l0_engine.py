@@ -152,6 +152,7 @@ class InnerIHT:
         self.L = lipschitz
         self.fallbacks = 0
         self.at_solution = False  # True while w is the exact least squares on its support
+        self.solved: tuple | None = None
         self.last_g: np.ndarray | None = None
         # conjugate-gradient memory on a fixed support (Polak-Ribiere+, restarted on change)
         self.cg = True
@@ -166,7 +167,8 @@ class InnerIHT:
         mask = self.w != 0
         if not mask.any():
             return False
-        w, e = ridge_solve_on_support(self.op.A, self.b, self.w_bar, self.ridge, mask, return_residual=True)
+        # the columns of the support are a subset of this (active) block: gather them whole
+        w, e = ridge_solve_on_support(self.op.A, self.b, self.w_bar, self.ridge, mask, return_residual=True, max_gather_fraction=1.0)
         f = self.value(w, e)
         if not f <= self.f:
             return False
@@ -174,7 +176,15 @@ class InnerIHT:
         self.mask = w != 0
         self._prev_T = None
         self.at_solution = True
+        self.solved = (w, e, f, self.mask.copy())
         return True
+
+    def restore_solved(self) -> None:
+        """Return to the last back-solved point when the support is still its support (it is
+        the exact minimiser there; later steps on that support only add rounding)."""
+        if self.solved is not None and np.array_equal(self.mask, self.solved[3]):
+            self.w, self.e, self.f, self.mask = self.solved[0], self.solved[1], self.solved[2], self.solved[3].copy()
+            self.at_solution = True
 
     def value(self, w: np.ndarray, e: np.ndarray) -> float:
         d = w - self.w_bar
@@ -358,6 +368,7 @@ def run_inner(
         stable = 0 if changed else stable + 1
         if solved_support is not None and not changed and np.array_equal(inner.mask, solved_support):
             converged = True  # the back-solved support is an IHT fixed point
+            inner.restore_solved()
             break
         if stable_iters is not None and stable >= stable_iters and not deadline.expired():
             if inner.solve_on_support():
