@@ -74,6 +74,8 @@ Candidate screening (one "iteration" = one accepted move)
    ``c' = c + (w_i / d_i) A^T u_i`` with ``u_i = A_S G_S^{-1} e_i`` (one matrix product
    ``A^T U`` for all of them); the best replacements for each are added to the candidate set
    and all pairs are evaluated exactly as in 2.
+   The next (up to 8) iterations first re-evaluate the same candidate set exactly (only the
+   O(np) screen is reused); a fresh screen follows when it has no improving move.
 4. Best improvement: the most negative gain among the evaluated moves is applied if it lowers
    Q by more than ``tol * max(|Q|, 1e-300)``. When every outside coordinate fits in the
    candidate set (small p) the neighbourhood is exhaustive and a point where no move applies
