@@ -134,6 +134,10 @@ def _save(rows: list[dict], args: argparse.Namespace) -> str:
                     "k = 30% of p, F = 40% of the FLOPs of the top-k by value (both budgets bind: mu, nu > 0)",
         "timing": f"best of {args.repeat} interleaved runs (at most 5 at 1e7); HiGHS once, time limit {args.highs_time_limit} s",
         "targets": "speedup_vs_highs_lp >= 100 at p=1e6 with lp_rel_diff <= 1e-9; ratio_vs_sort <= 3 at p=1e7",
+        "highs_lp_up_to_p": int(args.highs_lp_max),
+        "highs_milp_up_to_p": int(args.milp_max),
+        "columns": "dual_sort_s = whole combprune.solve call; core_fn_s = solve_flop_nnz_lp; ratio = time / np_sort_s; "
+                   "gap_vs_* relative (bound - value) / bound",
         **machine_info(),
     }
     return save_results(args.name, rows, meta)
