@@ -84,6 +84,9 @@ _PIVOTS = 31
 #: Up to this many layers, per-layer counts use one np.searchsorted per layer; beyond, a
 #: binary search vectorised over (layers x pivots).
 _LOOP_LAYERS = 256
+#: Below this p a layer index is validated but the general path is used (it is faster there:
+#: the layered path's per-evaluation cost is Python overhead over the L layers).
+_LAYERED_MIN_P = 50_000
 #: General path: candidate shrinking starts once this many candidates remain.
 _NARROW_MIN = 1024
 #: Layered 1-swap local search after the rounding: at most this many exchanges, and only
@@ -284,6 +287,15 @@ class _LayeredOracle:
     """
 
     path = "layered"
+
+    @staticmethod
+    def _check_constant(f: np.ndarray, lay: np.ndarray) -> None:
+        """ValueError unless ``f`` is constant within each layer of ``lay``."""
+        order = np.argsort(lay, kind="stable")
+        ls, fs = lay[order], f[order]
+        bad = (ls[1:] == ls[:-1]) & (fs[1:] != fs[:-1])
+        if bad.any():
+            raise ValueError(f"layer: costs must be constant within a layer (layer {int(ls[1:][bad][0])} has several costs)")
 
     def __init__(self, v: np.ndarray, f: np.ndarray, layer: np.ndarray, k: int, F: float,
                  check_input: bool = True) -> None:
@@ -787,14 +799,18 @@ def solve_flop_nnz_lp(
     F = float(flop_budget)
     if not math.isfinite(F) or F < 0:
         raise ValueError(f"flop_budget: expected a finite number >= 0, got {flop_budget!r}")
+    oracle: Any = None
     if layer is not None and p > 0:
         lay = backend.to_numpy(layer)
         if lay.shape != (p,):
             raise ValueError(f"layer: expected shape ({p},), got {lay.shape}")
         if lay.dtype.kind not in "iu":
             raise ValueError(f"layer: expected an integer array, got dtype {lay.dtype}")
-        oracle: Any = _LayeredOracle(v, f, lay, k, F, check_input)
-    else:
+        if p >= _LAYERED_MIN_P:
+            oracle = _LayeredOracle(v, f, lay, k, F, check_input)
+        elif check_input:  # small p: the general path is faster, but still validate the layers
+            _LayeredOracle._check_constant(f, lay)
+    if oracle is None:
         oracle = _GeneralOracle(v, f, k, F)
     T, lam, nu, bound, iters = _kelley(oracle, F)
     lp_support, dropped, dropped_frac, support, lp_value, value = oracle.finish(T, lam)

@@ -52,6 +52,7 @@ def highs_lp(v: np.ndarray, f: np.ndarray, k: int, F: float, *, integer: bool = 
 @pytest.fixture(params=["default", "tiny-blocks"])
 def small_constants(request, monkeypatch):
     """Exercise the layered selection rounds, warm starts and block sums on small instances."""
+    monkeypatch.setattr(ds, "_LAYERED_MIN_P", 1)
     if request.param == "tiny-blocks":
         monkeypatch.setattr(ds, "_GATHER", 4)
         monkeypatch.setattr(ds, "_SAMPLES", 6)
@@ -178,7 +179,8 @@ def test_larger_instance_layered_and_general(layers, small_constants):
     assert sol.path == ("general" if layers is None else "layered")
 
 
-def test_non_contiguous_layers_and_ties():
+def test_non_contiguous_layers_and_ties(monkeypatch):
+    monkeypatch.setattr(ds, "_LAYERED_MIN_P", 1)
     rng = np.random.default_rng(5)
     p = 400
     layer = rng.integers(0, 9, p)
@@ -229,7 +231,8 @@ def test_one_fractional_lp_and_status():
     assert res.status is Status.OPTIMAL and res.objective == pytest.approx(10.0)
 
 
-def test_result_contract_and_info():
+def test_result_contract_and_info(monkeypatch):
+    monkeypatch.setattr(ds, "_LAYERED_MIN_P", 1)
     problem = random_flop_ilp(200, 40, n_layers=5, budget_fraction=0.2, seed=1)
     res = combprune.solve(problem, "dual-sort")
     assert problem.check(res.x) == []

@@ -11,6 +11,7 @@ import combprune
 from combprune.problems import FlopNnzILP, L0Regression
 from combprune.problems.generators import random_flop_ilp, random_l0_regression
 from combprune.result import Status
+from combprune.solvers import dual_sort
 from combprune.solvers.dual_sort import solve_flop_nnz_lp
 from combprune.solvers.magnitude import per_layer_budgets, topk_mask
 
@@ -94,7 +95,8 @@ def test_per_layer_magnitude_keeps_density_in_each_layer():
 
 
 @pytest.mark.parametrize("with_layers", [False, True])
-def test_flop_aware_magnitude_is_the_dual_sort_ilp(with_layers):
+def test_flop_aware_magnitude_is_the_dual_sort_ilp(with_layers, monkeypatch):
+    monkeypatch.setattr(dual_sort, "_LAYERED_MIN_P", 1)  # layered path even for small p
     rng = np.random.default_rng(2)
     layers = np.repeat(np.arange(4), 15)
     costs = np.array([1.0, 4.0, 9.0, 30.0])[layers]
