@@ -160,20 +160,28 @@ def gram_rows(M: Any) -> np.ndarray:
     """
     M = host_or_native(M)
     n, s = int(M.shape[0]), int(M.shape[1])
+    if isinstance(M, np.ndarray) and (n < 256 or float(n) * n * s < 2e9):
+        # small or tall-skinny products: one BLAS thread (a contended pool can be 100x slower)
+        with _single_thread():
+            return _gram_host(M, n, s)
     if isinstance(M, np.ndarray):
-        if M.dtype == np.float64 or s <= 4096:
-            return np.asarray(M @ M.T, dtype=np.float64)
-        G = np.zeros((n, n))
-        step = 8192
-        for lo in range(0, s, step):
-            blk = M[:, lo : lo + step]
-            G += blk @ blk.T
-        return G
+        return _gram_host(M, n, s)
     G = np.zeros((n, n))
     step = 8192
     for lo in range(0, s, step):
         blk = M[:, lo : lo + step]
         G += np.asarray(backend.to_numpy(blk @ blk.T), dtype=np.float64)
+    return G
+
+
+def _gram_host(M: np.ndarray, n: int, s: int) -> np.ndarray:
+    if M.dtype == np.float64 or s <= 4096:
+        return np.asarray(M @ M.T, dtype=np.float64)
+    G = np.zeros((n, n))
+    step = 8192
+    for lo in range(0, s, step):
+        blk = np.ascontiguousarray(M[:, lo : lo + step])
+        G += blk @ blk.T
     return G
 
 
