@@ -87,6 +87,10 @@ _LOOP_LAYERS = 256
 #: Below this p a layer index is validated but the general path is used (it is faster there:
 #: the layered path's per-evaluation cost is Python overhead over the L layers).
 _LAYERED_MIN_P = 50_000
+#: Warm start of the dual search: sample size, relative first probe step, number of probes.
+_SAMPLE_P = 16384
+_PROBE_STEP = 0.02
+_PROBES = 8
 #: General path: candidate shrinking starts once this many candidates remain.
 _NARROW_MIN = 1024
 #: Layered 1-swap local search after the rounding: at most this many exchanges, and only
@@ -822,6 +826,23 @@ def solve_flop_nnz_lp(
     )
 
 
+def _estimate_nu(oracle: Any) -> float | None:
+    """Optimal nu of a strided sample of about ``_SAMPLE_P`` coordinates (None for small p).
+
+    Budgets are scaled by the sampling fraction; the sample's dual optimum is close to the
+    full one, so Kelley can start from a tight bracket (fewer full evaluations).
+    """
+    p = oracle.p
+    stride = p // _SAMPLE_P
+    if stride < 4:
+        return None
+    vs = np.ascontiguousarray(oracle.v[::stride])
+    fs = np.ascontiguousarray(oracle.f[::stride])
+    frac = vs.shape[0] / p
+    sub = _GeneralOracle(vs, fs, int(round(oracle.k * frac)), oracle.F * frac)
+    return _kelley(sub, sub.F)[2]
+
+
 def _kelley(oracle: Any, F: float) -> tuple[Any, float | None, float, float, int]:
     """Minimise g(nu) over nu >= 0 (Kelley's cutting planes in 1-D).
 
@@ -832,13 +853,39 @@ def _kelley(oracle: Any, F: float) -> tuple[Any, float | None, float, float, int
     it = 1
     if F - f0 >= 0:  # slope >= 0 at nu = 0: optimal there, T0 is an integral LP optimum
         return T0, None, 0.0, g0, it
-    nu_R = 2.0 * oracle.nu_upper() + 1e-300
-    gR, vR, fR, TR = oracle.evaluate(nu_R)
-    it += 1
-    bound = min(g0, gR)
-    if F - fR <= 0:  # slope F - 0 = F: here F == 0, flat line, optimal
-        return TR, None, nu_R, gR, it
+    bound = g0
     nu_L, fL, vL, TL = 0.0, f0, v0, T0
+    right: tuple | None = None
+    # Warm bracket: nu* of a strided sample (budgets scaled), then geometric probes around it.
+    est = _estimate_nu(oracle)
+    if est is not None and est > 0.0:
+        step, nu = _PROBE_STEP, est
+        for _ in range(_PROBES):
+            g, vT, fT, T = oracle.evaluate(nu)
+            it += 1
+            bound = min(bound, g)
+            if F - fT == 0:  # tangent of slope 0: optimal
+                return T, None, nu, bound, it
+            if F - fT < 0:
+                nu_L, fL, vL, TL = nu, fT, vT, T
+                if right is not None:
+                    break
+                nu = est * (1.0 + step)
+            else:
+                right = (nu, fT, vT, T)
+                if nu_L > 0.0 or est * (1.0 - step) <= 0.0:
+                    break
+                nu = est * (1.0 - step)
+            step *= 4.0
+    if right is None:
+        nu_R = 2.0 * oracle.nu_upper() + 1e-300
+        gR, vR, fR, TR = oracle.evaluate(nu_R)
+        it += 1
+        bound = min(bound, gR)
+        if F - fR <= 0:  # slope F - 0 = F: here F == 0, flat line, optimal
+            return TR, None, nu_R, gR, it
+    else:
+        nu_R, fR, vR, TR = right
     nu = nu_L
     narrow = getattr(oracle, "narrow", None)
     for _ in range(_MAX_ITER):

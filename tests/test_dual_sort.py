@@ -59,6 +59,7 @@ def small_constants(request, monkeypatch):
         monkeypatch.setattr(ds, "_PIVOTS", 3)
         monkeypatch.setattr(ds, "_BLOCK", 3)
         monkeypatch.setattr(ds, "_NARROW_MIN", 2)
+        monkeypatch.setattr(ds, "_SAMPLE_P", 8)
     return request.param
 
 
