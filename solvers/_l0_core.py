@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 #: Largest working copy of gathered columns, as a fraction of ``A``'s bytes (the 1.5x memory rule).
 GATHER_FRACTION = 0.45
+#: Largest active-set block (IHT's candidate columns), as a fraction of ``A``'s bytes; a support
+#: gathered from inside it is at most about half of it, so A + block + support <= ~1.5 A.
+ACTIVE_FRACTION = 0.33
 
 
 def vdot(x: np.ndarray, y: np.ndarray) -> float:

@@ -44,7 +44,7 @@ contiguous block): the current support plus the outside coordinates with the lar
 gradient. When it has converged on C, one full gradient ``A^T e`` is computed and the
 coordinates outside C that a full projected step ``P(w - tau g)`` (tau = the largest accepted
 step) would select are added to C; this repeats until no coordinate is added. When C would
-exceed ~0.45 of A's bytes the whole matrix is used in place (no copy). (The outside check
+exceed ~0.33 of A's bytes the whole matrix is used in place (no copy). (The outside check
 uses the steps ``tau, 2 tau, ..., 16 tau``, the range the line search explores.)
 
 Conjugate directions: while the support does not change, the search direction on the support
@@ -66,7 +66,7 @@ import numpy as np
 
 from combprune.result import Deadline, History
 
-from ._l0_core import GATHER_FRACTION, ColumnOperator, L0Data, Projector, vdot
+from ._l0_core import ACTIVE_FRACTION, GATHER_FRACTION, ColumnOperator, L0Data, Projector, vdot
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,9 @@ class InnerIHT:
         e: np.ndarray | None = None,
         line_search: bool = True,
         lipschitz: float | None = None,
+        gather_fraction: float = GATHER_FRACTION,
     ) -> None:
+        self.gather_fraction = gather_fraction
         self.op, self.b, self.w_bar, self.ridge, self.proj, self.const = op, b, w_bar, ridge, proj, const
         self.w = w.copy()
         self.mask = mask.copy()
@@ -167,8 +169,9 @@ class InnerIHT:
         mask = self.w != 0
         if not mask.any():
             return False
-        # the columns of the support are a subset of this (active) block: gather them whole
-        w, e = ridge_solve_on_support(self.op.A, self.b, self.w_bar, self.ridge, mask, return_residual=True, max_gather_fraction=1.0)
+        w, e = ridge_solve_on_support(
+            self.op.A, self.b, self.w_bar, self.ridge, mask, return_residual=True, max_gather_fraction=self.gather_fraction
+        )
         f = self.value(w, e)
         if not f <= self.f:
             return False
@@ -419,7 +422,7 @@ def iht_active_set(
         out.converged = True
         return out
     m = p if active_factor is None else min(p, max(k + 1, int(math.ceil(active_factor * k))))
-    full = m >= p or m * op.n * op.itemsize > GATHER_FRACTION * op.nbytes
+    full = m >= p or m * op.n * op.itemsize > ACTIVE_FRACTION * op.nbytes
     C: np.ndarray | None = None
     tau_check = 0.0
     total_it = 0
@@ -457,7 +460,7 @@ def iht_active_set(
                     out.converged = True
                     break
                 C = C | new
-                if int(C.sum()) * op.n * op.itemsize > GATHER_FRACTION * op.nbytes:
+                if int(C.sum()) * op.n * op.itemsize > ACTIVE_FRACTION * op.nbytes:
                     full = True
             C_idx = np.arange(p) if full else np.flatnonzero(C)
             sub_op = op if full else op.sub(C_idx)
@@ -465,6 +468,7 @@ def iht_active_set(
         inner = InnerIHT(
             sub_op, b, data.w_bar[C_idx], ridge, proj.restrict(C_idx) if C_idx.size < p else proj,
             max(const, 0.0), w[C_idx], w[C_idx] != 0, e=e, line_search=line_search,
+            gather_fraction=GATHER_FRACTION if sub_op is op else 1.0,  # a support inside the block is <= ~half of it
         )
         it, steps, conv = run_inner(
             inner, deadline=deadline, max_iter=max(1, max_iter - total_it), tol=tol, on_iterate=record, stable_iters=stable_iters
@@ -514,11 +518,14 @@ def polish_on_support(
     S = np.flatnonzero(w)
     if S.size == 0:
         return w.copy(), -data.b.copy()
-    if active_idx is not None and active_op is not None and np.all(np.isin(S, active_idx, assume_unique=True)):
-        local = np.searchsorted(active_idx, S)
-        opS = active_op.sub(local)
-    else:
+    if active_idx is not None and active_op is not None and active_op is not data.op and np.all(np.isin(S, active_idx, assume_unique=True)):
+        opS = active_op.sub(np.searchsorted(active_idx, S))  # at most about half the active block
+    elif S.size * data.n * data.op.itemsize <= GATHER_FRACTION * data.op.nbytes:
         opS = data.op.sub(S)
+    else:  # too large to gather: the direct back-solve streams A_S in chunks
+        from .backsolve import ridge_solve_on_support
+
+        return ridge_solve_on_support(data.op.A, data.b, data.w_bar, data.ridge, w != 0, return_residual=True)
     const = 0.5 * data.ridge * float(data.wbar_sq.sum() - data.wbar_sq[S].sum())
     inner = InnerIHT(opS, data.b, data.w_bar[S], data.ridge, Projector(S.size), max(const, 0.0), w[S], np.ones(S.size, bool))
     run_inner(inner, deadline=deadline, max_iter=max_iter, tol=rtol, patience=2, refresh_every=10)

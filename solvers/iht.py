@@ -86,7 +86,7 @@ def final_backsolve(
     if mode == "cg":
         return polish_on_support(data, w, deadline=deadline, active_idx=active_idx, active_op=active_op)
     S = np.flatnonzero(mask)
-    if active_idx is not None and active_op is not None and active_idx.size < data.p and np.all(np.isin(S, active_idx, assume_unique=True)):
+    if active_idx is not None and active_op is not None and active_op is not data.op and np.all(np.isin(S, active_idx, assume_unique=True)):
         local = np.zeros(active_idx.size, dtype=bool)
         local[np.searchsorted(active_idx, S)] = True
         wC, e = ridge_solve_on_support(active_op.A, data.b, data.w_bar[active_idx], data.ridge, local, return_residual=True, max_gather_fraction=1.0)
