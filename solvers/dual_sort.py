@@ -50,8 +50,10 @@ Public API (stable: used by the IHT / DFO / FALCON solvers as the FLOP-aware pro
 
 ``layer`` (optional int array, p) groups coordinates whose cost is constant (a network layer,
 or any grouping by equal cost); it enables the per-layer fast path: one sort per layer
-(about the cost of one ``np.sort`` of p values) and a p-independent dual search. Without it
-every dual evaluation is an ``O(p)`` partition (typically 5-20 evaluations).
+(about the cost of one ``np.sort`` of p values) and a p-independent dual search. Without it,
+long contiguous runs of equal cost are detected and used as layers (``auto_layers``);
+otherwise every dual evaluation is an ``O(p)`` partition over a shrinking candidate set
+(typically 10-20 evaluations). Below p = 50 000 the general path is used (it is faster).
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ _LAYERED_MIN_P = 50_000
 _SAMPLE_P = 16384
 _PROBE_STEP = 0.02
 _PROBES = 8
+#: Without a layer index, runs of equal cost this long on average are used as layers.
+_AUTO_RUN_LENGTH = 1000
 #: General path: candidate shrinking starts once this many candidates remain.
 _NARROW_MIN = 1024
 #: Layered 1-swap local search after the rounding: at most this many exchanges, and only
@@ -301,15 +305,23 @@ class _LayeredOracle:
         if bad.any():
             raise ValueError(f"layer: costs must be constant within a layer (layer {int(ls[1:][bad][0])} has several costs)")
 
-    def __init__(self, v: np.ndarray, f: np.ndarray, layer: np.ndarray, k: int, F: float,
-                 check_input: bool = True) -> None:
+    def __init__(self, v: np.ndarray, f: np.ndarray, layer: np.ndarray | None, k: int, F: float,
+                 check_input: bool = True, runs: np.ndarray | None = None) -> None:
+        """``layer``: int label per coordinate; or ``layer=None`` and ``runs``: the start
+        indices (after 0) of contiguous runs of equal cost, each run used as a layer."""
         self.k, self.F = k, F
         self.p = v.shape[0]
         self.v, self.f = v, f
-        lay = np.asarray(layer)
-        change = np.flatnonzero(lay[1:] != lay[:-1]) + 1
-        run_labels = lay[np.concatenate(([0], change))] if self.p else lay[:0]
-        if np.unique(run_labels).size == run_labels.size:  # every layer is one contiguous run
+        if layer is None:
+            change, check_input = np.asarray(runs, dtype=np.int64), False
+            lay = np.zeros(0, dtype=np.int64)
+            contiguous = True
+        else:
+            lay = np.asarray(layer)
+            change = np.flatnonzero(lay[1:] != lay[:-1]) + 1
+            run_labels = lay[np.concatenate(([0], change))] if self.p else lay[:0]
+            contiguous = np.unique(run_labels).size == run_labels.size
+        if contiguous:  # every layer is one contiguous run
             self.order = None
             w, fw = v, f
         else:
@@ -776,7 +788,8 @@ def _as_vector(name: str, x: Any, p: int | None = None, check: bool = True) -> n
 
 
 def solve_flop_nnz_lp(
-    values: Any, costs: Any, k: int, flop_budget: float, layer: Any = None, *, check_input: bool = True
+    values: Any, costs: Any, k: int, flop_budget: float, layer: Any = None, *, check_input: bool = True,
+    auto_layers: bool = True,
 ) -> DualSortSolution:
     """Solve the LP relaxation of the FLOP-NNZ ILP exactly and round it (see module docstring).
 
@@ -789,6 +802,9 @@ def solve_flop_nnz_lp(
     layer : optional (p,) integer group index with ``costs`` constant per group (fast path).
     check_input : validate finiteness/signs and the per-layer constancy of the costs (two
         passes over the data); callers that already validated (e.g. a ``FlopNnzILP``) skip it.
+    auto_layers : without ``layer``, use contiguous runs of equal cost as layers when they
+        are long (on average at least ``_AUTO_RUN_LENGTH`` = 1000 coordinates, p >= 50 000):
+        the usual case of costs laid out layer after layer. One pass over ``costs``.
 
     Returns
     -------
@@ -804,6 +820,10 @@ def solve_flop_nnz_lp(
     if not math.isfinite(F) or F < 0:
         raise ValueError(f"flop_budget: expected a finite number >= 0, got {flop_budget!r}")
     oracle: Any = None
+    if layer is None and auto_layers and p >= _LAYERED_MIN_P:
+        runs = np.flatnonzero(f[1:] != f[:-1]) + 1  # contiguous runs of equal cost
+        if (runs.size + 1) * _AUTO_RUN_LENGTH <= p:
+            oracle = _LayeredOracle(v, f, None, k, F, False, runs=runs)
     if layer is not None and p > 0:
         lay = backend.to_numpy(layer)
         if lay.shape != (p,):
@@ -936,7 +956,8 @@ def dual_sort(problem: FlopNnzILP, *, deadline: Deadline, seed: int | None = Non
 
     Options
     -------
-    use_layers : use the per-layer fast path when the problem has a ``layer`` index (default).
+    use_layers : use the per-layer fast path when the problem has a ``layer`` index, or when
+        its costs come in long runs of equal cost (default True).
 
     ``result.info``: ``lp_value``, ``mu``, ``nu``, ``lp_x`` (the LP primal, input namespace),
     ``fractional`` (indices), ``dropped_value`` (sum of dropped fractional values),
@@ -946,7 +967,8 @@ def dual_sort(problem: FlopNnzILP, *, deadline: Deadline, seed: int | None = Non
     if not isinstance(use_layers, bool):
         raise ValueError(f"use_layers: expected a bool, got {use_layers!r}")
     layer = problem.layer if use_layers else None
-    sol = solve_flop_nnz_lp(problem.values, problem.costs, problem.k, problem.flop_budget, layer, check_input=False)
+    sol = solve_flop_nnz_lp(problem.values, problem.costs, problem.k, problem.flop_budget, layer, check_input=False,
+                            auto_layers=use_layers)
     like = problem.values
     x_np = sol.support.astype(np.float64)
     x = backend.from_numpy(x_np, like=like, keep_dtype=True)

@@ -60,6 +60,7 @@ def small_constants(request, monkeypatch):
         monkeypatch.setattr(ds, "_BLOCK", 3)
         monkeypatch.setattr(ds, "_NARROW_MIN", 2)
         monkeypatch.setattr(ds, "_SAMPLE_P", 8)
+        monkeypatch.setattr(ds, "_AUTO_RUN_LENGTH", 2)
     return request.param
 
 
@@ -178,6 +179,24 @@ def test_larger_instance_layered_and_general(layers, small_constants):
     assert sol.lp_value == pytest.approx(ref, rel=1e-9)
     _check_solution(sol, v, f, problem.k, problem.flop_budget)
     assert sol.path == ("general" if layers is None else "layered")
+
+
+def test_auto_layers_from_runs_of_equal_cost(monkeypatch):
+    monkeypatch.setattr(ds, "_LAYERED_MIN_P", 1)
+    monkeypatch.setattr(ds, "_AUTO_RUN_LENGTH", 50)
+    problem = random_flop_ilp(2000, 500, n_layers=8, budget_fraction=0.1, seed=7)
+    v, f = np.asarray(problem.values), np.asarray(problem.costs)
+    auto = solve_flop_nnz_lp(v, f, problem.k, problem.flop_budget)
+    assert auto.path == "layered"
+    plain = solve_flop_nnz_lp(v, f, problem.k, problem.flop_budget, auto_layers=False)
+    assert plain.path == "general"
+    ref = highs_lp(v, f, problem.k, problem.flop_budget)
+    assert auto.lp_value == pytest.approx(ref, rel=1e-9)
+    assert plain.lp_value == pytest.approx(ref, rel=1e-9)
+    _check_solution(auto, v, f, problem.k, problem.flop_budget)
+    flat = FlopNnzILP(v, f, problem.k, problem.flop_budget)  # no layer index
+    assert combprune.solve(flat, "dual-sort").info["path"] == "layered"
+    assert combprune.solve(flat, "dual-sort", use_layers=False).info["path"] == "general"
 
 
 def test_non_contiguous_layers_and_ties(monkeypatch):
