@@ -217,3 +217,18 @@ def test_bad_options_raise():
         cp.solve(prob, solver="chita", swap_options=3)
     with pytest.raises(TypeError, match="unknown option"):
         cp.solve(prob, solver="chita", stepsize=1.0)
+
+
+@pytest.mark.skipif(not cp.backend.cupy_available(), reason="needs CuPy and a CUDA device")
+def test_cupy_inputs():  # pragma: no cover - GPU only
+    import cupy
+
+    prob = random_l0_regression(30, 300, 20, flop_layers=3, flop_fraction=0.4, seed=12)
+    A, b, wb, c = (np.array(x) for x in (prob.A, prob.b, prob.w_bar, prob.flop_costs))
+    pc = cp.L0Regression(cupy.asarray(A, dtype=cupy.float32), cupy.asarray(b, dtype=cupy.float32), 20, ridge=prob.ridge,
+                         w_bar=cupy.asarray(wb, dtype=cupy.float32), flop_costs=cupy.asarray(c), flop_budget=prob.flop_budget)
+    for solver in ("backsolve", "iht", "chita", "dfo"):
+        r = cp.solve(pc, solver=solver)
+        assert isinstance(r.x, cupy.ndarray) and r.x.dtype == cupy.float32
+        assert not pc.check(r.x)
+        assert r.objective == pytest.approx(pc.objective(r.x), rel=1e-4)
