@@ -196,7 +196,7 @@ def system_refit(problem: StructuredMIQP, alive: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 4096, 8192])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024, 4096, 8192], help="(none: only --append/--merge)")
     ap.add_argument("--group-sizes", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--naive-budget", type=float, default=150.0, help="run the naive search fully when predicted below (s)")
     ap.add_argument("--probes", type=int, default=3, help="timed naive candidates per probed size")
@@ -205,17 +205,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="sizes 256 and 1024 only")
     ap.add_argument("--name", default="structured")
     ap.add_argument("--append", action="store_true", help="merge with the rows already in results/<name>.json")
+    ap.add_argument("--merge", nargs="*", default=[], help="also take the rows of these results/<NAME>.json files")
     args = ap.parse_args()
     if args.quick:
         args.sizes = [256, 1024]
     from threadpoolctl import threadpool_limits
 
-    rows = []
-    if args.append and os.path.exists(os.path.join(RESULTS_DIR, f"{args.name}.json")):
-        with open(os.path.join(RESULTS_DIR, f"{args.name}.json")) as fh:
-            rows = json.load(fh)["rows"]
-        done = {(d, gs) for gs in args.group_sizes for d in args.sizes}
-        rows = [r for r in rows if (r["d"], r["group"]) not in done]
+    rows: list[dict] = []
+    sources = ([args.name] if args.append else []) + list(args.merge)
+    for name in sources:  # later sources replace earlier rows of the same (d, group)
+        path = os.path.join(RESULTS_DIR, f"{name}.json")
+        if os.path.exists(path):
+            with open(path) as fh:
+                new = json.load(fh)["rows"]
+            keys = {(r["d"], r["group"]) for r in new}
+            rows = [r for r in rows if (r["d"], r["group"]) not in keys] + new
+    done = {(d, gs) for gs in args.group_sizes for d in args.sizes}
+    rows = [r for r in rows if (r["d"], r["group"]) not in done]
     with threadpool_limits(limits=args.threads):
         for gs in args.group_sizes:
             for d in args.sizes:
