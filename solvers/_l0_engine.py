@@ -41,7 +41,7 @@ Active set
 ----------
 IHT runs on a candidate set C of about ``active_factor * k`` columns (gathered into a
 contiguous block): the current support plus the outside coordinates with the largest
-gradient. When it has converged on C, one full gradient ``A^T e`` is computed and the
+gradient (half the room) and the largest ``|w_bar|`` (the other half). When it has converged on C, one full gradient ``A^T e`` is computed and the
 coordinates outside C that a full projected step ``P(w - tau g)`` (tau = the largest accepted
 step) would select are added to C; this repeats until no coordinate is added. When C would
 exceed ~0.33 of A's bytes the whole matrix is used in place (no copy). (The outside check
@@ -441,12 +441,16 @@ def iht_active_set(
                 room = m - int(C.sum())
                 outside = np.flatnonzero(~C)
                 if room > 0 and outside.size:
-                    score = np.abs(g_full[outside])
-                    if room < outside.size:
-                        pick = outside[np.argpartition(-score, room - 1)[:room]]
-                    else:
-                        pick = outside
-                    C[pick] = True
+                    # half by the full gradient (what an IHT step would pick), half by |w_bar|
+                    # (the weights next in line after the magnitude cut)
+                    for score, quota in ((np.abs(g_full), (room + 1) // 2), (np.abs(data.w_bar), room)):
+                        out_idx = np.flatnonzero(~C)
+                        quota = min(quota, m - int(C.sum()), out_idx.size)
+                        if quota <= 0:
+                            continue
+                        sc = score[out_idx]
+                        pick = out_idx[np.argpartition(-sc, quota - 1)[:quota]] if quota < out_idx.size else out_idx
+                        C[pick] = True
             else:
                 if tau_check <= 0:
                     out.converged = True
@@ -533,3 +537,4 @@ def polish_on_support(
     out = np.zeros_like(w)
     out[S] = inner.w
     return out, inner.e
+
