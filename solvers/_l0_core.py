@@ -30,6 +30,8 @@ from combprune import backend
 from combprune.problems import L0Regression
 from combprune.problems.l0_regression import flop_total, within_budget
 
+from .magnitude import topk_mask  # the project's top-k (O(p), deterministic ties)
+
 logger = logging.getLogger(__name__)
 
 #: Largest working copy of gathered columns, as a fraction of ``A``'s bytes (the 1.5x memory rule).
@@ -309,19 +311,6 @@ def support_mask(problem: L0Regression, support: Any, name: str = "support", *, 
             total = flop_total(backend.to_numpy(problem.flop_costs), mask)
             if not within_budget(total, problem.flop_budget):
                 raise ValueError(f"{name}: uses {total:.17g} FLOPs > flop_budget = {problem.flop_budget:.17g}")
-    return mask
-
-
-def topk_mask(values: np.ndarray, k: int) -> np.ndarray:
-    """Mask of the k largest entries of ``values`` (argpartition, no full sort)."""
-    m = values.shape[0]
-    mask = np.zeros(m, dtype=bool)
-    if k <= 0:
-        return mask
-    if k >= m:
-        mask[:] = True
-        return mask
-    mask[np.argpartition(values, m - k)[m - k :]] = True
     return mask
 
 
