@@ -108,7 +108,7 @@ def test_gaps_exact_zero_heuristics_match_manual(test_solvers, tmp_path):
     for r in by_label["_test-first-fit"]:  # max sense: gap = (opt - obj) / opt
         opt = next(b["objective"] for b in by_label["bruteforce"] if b["instance_hash"] == r["instance_hash"])
         assert r["best_known"] == pytest.approx(opt)
-        assert r["gap"] == pytest.approx(max(0.0, (opt - r["objective"]) / opt), abs=1e-12)
+        assert r["gap"] == pytest.approx(max(0.0, (opt - r["objective"]) / opt), abs=1e-10)
     for label, recs in by_label.items():  # every heuristic, recomputed independently
         for r in recs:
             opt = next(b["objective"] for b in by_label["bruteforce"] if b["instance_hash"] == r["instance_hash"])
@@ -166,7 +166,7 @@ def test_gap_properties(sense, objs, data):
             assert r["gap"] == 0.0 and r["solved"]
         else:
             expected = abs(r["objective"] - best) / max(abs(best), 1e-12)
-            assert r["gap"] == pytest.approx(expected if expected >= 1e-12 else 0.0)
+            assert r["gap"] == pytest.approx(expected if expected >= 1e-10 else 0.0)
     # gaps do not depend on the order of the records
     shuffled = data.draw(st.permutations(recs))
     again = {r["key"]: r["gap"] for r in StudyResults(shuffled).records}

@@ -11,7 +11,7 @@ status is ``optimal``, ``feasible`` or ``time_limit``, its objective is finite a
     gap = (objective - best) / max(|best|, 1e-12)      (min)
     gap = (best - objective) / max(|best|, 1e-12)      (max)
 
-so ``gap >= 0`` and 0 for the best point (relative differences below 1e-12 are rounding
+so ``gap >= 0`` and 0 for the best point (relative differences below 1e-10 are rounding
 noise and reported as 0). ``reference`` says where ``best`` comes from:
 ``"exact"`` when a solver proved optimality (status ``optimal``) at that value (within
 ``gap_tol``), else ``"best-found"`` (the gap is then only relative to the other solvers).
@@ -43,7 +43,7 @@ __all__ = ["StudyResults", "load_results", "format_table"]
 VALID_STATUSES = ("optimal", "feasible", "time_limit")
 FAILED_STATUSES = ("failed", "killed")
 _EPS = 1e-12
-NOISE = 1e-12  # relative differences below this are rounding noise and reported as gap 0
+NOISE = 1e-10  # relative differences below this are rounding noise and reported as gap 0
 
 
 def _lookup(record: dict[str, Any], name: str) -> Any:
