@@ -444,3 +444,15 @@ def test_plus_plus_methods_small_cnn(method, budget):
         assert m["sparsity"] >= budget["sparsity"] - 1e-12
     else:
         assert report.effective_flops <= report.flop_limit * (1 + 1e-12)
+
+
+def test_explicit_schedule_repeats_target():
+    model = tiny_mlp()
+    X, y = data((3,), n=12)
+    report = cpt.prune(model, (X, y), method="bruteforce", sparsity=0.6, schedule=[0.3, 0.6, 0.6], progress=False)
+    assert [r["k"] for r in report.stages] == [7, 4, 4]
+    report.check_budgets()
+    with pytest.raises(ValueError, match="schedule: the last sparsity"):
+        cpt.prune(tiny_mlp(), (X, y), method="bruteforce", sparsity=0.6, schedule=[0.3, 0.5], progress=False)
+    with pytest.raises(ValueError, match="schedule: sparsities must be non-decreasing"):
+        cpt.prune(tiny_mlp(), (X, y), method="bruteforce", sparsity=0.6, schedule=[0.6, 0.3, 0.6], progress=False)

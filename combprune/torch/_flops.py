@@ -92,15 +92,6 @@ def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> 
     return [per_module[id(p.module)] * p.numel / by_module[id(p.module)] for p in params]
 
 
-def per_weight_cost(dense: float, numel: int) -> float:
-    """FLOPs of one weight: ``dense / numel`` (exact for Linear and convolutions)."""
-    return dense / numel if numel else 0.0
-
-
-def fsum(values: list[float]) -> float:
-    return math.fsum(values)
-
-
 def measure(model: nn.Module, example: Any, *, targets: Any = None, ignore: Any = None) -> dict[str, float]:
     """Weights and FLOPs of ``model`` as it is now (masks applied), on one sample of ``example``.
 

@@ -33,7 +33,7 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -159,6 +159,32 @@ def _check_fraction(name: str, value: Any, *, low_open: bool, high_open: bool) -
     return v
 
 
+def _check_schedule(schedule: Any, sparsity: float | None) -> tuple[float, ...]:
+    try:
+        seq = tuple(float(v) for v in schedule)
+    except (TypeError, ValueError):
+        raise TypeError(f"schedule: expected a schedule name or a sequence of sparsities, got {schedule!r}") from None
+    if not seq:
+        raise ValueError("schedule: empty sequence")
+    if any(not (0.0 <= v < 1.0) for v in seq) or any(b < a for a, b in zip(seq, seq[1:])):
+        raise ValueError(f"schedule: sparsities must be non-decreasing in [0, 1), got {seq}")
+    if sparsity is not None and abs(seq[-1] - sparsity) > 1e-12:
+        raise ValueError(f"schedule: the last sparsity {seq[-1]} must equal sparsity={sparsity}")
+    return seq
+
+
+def _explicit_budgets(seq: tuple[float, ...], p: int, k: int, dense: float, F: float | None) -> list[Any]:
+    """(k_t, F_t) of an explicit sparsity schedule: stage t goes ``s_t / s_T`` of the way."""
+    target = seq[-1]
+    out: list[Any] = []
+    for s_t in seq:
+        frac = s_t / target if target > 0 else 1.0
+        k_t = max(k, min(p, int(round(p - frac * (p - k)))))
+        out.append(k_t if F is None else (k_t, dense - frac * (dense - F)))
+    out[-1] = k if F is None else (k, F)
+    return out
+
+
 def _registered(name: str) -> bool:
     try:
         get_solver(name)
@@ -206,7 +232,7 @@ def prune(
     ignore: Any = None,
     n_samples: int | None = 1000,
     stages: int | None = None,
-    schedule: str = "poly",
+    schedule: str | Sequence[float] = "poly",
     base_sparsity: float = 0.0,
     structured: bool = False,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
@@ -243,7 +269,10 @@ def prune(
     stages : number of stages of the multi-stage methods (default 10 for ``chita++`` /
         ``falcon++``, 1 otherwise); any gradient method with ``stages > 1`` is run multi-stage.
     schedule : budget schedule of the stages: ``"poly"`` (cubic, the papers' default),
-        ``"exp"``, ``"linear"``, ``"const"`` (:func:`combprune.solvers.sparsity_schedule`).
+        ``"exp"``, ``"linear"``, ``"const"`` (:func:`combprune.solvers.sparsity_schedule`), or an
+        explicit non-decreasing sequence of sparsities ending at ``sparsity`` (``stages`` is then
+        its length; repeating the target re-linearises at the final budget). With a FLOP budget,
+        stage t gets the same fraction ``s_t / s_T`` of the way from the dense FLOPs to ``F``.
     base_sparsity : sparsity the schedule starts from (before the first stage); FLOP budgets
         follow the same schedule on the fraction of FLOPs removed.
     structured : prune groups (neurons, channels, heads) layer by layer instead of weights.
@@ -286,8 +315,14 @@ def prune(
         raise ValueError(f"apply: expected one of {', '.join(_APPLY)}, got {apply!r}")
     if apply == "physical" and spec.kind != "structured":
         raise ValueError("apply: 'physical' removal needs a structured method (structured=True, 'osscar' or 'group-magnitude')")
-    if schedule not in ("poly", "exp", "linear", "const"):
-        raise ValueError(f"schedule: expected 'poly', 'exp', 'linear' or 'const', got {schedule!r}")
+    if isinstance(schedule, str):
+        if schedule not in ("poly", "exp", "linear", "const"):
+            raise ValueError(f"schedule: expected 'poly', 'exp', 'linear', 'const' or a sequence of sparsities, got {schedule!r}")
+    else:
+        schedule = _check_schedule(schedule, sparsity)
+        if stages is not None and stages != len(schedule):
+            raise ValueError(f"stages: {stages} given but the schedule has {len(schedule)} stages")
+        stages = len(schedule)
     base_sparsity = _check_fraction("base_sparsity", base_sparsity, low_open=False, high_open=True)
     if stages is None:
         stages = _DEFAULT_STAGES if spec.multistage else 1
@@ -447,7 +482,7 @@ def _blocks(ctx: _Context, n: int, max_memory: int, itemsize: int) -> list[tuple
     return blocks
 
 
-def _solve_gradient(ctx: _Context, spec: _Method, k: int, F: float | None, *, solver: str, options: dict[str, Any], stages: int, schedule: str, base_sparsity: float, loss_fn, l2: float, first_order: bool, time_limit: float | None, seed: int | None, max_memory: int, chunk_size: int):
+def _solve_gradient(ctx: _Context, spec: _Method, k: int, F: float | None, *, solver: str, options: dict[str, Any], stages: int, schedule: Any, base_sparsity: float, loss_fn, l2: float, first_order: bool, time_limit: float | None, seed: int | None, max_memory: int, chunk_size: int):
     n = sum(b.size for b in ctx.batches)
     blocks = _blocks(ctx, n, max_memory, 4)
     w_all = ctx.w0.detach().clone()
@@ -531,10 +566,13 @@ def _solve_block(ctx: _Context, w_all: torch.Tensor, a: int, b: int, k: int, F: 
         built.append(build(weights, k_t, F_t))
         return built[-1]
 
+    dense_b = math.fsum(costs.tolist())
+    if not isinstance(schedule, str):  # explicit sparsities -> explicit (k_t, F_t) of this block
+        schedule = _explicit_budgets(tuple(schedule), b - a, k, dense_b, F)
     try:
         res = multistage(
             build_stage, schedule, solver, weights=w_start, k=k, flop_budget=F,
-            dense_flops=None if F is None else math.fsum(costs.tolist()), n_stages=stages, base=base_sparsity,
+            dense_flops=None if F is None else dense_b, n_stages=stages, base=base_sparsity,
             time_limit=time_limit, seed=seed, callback=lambda t, r: bar.update(1), **options,
         )
     finally:
