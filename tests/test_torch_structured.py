@@ -264,6 +264,38 @@ def test_unsupported_graphs_give_clear_errors():
         discover_units(model, pairs=["fc1"])
 
 
+class Shared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 4)
+        self.fc2 = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x))) + self.fc2(x)
+
+
+class Reordered(nn.Module):
+    """Registration order differs from the forward order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Linear(3, 2)
+        self.b = nn.Linear(4, 3)
+        self.a = nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.c(torch.tanh(self.b(torch.relu(self.a(x)))))
+
+
+def test_shared_consumer_is_refused_and_forward_order_is_used():
+    with pytest.raises(UnsupportedGraphError, match="called 2 times"):
+        prune_structured(Shared(), torch.randn(8, 4), method="bruteforce", pairs=[("fc1", "fc2")], progress=False)
+    torch.manual_seed(0)
+    model = Reordered().eval()
+    _, plan = prune_structured(model, torch.randn(16, 5), method="bruteforce", sparsity=0.5, progress=False)
+    assert [u.consumer for u in plan.units] == ["b", "c"]
+
+
 def test_unsupported_hf_attention_raises():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.GPT2Config(n_embd=16, n_head=2, n_layer=1, vocab_size=30, n_positions=16)

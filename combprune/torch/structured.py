@@ -578,6 +578,7 @@ def prune_structured(
     if not units:
         raise ValueError(f"targets: no structured unit of kinds {kinds} has its consumer layer selected by targets={targets!r}, ignore={ignore!r}")
     batches = _calibration.collect(calibration, n_samples, device)
+    units = _forward_order(model, units, modules, batches[0])
     plan = StructuredPlan(units)
     touched = sorted({n for u in units for n in (u.consumer, *u.producers)}, key=list(modules).index)
     dense_flops = dict(zip(touched, layer_flops(model, [PrunableParam(n, "weight", modules[n]) for n in touched], batches[0])))
@@ -648,6 +649,39 @@ def _reports(plan: StructuredPlan, modules: Mapping[str, nn.Module], solved: Map
             groups_kept=int(plan.keep[unit.consumer].sum()),
         ))
     return reports
+
+
+def _forward_order(model: nn.Module, units: list[StructuredUnit], modules: Mapping[str, nn.Module], batch: Any) -> list[StructuredUnit]:
+    """``units`` sorted by the first call of their consumer in one forward pass of ``batch``.
+
+    Raises :class:`UnsupportedGraphError` when a consumer is never called or called more than
+    once per forward pass (a shared layer has no single input X to reconstruct).
+    """
+    calls: dict[str, list[int]] = {u.consumer: [] for u in units}
+    counter = [0]
+    handles = []
+    for name in calls:
+
+        def hook(_mod: nn.Module, _args: Any, name: str = name) -> None:
+            counter[0] += 1
+            calls[name].append(counter[0])
+
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _calibration.forward(model, batch.inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for name, seen in calls.items():
+        if len(seen) != 1:
+            raise UnsupportedGraphError(
+                f"{name}: called {len(seen)} times in one forward pass; structured pruning needs each consumer layer called exactly once"
+            )
+    return sorted(units, key=lambda u: calls[u.consumer][0])
 
 
 def _gram_of(model: nn.Module, layer: nn.Module, batches: list[Any]) -> tuple[torch.Tensor, int]:
