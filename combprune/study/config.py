@@ -14,6 +14,7 @@ Format (every table and key is checked; an error names the field, e.g.
     memory = "rss"                        # "rss" | "tracemalloc" | "none"
     gap_tol = 1e-6                        # "solved to optimality" threshold (relative gap)
     rerun_failed = false                  # re-run failed/killed solves on resume
+    threads_per_worker = 1                # BLAS/OpenMP threads per process worker (default: unchanged)
 
     [[instances]]                         # generated: one instance per seed and sweep point
     generator = "l0_regression"           # "l0_regression" | "flop_nnz_ilp" | "structured_miqp"
@@ -206,7 +207,7 @@ def _check_options(path: str, solver: str, options: dict[str, Any]) -> dict[str,
 
 # ------------------------------------------------------------------------------ sections
 _STUDY_KEYS = ("name", "output", "executor", "workers", "time_limit", "grace", "seeds", "memory", "gap_tol",
-               "rerun_failed", "start_method", "ray_address")
+               "rerun_failed", "start_method", "threads_per_worker", "ray_address")
 _INSTANCE_KEYS = ("generator", "path", "factory", "params", "sweep", "seeds", "name")
 _SOLVER_KEYS = ("solver", "label", "options", "time_limit", "seeds", "exclude", "exact")
 _REPORT_KEYS = ("dir", "group_by", "prefix", "plots")
@@ -353,6 +354,10 @@ def parse_config(data: dict[str, Any], *, default_name: str = "study", overrides
         if executor != "process":
             raise ConfigError("study.start_method: only with executor = 'process'")
         executor_options["start_method"] = _str("study.start_method", st["start_method"], ("spawn", "forkserver", "fork"))
+    if "threads_per_worker" in st:
+        if executor != "process":
+            raise ConfigError("study.threads_per_worker: only with executor = 'process'")
+        executor_options["threads"] = _int("study.threads_per_worker", st["threads_per_worker"], 1)
     if "ray_address" in st:
         if executor != "ray":
             raise ConfigError("study.ray_address: only with executor = 'ray'")

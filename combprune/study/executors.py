@@ -153,11 +153,25 @@ def _worker_main(conn: multiprocessing.connection.Connection, cache_size: int) -
         conn.send(execute_task(problem, payload))
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
 class _Worker:
-    def __init__(self, ctx: Any, cache_size: int) -> None:
+    def __init__(self, ctx: Any, cache_size: int, threads: int | None = None) -> None:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, cache_size), daemon=True, name="combprune-study-worker")
-        self.proc.start()
+        saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
+        try:
+            if threads is not None:  # read by BLAS / OpenMP / torch when the spawned worker loads them
+                os.environ.update({var: str(threads) for var in THREAD_VARIABLES})
+            self.proc.start()
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
         child.close()
         self.cache = _LRU(cache_size)
         self.task: Task | None = None
@@ -197,16 +211,26 @@ class ProcessExecutor(Executor):
         (no inherited threads); solvers registered in a script or test module are re-registered
         in the worker by pickling their function by reference.
     cache_size : problems kept per worker.
+    threads : if given, the thread count of BLAS / OpenMP / torch in each worker (set through
+        ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``... in the worker's
+        environment; effective with ``start_method="spawn"`` or ``"forkserver"``). Keeps
+        ``workers x threads`` within the cores; solver options such as HiGHS' ``threads``
+        are separate.
     """
 
     name = "process"
 
-    def __init__(self, workers: int | None = None, *, start_method: str = "spawn", cache_size: int = 4) -> None:
+    def __init__(
+        self, workers: int | None = None, *, start_method: str = "spawn", cache_size: int = 4, threads: int | None = None
+    ) -> None:
         self.workers = workers if workers is not None else max(1, (os.cpu_count() or 2) // 2)
         if self.workers < 1:
             raise ValueError(f"workers: expected >= 1, got {self.workers}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads: expected >= 1, got {threads}")
         self.ctx = multiprocessing.get_context(start_method)
         self.cache_size = cache_size
+        self.threads = threads
 
     def run(self, tasks: Iterable[Task], problems: Mapping[str, Any]) -> Iterator[tuple[Task, dict[str, Any]]]:
         pending = collections.deque(tasks)
@@ -214,19 +238,19 @@ class ProcessExecutor(Executor):
             return
         pool: list[_Worker] = []
         try:
-            pool = [_Worker(self.ctx, self.cache_size) for _ in range(min(self.workers, len(pending)))]
+            pool = [_Worker(self.ctx, self.cache_size, self.threads) for _ in range(min(self.workers, len(pending)))]
             while True:
                 for i, w in enumerate(pool):
                     if w.task is None and pending and not w.proc.is_alive():  # died while idle
                         w.stop(kill=True)
-                        pool[i] = w = _Worker(self.ctx, self.cache_size)
+                        pool[i] = w = _Worker(self.ctx, self.cache_size, self.threads)
                     while w.task is None and pending:
                         task = pending.popleft()
                         try:
                             w.submit(task, problems[task.instance_hash])
                         except Exception as exc:  # e.g. the problem cannot be pickled
                             w.stop(kill=True)
-                            pool[i] = w = _Worker(self.ctx, self.cache_size)
+                            pool[i] = w = _Worker(self.ctx, self.cache_size, self.threads)
                             yield task, _crashed(f"cannot send the task to a worker: {type(exc).__name__}: {exc}", 0.0)
                 busy = [w for w in pool if w.task is not None]
                 if not busy:
@@ -268,14 +292,14 @@ class ProcessExecutor(Executor):
                             )
                         if outcome["status"] == "failed" and "traceback" not in outcome:
                             w.stop(kill=True)
-                            pool[i] = _Worker(self.ctx, self.cache_size)
+                            pool[i] = _Worker(self.ctx, self.cache_size, self.threads)
                         else:
                             w.task = None
                         yield task, outcome
                     elif task.kill_after is not None and elapsed >= task.kill_after:
                         logger.warning("%s: solve exceeded %.3g s, stopping its worker", task.key, task.kill_after)
                         w.stop(kill=True)
-                        pool[i] = _Worker(self.ctx, self.cache_size)
+                        pool[i] = _Worker(self.ctx, self.cache_size, self.threads)
                         yield task, _killed(task, elapsed)
         finally:
             for w in pool:
