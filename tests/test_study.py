@@ -62,7 +62,14 @@ def sleeper(problem, *, deadline, seed=None, seconds: float = 60.0):
     raise AssertionError("should have been killed")
 
 
+def env_reporter(problem, *, deadline, seed=None):
+    """Reports the worker's OMP_NUM_THREADS in Result.info."""
+    z = np.zeros(problem.values.shape[0])
+    return Result(x=z, support=z > 0, objective=0.0, status=Status.FEASIBLE, info={"omp": os.environ.get("OMP_NUM_THREADS")})
+
+
 TEST_SOLVERS = {
+    "_test-env": (env_reporter, FlopNnzILP),
     "_test-first-fit": (first_fit, FlopNnzILP),
     "_test-raise": (raising, (L0Regression, FlopNnzILP)),
     "_test-sleep": (sleeper, (L0Regression, FlopNnzILP)),
@@ -176,10 +183,12 @@ def test_gap_properties(sense, objs, data):
 # ------------------------------------------------------------- failures, kills, process pool
 def test_process_executor_failure_and_kill(test_solvers, tmp_path):
     inst = generate("flop_nnz_ilp", seeds=[0], p=8, k=3)
-    runs = ["_test-raise", SolverRun("_test-sleep", label="sleepy"), "bruteforce"]
-    study = Study(inst, runs, time_limit=0.3, grace=0.4, executor="process", workers=1, output=tmp_path / "r.jsonl")
+    runs = ["_test-raise", SolverRun("_test-sleep", label="sleepy"), "bruteforce", "_test-env"]
+    study = Study(inst, runs, time_limit=0.3, grace=0.4, executor="process", workers=1, output=tmp_path / "r.jsonl",
+                  executor_options={"threads": 1})
     res = study.run()
     recs = {r["label"]: r for r in res.records}
+    assert recs["_test-env"]["info"] == {"omp": "1"}  # threads_per_worker reached the (restarted) worker
     assert recs["_test-raise"]["status"] == "failed"
     assert "RuntimeError: deliberate failure" in recs["_test-raise"]["error"]
     assert "traceback" in recs["_test-raise"]
@@ -190,7 +199,7 @@ def test_process_executor_failure_and_kill(test_solvers, tmp_path):
     assert summary["_test-raise"]["failed"] == 1 and summary["sleepy"]["killed"] == 1
     assert summary["sleepy"]["solved"] == 0.0
     # resuming runs nothing again; rerun_failed re-runs exactly the two failures
-    assert len(Study(inst, runs, time_limit=0.3, grace=0.4, executor="serial", output=tmp_path / "r.jsonl").run()) == 3
+    assert len(Study(inst, runs, time_limit=0.3, grace=0.4, executor="serial", output=tmp_path / "r.jsonl").run()) == 4
     seen = []
     Study(inst, runs[:1] + runs[2:], time_limit=0.3, executor="serial", output=tmp_path / "r.jsonl",
           rerun_failed=True).run(callback=seen.append)
