@@ -144,7 +144,10 @@ def _discover() -> None:
 
     for mod in pkgutil.iter_modules(builtin.__path__):
         if not mod.name.startswith("_"):
-            importlib.import_module(f"{builtin.__name__}.{mod.name}")
+            try:
+                importlib.import_module(f"{builtin.__name__}.{mod.name}")
+            except Exception:  # one broken module must not hide the others' solvers
+                logger.exception("failed to import built-in solver module %r", mod.name)
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
