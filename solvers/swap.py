@@ -670,6 +670,8 @@ def swap_search(
     idx = model.support_idx
     weights = np.zeros(data.p)
     weights[idx] = model.w
+    del model
+    search.model = None  # free the kept columns and the factor before the final solve
     out.objective = data.objective(weights)
     if final_solve:
         exact = ridge_solve_on_support(problem.A, data.b, data.w_bar, data.ridge, idx)
