@@ -225,6 +225,16 @@ def test_many_swaps_with_periodic_refactorisation():
     assert ref.objective == pytest.approx(res.objective, rel=1e-6)
 
 
+def test_woodbury_form_with_flop_budget_and_secondary_screen():
+    prob = random_l0_regression(20, 400, 60, design="correlated", rho=0.6, ridge=0.2, flop_layers=5, flop_fraction=0.1, seed=12)
+    mask = _magnitude_mask(prob)
+    res = cp.solve(prob, "swap", warm_start=mask, candidates=8, drop_candidates=4)
+    assert prob.check(res.x) == []
+    assert res.iterations > 0 and not res.info["exhaustive"]
+    assert res.objective < res.info["initial_objective"]
+    assert res.objective == pytest.approx(_optimal_value(prob, np.flatnonzero(res.support)), rel=1e-9)
+
+
 def test_variable_depth_chains():
     prob = random_l0_regression(10, 20, 3, design="planted", ridge=0.01, seed=36)
     start = _magnitude_mask(prob)
