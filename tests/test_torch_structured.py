@@ -296,6 +296,29 @@ def test_shared_consumer_is_refused_and_forward_order_is_used():
     assert [u.consumer for u in plan.units] == ["b", "c"]
 
 
+class Permuting(nn.Module):
+    """Looks like an HF MLP (fc1, activation_fn, fc2) but permutes the features in between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.fc2 = nn.Linear(6, 3)
+        self.activation_fn = nn.GELU()
+
+    def forward(self, x):
+        return self.fc2(self.activation_fn(self.fc1(x)).flip(-1))
+
+
+def test_output_check_undoes_removal_of_a_non_matching_graph():
+    torch.manual_seed(0)
+    model = Permuting().eval()
+    _, plan = prune_structured(model, torch.randn(16, 4), method="bruteforce", sparsity=0.5, progress=False)
+    before = _hash(model)
+    with pytest.raises(ValueError, match="outputs changed"):
+        remove_pruned(model, plan)
+    assert _hash(model) == before and model.fc1.out_features == 6 and model.fc2.in_features == 6
+
+
 def test_unsupported_hf_attention_raises():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.GPT2Config(n_embd=16, n_head=2, n_layer=1, vocab_size=30, n_positions=16)
@@ -467,6 +490,36 @@ def test_physical_bert_heads_and_ffn_and_round_trip(tmp_path, method):
     # the plain loader refuses the smaller checkpoint instead of loading wrong weights
     with pytest.raises(Exception):
         transformers.BertForSequenceClassification.from_pretrained(str(tmp_path))
+
+
+def _hf_case(name: str):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    pixels = torch.randn(4, 3, 8, 8)
+    ids = torch.randint(3, 40, (4, 10))
+    if name == "vit":
+        cfg = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=12, num_labels=3)
+        return transformers.ViTForImageClassification(cfg), pixels, lambda m, x: m(pixel_values=x).logits, ("head", "neuron")
+    if name == "opt":
+        cfg = transformers.OPTConfig(vocab_size=40, hidden_size=16, num_attention_heads=4, ffn_dim=12, num_hidden_layers=2, max_position_embeddings=20, word_embed_proj_dim=16)
+        return transformers.OPTForCausalLM(cfg), [{"input_ids": ids}], lambda m, x: m(input_ids=ids).logits, ("head", "neuron")
+    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=16, num_attention_heads=4, num_key_value_heads=2, intermediate_size=12, num_hidden_layers=2, max_position_embeddings=20)
+    return transformers.LlamaForCausalLM(cfg), [{"input_ids": ids}], lambda m, x: m(input_ids=ids).logits, ("neuron",)
+
+
+@pytest.mark.parametrize("name", ["vit", "opt", "llama"])
+def test_physical_projection_style_hf_models(tmp_path, name):
+    model, calib, call, kinds = _hf_case(name)
+    model.eval()
+    assert {u.kind for u in discover_units(model)} == set(kinds)
+    inputs = calib if isinstance(calib, torch.Tensor) else None
+    _assert_physical_equals_masked(model, calib, inputs, "osscar" if HAS_OSSCAR else "bruteforce", 0.5, call)
+    with torch.no_grad():
+        ref = call(model, inputs)
+    model.save_pretrained(tmp_path)
+    loaded = from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(call(loaded, inputs), ref)
 
 
 @settings(max_examples=15, deadline=None)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from .structured import StructuredPlan, _in_features, _out_features
+from .structured import StructuredPlan, _in_features, _out_features, head_attrs
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +59,21 @@ def _param_like(old: nn.Parameter | None, value: torch.Tensor | None) -> nn.Para
     return nn.Parameter(value.contiguous().clone(), requires_grad=True if old is None else old.requires_grad)
 
 
-def remove_pruned(model: nn.Module, plan: StructuredPlan) -> nn.Module:
+def remove_pruned(model: nn.Module, plan: StructuredPlan, *, check: bool = True, atol: float = 1e-5) -> nn.Module:
     """Physically remove the groups that ``plan`` drops; returns ``model`` (changed in place).
+
+    With ``check`` (default) and calibration inputs in ``plan.example`` (set by
+    :func:`~combprune.torch.structured.prune_structured`), the model's outputs on them are
+    compared before and after the removal; a difference above ``atol * max(1, max|output|)``
+    (an architecture whose forward pass does not follow the recognised pattern) undoes the
+    removal and raises ``ValueError``.
 
     Modules keep their identity (parameters are replaced, ``in_features`` / ``out_features`` /
     ``in_channels`` / ``out_channels`` / ``num_features`` updated); a torch pruning mask on an
-    affected layer is made permanent first. For Hugging Face models the new shapes are recorded
-    in ``model.config.combprune_structure`` (see :func:`from_pretrained`).
+    affected layer is made permanent first (``torch.nn.utils.prune.remove``; this stays even
+    when the output check then fails, as it does not change the outputs). For Hugging Face
+    models the new shapes are recorded in ``model.config.combprune_structure`` (see
+    :func:`from_pretrained`).
 
     Raises ``ValueError`` when the plan does not match the model (names, sizes) or a removed
     group still has nonzero consumer weights; the model is then unchanged.
@@ -96,8 +104,7 @@ def remove_pruned(model: nn.Module, plan: StructuredPlan) -> nn.Module:
                 "(was the model modified after prune_structured?)"
             )
         if u.attention is not None:
-            att = modules[u.attention]
-            if getattr(att, "num_attention_heads", None) != u.n_groups or getattr(att, "attention_head_size", None) != u.features_per_group:
+            if head_attrs(modules[u.attention]) != (u.n_groups, u.features_per_group):
                 raise ValueError(f"plan: {u.attention!r} does not have {u.n_groups} heads of size {u.features_per_group}")
 
     out_keep, in_keep = plan.feature_keep(modules)
@@ -111,22 +118,36 @@ def remove_pruned(model: nn.Module, plan: StructuredPlan) -> nn.Module:
     for u in plan.pruned_units:
         if u.attention is not None:
             n = int(np.sum(plan.keep[u.consumer]))
-            attention_updates.append((modules[u.attention], {"num_attention_heads": n, "all_head_size": n * u.features_per_group}))
+            att = modules[u.attention]
+            attrs = {a: n for a in ("num_attention_heads", "num_heads") if isinstance(getattr(att, a, None), int)}
+            if isinstance(getattr(att, "all_head_size", None), int):
+                attrs["all_head_size"] = n * u.features_per_group
+            attention_updates.append((att, attrs))
 
-    # --- nothing below can fail: swap in the new tensors -------------------------------------
-    for mod, params, buffers, attrs in updates:
+    reference = _outputs(model, plan.example) if check and plan.example is not None else None
+    for mod, *_ in updates:  # torch pruning masks become permanent (outputs unchanged)
         for pname in ("weight", "bias"):
             if hasattr(mod, pname + "_orig"):
                 torch_prune.remove(mod, pname)
-        for pname, value in params.items():
-            setattr(mod, pname, value)
-        for bname, value in buffers.items():
-            mod._buffers[bname] = value
-        for attr, value in attrs.items():
-            setattr(mod, attr, value)
+    saved = [_state_of(mod, params, buffers, attrs) for mod, params, buffers, attrs in updates]
+    saved += [(att, {}, {}, {a: getattr(att, a) for a in attrs}) for att, attrs in attention_updates]
+
+    # --- swap in the new tensors ----------------------------------------------------------------
+    for mod, params, buffers, attrs in updates:
+        _swap(mod, params, buffers, attrs)
     for att, attrs in attention_updates:
-        for attr, value in attrs.items():
-            setattr(att, attr, value)
+        _swap(att, {}, {}, attrs)
+    if reference is not None:
+        after = _outputs(model, plan.example)
+        scale = max(1.0, float(reference.abs().max())) if reference.numel() else 1.0
+        if after.shape != reference.shape or not torch.allclose(after, reference, rtol=0.0, atol=atol * scale):
+            for mod, params, buffers, attrs in saved:
+                _swap(mod, params, buffers, attrs)
+            diff = float((after - reference).abs().max()) if after.shape == reference.shape else float("inf")
+            raise ValueError(
+                f"model: outputs changed by {diff:.3g} after physical removal (> {atol:g} x {scale:.3g}); "
+                f"{type(model).__name__}'s forward pass does not match the recognised pattern, removal undone"
+            )
     if _is_hf(model):
         record = _structure_record(model, modules, set(out_keep) | set(in_keep), attention_updates)
         merged = dict(getattr(model.config, STRUCTURE_KEY, None) or {})
@@ -136,6 +157,41 @@ def remove_pruned(model: nn.Module, plan: StructuredPlan) -> nn.Module:
         setattr(model.config, STRUCTURE_KEY, merged)
     logger.info("removed %d structured units physically", len(plan.pruned_units))
     return model
+
+
+def _outputs(model: nn.Module, example: Any) -> torch.Tensor:
+    """The first tensor of the model's output on ``example`` (eval mode, no gradients)."""
+    from ._calibration import _first_tensor, forward
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = _first_tensor(forward(model, example))
+    finally:
+        model.train(was_training)
+    if out is None:
+        raise ValueError("plan: the model's output contains no tensor to check; pass check=False")
+    return out.detach().float().clone()
+
+
+def _state_of(mod: nn.Module, params: Mapping[str, Any], buffers: Mapping[str, Any], attrs: Mapping[str, Any]):
+    """The current values of what an update will replace (for undoing it)."""
+    return (
+        mod,
+        {p: mod._parameters.get(p) for p in params},
+        {b: mod._buffers.get(b) for b in buffers},
+        {a: getattr(mod, a) for a in attrs},
+    )
+
+
+def _swap(mod: nn.Module, params: Mapping[str, Any], buffers: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
+    for pname, value in params.items():
+        setattr(mod, pname, value)
+    for bname, value in buffers.items():
+        mod._buffers[bname] = value
+    for attr, value in attrs.items():
+        setattr(mod, attr, value)
 
 
 def _device(mod: nn.Module) -> torch.device:

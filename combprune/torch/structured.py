@@ -13,7 +13,7 @@ kind           producer -> consumer               group = rows of the consumer's
 ``channel``    Conv2d -> [BN2d / act] -> Conv2d   one input channel = its ``kh * kw`` rows of
                                                   the unfolded (im2col) input
 ``head``       q, k, v -> attention -> out proj   ``head_dim`` consecutive input rows of the
-                                                  attention output projection
+                                                  attention output projection (Hugging Face)
 =============  =================================  ==========================================
 
 For each unit, in forward order, the consumer's calibration input X (N x d; for a convolution
@@ -99,8 +99,8 @@ class StructuredUnit:
     producers : layers whose *output* features are the groups (one Linear/Conv2d; q, k, v for
         heads); they are shrunk by physical removal.
     norms : BatchNorm layers between producer and consumer (sliced by physical removal).
-    attention : for heads, the module holding ``num_attention_heads`` / ``all_head_size``
-        (Hugging Face BERT-family self-attention), else ``None``.
+    attention : for heads, the Hugging Face module holding the head count
+        (``num_attention_heads`` or ``num_heads``; see :func:`head_attrs`), else ``None``.
     n_groups : number of groups G.
     features_per_group : consumer input features (Linear ``in_features`` / Conv ``in_channels``)
         per group: 1 for neurons and channels, ``head_dim`` for heads.
@@ -144,6 +144,9 @@ class StructuredPlan:
 
     units: list[StructuredUnit]
     keep: dict[str, np.ndarray] = field(default_factory=dict)
+    #: a few calibration inputs (tensor / tuple / dict): :func:`~combprune.torch.physical.remove_pruned`
+    #: checks on them that the smaller model's outputs equal the masked model's.
+    example: Any = None
 
     def unit(self, consumer: str) -> StructuredUnit:
         for u in self.units:
@@ -212,39 +215,66 @@ def _out_features(layer: nn.Module) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
-def _hf_units(model: nn.Module) -> list[StructuredUnit]:
-    """BERT-family Hugging Face blocks (BERT, RoBERTa, ViT, ELECTRA, DeiT, ...).
+def head_attrs(att: nn.Module) -> tuple[int | None, int | None]:
+    """``(number of heads, head size)`` of a Hugging Face attention module (BERT's
+    ``num_attention_heads`` / ``attention_head_size`` or ``num_heads`` / ``head_dim``)."""
+    heads = getattr(att, "num_attention_heads", getattr(att, "num_heads", None))
+    hd = getattr(att, "attention_head_size", getattr(att, "head_dim", None))
+    return (heads if isinstance(heads, int) else None), (hd if isinstance(hd, int) else None)
 
-    Heads: a self-attention module with ``query``/``key``/``value`` Linear children and
-    ``num_attention_heads`` / ``attention_head_size``, whose parent has ``output.dense``
-    (the output projection). FFN neurons: a block with ``intermediate.dense`` (+
-    ``intermediate_act_fn``) and ``output.dense``.
+
+def _linears(mod: nn.Module, names: Iterable[str]) -> bool:
+    return all(isinstance(getattr(mod, n, None), nn.Linear) for n in names)
+
+
+def _hf_units(model: nn.Module) -> list[StructuredUnit]:
+    """Hugging Face transformer blocks, recognised by their module structure.
+
+    Attention heads (no fused or grouped-query projections):
+
+    * BERT family (BERT, RoBERTa, ELECTRA, ...): a self-attention module with
+      ``query``/``key``/``value`` and ``num_attention_heads`` / ``attention_head_size``, whose
+      parent has ``output.dense`` (the output projection);
+    * projection style (ViT, CLIP, OPT, ... in transformers 5.x): a module with
+      ``q_proj``/``k_proj``/``v_proj`` and ``o_proj`` or ``out_proj``, and ``num_heads`` or
+      ``num_attention_heads`` / ``head_dim`` (LLaMA-style modules that read the head count
+      from their config, or with grouped-query attention, are not recognised).
+
+    FFN neurons: ``intermediate.dense`` (+ ``intermediate_act_fn``) -> ``output.dense``
+    (BERT family); ``fc1`` -> ``activation_fn`` -> ``fc2`` (ViT, CLIP, OPT); and the gated
+    ``down_proj(act_fn(gate_proj(x)) * up_proj(x))`` (LLaMA family: producers gate and up).
     """
     units: list[StructuredUnit] = []
     for name, mod in model.named_modules():
         prefix = f"{name}." if name else ""
         children = dict(mod.named_children())
-        # attention heads: mod is the parent (BertAttention / ViTAttention)
         out = children.get("output")
+        # BERT family: mod is the parent (BertAttention)
         for attr, sub in children.items():
-            if attr == "output" or not all(isinstance(getattr(sub, a, None), nn.Linear) for a in ("query", "key", "value")):
+            if attr == "output" or not _linears(sub, ("query", "key", "value")):
                 continue
-            heads, hd = getattr(sub, "num_attention_heads", None), getattr(sub, "attention_head_size", None)
+            heads, hd = head_attrs(sub)
             dense = getattr(out, "dense", None)
-            if not isinstance(heads, int) or not isinstance(hd, int) or not isinstance(dense, nn.Linear):
+            if heads is None or hd is None or not isinstance(dense, nn.Linear):
                 continue
             if dense.in_features != heads * hd or any(getattr(sub, a).out_features != heads * hd for a in ("query", "key", "value")):
                 continue
-            units.append(
-                StructuredUnit(
-                    "head",
-                    f"{prefix}output.dense",
-                    tuple(f"{prefix}{attr}.{a}" for a in ("query", "key", "value")),
-                    attention=f"{prefix}{attr}",
-                    n_groups=heads,
-                    features_per_group=hd,
-                )
-            )
+            units.append(StructuredUnit(
+                "head", f"{prefix}output.dense", tuple(f"{prefix}{attr}.{a}" for a in ("query", "key", "value")),
+                attention=f"{prefix}{attr}", n_groups=heads, features_per_group=hd,
+            ))
+        # projection style
+        o_name = next((n for n in ("o_proj", "out_proj") if isinstance(children.get(n), nn.Linear)), None)
+        if o_name is not None and _linears(mod, ("q_proj", "k_proj", "v_proj")):
+            heads, hd = head_attrs(mod)
+            projections = [getattr(mod, a) for a in ("q_proj", "k_proj", "v_proj")]
+            if heads is not None and hd is not None and children[o_name].in_features == heads * hd and all(
+                p.out_features == heads * hd for p in projections
+            ):
+                units.append(StructuredUnit(
+                    "head", f"{prefix}{o_name}", tuple(f"{prefix}{a}" for a in ("q_proj", "k_proj", "v_proj")),
+                    attention=name, n_groups=heads, features_per_group=hd,
+                ))
         # FFN neurons
         inter = children.get("intermediate")
         if (
@@ -257,6 +287,16 @@ def _hf_units(model: nn.Module) -> list[StructuredUnit]:
             units.append(
                 StructuredUnit("neuron", f"{prefix}output.dense", (f"{prefix}intermediate.dense",), n_groups=inter.dense.out_features)
             )
+        if _linears(mod, ("fc1", "fc2")) and hasattr(mod, "activation_fn") and mod.fc2.in_features == mod.fc1.out_features:
+            units.append(StructuredUnit("neuron", f"{prefix}fc2", (f"{prefix}fc1",), n_groups=mod.fc1.out_features))
+        if (
+            _linears(mod, ("gate_proj", "up_proj", "down_proj"))
+            and hasattr(mod, "act_fn")
+            and mod.gate_proj.out_features == mod.up_proj.out_features == mod.down_proj.in_features
+        ):
+            units.append(StructuredUnit(
+                "neuron", f"{prefix}down_proj", (f"{prefix}gate_proj", f"{prefix}up_proj"), n_groups=mod.down_proj.in_features,
+            ))
     return units
 
 
@@ -579,7 +619,7 @@ def prune_structured(
         raise ValueError(f"targets: no structured unit of kinds {kinds} has its consumer layer selected by targets={targets!r}, ignore={ignore!r}")
     batches = _calibration.collect(calibration, n_samples, device)
     units = _forward_order(model, units, modules, batches[0])
-    plan = StructuredPlan(units)
+    plan = StructuredPlan(units, example=batches[0].slice(0, min(8, batches[0].size)).inputs)
     touched = sorted({n for u in units for n in (u.consumer, *u.producers)}, key=list(modules).index)
     dense_flops = dict(zip(touched, layer_flops(model, [PrunableParam(n, "weight", modules[n]) for n in touched], batches[0])))
 
@@ -608,8 +648,8 @@ def prune_structured(
             if violations:
                 raise RuntimeError(f"{unit.consumer}: solver {method!r} returned an infeasible point: {violations}")
             W = torch.as_tensor(np.asarray(result.x, dtype=np.float64))
-            keep = problem.group_support(result.x)
-            if int(keep.sum()) < s:  # a group may be kept with all-zero weights: keep it as dropped
+            keep = problem.group_support(result.x)  # a selected group with all-zero weights counts as removed
+            if int(keep.sum()) < s:
                 logger.debug("%s: solver kept %d < s = %d nonzero groups", unit.consumer, int(keep.sum()), s)
             originals.setdefault(unit.consumer, layer.weight.detach().clone())
             _set_weight_matrix(layer, W.to(layer.weight.device))
