@@ -101,6 +101,8 @@ _NARROW_MIN = 1024
 #: when there are at most this many layers (the exchange table is L x L).
 _SWAP_ROUNDS = 64
 _SWAP_MAX_LAYERS = 1024
+#: General path's 1-swap: the best unselected values considered per round.
+_SWAP_CANDIDATES = 256
 #: Block length of the layered path's running sums.
 _BLOCK = 2048
 
@@ -180,6 +182,7 @@ class _GeneralOracle:
         self.in_mask = np.zeros(self.p, dtype=bool)
         self.n_in, self.v_in, self.f_in = 0, 0.0, 0.0
         self._mu: dict[float, float] = {}
+        self.nu_star = 0.0  # set before finish(): ranks the swap candidates
 
     def mu(self, nu: float) -> float:
         """(k+1)-th largest of ``a(nu)`` floored at 0 (0 when k = p)."""
@@ -268,7 +271,7 @@ class _GeneralOracle:
         k_rem = self.k - int(np.count_nonzero(support))
         F_rem = self.F - float(self.f[support].sum())
         _greedy_fill(self.v, self.f, support, k_rem, F_rem)
-        _swap_in(self.v, self.f, support, dropped, self.k, self.F)
+        _swap_in(self.v, self.f, support, dropped, self.k, self.F, self.nu_star)
         return lp_support, dropped, z[dropped], support, lp_value, float(self.v[support].sum())
 
     def combine(self, TL: np.ndarray, TR: np.ndarray, lam: float) -> np.ndarray:
@@ -743,28 +746,52 @@ def _greedy_fill(v: np.ndarray, f: np.ndarray, support: np.ndarray, k_rem: int, 
     return added
 
 
-def _swap_in(v: np.ndarray, f: np.ndarray, support: np.ndarray, cand: np.ndarray, k: int, F: float) -> None:
-    """Try to bring each dropped coordinate back by removing one kept coordinate (in place).
+def _swap_in(v: np.ndarray, f: np.ndarray, support: np.ndarray, cand: np.ndarray, k: int, F: float,
+             nu: float = 0.0) -> None:
+    """1-swap local search on the integer solution (in place), then greedy refill.
 
-    For a candidate j, the removed i is the smallest-value kept coordinate whose cost frees
-    enough FLOPs (``f_i >= f_j - F_rem``); the exchange is made when ``v_j > v_i``, then the
-    budgets left are refilled greedily. One ``O(p)`` pass per candidate (at most two).
+    Each round looks at the dropped coordinates ``cand`` and the ``_SWAP_CANDIDATES`` best
+    unselected coordinates by value and by reduced value ``v - nu f``; for a candidate j the coordinate removed is the smallest-value kept i
+    whose cost frees enough FLOPs (``f_i >= f_j - F_rem``, from a cost-sorted table of the kept
+    coordinates with suffix minima); the best exchange with ``v_j > v_i`` is made.
     """
-    for j in sorted(cand.tolist(), key=lambda q: -v[q]):
-        if support[j]:
-            continue
-        F_rem = F - float(f[support].sum())
-        if int(np.count_nonzero(support)) < k and f[j] <= F_rem:
-            support[j] = True
-            continue
-        ok = support & (f >= f[j] - F_rem)
+    rounds = 16 if int(np.count_nonzero(support)) <= 50_000 else 2
+    for _ in range(rounds):
+        kept = np.flatnonzero(support)
+        if kept.size == 0:
+            return
+        F_rem = F - float(f[kept].sum())
+        out = ~support & (v > 0)
+        n_out = int(np.count_nonzero(out))
+        if n_out == 0:
+            return
+        outs = np.flatnonzero(out)
+        if n_out > _SWAP_CANDIDATES:
+            by_v = outs[np.argpartition(-v[outs], _SWAP_CANDIDATES - 1)[:_SWAP_CANDIDATES]]
+            red = v[outs] - nu * f[outs]
+            by_a = outs[np.argpartition(-red, _SWAP_CANDIDATES - 1)[:_SWAP_CANDIDATES]]
+            outs = np.concatenate((by_v, by_a))
+        extra = cand[~support[cand] & (v[cand] > 0)]
+        js = np.unique(np.concatenate((outs, extra)))
+        o = np.argsort(f[kept], kind="stable")
+        fk, vk = f[kept][o], v[kept][o]
+        rev = vk[::-1]
+        acc = np.minimum.accumulate(rev)
+        last = np.maximum.accumulate(np.where(rev == acc, np.arange(rev.size), 0))
+        suf_arg = (rev.size - 1 - last)[::-1]  # position (in o) of the min value among o[t:]
+        pos = np.searchsorted(fk, f[js] - F_rem, side="left")
+        ok = pos < fk.size
         if not ok.any():
-            continue
-        i = int(np.argmin(np.where(ok, v, np.inf)))
-        if v[j] > v[i]:
-            support[i] = False
-            support[j] = True
-            _greedy_fill(v, f, support, k - int(np.count_nonzero(support)), F - float(f[support].sum()))
+            return
+        js, pos = js[ok], pos[ok]
+        gain = v[js] - vk[suf_arg[pos]]
+        best = int(np.argmax(gain))
+        if not gain[best] > 0:
+            return
+        i = kept[o[suf_arg[pos[best]]]]
+        support[i] = False
+        support[js[best]] = True
+        _greedy_fill(v, f, support, k - int(np.count_nonzero(support)), F - float(f[support].sum()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -837,6 +864,7 @@ def solve_flop_nnz_lp(
     if oracle is None:
         oracle = _GeneralOracle(v, f, k, F)
     T, lam, nu, bound, iters = _kelley(oracle, F)
+    oracle.nu_star = nu
     lp_support, dropped, dropped_frac, support, lp_value, value = oracle.finish(T, lam)
     mu = oracle.mu(nu)
     bound = max(bound, lp_value)  # rounding noise: the bound can never be below a feasible LP value
