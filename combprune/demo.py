@@ -178,7 +178,9 @@ def run_demo(
             if method in ("chita", "chita++", "falcon", "falcon++"):
                 extra["l2"] = l2
             if method.endswith("++"):
-                extra["stages"] = stages
+                # after the first stage the weights are no longer a stationary point: keep the
+                # gradient term of the local model
+                extra.update(stages=stages, first_order=True)
             try:
                 report = cpt.prune(model, calibration, method=method, n_samples=n_samples, progress=progress, **budget, **extra)
             except Exception as exc:  # one failing method must not end the demo
