@@ -456,3 +456,24 @@ def test_explicit_schedule_repeats_target():
         cpt.prune(tiny_mlp(), (X, y), method="bruteforce", sparsity=0.6, schedule=[0.3, 0.5], progress=False)
     with pytest.raises(ValueError, match="schedule: sparsities must be non-decreasing"):
         cpt.prune(tiny_mlp(), (X, y), method="bruteforce", sparsity=0.6, schedule=[0.6, 0.3, 0.6], progress=False)
+
+
+@needs("osscar")
+def test_osscar_physical_equals_masked_and_is_smaller():
+    X, y = data((8,), n=64, classes=4)
+
+    def mk():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)).eval()
+
+    a, b = mk(), mk()
+    h = model_hash(a)
+    with pytest.raises(ValueError, match="flop_budget"):
+        cpt.prune(a, (X, y), method="osscar", flop_budget=0.5, progress=False)
+    assert model_hash(a) == h
+    cpt.prune(a, (X, y), method="osscar", sparsity=0.5, apply="mask", progress=False)
+    report = cpt.prune(b, (X, y), method="osscar", sparsity=0.5, apply="physical", progress=False)
+    assert report.apply == "physical" and {lr.kind for lr in report.layers} == {"structured"}
+    assert b[0].out_features == 8 and b[2].in_features == 8
+    torch.testing.assert_close(a(X), b(X), rtol=1e-5, atol=1e-5)
+    assert sum(p.numel() for p in b.parameters()) < sum(p.numel() for p in mk().parameters())
