@@ -86,6 +86,7 @@ class IHTOutcome:
     active_idx: np.ndarray | None = None
     active_op: ColumnOperator | None = None
     backsolved: bool = False
+    factor: dict | None = None
 
 
 def power_lipschitz(op: ColumnOperator, ridge: float, iters: int = 30, seed: int = 0) -> float:
@@ -155,6 +156,7 @@ class InnerIHT:
         self.fallbacks = 0
         self.at_solution = False  # True while w is the exact least squares on its support
         self.solved: tuple | None = None
+        self.factor: dict | None = None  # K, r0, y of the last Woodbury back-solve
         self.last_g: np.ndarray | None = None
         # conjugate-gradient memory on a fixed support (Polak-Ribiere+, restarted on change)
         self.cg = True
@@ -169,12 +171,14 @@ class InnerIHT:
         mask = self.w != 0
         if not mask.any():
             return False
+        state: dict = {}
         w, e = ridge_solve_on_support(
-            self.op.A, self.b, self.w_bar, self.ridge, mask, return_residual=True, max_gather_fraction=self.gather_fraction
+            self.op.A, self.b, self.w_bar, self.ridge, mask, return_residual=True, max_gather_fraction=self.gather_fraction, state=state
         )
         f = self.value(w, e)
         if not f <= self.f:
             return False
+        self.factor = state or None
         self.w, self.e, self.f = w, e, f
         self.mask = w != 0
         self._prev_T = None
@@ -491,6 +495,7 @@ def iht_active_set(
         out.active_size = int(C_idx.size)
         out.active_idx, out.active_op = C_idx, sub_op
         out.backsolved = inner.at_solution
+        out.factor = inner.factor if inner.at_solution else None
         if full or total_it >= max_iter:
             out.converged = conv
             break

@@ -64,8 +64,13 @@ logger = logging.getLogger(__name__)
 __all__ = ["ridge_solve_on_support", "backsolve"]
 
 
-def _solve_exact(op: ColumnOperator, b: np.ndarray, wbar_S: np.ndarray, ridge: float, idx: np.ndarray, max_bytes: float) -> tuple[np.ndarray, np.ndarray]:
-    """Exact solve on the columns ``idx`` of ``op``; returns (w_S, A_S w_S - b)."""
+def _solve_exact(
+    op: ColumnOperator, b: np.ndarray, wbar_S: np.ndarray, ridge: float, idx: np.ndarray, max_bytes: float, state: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact solve on the columns ``idx`` of ``op``; returns (w_S, A_S w_S - b).
+
+    ``state`` (a dict, filled for the Woodbury path with ridge > 0): ``K = A_S A_S^T``,
+    ``r0 = b - A_S w_bar_S`` and ``y = (K + ridge I)^{-1} r0`` (so ``w_S = w_bar_S + A_S^T y``)."""
     n = op.n
     s = idx.size
     if s == 0:
@@ -91,8 +96,11 @@ def _solve_exact(op: ColumnOperator, b: np.ndarray, wbar_S: np.ndarray, ridge: f
         if ridge == 0 and opS.is_numpy:
             d = np.linalg.lstsq(to_host64(opS.A), r0, rcond=None)[0]
         else:
-            y = psd_solve(opS.gram_rows(), r0, ridge)
+            K = opS.gram_rows()
+            y = psd_solve(K, r0, ridge)
             d = opS.rmatvec(y)
+            if state is not None and ridge > 0:
+                state.update(K=K, r0=r0, y=y)
         w_S = wbar_S + d
         return w_S, opS.matvec(w_S) - b
     # chunked: never more than `chunk` gathered columns at a time
@@ -103,6 +111,8 @@ def _solve_exact(op: ColumnOperator, b: np.ndarray, wbar_S: np.ndarray, ridge: f
         G += opc.gram_rows()
         Aw += opc.matvec(wbar_S[lo : lo + chunk])
     y = psd_solve(G, b - Aw, ridge)
+    if state is not None and ridge > 0:
+        state.update(K=G, r0=b - Aw, y=y)
     w_S = wbar_S.copy()
     e = -b.copy()
     for lo in range(0, s, chunk):
@@ -140,6 +150,7 @@ def ridge_solve_on_support(
     w0: np.ndarray | None = None,
     max_gather_fraction: float = GATHER_FRACTION,
     return_residual: bool = False,
+    state: dict | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     r"""Exact ridge least squares on ``support``: the (p,) host float64 weights.
 
@@ -150,7 +161,8 @@ def ridge_solve_on_support(
 
     ``block_size`` / ``blocks``: block Gauss-Seidel over blocks of coordinates instead of the
     joint solve (``sweeps`` passes, starting from ``w0`` restricted to S or ``w_bar`` on S).
-    ``return_residual``: also return ``A w - b`` (host float64).
+    ``return_residual``: also return ``A w - b`` (host float64). ``state``: a dict that the
+    joint Woodbury solve (|S| > n, ridge > 0) fills with ``K = A_S A_S^T``, ``r0`` and ``y``.
     """
     op = ColumnOperator(A)
     n, p = op.n, op.m
@@ -172,7 +184,7 @@ def ridge_solve_on_support(
     w = np.zeros(p)
     if block_size is None and blocks is None:
         idx = np.flatnonzero(mask)
-        w_S, e = _solve_exact(op, b64, wbar[idx], ridge, idx, max_bytes)
+        w_S, e = _solve_exact(op, b64, wbar[idx], ridge, idx, max_bytes, state)
         w[idx] = w_S
         return (w, e) if return_residual else w
     if block_size is not None:

@@ -12,7 +12,11 @@ Stages (all times against the one ``time_limit``):
 3. **back-solve**: the ridge least squares on the final support, unless IHT ended on a
    back-solved fixed point (``backsolve="auto"``: direct when ``min(n, |S|) <= 1500``,
    otherwise conjugate gradients started at the IHT point).
-4. **swap** (``swap=True``, optional): the swap local search of :mod:`combprune.solvers.swap`
+4. **support refinement** (``refine=True``): projected steps ``supp P(w - tau g)`` for a few
+   ``tau`` around ``1/ridge``, each evaluated by its *back-solved* objective (rank-|D| updates
+   of the n x n Gram, see :mod:`combprune.solvers._l0_refine`), moving while one improves.
+   IHT's own line search cannot see these moves from a back-solved point.
+5. **swap** (``swap=True``, optional): the swap local search of :mod:`combprune.solvers.swap`
    from the back-solved point, with the time left.
 
 Result: the best of the stages; ``info["stages"]`` lists each stage's objective and time;
@@ -35,6 +39,7 @@ from ._l0_core import (
     check_positive_int,
     default_support,
     final_objective,
+    make_projector,
     warm_start_weights,
 )
 from .backsolve import ridge_solve_on_support
@@ -63,6 +68,7 @@ def chita(
     tol: float = 1e-7,
     backsolve: bool | str = "auto",
     stable_iters: int | None = 4,
+    refine: bool = True,
     swap: bool = False,
     swap_options: dict | None = None,
 ) -> Result:
@@ -106,6 +112,13 @@ def chita(
     stages.append({"stage": "active-set IHT", "objective": out.objective, "iterations": out.iterations, "time": deadline.elapsed()})
     if f_bs is not None:
         stages.append({"stage": "backsolve", "objective": f_bs, "time": deadline.elapsed()})
+    if refine and not deadline.expired() and w.any():
+        from ._l0_refine import refine_support
+
+        ro = refine_support(data, w, make_projector(data), deadline=deadline, history=history, factor=out.factor if out.backsolved else None)
+        stages.append({"stage": "support refinement", "objective": ro.objective, "moves": ro.moves, "trials": ro.trials, "time": deadline.elapsed()})
+        if ro.objective <= f:
+            w, f, e = ro.w, ro.objective, ro.residual
     if f0 < f:
         w, f, e = w0, f0, None
     x, objective, support = final_objective(problem, data, w, e)

@@ -232,3 +232,21 @@ def test_cupy_inputs():  # pragma: no cover - GPU only
         assert isinstance(r.x, cupy.ndarray) and r.x.dtype == cupy.float32
         assert not pc.check(r.x)
         assert r.objective == pytest.approx(pc.objective(r.x), rel=1e-4)
+
+
+@pytest.mark.parametrize("flops", [False, True])
+@pytest.mark.parametrize("n, p, k, ridge", [(20, 300, 60, 0.1), (40, 120, 20, 0.5), (20, 100, 40, 0.0)])
+def test_support_refinement_monotone_and_feasible(flops, n, p, k, ridge):
+    from combprune.result import Deadline
+    from combprune.solvers._l0_refine import refine_support
+
+    kw = {"flop_layers": 4, "flop_fraction": 0.3} if flops else {}
+    prob = random_l0_regression(n, p, k, ridge=ridge, seed=n + p, **kw)
+    start = cp.solve(prob, solver="backsolve")
+    data = L0Data(prob)
+    out = refine_support(data, np.asarray(start.x, dtype=float), make_projector(data), deadline=Deadline(None), keep_iterates=True)
+    assert out.objective <= start.objective + 1e-9 * abs(start.objective)
+    assert out.objective == pytest.approx(prob.objective(out.w), rel=1e-9)
+    assert not prob.check(out.w)
+    for S in out.iterates:  # every accepted support satisfies both budgets
+        assert not prob.check(np.where(S, 1.0, 0.0))
