@@ -14,7 +14,10 @@ The method alternates two phases (FALCON's DFO with back-solves):
    line search of :mod:`combprune.solvers._l0_engine` (``step="line_search"``) or is ``1/L``
    (``step="lipschitz"``, ``L = sigma_max(A)^2 + ridge`` by power iteration). Steps continue
    until the objective stalls (relative decrease below ``tol`` three times in a row);
-2. **back-solve**: the exact ridge least squares on the support reached.
+2. **back-solve**: the exact ridge least squares on the support reached, then (``refine``)
+   further projected steps ``supp P(w - tau g)`` each judged by its own back-solved objective
+   (tau around ``1/ridge``; rank-|D| updates of the n x n Gram, see
+   :mod:`combprune.solvers._l0_refine`) while one improves.
 
 Rounds repeat from the back-solved point while a round lowers Q (at most ``max_rounds``).
 Every iterate's support is an output of the ILP projection (or the start's feasible support),
@@ -46,6 +49,7 @@ from ._l0_core import (
     warm_start_weights,
 )
 from ._l0_engine import InnerIHT
+from ._l0_refine import refine_support
 from .backsolve import ridge_solve_on_support
 
 __all__ = ["dfo"]
@@ -69,10 +73,12 @@ def dfo(
     max_iter: int = 1000,
     max_rounds: int = 10,
     tol: float = 1e-7,
+    refine: bool = True,
 ) -> Result:
     """DFO: rounds of projected (FLOP-NNZ ILP) gradient steps, each round ended by a back-solve.
 
     ``step``: ``"line_search"`` (exact piecewise-quadratic search) or ``"lipschitz"`` (1/L).
+    ``refine``: the back-solve-evaluated projected steps after each round's back-solve.
     ``iterations`` = projected steps over all rounds; ``info["rounds"]``.
     """
     history = History(deadline, "min")
@@ -121,11 +127,21 @@ def dfo(
         L = inner.L
         inner.refresh()
         T = inner.w != 0
-        w_new, e_new = ridge_solve_on_support(data.op.A, data.b, data.w_bar, data.ridge, T, return_residual=True)
+        state: dict = {}
+        w_new, e_new = ridge_solve_on_support(data.op.A, data.b, data.w_bar, data.ridge, T, return_residual=True, state=state)
         f_new = data.objective(w_new, e_new)
+        record(f_new, w_new != 0)
+        if refine and not deadline.expired():
+            # projected steps judged by their back-solved objective (FALCON's "project, then
+            # back-solve"), evaluated with low-rank updates of the n x n Gram
+            ro = refine_support(data, w_new, proj, deadline=deadline, factor=state or None, keep_iterates=True)
+            for S in ro.iterates:
+                iterates.append({"nnz": int(S.sum()), "flops": None if costs is None else flop_total(costs, S), "objective": None})
+            if ro.objective <= f_new:
+                w_new, e_new, f_new = ro.w, ro.residual, ro.objective
+                record(f_new, w_new != 0)
         if inner.f < f_new:  # keep the better of the IHT point and its back-solve
             w_new, e_new, f_new = inner.w, inner.e, inner.f
-        record(f_new, w_new != 0)
         if f - f_new <= tol * max(abs(f), 1e-300):
             converged = True
             if f_new < f:
