@@ -49,6 +49,10 @@ Factorisation (all in float64, n x n space at most)
   Sherman-Morrison up/downdates of ``K^{-1}`` (O(n^2)); the diagonal ``d`` is carried along
   with one O(n |S|) product per move.
 
+The kept columns are held in float64, or, when that copy would exceed half of A's bytes
+(float32 A at low sparsity), in A's own float32 with every product computed in float64 in
+chunks: memory stays within ``max(0.5, 1 - sparsity)`` times the size of A.
+
 The factor is rebuilt from scratch (Cholesky) every ``refactor_every`` accepted moves
 (default ``max(25, min(n, |S|))``) and
 whenever a move fails to lower the exactly recomputed objective, so rounding drift cannot
@@ -128,6 +132,8 @@ __all__ = ["SwapOutcome", "SupportModel", "swap_search", "swap"]
 ZERO_RIDGE_JITTER = 1e-9
 #: Hysteresis (in coordinates) before the factor switches between gram and woodbury form.
 _MODE_SLACK = 32
+#: Largest float64 copy of the kept columns, as a fraction of A's bytes (float32 storage beyond).
+F64_COLUMNS_MAX_FRACTION = 0.5
 #: Consecutive moves taken from the last screen's candidates before a fresh gradient pass.
 _POOL_REUSE = 8
 
@@ -181,7 +187,11 @@ class SupportModel:
         self.wbar_sq_total = math.fsum((self.w_bar * self.w_bar).tolist()) if self.w_bar.size < 2_000_000 else float(self.w_bar @ self.w_bar)
         idx = np.asarray(idx, dtype=np.int64)
         capacity = max(int(capacity), idx.size, 1)
-        self.AS = np.empty((capacity, self.n))
+        # Kept columns in float64, or in A's float32 when a float64 copy would exceed
+        # F64_COLUMNS_MAX_FRACTION of A's bytes (lossless: the columns come from A; every
+        # product with them is still computed in float64, chunk by chunk).
+        store = np.float64 if op.itemsize == 8 or 8 * self.n * capacity <= F64_COLUMNS_MAX_FRACTION * op.nbytes else np.float32
+        self.AS = np.empty((capacity, self.n), dtype=store)
         self.idx = np.empty(capacity, dtype=np.int64)
         self.m = idx.size
         self.idx[: self.m] = idx
@@ -204,6 +214,35 @@ class SupportModel:
     def support_idx(self) -> np.ndarray:
         return self.idx[: self.m].copy()
 
+    def _blocks(self):
+        """``(lo, hi, float64 rows lo:hi of A_S^T)`` in chunks of at most ~32 MB."""
+        AS = self.AS[: self.m]
+        if AS.dtype == np.float64:
+            yield 0, self.m, AS
+            return
+        step = max(1, (32 << 20) // (8 * max(self.n, 1)))
+        for lo in range(0, self.m, step):
+            hi = min(lo + step, self.m)
+            yield lo, hi, np.asarray(AS[lo:hi], dtype=np.float64)
+
+    def mul(self, X: np.ndarray) -> np.ndarray:
+        """``A_S^T X`` in float64 (``X``: n or n x c); rows = kept slots."""
+        if self.AS.dtype == np.float64:
+            return self.AS[: self.m] @ X
+        out = np.empty((self.m,) + X.shape[1:])
+        for lo, hi, blk in self._blocks():
+            out[lo:hi] = blk @ X
+        return out
+
+    def tmul(self, Y: np.ndarray) -> np.ndarray:
+        """``A_S Y`` in float64 (``Y``: |S| or |S| x c), an n-vector or n x c matrix."""
+        if self.AS.dtype == np.float64:
+            return self.AS[: self.m].T @ Y
+        out = np.zeros((self.n,) + Y.shape[1:])
+        for lo, hi, blk in self._blocks():
+            out += blk.T @ Y[lo:hi]
+        return out
+
     # Factorisation -------------------------------------------------------------------------------
     def refactor(self) -> None:
         """Rebuild the factor from scratch (Cholesky) and recompute w, r, d, Q."""
@@ -211,31 +250,35 @@ class SupportModel:
         m, AS = self.m, self.AS[: self.m]
         if m <= self.n:
             self.mode = "gram"
+            AS = np.asarray(AS, dtype=np.float64)  # at most (n + slack) x n
             G = AS @ AS.T
             G[np.diag_indices_from(G)] += self.lam
             self.Ginv = _spd_inverse(G)
             self.Kinv = None
         else:
             self.mode = "woodbury"
-            K = AS.T @ AS
+            K = np.zeros((self.n, self.n))
+            self.d = np.empty(m)
+            for lo, hi, blk in self._blocks():
+                K += blk.T @ blk
             K[np.diag_indices_from(K)] += self.lam
             self.Kinv = _spd_inverse(K)
             self.Ginv = None
-            Y = AS @ self.Kinv
-            self.d = (1.0 - np.einsum("ij,ij->i", Y, AS)) / self.lam
+            for lo, hi, blk in self._blocks():
+                self.d[lo:hi] = (1.0 - np.einsum("ij,ij->i", blk @ self.Kinv, blk)) / self.lam
         self._solve()
 
     def _solve(self) -> None:
         """Weights from the factor; residual and objective recomputed exactly from them."""
-        m, AS = self.m, self.AS[: self.m]
+        m = self.m
         wbS = self.w_bar[self.idx[:m]]
         if self.mode == "gram":
-            self.w = self.Ginv @ (AS @ self.b + self.lam * wbS)
+            self.w = self.Ginv @ (self.mul(self.b) + self.lam * wbS)
             self.d = np.diag(self.Ginv).copy()
         else:
-            self.w = wbS + AS @ (self.Kinv @ (self.b - AS.T @ wbS))
+            self.w = wbS + self.mul(self.Kinv @ (self.b - self.tmul(wbS)))
         self.d = np.maximum(self.d, np.finfo(np.float64).tiny)
-        self.r = self.b - AS.T @ self.w
+        self.r = self.b - self.tmul(self.w)
         diff = self.w - wbS
         outside_sq = max(self.wbar_sq_total - float(wbS @ wbS), 0.0)
         self.objective = 0.5 * float(self.r @ self.r) + 0.5 * self.ridge * (float(diff @ diff) + outside_sq)
@@ -245,15 +288,14 @@ class SupportModel:
         """``(c_J, V, s_J)``: gradient terms, ``V = G_S^{-1} A_S^T A_J`` (m x q), Schur complements."""
         if AJ is None:
             AJ = self.columns(J)
-        AS = self.AS[: self.m]
         c = AJ.T @ self.r + self.lam * self.w_bar[J]
         if self.mode == "gram":
-            V = self.Ginv @ (AS @ AJ)
-            R = AJ - AS.T @ V
+            V = self.Ginv @ self.mul(AJ)
+            R = AJ - self.tmul(V)
             s = np.einsum("ij,ij->j", R, R) + self.lam * (1.0 + np.einsum("ij,ij->j", V, V))
         else:
             Y = self.Kinv @ AJ
-            V = AS @ Y
+            V = self.mul(Y)
             s = self.lam * (1.0 + np.einsum("ij,ij->j", AJ, Y))
         return c, V, np.maximum(s, np.finfo(np.float64).tiny)
 
@@ -280,19 +322,18 @@ class SupportModel:
 
     def drop_directions(self, slots: np.ndarray) -> np.ndarray:
         """``U = A_S G_S^{-1} e_t`` for the given slots (n x |slots|)."""
-        AS = self.AS[: self.m]
         if self.mode == "gram":
-            return AS.T @ self.Ginv[:, slots]
-        return self.Kinv @ AS[slots].T
+            return self.tmul(self.Ginv[:, slots])
+        return self.Kinv @ np.asarray(self.AS[slots], dtype=np.float64).T
 
     # Updates ---------------------------------------------------------------------------------------
     def _drop(self, t: int) -> None:
         m, last = self.m, self.m - 1
         AS = self.AS
         if self.mode == "woodbury":
-            a = AS[t]
+            a = np.asarray(AS[t], dtype=np.float64)
             y = self.Kinv @ a
-            col = -(AS[:m] @ y)
+            col = -self.mul(y)
             col[t] += 1.0
             col /= self.lam  # G_S^{-1} e_t
             den = max(1.0 - float(a @ y), np.finfo(np.float64).tiny)
@@ -317,16 +358,16 @@ class SupportModel:
 
     def _add(self, j: int, a: np.ndarray) -> None:
         if self.m >= self.AS.shape[0]:
-            grown = np.empty((2 * self.AS.shape[0], self.n))
+            grown = np.empty((2 * self.AS.shape[0], self.n), dtype=self.AS.dtype)
             grown[: self.m] = self.AS[: self.m]
             self.AS = grown
             idx = np.empty(2 * self.idx.shape[0], dtype=np.int64)
             idx[: self.m] = self.idx[: self.m]
             self.idx = idx
-        m, AS = self.m, self.AS[: self.m]
+        m = self.m
         if self.mode == "gram":
-            v = self.Ginv @ (AS @ a)
-            res = a - AS.T @ v
+            v = self.Ginv @ self.mul(a)
+            res = a - self.tmul(v)
             s = max(float(res @ res) + self.lam * (1.0 + float(v @ v)), np.finfo(np.float64).tiny)
             Gi = np.empty((m + 1, m + 1))
             Gi[:m, :m] = self.Ginv + np.outer(v, v) / s
@@ -337,7 +378,7 @@ class SupportModel:
             y = self.Kinv @ a
             q = float(a @ y)
             s = self.lam * (1.0 + q)
-            v = AS @ y
+            v = self.mul(y)
             self.d = np.concatenate([self.d + v * v / s, [1.0 / s]])
             self.Kinv -= np.outer(y, y) / (1.0 + q)
         self.AS[m] = a

@@ -235,6 +235,32 @@ def test_woodbury_form_with_flop_budget_and_secondary_screen():
     assert res.objective == pytest.approx(_optimal_value(prob, np.flatnonzero(res.support)), rel=1e-9)
 
 
+@pytest.mark.parametrize("n, k", [(30, 12), (8, 30)])
+def test_float32_column_storage_matches_float64(monkeypatch, n, k):
+    """Kept columns stored in A's float32 (memory rule) give the same gains and search."""
+    import combprune.solvers.swap as swap_module
+
+    prob = random_l0_regression(n, 120, k, design="correlated", ridge=0.3, dtype=np.float32, seed=4)
+    op = ColumnOperator(cp.backend.to_numpy(prob.A))
+    b, w_bar = (np.asarray(cp.backend.to_numpy(v), dtype=np.float64) for v in (prob.b, prob.w_bar))
+    idx, J = np.arange(0, 2 * k, 2), np.arange(1, 40, 3)
+    ref = SupportModel(op, b, w_bar, prob.ridge, idx, k, op.col_sqnorms())
+    monkeypatch.setattr(swap_module, "F64_COLUMNS_MAX_FRACTION", 0.0)
+    low = SupportModel(op, b, w_bar, prob.ridge, idx, k, op.col_sqnorms())
+    assert low.AS.dtype == np.float32 and ref.AS.dtype == np.float64 and low.mode == ref.mode
+    for model in (ref, low):
+        model.apply(3, 101)
+        model.apply(None if model.m < k else 0, 103)
+    np.testing.assert_allclose(low.move_gains(J)[0], ref.move_gains(J)[0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(low.drop_costs(), ref.drop_costs(), rtol=1e-9)
+    low.refactor()
+    assert low.objective == pytest.approx(ref.objective, rel=1e-10)
+    res = cp.solve(prob, "swap", warm_start=np.isin(np.arange(120), idx))
+    monkeypatch.setattr(swap_module, "F64_COLUMNS_MAX_FRACTION", 0.5)
+    ref_res = cp.solve(prob, "swap", warm_start=np.isin(np.arange(120), idx))
+    assert res.objective == pytest.approx(ref_res.objective, rel=1e-9)
+
+
 def test_variable_depth_chains():
     prob = random_l0_regression(10, 20, 3, design="planted", ridge=0.01, seed=36)
     start = _magnitude_mask(prob)
