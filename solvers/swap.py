@@ -165,7 +165,8 @@ def _spd_inverse(M: np.ndarray) -> np.ndarray:
 class SupportModel:
     r"""Exact ridge least squares on a support S, kept up to date under rank-one changes.
 
-    Holds the kept columns ``A_S`` (float64, one row per kept coordinate, "slots"), the
+    Holds the kept columns ``A_S`` (one row per kept coordinate, "slots"; float64, or A's
+    float32 beyond ``F64_COLUMNS_MAX_FRACTION``, products always float64), the
     factor (``G_S^{-1}`` in gram form or ``K^{-1}`` in woodbury form, see the module
     docstring), the weights ``w`` (per slot), the residual ``r = b - A_S w``, the diagonal
     ``d = diag(G_S^{-1})`` and the exact objective ``Q`` of the weights held.
