@@ -23,8 +23,9 @@ right line (slope > 0), both tangent to ``g``; evaluate ``g`` where they cross; 
 there is a lower bound on ``min g`` and ``g`` an upper bound, and the method stops when they meet
 (to 1e-12 relative), replacing one line otherwise. Each evaluation is a selection of the
 (k+1)-th largest ``a_i``: ``np.partition`` over all ``p`` values (general costs), or, when costs
-are constant per layer, a selection in ``L`` per-layer sorted lists (each layer sorted once;
-each evaluation then costs ``O(L log^2 p)``, independent of ``p``).
+are constant per layer, a multi-pivot selection in ``L`` per-layer sorted lists (each layer
+sorted once; each evaluation then costs a few rounds of ``L`` binary searches, independent of
+``p``, warm-started from the previous evaluation's set).
 
 Primal recovery: the final left/right sets ``T_L`` (cost >= F) and ``T_R`` (cost <= F) are both
 maximisers of the Lagrangian at ``nu*``; ``z = lam 1_{T_L} + (1 - lam) 1_{T_R}`` with
@@ -36,7 +37,8 @@ along the null direction of the two constraint rows, ``d = (f_l - f_j, f_i - f_l
 in the non-decreasing-value sense until one becomes 0 or 1.
 
 Integer solution: drop the (at most two) fractional entries, then fill what is left of both
-budgets greedily by decreasing value. Certificate: ``LP bound - integer value <=`` the values of
+budgets greedily by decreasing value, then a 1-swap local search (exchange one kept for one
+left-out coordinate while the value rises and both budgets hold). Certificate: ``LP bound - integer value <=`` the values of
 the dropped coordinates; the returned ``bound`` is ``min g`` (a valid upper bound) and the status
 is ``optimal`` only when the integer value reaches it (to 1e-12 relative).
 
@@ -44,7 +46,8 @@ Public API (stable: used by the IHT / DFO / FALCON solvers as the FLOP-aware pro
 -------------------------------------------------------------------------------------
 ``flop_nnz_select(values, costs, k, flop_budget, layer=None) -> np.ndarray``
     Boolean support (p,) of the integer solution (NumPy 1-D inputs; float64 internally).
-``solve_flop_nnz_lp(values, costs, k, flop_budget, layer=None) -> DualSortSolution``
+``solve_flop_nnz_lp(values, costs, k, flop_budget, layer=None, *, check_input=True,
+auto_layers=True) -> DualSortSolution``
     The whole solve: LP primal ``z`` (<= 2 fractional), ``lp_value``, ``bound``, duals
     ``mu, nu``, integer ``support`` and ``value``, iteration count and path.
 
