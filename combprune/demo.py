@@ -135,7 +135,7 @@ def run_demo(
     epochs: int = 15,
     n_samples: int = 256,
     stages: int = 6,
-    l2: float = 1e-3,
+    l2: float = 1e-2,
     seed: int = 0,
     progress: bool = False,
 ) -> list[DemoRow]:
@@ -178,9 +178,7 @@ def run_demo(
             if method in ("chita", "chita++", "falcon", "falcon++"):
                 extra["l2"] = l2
             if method.endswith("++"):
-                # after the first stage the weights are no longer a stationary point: keep the
-                # gradient term of the local model
-                extra.update(stages=stages, first_order=True)
+                extra["stages"] = stages
             try:
                 report = cpt.prune(model, calibration, method=method, n_samples=n_samples, progress=progress, **budget, **extra)
             except Exception as exc:  # one failing method must not end the demo
@@ -260,7 +258,7 @@ def add_arguments(p: argparse.ArgumentParser, *, common: bool = True) -> argpars
     p.add_argument("--epochs", type=int, default=15, help="training epochs")
     p.add_argument("--n-samples", type=int, default=256, help="calibration samples")
     p.add_argument("--stages", type=int, default=6, help="stages of chita++ / falcon++")
-    p.add_argument("--l2", type=float, default=1e-3, help="ridge relative to the normalised Fisher")
+    p.add_argument("--l2", type=float, default=1e-2, help="ridge relative to the normalised Fisher")
     p.add_argument("--out", metavar="JSON", help="write the rows to this JSON file")
     p.add_argument("--progress", action="store_true", help="show progress bars")
     if common:
