@@ -79,10 +79,14 @@ def refine_support(
     refresh_every: int = 10,
     tol: float = 1e-12,
     keep_iterates: bool = False,
+    active_idx: np.ndarray | None = None,
+    active_op: Any = None,
 ) -> RefineOutcome:
     """Improve the back-solved point ``w`` (host float64, feasible) by back-solve-evaluated
     projected steps. ``factor``: ``K``, ``r0``, ``y`` of ``w``'s Woodbury back-solve when
-    known (saves one Gram). Never increases Q; every iterate is feasible."""
+    known (saves one Gram). ``active_idx`` / ``active_op``: an active block holding the
+    support; moves are first searched on it (cheaper passes), then on all columns.
+    Never increases Q; every iterate is feasible."""
     op, b, wbar, ridge, n = data.op, data.b, data.w_bar, data.ridge, data.n
     S = w != 0
     s = int(S.sum())
@@ -105,8 +109,41 @@ def refine_support(
         if y is None:
             return out
     f = 0.5 * ridge * (wbar_sq_total - float(data.wbar_sq[idx].sum())) + 0.5 * ridge * vdot(r0, y)
+    state = [f, S, K, r0, y, None]  # f, support, K, r0, y, z = A^T y (None: stale)
+    if active_idx is not None and active_op is not None and active_op is not op and np.all(np.isin(idx, active_idx, assume_unique=True)):
+        # first on the active block (cheaper passes), then confirm on all columns
+        C = active_idx
+        local = [state[0], S[C], K, r0, y, None]
+        _woodbury_moves(active_op, b, wbar[C], data.wbar_sq[C], wbar_sq_total, ridge, proj.restrict(C), local, out,
+                        deadline=deadline, history=history, max_moves=max_moves, refresh_every=refresh_every, tol=tol,
+                        keep_iterates=keep_iterates, embed=C, p=data.p)
+        S_full = np.zeros(data.p, dtype=bool)
+        S_full[C[local[1]]] = True
+        state = [local[0], S_full, local[2], local[3], local[4], None]
+    _woodbury_moves(op, b, wbar, data.wbar_sq, wbar_sq_total, ridge, proj, state, out, deadline=deadline, history=history,
+                    max_moves=max_moves, refresh_every=refresh_every, tol=tol, keep_iterates=keep_iterates, embed=None, p=data.p)
+    f, S, K, r0, y, z_of_y = state
+    if out.moves == 0:
+        return out
+    # weights of the final support, w_S = w_bar_S + (A^T y)_S, and their exact objective
+    if z_of_y is None:
+        z_of_y = op.rmatvec(y)
+    w_new = np.where(S, wbar + z_of_y, 0.0)
+    e_new = data.residual(w_new)
+    f_new = data.objective(w_new, e_new)
+    if f_new <= out.objective:
+        out.w, out.residual, out.objective = w_new, e_new, f_new
+    return out
+
+
+def _woodbury_moves(op, b, wbar, wbar_sq, wbar_sq_total, ridge, proj, state, out, *, deadline, history, max_moves,
+                    refresh_every, tol, keep_iterates, embed, p) -> None:
+    """The move loop of :func:`refine_support` on the columns of ``op`` (all of A, or an active
+    block whose global indices are ``embed``); updates ``state`` in place."""
+    f, S, K, r0, y, z_of_y = state
+    s = int(S.sum())
     since_refresh = 0
-    z_of_y = None  # z = A^T y for the current y
+    moves0 = out.moves
     while out.moves < max_moves and not deadline.expired():
         z = op.rmatvec(y)
         z_of_y = z
@@ -136,8 +173,7 @@ def refine_support(
             y_T = _chol_solve(K_T, ridge, r0_T)
             if y_T is None:
                 continue
-            tmask = T
-            f_T = 0.5 * ridge * (wbar_sq_total - float(data.wbar_sq[tmask].sum())) + 0.5 * ridge * vdot(r0_T, y_T)
+            f_T = 0.5 * ridge * (wbar_sq_total - float(wbar_sq[T].sum())) + 0.5 * ridge * vdot(r0_T, y_T)
             if best is None or f_T < best[0]:
                 best = (f_T, T, K_T, r0_T, y_T)
         if best is None or not best[0] < f - tol * max(abs(f), 1e-300):
@@ -154,23 +190,18 @@ def refine_support(
             y_new = _chol_solve(K, ridge, r0)
             if y_new is not None:
                 y = y_new
-                f = 0.5 * ridge * (wbar_sq_total - float(data.wbar_sq[idx].sum())) + 0.5 * ridge * vdot(r0, y)
+                f = 0.5 * ridge * (wbar_sq_total - float(wbar_sq[idx].sum())) + 0.5 * ridge * vdot(r0, y)
             since_refresh = 0
         if history is not None:
             history.record(f)
         if keep_iterates:
-            out.iterates.append(S.copy())
-    if out.moves == 0:
-        return out
-    # weights of the final support, w_S = w_bar_S + (A^T y)_S, and their exact objective
-    if z_of_y is None:
-        z_of_y = op.rmatvec(y)
-    w_new = np.where(S, wbar + z_of_y, 0.0)
-    e_new = data.residual(w_new)
-    f_new = data.objective(w_new, e_new)
-    if f_new <= out.objective:
-        out.w, out.residual, out.objective = w_new, e_new, f_new
-    return out
+            if embed is None:
+                out.iterates.append(S.copy())
+            else:
+                full = np.zeros(p, dtype=bool)
+                full[embed[S]] = True
+                out.iterates.append(full)
+    state[:] = [f, S, K, r0, y, z_of_y]
 
 
 def _refine_direct(data, w, proj, out, *, deadline, history, max_moves, tol, keep_iterates) -> RefineOutcome:

@@ -115,7 +115,10 @@ def chita(
     if refine and not deadline.expired() and w.any():
         from ._l0_refine import refine_support
 
-        ro = refine_support(data, w, make_projector(data), deadline=deadline, history=history, factor=out.factor if out.backsolved else None)
+        ro = refine_support(
+            data, w, make_projector(data), deadline=deadline, history=history, factor=out.factor if out.backsolved else None,
+            active_idx=out.active_idx, active_op=out.active_op,
+        )
         stages.append({"stage": "support refinement", "objective": ro.objective, "moves": ro.moves, "trials": ro.trials, "time": deadline.elapsed()})
         if ro.objective <= f:
             w, f, e = ro.w, ro.objective, ro.residual

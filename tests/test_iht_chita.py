@@ -250,3 +250,15 @@ def test_support_refinement_monotone_and_feasible(flops, n, p, k, ridge):
     assert not prob.check(out.w)
     for S in out.iterates:  # every accepted support satisfies both budgets
         assert not prob.check(np.where(S, 1.0, 0.0))
+
+
+@pytest.mark.parametrize("flops", [False, True])
+def test_chita_refinement_on_active_block(flops):
+    kw = {"flop_layers": 4, "flop_fraction": 0.3} if flops else {}
+    prob = random_l0_regression(20, 400, 60, ridge=0.1, seed=21, **kw)  # |S| > n: Woodbury refinement
+    r = cp.solve(prob, solver="chita")
+    plain = cp.solve(prob, solver="chita", refine=False)
+    assert not prob.check(r.x)
+    assert r.objective == pytest.approx(prob.objective(r.x), rel=1e-9)
+    assert r.objective <= plain.objective + 1e-9 * abs(plain.objective)
+    assert any(s["stage"] == "support refinement" for s in r.info["stages"])
