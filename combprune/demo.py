@@ -169,7 +169,7 @@ def run_demo(
             elif method in ("flop-magnitude", "falcon", "falcon++"):
                 jobs += [(method, f"FLOPs {f:g}", {"flop_budget": f}) for f in flop_budgets]
             elif method in ("osscar", "group-magnitude"):
-                jobs += [(method, f"groups -{s:g}", {"sparsity": s}) for s in structured_fractions]
+                jobs += [(method, f"groups removed {s:g}", {"sparsity": s}) for s in structured_fractions]
             else:
                 jobs += [(method, f"sparsity {s:g}", {"sparsity": s}) for s in sparsities]
         for method, label, budget in jobs:
