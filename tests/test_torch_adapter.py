@@ -477,3 +477,12 @@ def test_osscar_physical_equals_masked_and_is_smaller():
     assert b[0].out_features == 8 and b[2].in_features == 8
     torch.testing.assert_close(a(X), b(X), rtol=1e-5, atol=1e-5)
     assert sum(p.numel() for p in b.parameters()) < sum(p.numel() for p in mk().parameters())
+
+
+def test_single_dict_batch_is_one_batch_not_its_keys():
+    from combprune.torch._calibration import collect
+
+    batch = {"x": torch.randn(3, 4)}
+    batches = collect(batch, None, torch.device("cpu"))
+    assert len(batches) == 1 and isinstance(batches[0].inputs, dict)
+    assert torch.equal(batches[0].inputs["x"], batch["x"])

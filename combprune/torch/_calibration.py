@@ -101,8 +101,8 @@ def _split(batch: Any) -> tuple[Any, torch.Tensor | None]:
 def _normalise_source(calibration: Any) -> Iterable[Any]:
     if calibration is None:
         raise ValueError("calibration: no calibration data given (None)")
-    if isinstance(calibration, torch.Tensor):
-        return [calibration]
+    if isinstance(calibration, (torch.Tensor, dict)):
+        return [calibration]  # one batch (a dict is one keyword batch, never an iterable of keys)
     if (
         isinstance(calibration, tuple)
         and len(calibration) == 2
