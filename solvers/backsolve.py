@@ -19,6 +19,30 @@ Writing ``w_S = w_bar_S + d`` and ``r0 = b - A_S w_bar_S`` this is
   (minimum-norm ``d``), i.e. the limit of the ridge solution as ``lambda -> 0+``; it is computed
   with ``lstsq`` on ``A_S`` (or a pseudo-inverse of the n x n Gram when ``A_S`` is chunked).
 
+Solving the n x n Woodbury system (``method``, for ``s > n`` and ``ridge > 0``):
+
+* ``"direct"``: form ``K = A_S A_S^T`` (``n^2 s`` multiply-adds, BLAS-bound) and Cholesky.
+* ``"cg"``: conjugate gradients on ``(K + lambda I) y = r0`` without forming ``K``; each
+  iteration is one ``K p = A_S (A_S^T p)`` (two matrix-vector products with the gathered
+  ``A_S``: ``4 n s`` flops, memory-bound, against ``n^2 s`` for ``K``). When ``s >> n`` the
+  spectrum of ``K`` is concentrated (for iid Gaussian columns in ``[(sqrt s - sqrt n)^2,
+  (sqrt s + sqrt n)^2]``) and CG converges in a few tens of iterations. Stopping rule, with ``r = r0 - (K + lambda I) y``
+  recomputed explicitly (not the recursive residual) from the same products that give the
+  returned ``w_S`` and ``A_S w_S - b``: ``Q(w) - Q(w*) = r^T (K + lambda I)^{-1} K r / 2 <=
+  ||r||^2 / 2``, so CG stops when ``||r||^2 <= 2 CG_FTOL Q(w)`` (objective exact to
+  ``CG_FTOL = 1e-13`` relative; ``Q`` = the data + ridge terms on S) and ``||r|| <= CG_RTOL
+  ||r0||`` (``1e-9``). When the residual has not met this within the iteration cap, or its
+  observed decay rate (checked from the 5th iteration) predicts it will not, the direct solve
+  is used on the same gathered ``A_S``: the result is always the exact back-solve. Cap:
+  ``max(16, n // 25)`` under ``"auto"`` (about where CG stops being cheaper than forming ``K``:
+  an iteration costs ``4 n s`` memory-bound flops, ``K`` costs ``n^2 s`` BLAS-3 flops),
+  ``max(16, n // 10)`` under ``"cg"``.
+* ``"auto"`` (default): ``"cg"`` when ``s > n >= 256``, ``ridge > 0``, ``A`` is float64 (any
+  namespace) and no ``state`` is requested (``state`` needs ``K``); ``"direct"`` otherwise.
+  (float32 products cannot reach the stopping rule; ``"cg"`` then falls back.) When ``A_S``
+  is too large to gather (``max_gather_fraction``), CG multiplies by all of ``A`` with the
+  coordinates outside S zeroed / dropped instead (``p / s`` times the traffic, no copy).
+
 Block variant (``block_size`` or ``blocks``): for very large p, the support is split into
 blocks (consecutive chunks of ``block_size`` coordinates, or a per-coordinate block index such
 as the layer of each weight) and the exact problem is minimised *block by block*: block
@@ -61,21 +85,137 @@ from ._l0_core import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ridge_solve_on_support", "backsolve"]
+__all__ = ["ridge_solve_on_support", "backsolve", "METHODS"]
+
+METHODS = ("auto", "direct", "cg")
+CG_FTOL = 1e-13  # relative objective accuracy of an accepted CG solve
+CG_RTOL = 1e-9  # relative residual of an accepted CG solve
+CG_MIN_N = 256  # auto: below this the n x n Gram is cheap
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    return method
+
+
+def _wants_cg(method: str, ridge: float, state: dict | None, n: int, itemsize: int) -> bool:
+    """Whether the Woodbury system (s > n) is tried by CG first (module docstring)."""
+    if ridge <= 0:
+        return False
+    return method == "cg" or (method == "auto" and state is None and n >= CG_MIN_N and itemsize == 8)
+
+
+class _MaskedColumns:
+    """``A_S`` as products with all of ``A`` and a scatter / gather of the S coordinates (for
+    supports too large to gather: two passes over ``A`` per product, no copy)."""
+
+    def __init__(self, op: ColumnOperator, idx: np.ndarray) -> None:
+        self.op, self.idx, self.n = op, idx, op.n
+
+    def matvec(self, x: np.ndarray) -> np.ndarray:
+        full = np.zeros(self.op.m)
+        full[self.idx] = x
+        return self.op.matvec(full)
+
+    def rmatvec(self, r: np.ndarray) -> np.ndarray:
+        return self.op.rmatvec(r)[self.idx]
+
+
+def _woodbury_cg(
+    opS: ColumnOperator | _MaskedColumns,
+    wbar_S: np.ndarray,
+    r0: np.ndarray,
+    ridge: float,
+    info: dict | None,
+    forced: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """CG on ``(A_S A_S^T + ridge I) y = r0``; (w_S, A_S w_S - b) or None when not converged.
+
+    Accepted only after an explicit residual check (module docstring); the explicit products
+    are the ones that give ``w_S = w_bar_S + A_S^T y`` and ``A_S w_S - b = A_S A_S^T y - r0``."""
+    n = opS.n
+    cap = max(16, n // (10 if forced else 25))
+    n0 = math.sqrt(float(r0 @ r0))
+    if n0 == 0.0:
+        return wbar_S.copy(), -r0
+    y = np.zeros(n)
+    r = r0.copy()
+    p = r.copy()
+    rr = n0 * n0
+    it = 0
+    checks = 0
+    while it < cap:
+        q = opS.matvec(opS.rmatvec(p)) + ridge * p
+        pq = float(p @ q)
+        if not pq > 0:
+            break
+        a = rr / pq
+        y += a * p
+        r -= a * q
+        it += 1
+        rr_new = float(r @ r)
+        # Q(w) at the solution is ridge * r0.y / 2 (e = -ridge y): test the recursive residual
+        # against that estimate, then verify with the explicit residual
+        f_est = 0.5 * ridge * float(r0 @ y)
+        if rr_new <= 2 * CG_FTOL * max(f_est, 0.0) and rr_new <= (CG_RTOL * n0) ** 2:
+            checks += 1
+            d = opS.rmatvec(y)
+            Kd = opS.matvec(d)
+            r_true = r0 - Kd - ridge * y
+            e = Kd - r0
+            f = 0.5 * float(e @ e) + 0.5 * ridge * float(d @ d)
+            rt = float(r_true @ r_true)
+            if rt <= 2 * CG_FTOL * f and rt <= (CG_RTOL * n0) ** 2:
+                if info is not None:
+                    info.pop("cg_fallback", None)
+                    info.update(method="cg", cg_iterations=it, cg_residual=math.sqrt(rt) / n0)
+                return wbar_S + d, e
+            r = r_true  # restart from the true residual
+            p = r.copy()
+            rr = rt
+            continue
+        if it >= 5:  # predicted iterations from the observed decay rate
+            rate = (rr_new / (n0 * n0)) ** (0.5 / it)
+            target = min(CG_RTOL, math.sqrt(2 * CG_FTOL * max(f_est, 1e-300)) / n0)
+            if rate >= 1.0 or it + math.log(target / math.sqrt(rr_new / (n0 * n0))) / math.log(rate) > cap:
+                break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    logger.debug("backsolve: CG not converged after %d iterations (%d checks); direct solve", it, checks)
+    if info is not None:
+        info.update(cg_iterations=it, cg_fallback=True)
+    return None
+
 
 
 def _solve_exact(
-    op: ColumnOperator, b: np.ndarray, wbar_S: np.ndarray, ridge: float, idx: np.ndarray, max_bytes: float, state: dict | None = None
+    op: ColumnOperator,
+    b: np.ndarray,
+    wbar_S: np.ndarray,
+    ridge: float,
+    idx: np.ndarray,
+    max_bytes: float,
+    state: dict | None = None,
+    method: str = "auto",
+    info: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact solve on the columns ``idx`` of ``op``; returns (w_S, A_S w_S - b).
 
     ``state`` (a dict, filled for the Woodbury path with ridge > 0): ``K = A_S A_S^T``,
-    ``r0 = b - A_S w_bar_S`` and ``y = (K + ridge I)^{-1} r0`` (so ``w_S = w_bar_S + A_S^T y``)."""
+    ``r0 = b - A_S w_bar_S`` and ``y = (K + ridge I)^{-1} r0`` (so ``w_S = w_bar_S + A_S^T y``).
+    ``method``: how the gathered Woodbury system is solved (module docstring); ``info`` (a
+    dict) receives ``method`` and, for CG, ``cg_iterations``."""
     n = op.n
     s = idx.size
     if s == 0:
+        if info is not None:
+            info["method"] = "direct"
         return np.zeros(0), -b.copy()
     chunk = max(1, int(max_bytes // max(1, n * op.itemsize)))
+    if s <= n:
+        if info is not None:
+            info["method"] = "direct"
     if s <= n:
         AS = op.take(idx)
         As_np = host_or_native(AS)
@@ -93,6 +233,12 @@ def _solve_exact(
         AS = op.take(idx)
         opS = ColumnOperator(AS)
         r0 = b - opS.matvec(wbar_S)
+        if _wants_cg(method, ridge, state, n, opS.itemsize):
+            out = _woodbury_cg(opS, wbar_S, r0, ridge, info, method == "cg")
+            if out is not None:
+                return out
+        if info is not None:
+            info["method"] = "direct"
         if ridge == 0 and opS.is_numpy:
             d = np.linalg.lstsq(to_host64(opS.A), r0, rcond=None)[0]
         else:
@@ -103,7 +249,14 @@ def _solve_exact(
                 state.update(K=K, r0=r0, y=y)
         w_S = wbar_S + d
         return w_S, opS.matvec(w_S) - b
-    # chunked: never more than `chunk` gathered columns at a time
+    # chunked: CG on all of A with a mask, or never more than `chunk` gathered columns at a time
+    if _wants_cg(method, ridge, state, n, op.itemsize):
+        masked = _MaskedColumns(op, idx)
+        out = _woodbury_cg(masked, wbar_S, b - masked.matvec(wbar_S), ridge, info, method == "cg")
+        if out is not None:
+            return out
+    if info is not None:
+        info["method"] = "direct"
     G = np.zeros((n, n))
     Aw = np.zeros(n)
     for lo in range(0, s, chunk):
@@ -151,6 +304,8 @@ def ridge_solve_on_support(
     max_gather_fraction: float = GATHER_FRACTION,
     return_residual: bool = False,
     state: dict | None = None,
+    method: str = "auto",
+    info: dict | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     r"""Exact ridge least squares on ``support``: the (p,) host float64 weights.
 
@@ -162,8 +317,13 @@ def ridge_solve_on_support(
     ``block_size`` / ``blocks``: block Gauss-Seidel over blocks of coordinates instead of the
     joint solve (``sweeps`` passes, starting from ``w0`` restricted to S or ``w_bar`` on S).
     ``return_residual``: also return ``A w - b`` (host float64). ``state``: a dict that the
-    joint Woodbury solve (|S| > n, ridge > 0) fills with ``K = A_S A_S^T``, ``r0`` and ``y``.
+    joint Woodbury solve (|S| > n, ridge > 0) fills with ``K = A_S A_S^T``, ``r0`` and ``y``
+    (it implies the direct solve under ``method="auto"``). ``method``: ``"auto"``,
+    ``"direct"`` or ``"cg"`` for the Woodbury system (module docstring; the result is the
+    exact solve whichever is used). ``info``: a dict receiving ``method`` (the one used last)
+    and, when CG ran, ``cg_iterations`` (and ``cg_fallback`` when it fell back).
     """
+    _check_method(method)
     op = ColumnOperator(A)
     n, p = op.n, op.m
     b64 = to_host64(b)
@@ -184,7 +344,7 @@ def ridge_solve_on_support(
     w = np.zeros(p)
     if block_size is None and blocks is None:
         idx = np.flatnonzero(mask)
-        w_S, e = _solve_exact(op, b64, wbar[idx], ridge, idx, max_bytes, state)
+        w_S, e = _solve_exact(op, b64, wbar[idx], ridge, idx, max_bytes, state, method, info)
         w[idx] = w_S
         return (w, e) if return_residual else w
     if block_size is not None:
@@ -206,7 +366,7 @@ def ridge_solve_on_support(
             # right-hand side with the other blocks fixed: b' = b - (A w - A_B w_B) = -(e - A_B w_B)
             AB = ColumnOperator(op.take(idx))
             e_wo = e - AB.matvec(old)
-            w_B, e_new = _solve_exact(AB, -e_wo, wbar[idx], ridge, np.arange(idx.size), max_bytes)
+            w_B, e_new = _solve_exact(AB, -e_wo, wbar[idx], ridge, np.arange(idx.size), max_bytes, None, method, info)
             w[idx] = w_B
             e = e_new
     return (w, e) if return_residual else w
@@ -227,16 +387,22 @@ def backsolve(
     block_size: int | None = None,
     blocks: Any = None,
     sweeps: int = 1,
+    method: str = "auto",
 ) -> Result:
     """Exact ridge least squares on ``support`` (a boolean mask or indices).
 
     Default support: top-k of ``|w_bar|`` (magnitude pruning), or FLOP-aware magnitude pruning
     (the FLOP-NNZ ILP with values ``w_bar^2``) under a FLOP budget. ``block_size`` /
     ``blocks`` (per-coordinate block index, e.g. layer) select the block Gauss-Seidel variant
-    with ``sweeps`` sweeps. The support must satisfy both budgets (``ValueError`` otherwise).
+    with ``sweeps`` sweeps. ``method`` (``"auto"``, ``"direct"``, ``"cg"``): how the n x n
+    Woodbury system is solved when ``|S| > n`` (module docstring); always the exact solve.
+    The support must satisfy both budgets (``ValueError`` otherwise).
     Status ``feasible``; ``iterations`` = 1 (or the number of sweeps);
-    ``info["support_size"]``, ``info["mode"]`` (``"primal"``, ``"woodbury"`` or ``"block"``).
+    ``info["support_size"]``, ``info["mode"]`` (``"primal"``, ``"woodbury"`` or ``"block"``),
+    ``info["method"]`` (``"direct"`` or ``"cg"``, the one that produced the result) and, when CG
+    ran, ``info["cg_iterations"]`` (``info["cg_fallback"]`` when it fell back to direct).
     """
+    _check_method(method)
     history = History(deadline, "min")
     data = L0Data(problem)
     if block_size is not None:
@@ -245,10 +411,12 @@ def backsolve(
         raise ValueError("block_size, blocks: give at most one of them")
     sweeps = check_positive_int("sweeps", sweeps)
     mask = default_support(problem, data) if support is None else support_mask(problem, support, "support")
-    w = ridge_solve_on_support(
-        data.op.A, data.b, data.w_bar, data.ridge, mask, block_size=block_size, blocks=blocks, sweeps=sweeps
+    solve_info: dict = {}
+    w, e = ridge_solve_on_support(
+        data.op.A, data.b, data.w_bar, data.ridge, mask, block_size=block_size, blocks=blocks, sweeps=sweeps,
+        method=method, info=solve_info, return_residual=True,
     )
-    x, objective, supp = final_objective(problem, data, w)
+    x, objective, supp = final_objective(problem, data, w, e)
     history.record(objective)
     s = int(mask.sum())
     mode = "block" if (block_size is not None or blocks is not None) else ("primal" if s <= problem.n else "woodbury")
@@ -256,5 +424,5 @@ def backsolve(
     return Result(
         x=x, support=supp, objective=objective, status=status,
         iterations=sweeps if mode == "block" else 1, history=history.points,
-        info={"support_size": s, "mode": mode},
+        info={"support_size": s, "mode": mode, **solve_info},
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import combprune as cp
 from combprune.problems import random_l0_regression
@@ -143,3 +145,111 @@ def test_k_zero_and_k_p():
     res = cp.solve(prob, solver="backsolve")
     A, b, wb = (np.asarray(x) for x in (prob.A, prob.b, prob.w_bar))
     assert rel(np.asarray(res.x), dense_reference(A, b, wb, prob.ridge, np.arange(12))) < 1e-8
+
+
+# --- the Woodbury system by conjugate gradients (method="cg" / "auto") -------------------------
+def _gaussian(n, p, seed):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, p))
+    w_bar = rng.standard_normal(p)
+    return A, A @ w_bar + 0.1 * rng.standard_normal(n), w_bar
+
+
+def test_auto_uses_cg_and_matches_direct():
+    n, p, k = 300, 20000, 6000
+    A, b, w_bar = _gaussian(n, p, 0)
+    prob = cp.L0Regression(A, b, k, ridge=0.1, w_bar=w_bar)
+    auto = cp.solve(prob, solver="backsolve")
+    direct = cp.solve(prob, solver="backsolve", method="direct")
+    assert auto.info["method"] == "cg" and auto.info["cg_iterations"] <= 16
+    assert direct.info["method"] == "direct" and "cg_iterations" not in direct.info
+    assert auto.objective == pytest.approx(direct.objective, rel=1e-10, abs=0)
+    assert auto.objective == pytest.approx(prob.objective(auto.x), rel=1e-10)
+    assert rel(np.asarray(auto.x), np.asarray(direct.x)) < 1e-7
+
+
+@pytest.mark.parametrize("ridge", [1e-3, 0.1, 10.0])
+@pytest.mark.parametrize("n, p, s", [(20, 200, 150), (50, 400, 60), (60, 300, 300)])
+def test_cg_matches_dense_reference(n, p, s, ridge):
+    """Forced CG (with its fallback) is the exact solve, also near s = n where K is ill-conditioned."""
+    A, b, w_bar = _gaussian(n, p, n + s)
+    S = np.sort(np.random.default_rng(s).choice(p, s, replace=False))
+    ref = dense_reference(A, b, w_bar, ridge, S)
+    info: dict = {}
+    w, e = ridge_solve_on_support(A, b, w_bar, ridge, S, method="cg", info=info, return_residual=True)
+    assert info["method"] in ("cg", "direct") and "cg_iterations" in info
+    assert rel(w, ref) < 1e-7
+    assert np.allclose(e, A @ w - b, rtol=0, atol=1e-9 * np.linalg.norm(b))
+    q = lambda x: 0.5 * np.sum((A @ x - b) ** 2) + 0.5 * ridge * np.sum((x - w_bar) ** 2)  # noqa: E731
+    assert q(w) == pytest.approx(q(ref), rel=1e-10)
+
+
+def test_cg_falls_back_on_ill_conditioned_systems():
+    # s barely above n (K nearly singular) and correlated / rank-deficient columns
+    A, b, w_bar = _gaussian(300, 400, 1)
+    S = np.arange(301)
+    info: dict = {}
+    w = ridge_solve_on_support(A, b, w_bar, 1e-6, S, method="cg", info=info)
+    assert info.get("cg_fallback") and info["method"] == "direct" and info["cg_iterations"] <= 30
+    assert rel(w, dense_reference(A, b, w_bar, 1e-6, S)) < 1e-6
+    for design in ("correlated", "rank_deficient"):
+        prob = random_l0_regression(300, 900, 600, design=design, ridge=1e-3, seed=5)
+        A2, b2, wb2 = (np.asarray(x) for x in (prob.A, prob.b, prob.w_bar))
+        S2 = np.arange(0, 900, 2)[:600] if design == "correlated" else np.arange(600)
+        info = {}
+        w2 = ridge_solve_on_support(A2, b2, wb2, 1e-3, S2, info=info)
+        ref = dense_reference(A2, b2, wb2, 1e-3, S2)
+        q = lambda x: 0.5 * np.sum((A2 @ x - b2) ** 2) + 0.5 * 1e-3 * np.sum((x - wb2) ** 2)  # noqa: E731
+        assert q(w2) == pytest.approx(q(ref), rel=1e-9)
+
+
+def test_method_option_paths():
+    A, b, w_bar = _gaussian(300, 8000, 2)
+    S = np.arange(5000)  # beyond the gather budget: CG on all of A with a mask
+    ref = ridge_solve_on_support(A, b, w_bar, 0.5, S, method="direct")
+    # state requested (dfo, InnerIHT need K): auto takes the direct solve and fills it
+    state: dict = {}
+    info: dict = {}
+    ridge_solve_on_support(A, b, w_bar, 0.5, S, state=state, info=info)
+    assert info["method"] == "direct" and state["K"].shape == (300, 300)
+    info = {}
+    w = ridge_solve_on_support(A, b, w_bar, 0.5, S, info=info)
+    assert info["method"] == "cg" and rel(w, ref) < 1e-7
+    # float32 A: auto is direct; s <= n and ridge = 0 are direct whatever the method
+    info = {}
+    ridge_solve_on_support(A.astype(np.float32), b, w_bar, 0.5, S, info=info)
+    assert info["method"] == "direct"
+    for ridge, S2 in ((0.5, np.arange(200)), (0.0, S)):
+        info = {}
+        ridge_solve_on_support(A, b, w_bar, ridge, S2, method="cg", info=info)
+        assert info["method"] == "direct"
+    # torch float64 and the block variant with CG blocks
+    info = {}
+    wt = ridge_solve_on_support(torch.from_numpy(A), torch.from_numpy(b), torch.from_numpy(w_bar), 0.5, S, info=info)
+    assert info["method"] == "cg" and rel(wt, ref) < 1e-7
+    wblk = ridge_solve_on_support(A, b, w_bar, 0.5, S, block_size=2500, sweeps=1, method="cg")
+    assert np.all(wblk[5000:] == 0) and np.isfinite(wblk).all()
+    with pytest.raises(ValueError, match="method"):
+        ridge_solve_on_support(A, b, w_bar, 0.5, S, method="lsqr")
+    prob = cp.L0Regression(A, b, 5000, ridge=0.5, w_bar=w_bar)
+    with pytest.raises(ValueError, match="method"):
+        cp.solve(prob, solver="backsolve", method="bogus")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(4, 30),
+    extra=st.integers(1, 60),
+    ridge=st.floats(1e-4, 10.0),
+    design=st.sampled_from(["gaussian", "correlated", "rank_deficient"]),
+    seed=st.integers(0, 10_000),
+)
+def test_cg_is_exact_property(n, extra, ridge, design, seed):
+    """Whether CG converges or falls back, the objective is the direct solve's to 1e-10."""
+    p = n + extra + 10
+    prob = random_l0_regression(n, p, n + extra, design=design, ridge=ridge, seed=seed)
+    A, b, wb = (np.asarray(x) for x in (prob.A, prob.b, prob.w_bar))
+    S = np.arange(n + extra)
+    q = lambda x: 0.5 * np.sum((A @ x - b) ** 2) + 0.5 * ridge * np.sum((x - wb) ** 2)  # noqa: E731
+    ref = q(ridge_solve_on_support(A, b, wb, ridge, S, method="direct"))
+    assert q(ridge_solve_on_support(A, b, wb, ridge, S, method="cg")) == pytest.approx(ref, rel=1e-10, abs=1e-12)
