@@ -34,10 +34,10 @@ Solving the n x n Woodbury system (``method``, for ``s > n`` and ``ridge > 0``):
   ||r0||`` (``1e-9``). When the residual has not met this within the iteration cap, or its
   observed decay rate (checked from the 5th iteration) predicts it will not, the direct solve
   is used on the same gathered ``A_S``: the result is always the exact back-solve. Cap:
-  ``max(16, n // 25)`` under ``"auto"`` (about where CG stops being cheaper than forming ``K``:
-  an iteration costs ``4 n s`` memory-bound flops, ``K`` costs ``n^2 s`` BLAS-3 flops),
-  ``max(16, n // 10)`` under ``"cg"``.
-* ``"auto"`` (default): ``"cg"`` when ``s > n >= 256``, ``ridge > 0``, ``A`` is float64 (any
+  ``max(16, n // 30)`` under ``"auto"`` (about where CG stops being cheaper than forming ``K``:
+  an iteration costs ``4 n s`` memory-bound flops, ``K`` costs ``n^2 s`` BLAS-3 flops; measured
+  break-even 25-45 iterations at n = 1000 on 2 cores), ``max(16, n // 10)`` under ``"cg"``.
+* ``"auto"`` (default): ``"cg"`` when ``s > n >= 512``, ``ridge > 0``, ``A`` is float64 (any
   namespace) and no ``state`` is requested (``state`` needs ``K``); ``"direct"`` otherwise.
   (float32 products cannot reach the stopping rule; ``"cg"`` then falls back.) When ``A_S``
   is too large to gather (``max_gather_fraction``), CG multiplies by all of ``A`` with the
@@ -90,7 +90,7 @@ __all__ = ["ridge_solve_on_support", "backsolve", "METHODS"]
 METHODS = ("auto", "direct", "cg")
 CG_FTOL = 1e-13  # relative objective accuracy of an accepted CG solve
 CG_RTOL = 1e-9  # relative residual of an accepted CG solve
-CG_MIN_N = 256  # auto: below this the n x n Gram is cheap
+CG_MIN_N = 512  # auto: below this the n x n Gram is cheap (and CG's break-even cap is small)
 
 
 def _check_method(method: str) -> str:
@@ -135,7 +135,7 @@ def _woodbury_cg(
     Accepted only after an explicit residual check (module docstring); the explicit products
     are the ones that give ``w_S = w_bar_S + A_S^T y`` and ``A_S w_S - b = A_S A_S^T y - r0``."""
     n = opS.n
-    cap = max(16, n // (10 if forced else 25))
+    cap = max(16, n // (10 if forced else 30))
     n0 = math.sqrt(float(r0 @ r0))
     if n0 == 0.0:
         return wbar_S.copy(), -r0

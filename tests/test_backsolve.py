@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import combprune as cp
 from combprune.problems import random_l0_regression
+from combprune.solvers import backsolve as backsolve_module
 from combprune.solvers.backsolve import ridge_solve_on_support
 
 
@@ -155,10 +156,12 @@ def _gaussian(n, p, seed):
     return A, A @ w_bar + 0.1 * rng.standard_normal(n), w_bar
 
 
-def test_auto_uses_cg_and_matches_direct():
+def test_auto_uses_cg_and_matches_direct(monkeypatch):
     n, p, k = 300, 20000, 6000
     A, b, w_bar = _gaussian(n, p, 0)
     prob = cp.L0Regression(A, b, k, ridge=0.1, w_bar=w_bar)
+    assert cp.solve(prob, solver="backsolve").info["method"] == "direct"  # n < CG_MIN_N
+    monkeypatch.setattr(backsolve_module, "CG_MIN_N", 256)
     auto = cp.solve(prob, solver="backsolve")
     direct = cp.solve(prob, solver="backsolve", method="direct")
     assert auto.info["method"] == "cg" and auto.info["cg_iterations"] <= 16
@@ -203,7 +206,8 @@ def test_cg_falls_back_on_ill_conditioned_systems():
         assert q(w2) == pytest.approx(q(ref), rel=1e-9)
 
 
-def test_method_option_paths():
+def test_method_option_paths(monkeypatch):
+    monkeypatch.setattr(backsolve_module, "CG_MIN_N", 256)
     A, b, w_bar = _gaussian(300, 8000, 2)
     S = np.arange(5000)  # beyond the gather budget: CG on all of A with a mask
     ref = ridge_solve_on_support(A, b, w_bar, 0.5, S, method="direct")
