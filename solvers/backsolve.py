@@ -60,6 +60,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -91,6 +93,36 @@ METHODS = ("auto", "direct", "cg")
 CG_FTOL = 1e-13  # relative objective accuracy of an accepted CG solve
 CG_RTOL = 1e-9  # relative residual of an accepted CG solve
 CG_MIN_N = 512  # auto: below this the n x n Gram is cheap (and CG's break-even cap is small)
+
+
+_GATHER_THREADED_BYTES = 32 << 20  # gathers at least this large are split over threads
+
+
+def _gather(op: ColumnOperator, idx: np.ndarray) -> Any:
+    """``op.take(idx)``; a large gather from a C-ordered NumPy ``A`` is split into row blocks
+    copied by parallel threads (``np.take`` releases the GIL; the copy is bound by one core's
+    memory throughput, about 2x faster on 2 cores for the 1000 x 268336 bar instance)."""
+    A = op.A
+    threads = min(4, os.cpu_count() or 1)
+    if (
+        threads < 2
+        or not op.is_numpy
+        or not A.flags.c_contiguous
+        or idx.size == op.m
+        or op.n < 2 * threads
+        or op.n * idx.size * op.itemsize < _GATHER_THREADED_BYTES
+    ):
+        return op.take(idx)
+    out = np.empty((op.n, idx.size), dtype=A.dtype)
+    cuts = np.linspace(0, op.n, threads + 1).astype(int)
+
+    def copy_rows(j: int) -> None:
+        lo, hi = cuts[j], cuts[j + 1]
+        np.take(A[lo:hi], idx, axis=1, out=out[lo:hi], mode="clip")  # idx is validated: clip = no buffering
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(copy_rows, range(threads)))
+    return out
 
 
 def _check_method(method: str) -> str:
@@ -230,7 +262,7 @@ def _solve_exact(
         w_S = wbar_S + d
         return w_S, opS.matvec(w_S) - b
     if s <= chunk:  # one gathered block, reused for every product
-        AS = op.take(idx)
+        AS = _gather(op, idx)
         opS = ColumnOperator(AS)
         r0 = b - opS.matvec(wbar_S)
         if _wants_cg(method, ridge, state, n, opS.itemsize):

@@ -257,3 +257,18 @@ def test_cg_is_exact_property(n, extra, ridge, design, seed):
     q = lambda x: 0.5 * np.sum((A @ x - b) ** 2) + 0.5 * ridge * np.sum((x - wb) ** 2)  # noqa: E731
     ref = q(ridge_solve_on_support(A, b, wb, ridge, S, method="direct"))
     assert q(ridge_solve_on_support(A, b, wb, ridge, S, method="cg")) == pytest.approx(ref, rel=1e-10, abs=1e-12)
+
+
+def test_threaded_gather_equals_take(monkeypatch):
+    from combprune.solvers._l0_core import ColumnOperator
+
+    monkeypatch.setattr(backsolve_module, "_GATHER_THREADED_BYTES", 0)
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((37, 500))
+    op = ColumnOperator(A)
+    for idx in (np.arange(0, 500, 3), np.array([0, 499]), np.sort(rng.choice(500, 200, replace=False))):
+        assert np.array_equal(backsolve_module._gather(op, idx), A[:, idx])
+    # and the solve through it is unchanged
+    b, w_bar = rng.standard_normal(37), rng.standard_normal(500)
+    S = np.arange(0, 500, 4)
+    assert rel(ridge_solve_on_support(A, b, w_bar, 0.3, S), dense_reference(A, b, w_bar, 0.3, S)) < 1e-8
