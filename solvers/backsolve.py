@@ -26,9 +26,9 @@ Solving the n x n Woodbury system (``method``, for ``s > n`` and ``ridge > 0``):
   iteration is one ``K p = A_S (A_S^T p)`` (two matrix-vector products with the gathered
   ``A_S``: ``4 n s`` flops, memory-bound, against ``n^2 s`` for ``K``). When ``s >> n`` the
   spectrum of ``K`` is concentrated (for iid Gaussian columns in ``[(sqrt s - sqrt n)^2,
-  (sqrt s + sqrt n)^2]``) and CG converges in a few tens of iterations. Stopping rule, with ``r = r0 - (K + lambda I) y``
-  recomputed explicitly (not the recursive residual) from the same products that give the
-  returned ``w_S`` and ``A_S w_S - b``: ``Q(w) - Q(w*) = r^T (K + lambda I)^{-1} K r / 2 <=
+  (sqrt s + sqrt n)^2]``) and CG converges in a few tens of iterations. Stopping rule, with
+  ``r = r0 - (K + lambda I) y`` recomputed explicitly (not the recursive residual) from the
+  same products that give the returned ``w_S`` and ``A_S w_S - b``: ``Q(w) - Q(w*) = r^T (K + lambda I)^{-1} K r / 2 <=
   ||r||^2 / 2``, so CG stops when ``||r||^2 <= 2 CG_FTOL Q(w)`` (objective exact to
   ``CG_FTOL = 1e-13`` relative; ``Q`` = the data + ridge terms on S) and ``||r|| <= CG_RTOL
   ||r0||`` (``1e-9``). When the residual has not met this within the iteration cap, or its
@@ -42,6 +42,10 @@ Solving the n x n Woodbury system (``method``, for ``s > n`` and ``ridge > 0``):
   (float32 products cannot reach the stopping rule; ``"cg"`` then falls back.) When ``A_S``
   is too large to gather (``max_gather_fraction``), CG multiplies by all of ``A`` with the
   coordinates outside S zeroed / dropped instead (``p / s`` times the traffic, no copy).
+
+A gather of ``A_S`` from a large C-ordered NumPy ``A`` (either method) is copied by parallel
+threads over row blocks (a single-threaded column gather is bound by one core's memory
+throughput).
 
 Block variant (``block_size`` or ``blocks``): for very large p, the support is split into
 blocks (consecutive chunks of ``block_size`` coordinates, or a per-coordinate block index such
