@@ -31,9 +31,10 @@ Solving the n x n Woodbury system (``method``, for ``s > n`` and ``ridge > 0``):
   same products that give the returned ``w_S`` and ``A_S w_S - b``:
   ``Q(w) - Q(w*) = r^T (K + lambda I)^{-1} K r / 2 <= ||r||^2 / 2``, so CG stops when
   ``||r||^2 <= 2 CG_FTOL Q(w)`` (objective exact to ``CG_FTOL = 1e-13`` relative; ``Q`` = the
-  data + ridge terms on S) and ``||r|| <= CG_RTOL ||r0||`` (``1e-9``). When the residual has not met this within the iteration cap, or its
-  observed decay rate (checked from the 5th iteration) predicts it will not, the direct solve
-  is used on the same gathered ``A_S``: the result is always the exact back-solve. Cap:
+  data + ridge terms on S) and ``||r|| <= CG_RTOL ||r0||`` (``1e-9``). When the residual has
+  not met this within the iteration cap, or its observed decay rate (checked from the 5th
+  iteration) predicts it will not, the direct solve is used on the same gathered ``A_S``: the
+  result is always the exact back-solve. Cap:
   ``max(16, n // 30)`` under ``"auto"`` (about where CG stops being cheaper than forming ``K``:
   an iteration costs ``4 n s`` memory-bound flops, ``K`` costs ``n^2 s`` BLAS-3 flops; measured
   break-even 25-45 iterations at n = 1000 on 2 cores), ``max(16, n // 10)`` under ``"cg"``.
