@@ -204,7 +204,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         return run_instances_demo(args)
     from combprune.demo import run_from_args
 
-    run_from_args(args)
+    _, text = run_from_args(args)
+    print(text)
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import math
 import time
@@ -267,13 +268,12 @@ def add_arguments(p: argparse.ArgumentParser, *, common: bool = True) -> argpars
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Parser of ``python -m combprune.demo`` (same arguments as ``combprune demo``)."""
-    return add_arguments(argparse.ArgumentParser(prog="combprune demo", description=__doc__.split("\n\n")[0]))
+def run_from_args(args: argparse.Namespace) -> tuple[list[DemoRow], str]:
+    """Run the demo for parsed ``combprune demo`` arguments.
 
-
-def run_from_args(args: argparse.Namespace) -> list[DemoRow]:
-    """Run the demo for parsed arguments, print the table (CLI side)."""
+    Returns the rows and the text to show (the table, or JSON with ``--json``); writes
+    ``--out`` JSON and the ``--plot`` figure. Printing is left to the command line.
+    """
     floats = lambda s: tuple(float(v) for v in s.split(",") if v.strip())  # noqa: E731
     kwargs: dict[str, Any] = dict(
         sparsities=floats(args.sparsities), flop_budgets=floats(args.flop_budgets), structured_fractions=floats(args.structured),
@@ -284,38 +284,26 @@ def run_from_args(args: argparse.Namespace) -> list[DemoRow]:
         kwargs.update(sparsities=(0.5, 0.9), flop_budgets=(0.3,), structured_fractions=(0.5,), epochs=min(args.epochs, 10), n_samples=min(args.n_samples, 128), stages=min(args.stages, 3))
     for name in ("sparsities", "flop_budgets", "structured_fractions"):
         if not kwargs[name]:
-            raise SystemExit(f"combprune demo: --{name.replace('_', '-')} is empty")
+            raise ValueError(f"--{name.replace('_', '-')}: is empty")
     t = time.perf_counter()
     rows = run_demo(**kwargs)
     if getattr(args, "json", False):
-        import json
-
-        print(json.dumps([asdict(r) for r in rows], indent=2))
+        text = json.dumps([asdict(r) for r in rows], indent=2)
     else:
-        print("combprune demo: one-shot pruning of networks trained on sklearn digits (1200 train / 597 test images)")
-        print("sparsity = fraction of Linear/Conv weights removed; FLOPs kept = fraction of the model's FLOPs (2 x MACs)\n")
-        print(format_table(rows))
+        lines = [
+            "combprune demo: one-shot pruning of networks trained on sklearn digits (1200 train / 597 test images)",
+            "sparsity = fraction of Linear/Conv weights removed; FLOPs kept = fraction of the model's FLOPs (2 x MACs)",
+            "",
+            format_table(rows),
+        ]
         skipped = [m for m in kwargs["methods"] if _NEEDS.get(m) and not _available(_NEEDS[m])]
         if skipped:
-            print(f"\nskipped (solver not registered): {', '.join(skipped)}")
-        print(f"\ntotal {time.perf_counter() - t:.1f}s")
+            lines += ["", f"skipped (solver not registered): {', '.join(skipped)}"]
+        lines += ["", f"total {time.perf_counter() - t:.1f}s"]
+        text = "\n".join(lines)
     if args.out:
-        import json
-
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump([asdict(r) for r in rows], fh, indent=2)
     if args.plot:
         plot_rows(rows, args.plot)
-    return rows
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``combprune demo`` entry point."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    run_from_args(args)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    return rows, text

@@ -6,13 +6,14 @@ import json
 import math
 
 from combprune import demo
+from combprune.cli import main as cli_main
 
 
 def test_demo_tiny_run_table_plot_and_json(tmp_path, capsys):
     png, out = tmp_path / "acc.png", tmp_path / "rows.json"
-    code = demo.main(
+    code = cli_main(
         [
-            "--models", "mlp", "--methods", "magnitude,flop-magnitude,osscar", "--sparsities", "0.5",
+            "demo", "--models", "mlp", "--methods", "magnitude,flop-magnitude,osscar", "--sparsities", "0.5",
             "--flop-budgets", "0.4", "--structured", "0.5", "--epochs", "1", "--n-samples", "32",
             "--plot", str(png), "--out", str(out),
         ]
