@@ -24,7 +24,6 @@ def check_array(
     shape: tuple[int | None, ...] | None = None,
     dtype_kind: str = "float",
     nonnegative: bool = False,
-    read_only: bool = True,
 ) -> Any:
     """Validate an array and return it in its own namespace (NumPy, torch, CuPy).
 
@@ -36,8 +35,8 @@ def check_array(
     dtype_kind : ``"float"`` (real floating point; integer and bool input is converted to
         float64) or ``"int"`` (integer labels).
     nonnegative : reject negative entries.
-    read_only : for NumPy input, return a read-only view so a problem cannot be mutated
-        through it.
+
+    NumPy input comes back as a read-only view, so a problem cannot be mutated through it.
     """
     if value is None:
         raise ValueError(f"{name}: expected an array, got None")
@@ -79,7 +78,7 @@ def check_array(
         raise AssertionError(dtype_kind)
     if nonnegative and math.prod(value.shape) and bool(xp.any(value < 0)):
         raise ValueError(f"{name}: must be non-negative")
-    if read_only and isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray):
         value = value.view()
         value.flags.writeable = False
     return value

@@ -177,9 +177,6 @@ class L0Regression(Problem):
                 violations.append(f"flops: {total:.17g} > flop_budget = {self.flop_budget:.17g}")
         return violations
 
-    def metadata(self) -> dict[str, Any]:
-        return {"k": self.k, "ridge": self.ridge, "flop_budget": self.flop_budget}
-
     @classmethod
     def _from_saved(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "L0Regression":
         return cls(

@@ -189,9 +189,6 @@ class StructuredMIQP(Problem):
                 violations.append(f"cost: {total:.17g} > cost_budget = {self.cost_budget:.17g}")
         return violations
 
-    def metadata(self) -> dict[str, Any]:
-        return {"s": self.s, "ridge": self.ridge, "cost_budget": self.cost_budget}
-
     @classmethod
     def _from_saved(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "StructuredMIQP":
         return cls(
