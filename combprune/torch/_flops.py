@@ -1,7 +1,15 @@
 """Per-layer FLOP counts measured with :class:`torch.utils.flop_counter.FlopCounterMode`.
 
-Unit: **FLOPs = 2 x multiply-accumulates (MACs)**, per calibration *sample* (one row of the
-first calibration batch: an image, a sequence of tokens), as torch's counter reports them.
+Unit: **FLOPs = 2 x multiply-accumulates (MACs)**, per calibration *sample* (an image, a
+sequence of tokens), as torch's counter reports them. Counts are averaged over the first
+calibration batch (up to :data:`REPRESENTATIVE_SAMPLES` samples), not taken from its first
+sample alone, so that one short (padded) sequence does not decide a layer's cost.
+
+Scaled-dot-product attention is counted with torch's own formula
+(:func:`torch.utils.flop_counter.sdpa_flop_count`: the two batched products ``Q K^T`` and
+``softmax(.) V``) for every SDPA kernel, including the CPU flash kernel that torch's counter
+leaves at 0, so that a model counts the same FLOPs with ``attn_implementation="sdpa"`` and
+``"eager"``.
 
 The FLOP cost of one weight of a layer is the layer's dense count divided by its number of
 weights: ``2 x tokens`` for a Linear layer applied to ``tokens`` positions, ``2 x H_out x W_out``
@@ -18,24 +26,57 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from ._calibration import Batch, forward
+from ._calibration import Batch, check_device, forward, iter_batches
 from ._select import PrunableParam
 
-__all__ = ["layer_flops", "model_flops"]
+__all__ = ["layer_flops", "model_flops", "flop_counter", "REPRESENTATIVE_SAMPLES"]
+
+#: Number of samples of the first calibration batch over which per-sample FLOPs are averaged.
+REPRESENTATIVE_SAMPLES = 32
 
 
-def _one_sample(batch: Batch) -> Batch:
-    return batch.slice(0, 1)
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args: Any, **kwargs: Any) -> int:
+    """FLOPs of ``aten._scaled_dot_product_flash_attention_for_cpu`` (torch has no formula for it)."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def model_flops(model: nn.Module, batch: Batch) -> float:
-    """Dense FLOPs of one forward pass of ``model`` (in eval mode) on one sample of ``batch``."""
-    sample = _one_sample(batch)
-    with _eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+def _extra_formulas() -> dict[Any, Any]:
+    ops = []
+    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable"):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            ops.append(op)
+    return {op: _sdpa_cpu_flops for op in ops}
+
+
+def flop_counter() -> FlopCounterMode:
+    """A silent :class:`FlopCounterMode` that also counts CPU scaled-dot-product attention."""
+    return FlopCounterMode(display=False, custom_mapping=_extra_formulas())
+
+
+def _representative(batch: Batch) -> Batch:
+    return batch.slice(0, min(batch.size, REPRESENTATIVE_SAMPLES))
+
+
+def _as_batch(model: nn.Module, data: Batch | Any) -> Batch:
+    if isinstance(data, Batch):
+        return data
+    return next(iter(iter_batches(data, REPRESENTATIVE_SAMPLES, check_device(model, None))))
+
+
+def model_flops(model: nn.Module, batch: Batch | Any) -> float:
+    """Dense FLOPs per sample of one forward pass of ``model`` (in eval mode).
+
+    ``batch`` is a calibration batch or anything :func:`combprune.torch.prune` accepts as
+    calibration (a tensor, ``(X, y)``, a dict of tensors, a DataLoader); the count is averaged
+    over up to :data:`REPRESENTATIVE_SAMPLES` samples of its first batch.
+    """
+    sample = _representative(_as_batch(model, batch))
+    with _eval_mode(model), torch.no_grad(), flop_counter() as counter:
         forward(model, sample.inputs)
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()) / sample.size
 
 
 @contextlib.contextmanager
@@ -53,8 +94,9 @@ def _eval_mode(model: nn.Module):
 def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> list[float]:
     """Dense FLOPs (per sample) of each parameter's module, in the order of ``params``.
 
-    The module's inputs are captured with forward hooks during one pass of the model on one
-    sample; each module is then re-run alone under ``FlopCounterMode`` (every call of a module
+    The module's inputs are captured with forward hooks during one pass of the model on the
+    representative samples of ``batch`` (see :func:`model_flops`); each module is then re-run
+    alone under the counter (every call of a module
     used several times is counted). A module that the forward pass never calls gets 0 FLOPs.
     """
     captured: dict[int, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {id(p.module): [] for p in params}
@@ -68,9 +110,10 @@ def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> 
         if id(p.module) not in seen:
             seen.add(id(p.module))
             handles.append(p.module.register_forward_hook(hook, with_kwargs=True))
+    sample = _representative(_as_batch(model, batch))
     try:
         with _eval_mode(model), torch.no_grad():
-            forward(model, _one_sample(batch).inputs)
+            forward(model, sample.inputs)
     finally:
         for h in handles:
             h.remove()
@@ -81,10 +124,10 @@ def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> 
                 continue
             total = 0.0
             for args, kwargs in captured[id(p.module)]:
-                with FlopCounterMode(display=False) as counter:
+                with flop_counter() as counter:
                     p.module(*args, **kwargs)
                 total += float(counter.get_total_flops())
-            per_module[id(p.module)] = total
+            per_module[id(p.module)] = total / sample.size
     # A module with several prunable weights would split its FLOPs by weight count.
     by_module: dict[int, int] = {}
     for p in params:
@@ -93,19 +136,18 @@ def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> 
 
 
 def measure(model: nn.Module, example: Any, *, targets: Any = None, ignore: Any = None) -> dict[str, float]:
-    """Weights and FLOPs of ``model`` as it is now (masks applied), on one sample of ``example``.
+    """Weights and FLOPs of ``model`` as it is now (masks applied), per sample of ``example``.
 
-    ``example`` is anything :func:`combprune.torch.prune` takes as calibration (its first sample
-    is used). Returns ``params`` / ``nonzero`` prunable weights, ``sparsity`` (fraction of them
+    ``example`` is anything :func:`combprune.torch.prune` takes as calibration (FLOPs are
+    averaged over the representative samples of its first batch, see :func:`model_flops`). Returns ``params`` / ``nonzero`` prunable weights, ``sparsity`` (fraction of them
     that are zero), ``model_flops`` (dense FLOPs of the whole model, FLOPs = 2 x MACs),
     ``effective_flops`` (the model's FLOPs counting only nonzero prunable weights: each weight
     costs its layer's dense FLOPs / its number of weights) and ``flops_kept`` (their ratio).
     """
-    from ._calibration import check_device, iter_batches
     from ._select import select_parameters
 
     params = select_parameters(model, targets, ignore)
-    batch = next(iter(iter_batches(example, 1, check_device(model, None))))
+    batch = _as_batch(model, example)
     dense = layer_flops(model, params, batch)
     total = model_flops(model, batch)
     nnz = [int(torch.count_nonzero(p.tensor.detach())) for p in params]

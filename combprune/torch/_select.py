@@ -1,8 +1,12 @@
 """Choosing the prunable parameters of a model (``targets`` / ``ignore``).
 
-By default every ``weight`` of a :class:`torch.nn.Linear` and of a convolution
-(``Conv1d``/``Conv2d``/``Conv3d``) is prunable; biases, normalisation layers (BatchNorm,
-LayerNorm, GroupNorm, ...) and embeddings are not. ``targets`` and ``ignore`` refine the
+By default every ``weight`` of a :class:`torch.nn.Linear`, of a convolution
+(``Conv1d``/``Conv2d``/``Conv3d``) and of a Hugging Face ``Conv1D`` (the transposed linear
+layer of GPT-2 / GPT-style models) is prunable; biases, normalisation layers (BatchNorm,
+LayerNorm, GroupNorm, ...) and embeddings are not. A weight *tied* to a module that is never
+pruned (GPT-2's ``lm_head`` shares the token embedding matrix) is left out of the default
+selection too, so that pruning never zeroes embeddings behind the user's back; name it in
+``targets`` to prune it anyway. The selection is logged (``logging``, level INFO). ``targets`` and ``ignore`` refine the
 choice; each accepts one item or a list of
 
 * a module instance (``model.fc1``),
@@ -16,6 +20,7 @@ if it is not Linear/Conv, through its ``weight``); ``ignore`` removes from it.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -23,10 +28,19 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-__all__ = ["PrunableParam", "select_parameters", "DEFAULT_TYPES", "NOT_PRUNED_TYPES"]
+__all__ = ["PrunableParam", "select_parameters", "DEFAULT_TYPES", "NOT_PRUNED_TYPES", "is_hf_conv1d"]
 
-#: Module types whose ``weight`` is pruned by default.
+logger = logging.getLogger(__name__)
+
+#: Module types whose ``weight`` is pruned by default (plus Hugging Face ``Conv1D``, see
+#: :func:`is_hf_conv1d`; matched by name so that transformers stays optional).
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """True for ``transformers.pytorch_utils.Conv1D``: a linear layer storing ``weight`` as (in, out)."""
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
 
 #: Module types never pruned unless named explicitly in ``targets`` by instance or name.
 NOT_PRUNED_TYPES: tuple[type[nn.Module], ...] = (
@@ -147,6 +161,7 @@ def select_parameters(
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     tgt = _compile("targets", _as_list(targets))
     ign = _compile("ignore", _as_list(ignore))
+    never_pruned = _never_pruned_storages(model) if not tgt else {}
     chosen: list[PrunableParam] = []
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -154,10 +169,16 @@ def select_parameters(
             if tgt:
                 ok = _matches(tgt, module_name, module, pname)
             else:
-                ok = isinstance(module, types) and not isinstance(module, NOT_PRUNED_TYPES)
+                ok = (isinstance(module, types) or is_hf_conv1d(module)) and not isinstance(module, NOT_PRUNED_TYPES)
             if not ok or _matches(ign, module_name, module, pname):
                 continue
             param = PrunableParam(module_name, pname, module)
+            if id(param.storage) in never_pruned:
+                logger.info(
+                    "not pruning %s: its weight is tied to %s, which is never pruned (name it in targets= to prune it)",
+                    param.name, never_pruned[id(param.storage)],
+                )
+                continue
             if id(param.storage) in seen:  # tied weights are pruned once
                 continue
             seen.add(id(param.storage))
@@ -167,4 +188,18 @@ def select_parameters(
         what = f"targets={targets!r}" if tgt else f"the default types ({kinds})"
         extra = f" after ignore={ignore!r}" if ign else ""
         raise ValueError(f"targets: no prunable layer matched {what}{extra} in {type(model).__name__}")
+    logger.info(
+        "selected %d prunable weights (%d parameters) in %s: %s",
+        len(chosen), sum(p.numel for p in chosen), type(model).__name__, ", ".join(p.name for p in chosen),
+    )
     return chosen
+
+
+def _never_pruned_storages(model: nn.Module) -> dict[int, str]:
+    """``id`` of each weight owned by a never-pruned module (embeddings, norms) -> that module's name."""
+    out: dict[int, str] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, NOT_PRUNED_TYPES):
+            for pname in _weight_names(module):
+                out.setdefault(id(PrunableParam(name, pname, module).storage), name or type(module).__name__)
+    return out

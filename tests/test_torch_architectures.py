@@ -1,0 +1,101 @@
+"""Real architectures through the adapter: Conv1D selection, weight ties, attention FLOPs."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import combprune.torch as cpt  # noqa: E402
+
+
+def _gpt2() -> torch.nn.Module:
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def _bert(impl: str) -> torch.nn.Module:
+    cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=50)
+    cfg._attn_implementation = impl
+    torch.manual_seed(0)
+    return transformers.BertModel(cfg).eval()
+
+
+def test_gpt2_default_selection_takes_conv1d_and_skips_tied_lm_head(caplog):
+    model = _gpt2()
+    assert model.lm_head.weight is model.transformer.wte.weight  # the tie under test
+    with caplog.at_level(logging.INFO, logger="combprune.torch._select"):
+        names = [p.name for p in cpt.select_parameters(model)]
+    assert len(names) == 8 and all(".attn." in n or ".mlp." in n for n in names)
+    assert "lm_head.weight" not in names
+    assert "tied to transformer.wte" in caplog.text
+
+
+def test_tied_lm_head_pruned_only_when_targeted():
+    names = [p.name for p in cpt.select_parameters(_gpt2(), targets="lm_head")]
+    assert names == ["lm_head.weight"]
+
+
+def test_gpt2_magnitude_prune_leaves_embeddings_dense():
+    model = _gpt2()
+    wte = model.transformer.wte.weight.detach().clone()
+    ids = torch.randint(0, 50, (4, 8))
+    report = cpt.prune(model, {"input_ids": ids}, method="magnitude", sparsity=0.5, progress=False)
+    assert torch.equal(model.transformer.wte.weight.detach(), wte)
+    assert len(report.layers) == 8
+    assert report.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_sdpa_and_eager_attention_count_the_same_flops():
+    ids = torch.randint(0, 50, (3, 12))
+    sdpa, eager = cpt.model_flops(_bert("sdpa"), {"input_ids": ids}), cpt.model_flops(_bert("eager"), {"input_ids": ids})
+    assert sdpa == eager
+    # attention itself is counted: 2 layers x (QK^T and AV) x 2 x heads x s x s x d_head per sample
+    s, h, d = 12, 4, 8
+    attention = 2 * 2 * (2 * h * s * s * d)
+    model = _bert("sdpa")
+    dense = sum(cpt.layer_flops(model, cpt.select_parameters(model), next(iter(_batches(ids)))))
+    assert sdpa - dense == attention
+
+
+def _batches(ids: torch.Tensor):
+    from combprune.torch._calibration import iter_batches
+
+    return iter_batches({"input_ids": ids}, None, torch.device("cpu"))
+
+
+def test_model_flops_accepts_calibration_forms():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    x = torch.randn(5, 6)
+    expected = 2 * (6 * 4 + 4 * 2)
+    assert cpt.model_flops(model, x) == expected
+    assert cpt.model_flops(model, (x, torch.zeros(5))) == expected
+    assert cpt.model_flops(model, [x[:2], x[2:]]) == expected
+
+
+def test_flops_are_averaged_over_the_batch_not_its_first_sample():
+    """Sequence length varies per sample through a model that trims padding: the count is the mean."""
+
+    class Trim(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            return torch.stack([self.lin(x[i, : int(n)]).sum(0) for i, n in enumerate(lengths)])
+
+    x = torch.randn(4, 10, 4)
+    lengths = torch.tensor([1, 10, 10, 3])
+    model = Trim()
+    per_token = 2 * 4 * 4
+    mean_tokens = float(lengths.float().mean())
+    assert cpt.model_flops(model, {"x": x, "lengths": lengths}) == pytest.approx(per_token * mean_tokens)
+    params = cpt.select_parameters(model)
+    from combprune.torch._calibration import iter_batches
+
+    batch = next(iter(iter_batches({"x": x, "lengths": lengths}, None, torch.device("cpu"))))
+    assert cpt.layer_flops(model, params, batch) == [pytest.approx(per_token * mean_tokens)]
