@@ -122,8 +122,12 @@ def _available(name: str) -> bool:
     return any(r["name"] == name and r["available"] for r in list_solvers())
 
 
-#: method -> solver it needs (checked before running; missing ones are reported and skipped).
-_NEEDS = {"magnitude": None, "chita": "chita", "chita++": "chita", "flop-magnitude": "dual-sort", "falcon": "dfo", "falcon++": "dfo", "osscar": "osscar"}
+def _missing_solvers(methods: Sequence[str]) -> dict[str, str]:
+    """method -> the solver it needs, for the methods whose solver is not available."""
+    from combprune.torch import resolve_method
+
+    needs = {m: resolve_method(m).solver for m in methods}
+    return {m: name for m, name in needs.items() if name and not _available(name)}
 
 
 def run_demo(
@@ -152,9 +156,9 @@ def run_demo(
     calibration = [(Xtr[calib_idx[i : i + 64]], ytr[calib_idx[i : i + 64]]) for i in range(0, len(calib_idx), 64)]
     builders = {"mlp": make_mlp, "cnn": make_cnn}
     rows: list[DemoRow] = []
-    skipped = [m for m in methods if _NEEDS.get(m) and not _available(_NEEDS[m])]
-    for m in skipped:
-        logger.warning("demo: method %s skipped (solver %r is not registered)", m, _NEEDS[m])
+    skipped = _missing_solvers(methods)
+    for m, name in skipped.items():
+        logger.warning("demo: method %s skipped (solver %r is not available)", m, name)
     for model_name in models:
         t = time.perf_counter()
         dense = train(builders[model_name](seed), Xtr, ytr, epochs=epochs, seed=seed)
@@ -165,20 +169,20 @@ def run_demo(
         for method in methods:
             if method in skipped:
                 continue
-            if method in ("magnitude", "chita", "chita++"):
-                jobs += [(method, f"sparsity {s:g}", {"sparsity": s}) for s in sparsities]
-            elif method in ("flop-magnitude", "falcon", "falcon++"):
-                jobs += [(method, f"FLOPs {f:g}", {"flop_budget": f}) for f in flop_budgets]
-            elif method in ("osscar", "group-magnitude"):
+            spec = cpt.resolve_method(method)
+            if spec.kind == "structured":
                 jobs += [(method, f"groups removed {s:g}", {"sparsity": s}) for s in structured_fractions]
+            elif spec.flop_aware:
+                jobs += [(method, f"FLOPs {f:g}", {"flop_budget": f}) for f in flop_budgets]
             else:
                 jobs += [(method, f"sparsity {s:g}", {"sparsity": s}) for s in sparsities]
         for method, label, budget in jobs:
             model = copy.deepcopy(dense)
+            spec = cpt.resolve_method(method)
             extra: dict[str, Any] = {}
-            if method in ("chita", "chita++", "falcon", "falcon++"):
+            if spec.kind == "gradient":
                 extra["l2"] = l2
-            if method.endswith("++"):
+            if spec.multistage:
                 extra["stages"] = stages
             try:
                 report = cpt.prune(model, calibration, method=method, n_samples=n_samples, progress=progress, **budget, **extra)
@@ -296,7 +300,7 @@ def run_from_args(args: argparse.Namespace) -> tuple[list[DemoRow], str]:
             "",
             format_table(rows),
         ]
-        skipped = [m for m in kwargs["methods"] if _NEEDS.get(m) and not _available(_NEEDS[m])]
+        skipped = list(_missing_solvers(kwargs["methods"]))
         if skipped:
             lines += ["", f"skipped (solver not registered): {', '.join(skipped)}"]
         lines += ["", f"total {time.perf_counter() - t:.1f}s"]

@@ -2,6 +2,7 @@
 
 >>> import combprune.torch as cpt
 >>> report = cpt.prune(model, loader, method="chita++", sparsity=0.9)  # doctest: +SKIP
+>>> pruner = cpt.Pruner("chita++", sparsity=0.9)  # the same, validated once, reusable  # doctest: +SKIP
 >>> print(report)                                                       # doctest: +SKIP
 
 See ``docs/torch_adapter.md`` for conventions (sparsity = fraction removed; FLOPs = 2 x MACs).
@@ -11,11 +12,17 @@ from ._calibration import model_device
 from ._flops import layer_flops, measure, model_flops
 from ._gradients import per_sample_gradients
 from ._select import DEFAULT_TYPES, PrunableParam, select_parameters
-from .prune import METHODS, PruningError, k_from_sparsity, prune
+from .methods import METHODS, Method, resolve_method
+from .prune import PruningError, k_from_sparsity
+from .pruner import PruneConfig, Pruner, prune
 from .report import BudgetError, LayerReport, PruneReport
 
 __all__ = [
     "prune",
+    "Pruner",
+    "PruneConfig",
+    "Method",
+    "resolve_method",
     "PruneReport",
     "LayerReport",
     "BudgetError",

@@ -1,6 +1,7 @@
-"""``combprune.torch.prune``: one-shot pruning of a torch model by combinatorial optimisation.
+"""The one-shot pruning engine behind :class:`combprune.torch.Pruner` and ``combprune.torch.prune``.
 
-The unstructured methods build one global problem over every prunable weight (SPEC 1.1):
+The unstructured methods build one global problem over every prunable weight
+(``docs/formulations/l0_regression.md``):
 
 .. math::
 
@@ -17,8 +18,8 @@ Budget conventions
 * ``sparsity`` = fraction of the prunable weights **removed**: ``k = p - removed`` with
   ``removed = ceil(sparsity * p)`` (rounded to the nearest integer when within 1e-9 of it), so
   the reached sparsity is never below the requested one.
-* ``flop_budget`` = fraction of the **model's** dense FLOPs kept (one forward pass on one
-  calibration sample, everything torch's counter sees). FLOPs of layers that are not pruned are
+* ``flop_budget`` = fraction of the **model's** dense FLOPs kept (FLOPs per sample of one
+  forward pass, averaged over the first calibration batch, everything torch's counter sees). FLOPs of layers that are not pruned are
   fixed, so the pruned layers get ``F = flop_budget x model FLOPs - fixed FLOPs``; when that is
   negative the budget cannot be met and a ``ValueError`` says so.
 * Both budgets are checked exactly after pruning: NNZ <= k, FLOPs <= F (``math.fsum``, 1e-12
@@ -33,7 +34,7 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,47 +43,24 @@ from tqdm.auto import tqdm
 
 from combprune import problems as _problems
 from combprune.api import solve
-from combprune.registry import get_solver, list_solvers
 
 from ._calibration import Batch, check_device, collect
 from ._flops import layer_flops, model_flops
 from ._gradients import flat_weights, per_sample_gradients
 from ._select import PrunableParam, select_parameters
+from .methods import FLOP_SELECTION_SOLVER
 from .report import BudgetError, LayerReport, PruneReport
+
+if TYPE_CHECKING:
+    from .pruner import PruneConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["prune", "METHODS", "PruningError", "k_from_sparsity"]
+__all__ = ["run", "PruningError", "k_from_sparsity"]
 
 
 class PruningError(RuntimeError):
     """Pruning failed; the model has been restored to its state before the call."""
-
-
-@dataclass(frozen=True)
-class _Method:
-    kind: str  # "magnitude" | "gradient" | "structured"
-    solver: str | None
-    multistage: bool = False
-    flop_aware: bool = False
-    description: str = ""
-
-
-#: Built-in method names. Any registered solver of ``L0Regression`` (gradient based) or of
-#: ``FlopNnzILP`` (magnitude based, values w^2) is accepted as a method name too.
-METHODS: dict[str, _Method] = {
-    "magnitude": _Method("magnitude", None, description="global top-k |w| (FLOP-aware ILP when flop_budget is given)"),
-    "flop-magnitude": _Method("magnitude", "dual-sort", flop_aware=True, description="FLOP-aware magnitude: max sum w^2 under NNZ and FLOP budgets (FALCON's ILP)"),
-    "chita": _Method("gradient", "chita", description="CHITA: l0-constrained regression on per-sample gradients"),
-    "chita++": _Method("gradient", "chita", multistage=True, description="CHITA++: multi-stage CHITA, re-linearised at every stage"),
-    "falcon": _Method("gradient", "dfo", flop_aware=True, description="FALCON: DFO under NNZ and FLOP budgets ('chita' when 'dfo' is not installed)"),
-    "falcon++": _Method("gradient", "dfo", multistage=True, flop_aware=True, description="FALCON++: multi-stage FALCON"),
-    "osscar": _Method("structured", "osscar", description="OSSCAR: layer-wise structured pruning (neurons, channels, heads)"),
-    "group-magnitude": _Method("structured", "group-magnitude", description="structured magnitude baseline (group norms)"),
-}
-
-_APPLY = ("mask", "permanent", "physical")
-_DEFAULT_STAGES = 10
 
 
 def k_from_sparsity(sparsity: float, p: int) -> int:
@@ -144,35 +122,7 @@ class _Snapshot:
             self.model.config = self.config
 
 
-# Validation ------------------------------------------------------------------------------------
-def _check_fraction(name: str, value: Any, *, low_open: bool, high_open: bool) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    v = float(value)
-    lo_ok = v > 0 if low_open else v >= 0
-    hi_ok = v < 1 if high_open else v <= 1
-    if not (math.isfinite(v) and lo_ok and hi_ok):
-        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
-        raise ValueError(f"{name}: must lie in {interval}, got {value!r}")
-    return v
-
-
-def _check_schedule(schedule: Any, sparsity: float | None) -> tuple[float, ...]:
-    try:
-        seq = tuple(float(v) for v in schedule)
-    except (TypeError, ValueError):
-        raise TypeError(f"schedule: expected a schedule name or a sequence of sparsities, got {schedule!r}") from None
-    if not seq:
-        raise ValueError("schedule: empty sequence")
-    if any(not (0.0 <= v < 1.0) for v in seq) or any(b < a for a, b in zip(seq, seq[1:])):
-        raise ValueError(f"schedule: sparsities must be non-decreasing in [0, 1), got {seq}")
-    if sparsity is not None and abs(seq[-1] - sparsity) > 1e-12:
-        raise ValueError(f"schedule: the last sparsity {seq[-1]} must equal sparsity={sparsity}")
-    return seq
-
-
+# Budgets of the stages ------------------------------------------------------------------------
 def _explicit_budgets(seq: tuple[float, ...], p: int, k: int, dense: float, F: float | None) -> list[Any]:
     """(k_t, F_t) of an explicit sparsity schedule: stage t goes ``s_t / s_T`` of the way."""
     target = seq[-1]
@@ -185,211 +135,71 @@ def _explicit_budgets(seq: tuple[float, ...], p: int, k: int, dense: float, F: f
     return out
 
 
-def _registered(name: str) -> bool:
-    try:
-        get_solver(name)
-    except ValueError:
-        return False
-    return True
+# Running one configuration ---------------------------------------------------------------------
+def run(model: nn.Module, calibration: Any, cfg: "PruneConfig") -> PruneReport:
+    """Prune ``model`` in place with a validated configuration (see :class:`combprune.torch.Pruner`).
 
-
-def _resolve_method(method: str, structured: bool) -> _Method:
-    if not isinstance(method, str):
-        raise TypeError(f"method: expected a method name (str), got {type(method).__name__}")
-    if method in METHODS:
-        m = METHODS[method]
-        if structured and m.kind != "structured":
-            raise ValueError(f"method: {method!r} is unstructured; structured=True needs 'osscar' or 'group-magnitude'")
-        if m.solver == "dfo" and not _registered("dfo"):
-            # FALCON's problem is CHITA's with the FLOP constraint: without the DFO solver, the
-            # chita solver (IHT whose projection honours both budgets) solves it.
-            logger.info("method %s: solver 'dfo' is not registered; using 'chita' on the FLOP-constrained problem", method)
-            return _Method(m.kind, "chita", m.multistage, m.flop_aware, m.description)
-        return m
-    if structured:
-        return _Method("structured", method)
-    try:
-        spec = get_solver(method)
-    except ValueError:
-        names = sorted(METHODS) + sorted(r["name"] for r in list_solvers(_problems.L0Regression))
-        raise ValueError(f"method: unknown method {method!r}; choose one of {', '.join(dict.fromkeys(names))}") from None
-    if issubclass(_problems.L0Regression, spec.problems):
-        return _Method("gradient", method)
-    if issubclass(_problems.FlopNnzILP, spec.problems):
-        return _Method("magnitude", method, flop_aware=True)
-    raise ValueError(f"method: solver {method!r} solves {[c.__name__ for c in spec.problems]}; the torch adapter needs an L0Regression or FlopNnzILP solver")
-
-
-# Public API ------------------------------------------------------------------------------------
-def prune(
-    model: nn.Module,
-    calibration: Any,
-    *,
-    method: str = "chita",
-    sparsity: float | None = None,
-    flop_budget: float | None = None,
-    targets: Any = None,
-    ignore: Any = None,
-    n_samples: int | None = 1000,
-    stages: int | None = None,
-    schedule: str | Sequence[float] = "poly",
-    base_sparsity: float = 0.0,
-    structured: bool = False,
-    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
-    l2: float = 1e-3,
-    first_order: bool = False,
-    solver: str | None = None,
-    solver_options: dict[str, Any] | None = None,
-    time_limit: float | None = None,
-    seed: int | None = 0,
-    apply: str = "mask",
-    max_memory: int = 2 * 1024**3,
-    chunk_size: int = 128,
-    device: torch.device | str | None = None,
-    progress: bool = True,
-) -> PruneReport:
-    """Prune ``model`` in place and return a :class:`PruneReport`.
-
-    Parameters
-    ----------
-    model : the network (any ``nn.Module``), on one device.
-    calibration : a DataLoader or an iterable of ``(inputs, targets)`` batches (inputs alone for
-        the layer-wise structured methods, or with a ``loss_fn`` that ignores targets), or one
-        tensor / one ``(X, y)`` pair; moved batch by batch to the model's device.
-    method : ``"magnitude"``, ``"flop-magnitude"``, ``"chita"``, ``"chita++"``, ``"falcon"``,
-        ``"falcon++"``, ``"osscar"``, ``"group-magnitude"``, or the name of any registered
-        ``L0Regression`` solver (e.g. ``"iht"``, ``"backsolve"``, ``"swap"``; gradient based) or
-        ``FlopNnzILP`` solver (magnitude based, values ``w^2``).
-    sparsity : fraction of the prunable weights removed, in ``[0, 1)``.
-    flop_budget : fraction of the model's dense FLOPs kept, in ``(0, 1]``. At least one of
-        ``sparsity`` / ``flop_budget`` is required; both may be given.
-    targets, ignore : which weights are prunable (see :func:`combprune.torch.select_parameters`;
-        default: weights of Linear and Conv layers).
-    n_samples : calibration samples used (rows of A); ``None`` for all.
-    stages : number of stages of the multi-stage methods (default 10 for ``chita++`` /
-        ``falcon++``, 1 otherwise); any gradient method with ``stages > 1`` is run multi-stage.
-    schedule : budget schedule of the stages: ``"poly"`` (cubic, the papers' default),
-        ``"exp"``, ``"linear"``, ``"const"`` (:func:`combprune.solvers.sparsity_schedule`), or an
-        explicit non-decreasing sequence of sparsities ending at ``sparsity`` (``stages`` is then
-        its length; repeating the target re-linearises at the final budget). With a FLOP budget,
-        stage t gets the same fraction ``s_t / s_T`` of the way from the dense FLOPs to ``F``.
-    base_sparsity : sparsity the schedule starts from (before the first stage); FLOP budgets
-        follow the same schedule on the fraction of FLOPs removed.
-    structured : prune groups (neurons, channels, heads) layer by layer instead of weights.
-    loss_fn : ``loss_fn(outputs, targets) -> mean loss`` for the per-sample gradients
-        (default: cross-entropy; on log-softmax outputs it is the NLL loss).
-    l2 : ridge relative to the normalised Fisher (``ridge = n * l2``, SPEC 1.1).
-    first_order : keep the gradient term of the local model (``b = A w_bar - 1``).
-    solver : override the solver of the method (a registered name).
-    solver_options : keyword options passed to the solver (its own names).
-    time_limit : seconds per solve (the solver returns its best feasible point).
-    seed : seed of solver randomness.
-    apply : ``"mask"`` (torch's ``weight_orig`` / ``weight_mask`` through
-        ``torch.nn.utils.prune.custom_from_mask``), ``"permanent"`` (zeros written into the
-        weights, no mask) or ``"physical"`` (structured only: a smaller dense model).
-    max_memory : bytes allowed for the gradient matrix A (n x p floats). Above it the weights
-        are split into blocks of whole layers (a layer larger than the limit is split into
-        chunks) and each block is solved in turn, at the current weights, with its share of the
-        budgets: the block's share of the global (FLOP-aware) magnitude solution
-        (``k_b`` = its kept weights, ``F_b`` = their FLOPs), so the union meets both budgets.
-    chunk_size : samples per ``vmap`` chunk of the per-sample gradients.
-    device : expected device of the model (a ``ValueError`` when the model is elsewhere).
-    progress : show tqdm progress bars (samples, stages, blocks, layers).
-
-    Returns
-    -------
-    PruneReport with one row per pruned weight; its budgets have been checked.
-
-    Raises
-    ------
-    ValueError / TypeError for bad arguments (naming them); :class:`PruningError` (or the
-    original error) when pruning fails, after restoring the model exactly.
+    On any failure the model is restored exactly (one snapshot serves every path) and the
+    error re-raised: ``ValueError`` / ``TypeError`` / ``BudgetError`` as they are, anything else
+    as :class:`PruningError`.
     """
     t0 = time.perf_counter()
-    spec = _resolve_method(method, structured)
-    sparsity = _check_fraction("sparsity", sparsity, low_open=False, high_open=True)
-    flop_budget = _check_fraction("flop_budget", flop_budget, low_open=True, high_open=False)
-    if sparsity is None and flop_budget is None:
-        raise ValueError("sparsity: give sparsity (fraction removed) and/or flop_budget (fraction of FLOPs kept)")
-    if apply not in _APPLY:
-        raise ValueError(f"apply: expected one of {', '.join(_APPLY)}, got {apply!r}")
-    if apply == "physical" and spec.kind != "structured":
-        raise ValueError("apply: 'physical' removal needs a structured method (structured=True, 'osscar' or 'group-magnitude')")
-    if isinstance(schedule, str):
-        if schedule not in ("poly", "exp", "linear", "const"):
-            raise ValueError(f"schedule: expected 'poly', 'exp', 'linear', 'const' or a sequence of sparsities, got {schedule!r}")
-    else:
-        schedule = _check_schedule(schedule, sparsity)
-        if stages is not None and stages != len(schedule):
-            raise ValueError(f"stages: {stages} given but the schedule has {len(schedule)} stages")
-        stages = len(schedule)
-    base_sparsity = _check_fraction("base_sparsity", base_sparsity, low_open=False, high_open=True)
-    if stages is None:
-        stages = _DEFAULT_STAGES if spec.multistage else 1
-    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
-        raise ValueError(f"stages: expected a positive integer, got {stages!r}")
-    if not isinstance(l2, (int, float)) or not math.isfinite(l2) or l2 < 0:
-        raise ValueError(f"l2: expected a finite number >= 0, got {l2!r}")
-    if solver_options is not None and not isinstance(solver_options, dict):
-        raise TypeError(f"solver_options: expected a dict, got {type(solver_options).__name__}")
-    dev = check_device(model, device)
-
-    if spec.kind == "structured":
-        return _prune_structured(
-            model, calibration, spec=spec, method=method, sparsity=sparsity, flop_budget=flop_budget, targets=targets,
-            ignore=ignore, n_samples=n_samples, apply=apply, solver_options=solver_options, progress=progress, t0=t0,
-        )
-
-    params = select_parameters(model, targets, ignore)
-    need_grads = spec.kind == "gradient"
-    batches = collect(calibration, n_samples, dev, need_targets=need_grads and loss_fn is None)
-    n = sum(b.size for b in batches)
+    dev = check_device(model, cfg.device)
     snapshot = _Snapshot(model)
-    ctx = _Context(model, params, batches, dev, progress)
-    k = ctx.p if sparsity is None else k_from_sparsity(sparsity, ctx.p)
+    try:
+        if cfg.spec.kind == "structured":
+            report = _prune_structured(model, calibration, cfg)
+        else:
+            report = _prune_unstructured(model, calibration, cfg, dev)
+    except BaseException as exc:
+        snapshot.restore()
+        logger.warning("prune %s failed (%s: %s); the model was restored", cfg.method, type(exc).__name__, exc)
+        if isinstance(exc, (ValueError, TypeError, KeyboardInterrupt, BudgetError)):
+            raise
+        raise PruningError(f"pruning with {cfg.method!r} failed: {exc}; the model was restored unchanged") from exc
+    report.time = time.perf_counter() - t0
+    logger.info("prune %s done: %r", cfg.method, report)
+    return report
+
+
+def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", dev: torch.device) -> PruneReport:
+    spec = cfg.spec
+    params = select_parameters(model, cfg.targets, cfg.ignore)
+    need_grads = spec.kind == "gradient"
+    batches = collect(calibration, cfg.n_samples, dev, need_targets=need_grads and cfg.loss_fn is None)
+    n = sum(b.size for b in batches)
+    ctx = _Context(model, params, batches, dev, cfg.progress)
+    k = ctx.p if cfg.sparsity is None else k_from_sparsity(cfg.sparsity, ctx.p)
     F = None
-    if flop_budget is not None:
-        F = flop_budget * ctx.model_flops - ctx.fixed_flops
+    if cfg.flop_budget is not None:
+        F = cfg.flop_budget * ctx.model_flops - ctx.fixed_flops
         if F < -1e-9 * ctx.model_flops:
             raise ValueError(
-                f"flop_budget: {flop_budget:g} of the model's {ctx.model_flops:.6g} FLOPs cannot be met: layers that are not "
+                f"flop_budget: {cfg.flop_budget:g} of the model's {ctx.model_flops:.6g} FLOPs cannot be met: layers that are not "
                 f"pruned already take {ctx.fixed_flops:.6g} FLOPs ({ctx.fixed_flops / ctx.model_flops:.4f} of the total)"
             )
         F = max(F, 0.0)
     logger.info(
         "prune %s: %d prunable weights in %d layers, %d calibration samples, k=%d, F=%s",
-        method, ctx.p, len(params), n, k, "-" if F is None else f"{F:.6g}",
+        cfg.method, ctx.p, len(params), n, k, "-" if F is None else f"{F:.6g}",
     )
-    try:
-        options = dict(solver_options or {})
-        if spec.kind == "magnitude":
-            new_w, solves = _solve_magnitude(ctx, spec, k, F, solver=solver, options=options, time_limit=time_limit, seed=seed)
-            stage_records: list[dict[str, Any]] = []
-        else:
-            new_w, solves, stage_records = _solve_gradient(
-                ctx, spec, k, F, solver=solver or spec.solver, options=options, stages=stages, schedule=schedule, base_sparsity=base_sparsity,
-                loss_fn=loss_fn, l2=float(l2), first_order=first_order, time_limit=time_limit, seed=seed,
-                max_memory=max_memory, chunk_size=chunk_size,
-            )
-        report = _apply_and_report(ctx, new_w, apply=apply, method=method, solves=solves, k=k if sparsity is not None else None, F=F)
-        report.sparsity_requested, report.flop_budget_requested = sparsity, flop_budget
-        report.stages = stage_records
-        report.info.update(
-            n_samples=n, l2=l2 if need_grads else None, first_order=first_order if need_grads else None,
-            stages=stages if need_grads else 1, schedule=schedule if need_grads and stages > 1 else None,
-            base_sparsity=base_sparsity if need_grads and stages > 1 else None,
-            solver=solver or spec.solver, solver_options=options, model_flops=ctx.model_flops, fixed_flops=ctx.fixed_flops,
-            flop_unit="FLOPs (= 2 x MACs, torch.utils.flop_counter, per sample)",
-        )
-        report.check_budgets()
-    except BaseException as exc:
-        snapshot.restore()
-        logger.warning("prune %s failed (%s: %s); the model was restored", method, type(exc).__name__, exc)
-        if isinstance(exc, (ValueError, TypeError, KeyboardInterrupt, BudgetError)):
-            raise
-        raise PruningError(f"pruning with {method!r} failed: {exc}; the model was restored unchanged") from exc
-    report.time = time.perf_counter() - t0
-    logger.info("prune %s done: %r", method, report)
+    if spec.kind == "magnitude":
+        new_w, solves = _solve_magnitude(ctx, cfg, k, F)
+        stage_records: list[dict[str, Any]] = []
+    else:
+        new_w, solves, stage_records = _solve_gradient(ctx, cfg, k, F)
+    report = _apply_and_report(ctx, new_w, apply=cfg.apply, method=cfg.method, solves=solves, k=k if cfg.sparsity is not None else None, F=F)
+    report.sparsity_requested, report.flop_budget_requested = cfg.sparsity, cfg.flop_budget
+    report.stages = stage_records
+    multi = need_grads and cfg.stages > 1
+    report.info.update(
+        n_samples=n, l2=cfg.l2 if need_grads else None, first_order=cfg.first_order if need_grads else None,
+        stages=cfg.stages if need_grads else 1, schedule=cfg.schedule if multi else None,
+        base_sparsity=cfg.base_sparsity if multi else None,
+        solver=cfg.solver_name, solver_options=dict(cfg.solver_options), model_flops=ctx.model_flops, fixed_flops=ctx.fixed_flops,
+        flop_unit="FLOPs (= 2 x MACs, torch.utils.flop_counter, per sample)",
+    )
+    report.check_budgets()
     return report
 
 
@@ -436,7 +246,8 @@ def _topk_mask(values: np.ndarray, k: int) -> np.ndarray:
     return mask
 
 
-def _flop_magnitude_support(ctx: _Context, w: np.ndarray, costs: np.ndarray, layer: np.ndarray, k: int, F: float, *, solver: str, options: dict[str, Any], time_limit: float | None, seed: int | None):
+def _flop_magnitude_support(w: np.ndarray, costs: np.ndarray, layer: np.ndarray, k: int, F: float, *, solver: str, options: dict[str, Any], time_limit: float | None, seed: int | None):
+    """FALCON's FLOP-NNZ selection ``max sum w^2`` under both budgets, solved by ``solver``."""
     problem = _problems.FlopNnzILP(w.astype(np.float64) ** 2, costs, k, F, layer=layer)
     res = solve(problem, solver, time_limit=time_limit, seed=seed, **options)
     z = np.asarray(res.x if res.x is not None else res.support).astype(np.float64)
@@ -446,16 +257,18 @@ def _flop_magnitude_support(ctx: _Context, w: np.ndarray, costs: np.ndarray, lay
     return z == 1, res
 
 
-def _solve_magnitude(ctx: _Context, spec: _Method, k: int, F: float | None, *, solver: str | None, options: dict[str, Any], time_limit: float | None, seed: int | None):
+def _solve_magnitude(ctx: _Context, cfg: "PruneConfig", k: int, F: float | None):
     t = time.perf_counter()
     w = ctx.w0.detach().cpu().numpy().astype(np.float64)
-    if F is None and not (spec.flop_aware and solver):
+    if F is None and not (cfg.spec.flop_aware and cfg.solver):
         mask = _topk_mask(np.abs(w), k)
         name, obj, bound, gap = "top-k", float(np.sum(w[mask] ** 2)), None, None
     else:
-        name = solver or spec.solver or "dual-sort"
+        name = cfg.solver or cfg.spec.solver or FLOP_SELECTION_SOLVER
         budget = F if F is not None else math.fsum(ctx.costs.tolist())
-        mask, res = _flop_magnitude_support(ctx, w, ctx.costs, ctx.layer, k, budget, solver=name, options=options, time_limit=time_limit, seed=seed)
+        mask, res = _flop_magnitude_support(
+            w, ctx.costs, ctx.layer, k, budget, solver=name, options=dict(cfg.solver_options), time_limit=cfg.time_limit, seed=cfg.seed
+        )
         obj, bound, gap = res.objective, res.bound, res.gap
     new_w = np.where(mask, w, 0.0)
     return new_w, [_Solve(list(range(len(ctx.params))), name, obj, bound, gap, time.perf_counter() - t)]
@@ -482,9 +295,9 @@ def _blocks(ctx: _Context, n: int, max_memory: int, itemsize: int) -> list[tuple
     return blocks
 
 
-def _solve_gradient(ctx: _Context, spec: _Method, k: int, F: float | None, *, solver: str, options: dict[str, Any], stages: int, schedule: Any, base_sparsity: float, loss_fn, l2: float, first_order: bool, time_limit: float | None, seed: int | None, max_memory: int, chunk_size: int):
+def _solve_gradient(ctx: _Context, cfg: "PruneConfig", k: int, F: float | None):
     n = sum(b.size for b in ctx.batches)
-    blocks = _blocks(ctx, n, max_memory, 4)
+    blocks = _blocks(ctx, n, cfg.max_memory, 4)
     w_all = ctx.w0.detach().clone()
     solves: list[_Solve] = []
     stage_records: list[dict[str, Any]] = []
@@ -496,16 +309,13 @@ def _solve_gradient(ctx: _Context, spec: _Method, k: int, F: float | None, *, so
         if F is None:
             mask = _topk_mask(np.abs(w), k)
         else:
-            mask, _ = _flop_magnitude_support(ctx, w, ctx.costs, ctx.layer, k, F, solver="dual-sort", options={}, time_limit=time_limit, seed=seed)
+            mask, _ = _flop_magnitude_support(w, ctx.costs, ctx.layer, k, F, solver=FLOP_SELECTION_SOLVER, options={}, time_limit=cfg.time_limit, seed=cfg.seed)
         shares = [(int(mask[a:b].sum()), None if F is None else math.fsum(ctx.costs[a:b][mask[a:b]].tolist())) for a, b in blocks]
-        logger.info("gradient matrix %d x %d exceeds max_memory=%d bytes: solving %d blocks in turn", n, ctx.p, max_memory, len(blocks))
+        logger.info("gradient matrix %d x %d exceeds max_memory=%d bytes: solving %d blocks in turn", n, ctx.p, cfg.max_memory, len(blocks))
     bar = ctx.bar(total=len(blocks), desc="blocks", unit="block") if len(blocks) > 1 else None
     for (a, b), (k_b, F_b) in zip(blocks, shares):
         t = time.perf_counter()
-        w_block, res, records = _solve_block(
-            ctx, w_all, a, b, k_b, F_b, solver=solver, options=options, stages=stages, schedule=schedule, base_sparsity=base_sparsity, loss_fn=loss_fn,
-            l2=l2, first_order=first_order, time_limit=time_limit, seed=seed, chunk_size=chunk_size,
-        )
+        w_block, res, records = _solve_block(ctx, cfg, w_all, a, b, k_b, F_b)
         w_all[a:b] = torch.as_tensor(w_block, dtype=w_all.dtype, device=w_all.device)
         layers = [j for j in range(len(ctx.params)) if ctx.offsets[j] < b and ctx.offsets[j + 1] > a]
         solves.append(_Solve(layers, res.solver, res.objective, res.bound, res.gap, time.perf_counter() - t))
@@ -527,7 +337,9 @@ def _block_params(ctx: _Context, a: int, b: int):
     return out
 
 
-def _solve_block(ctx: _Context, w_all: torch.Tensor, a: int, b: int, k: int, F: float | None, *, solver: str, options, stages, schedule, base_sparsity, loss_fn, l2, first_order, time_limit, seed, chunk_size):
+def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int, b: int, k: int, F: float | None):
+    """Solve the coordinates [a, b) (one- or multi-stage) with the rest of the weights fixed."""
+    solver, options, stages, schedule = cfg.solver_name, dict(cfg.solver_options), cfg.stages, cfg.schedule
     members = _block_params(ctx, a, b)
     lo = int(ctx.offsets[members[0][0]])
     costs = ctx.costs[a:b]
@@ -539,7 +351,9 @@ def _solve_block(ctx: _Context, w_all: torch.Tensor, a: int, b: int, k: int, F: 
         w[a:b] = torch.as_tensor(weights_block, dtype=w.dtype, device=w.device)
         wrt = [j for j, _, _ in members]
         with ctx.bar(total=n, desc="per-sample gradients", unit="sample") as bar:
-            G = per_sample_gradients(ctx.model, ctx.params, ctx.batches, weights=w, wrt=wrt, loss_fn=loss_fn, chunk_size=chunk_size, progress=bar)
+            G = per_sample_gradients(
+                ctx.model, ctx.params, ctx.batches, weights=w, wrt=wrt, loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size, progress=bar
+            )
         return G[:, a - lo : b - lo].detach().cpu().numpy()
 
     def build(weights: Any, k_t: int, F_t: float | None) -> _problems.L0Regression:
@@ -547,12 +361,12 @@ def _solve_block(ctx: _Context, w_all: torch.Tensor, a: int, b: int, k: int, F: 
         wb = np.asarray(weights, dtype=np.float64)
         A = gradients(wb)
         flop = {} if F_t is None else {"flop_costs": costs, "flop_budget": float(F_t)}
-        return _problems.L0Regression.from_gradients(A, wb.astype(A.dtype), int(k_t), l2=l2, first_order=first_order, **flop)
+        return _problems.L0Regression.from_gradients(A, wb.astype(A.dtype), int(k_t), l2=cfg.l2, first_order=cfg.first_order, **flop)
 
     w_start = w_all[a:b].detach().cpu().numpy().astype(np.float64)
     if stages == 1:
         problem = build(w_start, k, F)
-        res = solve(problem, solver, time_limit=time_limit, seed=seed, **options)
+        res = solve(problem, solver, time_limit=cfg.time_limit, seed=cfg.seed, **options)
         violations = problem.check(res.x)
         if violations:
             raise PruningError(f"solver {solver!r} returned an infeasible point: {'; '.join(violations)}")
@@ -572,8 +386,8 @@ def _solve_block(ctx: _Context, w_all: torch.Tensor, a: int, b: int, k: int, F: 
     try:
         res = multistage(
             build_stage, schedule, solver, weights=w_start, k=k, flop_budget=F,
-            dense_flops=None if F is None else dense_b, n_stages=stages, base=base_sparsity,
-            time_limit=time_limit, seed=seed, callback=lambda t, r: bar.update(1), **options,
+            dense_flops=None if F is None else dense_b, n_stages=stages, base=cfg.base_sparsity,
+            time_limit=cfg.time_limit, seed=cfg.seed, callback=lambda t, r: bar.update(1), **options,
         )
     finally:
         bar.close()
@@ -643,27 +457,17 @@ def _apply_and_report(ctx: _Context, new_w: np.ndarray, *, apply: str, method: s
 
 
 # Structured methods (layer-wise, delegated) ----------------------------------------------------------
-def _prune_structured(model: nn.Module, calibration: Any, *, spec: _Method, method: str, sparsity, flop_budget, targets, ignore, n_samples, apply, solver_options, progress, t0) -> PruneReport:
+def _prune_structured(model: nn.Module, calibration: Any, cfg: "PruneConfig") -> PruneReport:
     from . import structured as _structured
 
-    if flop_budget is not None and sparsity is None:
-        raise ValueError("flop_budget: structured methods take sparsity (fraction of groups removed per layer); a FLOP budget is not supported there")
-    snapshot = _Snapshot(model)
-    try:
-        layers, plan = _structured.prune_structured(
-            model, calibration, method=spec.solver or method, sparsity=sparsity, targets=targets, ignore=ignore,
-            n_samples=n_samples, solver_options=solver_options, progress=progress,
-        )
-        _apply_structured(model, plan, apply)
-        report = PruneReport(layers=list(layers), method=method, sparsity_requested=sparsity, apply=apply)
-        report.info.update(structured_plan=plan.to_dict(), solver=spec.solver or method, solver_options=dict(solver_options or {}))
-    except BaseException as exc:
-        snapshot.restore()
-        logger.warning("prune %s failed (%s: %s); the model was restored", method, type(exc).__name__, exc)
-        if isinstance(exc, (ValueError, TypeError, KeyboardInterrupt)):
-            raise
-        raise PruningError(f"pruning with {method!r} failed: {exc}; the model was restored unchanged") from exc
-    report.time = time.perf_counter() - t0
+    solver = cfg.spec.solver or cfg.method
+    layers, plan = _structured.prune_structured(
+        model, calibration, method=solver, sparsity=cfg.sparsity, targets=cfg.targets, ignore=cfg.ignore,
+        n_samples=cfg.n_samples, solver_options=dict(cfg.solver_options), progress=cfg.progress,
+    )
+    _apply_structured(model, plan, cfg.apply)
+    report = PruneReport(layers=list(layers), method=cfg.method, sparsity_requested=cfg.sparsity, apply=cfg.apply)
+    report.info.update(structured_plan=plan.to_dict(), solver=solver, solver_options=dict(cfg.solver_options))
     return report
 
 

@@ -1,0 +1,314 @@
+"""``Pruner``: a pruning method with its budgets and options, validated once, applied to models.
+
+>>> import combprune.torch as cpt
+>>> pruner = cpt.Pruner("chita++", sparsity=0.9, l2=1e-2)        # doctest: +SKIP
+>>> report = pruner.prune(model, loader)                         # doctest: +SKIP
+>>> report = pruner.with_budget(sparsity=0.95).prune(model, loader)  # doctest: +SKIP
+
+``combprune.torch.prune(model, calibration, **config)`` is ``Pruner(**config).prune(model,
+calibration)``. The conventions (sparsity = fraction removed, FLOPs = 2 x MACs) are those of
+``docs/torch_adapter.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .methods import Method, resolve_method
+from .prune import run
+from .report import PruneReport
+
+__all__ = ["Pruner", "PruneConfig", "prune"]
+
+APPLY_MODES = ("mask", "permanent", "physical")
+SCHEDULES = ("poly", "exp", "linear", "const")
+DEFAULT_STAGES = 10
+
+
+def _fraction(name: str, value: Any, *, low_open: bool, high_open: bool) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    v = float(value)
+    lo_ok = v > 0 if low_open else v >= 0
+    hi_ok = v < 1 if high_open else v <= 1
+    if not (math.isfinite(v) and lo_ok and hi_ok):
+        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+        raise ValueError(f"{name}: must lie in {interval}, got {value!r}")
+    return v
+
+
+def _sparsity_sequence(schedule: Any, sparsity: float | None) -> tuple[float, ...]:
+    try:
+        seq = tuple(float(v) for v in schedule)
+    except (TypeError, ValueError):
+        raise TypeError(f"schedule: expected a schedule name or a sequence of sparsities, got {schedule!r}") from None
+    if not seq:
+        raise ValueError("schedule: empty sequence")
+    if any(not (0.0 <= v < 1.0) for v in seq) or any(b < a for a, b in zip(seq, seq[1:])):
+        raise ValueError(f"schedule: sparsities must be non-decreasing in [0, 1), got {seq}")
+    if sparsity is not None and abs(seq[-1] - sparsity) > 1e-12:
+        raise ValueError(f"schedule: the last sparsity {seq[-1]} must equal sparsity={sparsity}")
+    return seq
+
+
+def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """A validated pruning configuration (build it with :meth:`PruneConfig.build`).
+
+    The fields are the keyword arguments of :func:`combprune.torch.prune`, documented there;
+    ``spec`` is the method's row of :data:`combprune.torch.METHODS`.
+    """
+
+    method: str
+    spec: Method
+    sparsity: float | None
+    flop_budget: float | None
+    targets: Any = None
+    ignore: Any = None
+    n_samples: int | None = 1000
+    stages: int = 1
+    schedule: str | tuple[float, ...] = "poly"
+    base_sparsity: float = 0.0
+    structured: bool = False
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+    l2: float = 1e-3
+    first_order: bool = False
+    solver: str | None = None
+    solver_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    time_limit: float | None = None
+    seed: int | None = 0
+    apply: str = "mask"
+    max_memory: int = 2 * 1024**3
+    chunk_size: int = 128
+    device: torch.device | str | None = None
+    progress: bool = True
+
+    @property
+    def solver_name(self) -> str | None:
+        """The solver actually run: the ``solver`` override or the method's own."""
+        return self.solver or self.spec.solver
+
+    @classmethod
+    def build(cls, method: str = "chita", **kwargs: Any) -> "PruneConfig":
+        """Validate every argument once (errors name the argument) and return the config."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"method", "spec"}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"{unknown[0]}: unknown option of combprune.torch.Pruner; options are {', '.join(sorted(names))}")
+        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default) for f in dataclasses.fields(cls) if f.name in names}
+        defaults.update(sparsity=None, flop_budget=None, stages=None)
+        a = {**defaults, **kwargs}
+        if not isinstance(a["structured"], bool):
+            raise TypeError(f"structured: expected True or False, got {a['structured']!r}")
+        spec = resolve_method(method, a["structured"])
+        sparsity = _fraction("sparsity", a["sparsity"], low_open=False, high_open=True)
+        flop_budget = _fraction("flop_budget", a["flop_budget"], low_open=True, high_open=False)
+        if sparsity is None and flop_budget is None:
+            raise ValueError("sparsity: give sparsity (fraction removed) and/or flop_budget (fraction of FLOPs kept)")
+        if spec.kind == "structured" and flop_budget is not None and sparsity is None:
+            raise ValueError("flop_budget: structured methods take sparsity (fraction of groups removed per layer); a FLOP budget is not supported there")
+        if a["apply"] not in APPLY_MODES:
+            raise ValueError(f"apply: expected one of {', '.join(APPLY_MODES)}, got {a['apply']!r}")
+        if a["apply"] == "physical" and spec.kind != "structured":
+            raise ValueError("apply: 'physical' removal needs a structured method (structured=True, 'osscar' or 'group-magnitude')")
+        schedule, stages = a["schedule"], a["stages"]
+        if isinstance(schedule, str):
+            if schedule not in SCHEDULES:
+                raise ValueError(f"schedule: expected one of {', '.join(map(repr, SCHEDULES))} or a sequence of sparsities, got {schedule!r}")
+        else:
+            schedule = _sparsity_sequence(schedule, sparsity)
+            if stages is not None and stages != len(schedule):
+                raise ValueError(f"stages: {stages} given but the schedule has {len(schedule)} stages")
+            stages = len(schedule)
+        stages = _positive_int("stages", DEFAULT_STAGES if stages is None and spec.multistage else (1 if stages is None else stages))
+        base_sparsity = _fraction("base_sparsity", a["base_sparsity"], low_open=False, high_open=True)
+        l2 = a["l2"]
+        if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not math.isfinite(l2) or l2 < 0:
+            raise ValueError(f"l2: expected a finite number >= 0, got {l2!r}")
+        for flag in ("first_order", "progress"):
+            if not isinstance(a[flag], bool):
+                raise TypeError(f"{flag}: expected True or False, got {a[flag]!r}")
+        options = a["solver_options"]
+        if options is None:
+            options = {}
+        if not isinstance(options, Mapping):
+            raise TypeError(f"solver_options: expected a dict, got {type(options).__name__}")
+        if a["loss_fn"] is not None and not callable(a["loss_fn"]):
+            raise TypeError(f"loss_fn: expected a callable loss_fn(outputs, targets), got {a['loss_fn']!r}")
+        if a["solver"] is not None:
+            resolve_method(a["solver"], spec.kind == "structured")  # a registered solver, error names it
+        time_limit = a["time_limit"]
+        if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0 or not math.isfinite(time_limit)):
+            raise ValueError(f"time_limit: expected a positive finite number of seconds or None, got {time_limit!r}")
+        return cls(
+            method=method, spec=spec, sparsity=sparsity, flop_budget=flop_budget, targets=a["targets"], ignore=a["ignore"],
+            n_samples=_positive_int("n_samples", a["n_samples"], allow_none=True), stages=stages, schedule=schedule,
+            base_sparsity=base_sparsity, structured=a["structured"], loss_fn=a["loss_fn"], l2=float(l2), first_order=a["first_order"],
+            solver=a["solver"], solver_options=MappingProxyType(dict(options)), time_limit=time_limit, seed=a["seed"], apply=a["apply"],
+            max_memory=_positive_int("max_memory", a["max_memory"]), chunk_size=_positive_int("chunk_size", a["chunk_size"]),
+            device=a["device"], progress=a["progress"],
+        )
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this configuration (``method`` included)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "spec"}
+        out["solver_options"] = dict(self.solver_options)
+        return out
+
+
+class Pruner:
+    """A pruning method with budgets and options, validated once; ``prune(model, calibration)``.
+
+    Parameters
+    ----------
+    method : a name of :data:`combprune.torch.METHODS` or of a registered ``L0Regression`` /
+        ``FlopNnzILP`` solver.
+    sparsity, flop_budget, targets, ignore, **options : as for :func:`combprune.torch.prune`.
+
+    The object is immutable; :meth:`with_budget` returns a copy with other budgets (gradual
+    pruning re-prunes at rising sparsity with one configuration).
+    """
+
+    def __init__(self, method: str = "chita", *, sparsity: float | None = None, flop_budget: float | None = None, targets: Any = None, ignore: Any = None, **options: Any) -> None:
+        self.config = PruneConfig.build(method, sparsity=sparsity, flop_budget=flop_budget, targets=targets, ignore=ignore, **options)
+
+    @classmethod
+    def from_config(cls, config: PruneConfig) -> "Pruner":
+        obj = cls.__new__(cls)
+        obj.config = config
+        return obj
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    def prune(self, model: nn.Module, calibration: Any) -> PruneReport:
+        """Prune ``model`` in place; the model is restored exactly when anything fails."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        return run(model, calibration, self.config)
+
+    def with_budget(self, *, sparsity: float | None = None, flop_budget: float | None = None) -> "Pruner":
+        """A copy of this pruner with other budgets (validated)."""
+        opts = self.config.options()
+        opts.update(sparsity=sparsity, flop_budget=flop_budget)
+        if not isinstance(opts["schedule"], str):
+            opts["schedule"], opts["stages"] = "poly", None
+        method = opts.pop("method")
+        return Pruner.from_config(PruneConfig.build(method, **opts))
+
+    def get_params(self) -> dict[str, Any]:
+        """The configuration as keyword arguments (scikit-learn style)."""
+        return self.config.options()
+
+    def __repr__(self) -> str:
+        c = self.config
+        budgets = ", ".join(f"{k}={v!r}" for k, v in (("sparsity", c.sparsity), ("flop_budget", c.flop_budget)) if v is not None)
+        return f"Pruner({c.method!r}, {budgets})"
+
+
+def prune(
+    model: nn.Module,
+    calibration: Any,
+    *,
+    method: str = "chita",
+    sparsity: float | None = None,
+    flop_budget: float | None = None,
+    targets: Any = None,
+    ignore: Any = None,
+    n_samples: int | None = 1000,
+    stages: int | None = None,
+    schedule: str | Sequence[float] = "poly",
+    base_sparsity: float = 0.0,
+    structured: bool = False,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    l2: float = 1e-3,
+    first_order: bool = False,
+    solver: str | None = None,
+    solver_options: dict[str, Any] | None = None,
+    time_limit: float | None = None,
+    seed: int | None = 0,
+    apply: str = "mask",
+    max_memory: int = 2 * 1024**3,
+    chunk_size: int = 128,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> PruneReport:
+    """Prune ``model`` in place and return a :class:`PruneReport` (``Pruner(...).prune(...)``).
+
+    Parameters
+    ----------
+    model : the network (any ``nn.Module``), on one device.
+    calibration : a DataLoader or an iterable of ``(inputs, targets)`` batches (inputs alone for
+        the layer-wise structured methods, or with a ``loss_fn`` that ignores targets), or one
+        tensor / one ``(X, y)`` pair; moved batch by batch to the model's device.
+    method : ``"magnitude"``, ``"flop-magnitude"``, ``"chita"``, ``"chita++"``, ``"falcon"``,
+        ``"falcon++"``, ``"osscar"``, ``"group-magnitude"``, or the name of any registered
+        ``L0Regression`` solver (e.g. ``"iht"``, ``"backsolve"``, ``"swap"``; gradient based) or
+        ``FlopNnzILP`` solver (magnitude based, values ``w^2``).
+    sparsity : fraction of the prunable weights removed, in ``[0, 1)``.
+    flop_budget : fraction of the model's dense FLOPs kept, in ``(0, 1]``. At least one of
+        ``sparsity`` / ``flop_budget`` is required; both may be given.
+    targets, ignore : which weights are prunable (see :func:`combprune.torch.select_parameters`;
+        default: weights of Linear, Conv and Hugging Face Conv1D layers).
+    n_samples : calibration samples used (rows of A); ``None`` for all.
+    stages : number of stages of the multi-stage methods (default 10 for ``chita++`` /
+        ``falcon++``, 1 otherwise); any gradient method with ``stages > 1`` is run multi-stage.
+    schedule : budget schedule of the stages: ``"poly"`` (cubic, the papers' default),
+        ``"exp"``, ``"linear"``, ``"const"`` (:func:`combprune.solvers.sparsity_schedule`), or an
+        explicit non-decreasing sequence of sparsities ending at ``sparsity`` (``stages`` is then
+        its length; repeating the target re-linearises at the final budget). With a FLOP budget,
+        stage t gets the same fraction ``s_t / s_T`` of the way from the dense FLOPs to ``F``.
+    base_sparsity : sparsity the schedule starts from (before the first stage); FLOP budgets
+        follow the same schedule on the fraction of FLOPs removed.
+    structured : prune groups (neurons, channels, heads) layer by layer instead of weights.
+    loss_fn : ``loss_fn(outputs, targets) -> mean loss`` for the per-sample gradients
+        (default: cross-entropy; on log-softmax outputs it is the NLL loss).
+    l2 : ridge relative to the normalised Fisher (``ridge = n * l2``,
+        ``docs/formulations/l0_regression.md``).
+    first_order : keep the gradient term of the local model (``b = A w_bar - 1``).
+    solver : override the solver of the method (a registered name).
+    solver_options : keyword options passed to the solver (its own names).
+    time_limit : seconds per solve (the solver returns its best feasible point).
+    seed : seed of solver randomness.
+    apply : ``"mask"`` (torch's ``weight_orig`` / ``weight_mask`` through
+        ``torch.nn.utils.prune.custom_from_mask``), ``"permanent"`` (zeros written into the
+        weights, no mask) or ``"physical"`` (structured only: a smaller dense model).
+    max_memory : bytes allowed for the gradient matrix A (n x p floats). Above it the weights
+        are split into blocks of whole layers (a layer larger than the limit is split into
+        chunks) and each block is solved in turn, at the current weights, with its share of the
+        budgets: the block's share of the global (FLOP-aware) magnitude solution
+        (``k_b`` = its kept weights, ``F_b`` = their FLOPs), so the union meets both budgets.
+    chunk_size : samples per ``vmap`` chunk of the per-sample gradients.
+    device : expected device of the model (a ``ValueError`` when the model is elsewhere).
+    progress : show tqdm progress bars (samples, stages, blocks, layers).
+
+    Returns
+    -------
+    PruneReport with one row per pruned weight; its budgets have been checked.
+
+    Raises
+    ------
+    ValueError / TypeError for bad arguments (naming them); :class:`PruningError` (or the
+    original error) when pruning fails, after restoring the model exactly.
+    """
+    config = {name: value for name, value in locals().items() if name not in ("model", "calibration", "method")}
+    return Pruner(method, **config).prune(model, calibration)

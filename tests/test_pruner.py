@@ -1,0 +1,86 @@
+"""``combprune.torch.Pruner``: one validated configuration, reused on models and budgets."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import combprune.torch as cpt
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def data(n: int = 48, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"sparsity": 1.5}, "sparsity"),
+        ({"sparsity": 0.5, "apply": "physcal"}, "apply"),
+        ({"sparsity": 0.5, "first_order": "no"}, "first_order"),
+        ({"sparsity": 0.5, "stages": 0}, "stages"),
+        ({"sparsity": 0.5, "l2": -1.0}, "l2"),
+        ({"sparsity": 0.5, "time_limit": float("inf")}, "time_limit"),
+        ({"sparsity": 0.5, "n_samples": 0}, "n_samples"),
+        ({"sparsity": 0.5, "solver": "no-such-solver"}, "method"),
+        ({"sparsity": 0.5, "chunk_sz": 3}, "chunk_sz"),
+        ({}, "sparsity"),
+    ],
+)
+def test_bad_configuration_is_rejected_at_construction_naming_the_argument(kwargs, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        cpt.Pruner("chita", **kwargs)
+
+
+def test_pruner_and_prune_give_the_same_weights():
+    X, y = data()
+    a, b = mlp(), mlp()
+    ra = cpt.prune(a, (X, y), method="chita", sparsity=0.6, l2=1e-2, progress=False)
+    rb = cpt.Pruner("chita", sparsity=0.6, l2=1e-2, progress=False).prune(b, (X, y))
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(pa, pb)
+    assert ra.sparsity == rb.sparsity
+
+
+def test_one_pruner_prunes_several_models_and_with_budget_changes_only_the_budget():
+    X, y = data()
+    pruner = cpt.Pruner("magnitude", sparsity=0.5, progress=False)
+    m1, m2 = mlp(0), mlp(1)
+    assert pruner.prune(m1, (X, y)).sparsity == pytest.approx(0.5, abs=1 / 176)
+    assert pruner.prune(m2, (X, y)).sparsity == pytest.approx(0.5, abs=1 / 176)
+    harder = pruner.with_budget(sparsity=0.8)
+    assert harder.config.sparsity == 0.8 and pruner.config.sparsity == 0.5
+    assert harder.get_params()["progress"] is False
+    assert harder.prune(m1, (X, y)).sparsity == pytest.approx(0.8, abs=1 / 176)
+    with pytest.raises(ValueError, match="sparsity"):
+        pruner.with_budget(sparsity=1.0)
+
+
+def test_failed_prune_leaves_the_model_unchanged_and_pruner_reusable():
+    X, _ = data()
+    model = mlp()
+    before = copy.deepcopy(model.state_dict())
+    pruner = cpt.Pruner("chita", sparsity=0.5, progress=False)
+    with pytest.raises(ValueError, match="calibration"):
+        pruner.prune(model, X)  # gradient methods need targets
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert pruner.prune(model, data()).sparsity >= 0.5
+
+
+def test_method_table_is_the_only_source_of_solver_names():
+    for name, spec in cpt.METHODS.items():
+        assert cpt.resolve_method(name) is spec
+    assert cpt.resolve_method("iht").kind == "gradient"  # any registered L0Regression solver
+    assert cpt.resolve_method("highs").kind == "magnitude"  # any registered FlopNnzILP solver
+    with pytest.raises(ValueError, match="method"):
+        cpt.resolve_method("osscar-typo")
