@@ -5,7 +5,7 @@ MLPNet (784-40-20-10, no bias, ReLU, log-softmax) from the checkpoint the papers
 digits for the per-sample gradients and 4000 held-out digits for the accuracy. Inputs are
 pixels / 255 normalised with mean 0.1307 and std 0.3081; the loss is NLL. Each method prunes a
 fresh copy of the dense model to each sparsity (fraction of the 32,360 weights removed), no
-fine-tuning. The table sits next to CHITA's published Table 1 row (SPEC section 5; the paper
+fine-tuning. The table sits next to CHITA's published Table 1 row (the paper
 evaluates on the 10,000 MNIST test images, here on 4,000 held-out digits).
 
     python benchmarks/mlpnet.py --checkpoint ../shared/data/mlpnet_mnist_93.97.ckpt [--quick]

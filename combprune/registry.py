@@ -35,6 +35,8 @@ __all__ = [
     "list_solvers",
     "MissingDependencyError",
     "UnknownSolverError",
+    "SolverImportError",
+    "discover",
 ]
 
 
@@ -134,20 +136,32 @@ def register_solver(
     return decorator
 
 
+class SolverImportError(ImportError):
+    """A built-in solver module failed to import (a broken installation, never skipped)."""
+
+
 def _discover() -> None:
-    """Import every built-in solver module and the third-party entry points (once)."""
+    """Import every built-in solver module and the third-party entry points (once).
+
+    A built-in module that fails to import raises :class:`SolverImportError` (every call, until
+    it is fixed): silently dropping a built-in solver would let callers and tests fall back to
+    another one unnoticed. A broken third-party plugin is logged and skipped.
+    """
     global _DISCOVERED
     if _DISCOVERED:
         return
-    _DISCOVERED = True
     import combprune.solvers as builtin
 
     for mod in pkgutil.iter_modules(builtin.__path__):
         if not mod.name.startswith("_"):
             try:
                 importlib.import_module(f"{builtin.__name__}.{mod.name}")
-            except Exception:  # one broken module must not hide the others' solvers
-                logger.exception("failed to import built-in solver module %r", mod.name)
+            except Exception as exc:
+                raise SolverImportError(
+                    f"built-in solver module combprune.solvers.{mod.name} failed to import ({type(exc).__name__}: {exc}); "
+                    "the installation is broken"
+                ) from exc
+    _DISCOVERED = True
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
@@ -155,6 +169,15 @@ def _discover() -> None:
                 obj()
         except Exception:  # a broken plugin must not break the built-in solvers
             logger.exception("failed to load combprune solver plugin %r", ep.name)
+
+
+def discover() -> None:
+    """Import every solver now (built-in and plugins); later calls are free.
+
+    :func:`combprune.solve` calls it before starting a solver's clock, so the one-off imports
+    never count against a ``time_limit``.
+    """
+    _discover()
 
 
 def get_solver(name: str) -> SolverSpec:

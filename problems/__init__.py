@@ -1,8 +1,8 @@
 """Formulations as immutable, validated data objects (``combprune.problems``).
 
-* :class:`L0Regression` — CHITA / FALCON sparse ridge regression (SPEC 1.1).
-* :class:`FlopNnzILP` — FALCON's count + FLOP knapsack (SPEC 1.2).
-* :class:`StructuredMIQP` — OSSCAR's group-sparse layer reconstruction (SPEC 1.3).
+* :class:`L0Regression` — CHITA / FALCON sparse ridge regression (docs/formulations/l0_regression.md).
+* :class:`FlopNnzILP` — FALCON's count + FLOP knapsack (docs/formulations/flop_nnz_ilp.md).
+* :class:`StructuredMIQP` — OSSCAR's group-sparse layer reconstruction (docs/formulations/structured_miqp.md).
 """
 
 from ._base import Problem, load_problem

@@ -1,6 +1,6 @@
 r"""Shared numerical machinery of the ``L0Regression`` solvers (backsolve, iht, chita, dfo).
 
-Problem (SPEC 1.1)::
+Problem (docs/formulations/l0_regression.md)::
 
     Q(w) = 1/2 ||b - A w||^2 + (ridge/2) ||w - w_bar||^2,   ||w||_0 <= k,   sum_{w_i != 0} f_i <= F
 

@@ -31,23 +31,29 @@ from combprune.result import Deadline, History, Result, Status
 DEFAULT_MAX_SUBSETS = 200_000
 
 
-def _count_subsets(p: int, k: int) -> int:
-    return sum(math.comb(p, j) for j in range(k + 1))
+def _count_subsets(p: int, sizes: list[int], cap: int) -> int:
+    """Number of subsets of ``range(p)`` with a size in ``sizes``, or ``cap + 1`` once above ``cap``.
+
+    Stops as soon as the count exceeds ``cap`` (binomials of large instances are huge integers).
+    """
+    total = 0
+    for j in sorted(sizes, key=lambda j: min(j, p - j)):  # small binomials first
+        if min(j, p - j) > 64 and p > 128:
+            return cap + 1  # C(p, j) >= C(129, 65) > any usable cap
+        total += math.comb(p, j)
+        if total > cap:
+            return cap + 1
+    return total
 
 
 def _maximal_supports(
     p: int, k: int, costs: np.ndarray | None, budget: float | None, max_subsets: int
 ) -> Iterator[tuple[int, ...]]:
     """Maximal feasible supports (size <= k, cost <= budget) in lexicographic order."""
-    if costs is None:
-        n_subsets = math.comb(p, k)
-        sizes = [k]
-    else:
-        n_subsets = _count_subsets(p, k)
-        sizes = list(range(k, -1, -1))
-    if n_subsets > max_subsets:
+    sizes = [k] if costs is None else list(range(k, -1, -1))
+    if _count_subsets(p, sizes, max_subsets) > max_subsets:
         raise ValueError(
-            f"max_subsets: instance needs {n_subsets} subsets > max_subsets={max_subsets}; bruteforce is for tiny instances"
+            f"max_subsets: instance (p={p}, k={k}) needs more than max_subsets={max_subsets} subsets; bruteforce is for tiny instances"
         )
     slack_tol = 1e-12 * max(abs(budget or 0.0), 1.0)
     for size in sizes:

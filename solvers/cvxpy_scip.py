@@ -31,7 +31,7 @@ so for its unconstrained minimiser c and the Hessian's smallest eigenvalue ``l_m
 ``Q(x) >= Q(c) + l_min/2 ||x - c||^2``. Hence ``||x* - c||^2 <= 2 (Q(x0) - Q(c)) / l_min``
 and ``|x*_i| <= |c_i| + sqrt(2 (Q(x0) - Q(c)) / l_min)``, a valid M_i. Two instances:
 
-* ``ridge > 0`` (SPEC 2): c = w_bar, l_min >= ridge, and dropping the (non-negative) residual
+* ``ridge > 0`` (big-M rule of docs/exact_solvers.md): c = w_bar, l_min >= ridge, and dropping the (non-negative) residual
   term, ``||w* - w_bar||^2 <= 2 Q(x0) / ridge``;
 * ``n >= p`` with A of full column rank: l_min = sigma_min(A)^2 + ridge and c the (ridge)
   least-squares solution, which also covers ``ridge = 0``.

@@ -1,6 +1,6 @@
 r"""``dual-sort``: FALCON's FLOP-NNZ ILP through the one-dimensional dual of its LP relaxation.
 
-Problem (SPEC 1.2, :class:`~combprune.problems.FlopNnzILP`)::
+Problem (docs/formulations/flop_nnz_ilp.md, :class:`~combprune.problems.FlopNnzILP`)::
 
     maximize_z  sum_i v_i z_i   s.t.  sum_i z_i <= k,  sum_i f_i z_i <= F,  z in {0,1}^p
 

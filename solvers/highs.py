@@ -23,7 +23,7 @@ LP relaxation
 with crossover, which scales well in p; the dual simplex slows down roughly quadratically past
 1e5 columns on this LP) and returns the LP value (an upper bound on the ILP optimum), the
 (basic, at most two fractional entries) solution and the duals ``mu, nu`` of
-SPEC 1.2's dual ``min k mu + F nu + sum_i max(0, v_i - mu - nu f_i)``. With the solver option
+the dual of docs/formulations/flop_nnz_ilp.md, ``min k mu + F nu + sum_i max(0, v_i - mu - nu f_i)``. With the solver option
 ``lp_relaxation=True`` the ``highs`` solver returns it as a :class:`~combprune.Result`:
 ``x`` is the *integer* point obtained by dropping the fractional coordinates (so ``x`` passes
 ``check``), ``bound`` is the dual objective at HiGHS's ``mu, nu`` (a valid upper bound by weak

@@ -1,6 +1,6 @@
 r"""``osscar``: OSSCAR's backward elimination + swap local search for ``StructuredMIQP``.
 
-Problem (SPEC 1.3). With ``K = H + ridge I`` and ``G = K W_hat``, keeping the row set ``S`` (a
+Problem (docs/formulations/structured_miqp.md). With ``K = H + ridge I`` and ``G = K W_hat``, keeping the row set ``S`` (a
 union of groups) the best weights are ``W_S = K_SS^{-1} G_S`` and the objective is
 ``f(S) = 1/2 tr(W_hat^T K W_hat) - 1/2 tr(G_S^T K_SS^{-1} G_S)``. All work is done in float64 on
 the Jacobi-scaled system of :mod:`._structured_linalg` (unit-diagonal ``K``; values unchanged).

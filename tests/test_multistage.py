@@ -1,4 +1,4 @@
-"""``combprune.solvers.multistage`` (CHITA++ / FALCON++ driver) and ``sparsity_schedule``."""
+"""``combprune.multistage`` (CHITA++ / FALCON++ driver) and ``sparsity_schedule``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import combprune as cp
-from combprune.solvers import multistage, sparsity_schedule
+from combprune.multistage import multistage, sparsity_schedule
 
 
 @pytest.mark.parametrize("kind", ["poly", "exp", "linear", "const"])

@@ -371,7 +371,7 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
         if violations:
             raise PruningError(f"solver {solver!r} returned an infeasible point: {'; '.join(violations)}")
         return np.asarray(res.x, dtype=np.float64), res, []
-    from combprune.solvers import multistage
+    from combprune.multistage import multistage
 
     built: list[_problems.L0Regression] = []
     bar = ctx.bar(total=stages, desc=f"{solver} stages", unit="stage")

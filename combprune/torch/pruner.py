@@ -273,7 +273,7 @@ def prune(
     stages : number of stages of the multi-stage methods (default 10 for ``chita++`` /
         ``falcon++``, 1 otherwise); any gradient method with ``stages > 1`` is run multi-stage.
     schedule : budget schedule of the stages: ``"poly"`` (cubic, the papers' default),
-        ``"exp"``, ``"linear"``, ``"const"`` (:func:`combprune.solvers.sparsity_schedule`), or an
+        ``"exp"``, ``"linear"``, ``"const"`` (:func:`combprune.multistage.sparsity_schedule`), or an
         explicit non-decreasing sequence of sparsities ending at ``sparsity`` (``stages`` is then
         its length; repeating the target re-linearises at the final budget). With a FLOP budget,
         stage t gets the same fraction ``s_t / s_T`` of the way from the dense FLOPs to ``F``.

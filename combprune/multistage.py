@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from combprune import backend
+from combprune.api import solve
 from combprune.result import Result, Status
 
 logger = logging.getLogger(__name__)
@@ -157,8 +158,6 @@ def multistage(
     models), and ``info["stages"]``: for each stage ``k``, ``flop_budget``, ``sparsity``,
     ``objective``, ``status``, ``time`` and the stage's full ``result``.
     """
-    from combprune.api import solve
-
     if not callable(build):
         raise TypeError(f"build: expected a callable build(weights, k, F), got {type(build).__name__}")
     if not isinstance(solver, str):
