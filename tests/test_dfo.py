@@ -12,8 +12,6 @@ import combprune as cp
 from combprune.problems import random_l0_regression
 from combprune.problems.l0_regression import within_budget
 
-pytest.importorskip("combprune.solvers.dual_sort")
-
 
 @settings(max_examples=20, deadline=None)
 @given(
