@@ -29,11 +29,13 @@ Budget conventions
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,7 +45,9 @@ from tqdm.auto import tqdm
 
 from combprune import problems as _problems
 from combprune.api import solve
+from combprune.registry import get_solver
 
+from . import _autotune
 from ._calibration import Batch, check_device, collect
 from ._flops import layer_flops, model_flops
 from ._gradients import flat_weights, per_sample_gradients
@@ -183,6 +187,9 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
         "prune %s: %d prunable weights in %d layers, %d calibration samples, k=%d, F=%s",
         cfg.method, ctx.p, len(params), n, k, "-" if F is None else f"{F:.6g}",
     )
+    auto: dict[str, Any] | None = None
+    if need_grads and (_autotune.is_auto(cfg.l2) or _autotune.is_auto(cfg.first_order)):
+        cfg, auto = _choose_auto(ctx, cfg, k, F)
     if spec.kind == "magnitude":
         new_w, solves = _solve_magnitude(ctx, cfg, k, F)
         stage_records: list[dict[str, Any]] = []
@@ -199,8 +206,33 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
         solver=cfg.solver_name, solver_options=dict(cfg.solver_options), model_flops=ctx.model_flops, fixed_flops=ctx.fixed_flops,
         flop_unit="FLOPs (= 2 x MACs, torch.utils.flop_counter, per sample)",
     )
+    if auto is not None:
+        report.info["auto"] = auto
     report.check_budgets()
     return report
+
+
+def _choose_auto(ctx: "_Context", cfg: "PruneConfig", k: int, F: float | None) -> tuple["PruneConfig", dict[str, Any]]:
+    """Resolve ``l2="auto"`` / ``first_order="auto"`` on held-back samples (:mod:`._autotune`)."""
+    w0 = ctx.w0.detach().cpu().numpy().astype(np.float64)
+    if F is None:
+        magnitude = _topk_mask(np.abs(w0), k)
+    else:
+        magnitude, _ = _flop_magnitude_support(w0, ctx.costs, ctx.layer, k, F, solver=FLOP_SELECTION_SOLVER, options={}, time_limit=None, seed=cfg.seed)
+    fit: dict[int, _Context] = {}
+
+    warm_startable = "warm_start" in get_solver(cfg.solver_name).options and "warm_start" not in cfg.solver_options
+
+    def one_shot(batches: list[Batch], trial: "PruneConfig", warm: np.ndarray | None) -> np.ndarray:
+        if id(batches) not in fit:  # one context (and one gradient cache) for all candidates
+            fit[id(batches)] = ctx.with_batches(batches, cache_gradients=True)
+        sub = fit[id(batches)]
+        if warm is not None and warm_startable and len(_blocks(sub, sum(b.size for b in batches), cfg.max_memory, 4)) == 1:
+            trial = dataclasses.replace(trial, solver_options=MappingProxyType({**trial.solver_options, "warm_start": warm}))
+        return _solve_gradient(sub, trial, k, F)[0]
+
+    with ctx.bar(total=None, desc="choosing l2 / first_order on held-back samples", unit="candidate"):
+        return _autotune.choose(cfg, ctx.model, ctx.params, ctx.batches, one_shot, magnitude)
 
 
 # Shared state of one call ----------------------------------------------------------------------
@@ -219,6 +251,18 @@ class _Context:
         per_weight = [d / s if s else 0.0 for d, s in zip(self.dense, self.sizes)]
         self.costs = np.repeat(np.asarray(per_weight, dtype=np.float64), self.sizes)
         self.layer = np.repeat(np.arange(len(params), dtype=np.int64), self.sizes)
+        self.gradient_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None
+
+    def with_batches(self, batches: list[Batch], *, cache_gradients: bool = False) -> "_Context":
+        """The same model, weights and FLOP costs with other calibration batches.
+
+        With ``cache_gradients`` the per-sample gradients of the whole weight vector at a given
+        point are computed once and reused (one-shot solves of several candidates).
+        """
+        other = copy.copy(self)
+        other.batches = batches
+        other.gradient_cache = {} if cache_gradients else None
+        return other
 
     def bar(self, **kwargs: Any) -> tqdm:
         return tqdm(disable=not self.progress, leave=False, dynamic_ncols=True, **kwargs)
@@ -347,6 +391,15 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
 
     def gradients(weights_block: np.ndarray) -> np.ndarray:
         """Per-sample gradients (n x (b-a)) with the block set to ``weights_block``."""
+        cacheable = ctx.gradient_cache is not None and b - a == ctx.p  # never hold more than one block
+        if cacheable and (a, b) in ctx.gradient_cache and np.array_equal(ctx.gradient_cache[(a, b)][0], weights_block):
+            return ctx.gradient_cache[(a, b)][1]
+        G = _gradients_at(weights_block)
+        if cacheable:
+            ctx.gradient_cache[(a, b)] = (weights_block.copy(), G)
+        return G
+
+    def _gradients_at(weights_block: np.ndarray) -> np.ndarray:
         w = w_all.clone()
         w[a:b] = torch.as_tensor(weights_block, dtype=w.dtype, device=w.device)
         wrt = [j for j, _, _ in members]

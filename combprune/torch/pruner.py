@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._autotune import DEFAULT_HOLDOUT, DEFAULT_L2_GRID
 from .methods import Method, resolve_method
 from .prune import run
 from .report import PruneReport
@@ -69,6 +70,16 @@ def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | N
     return int(value)
 
 
+def _grid(values: Any) -> tuple[float, ...]:
+    try:
+        grid = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise TypeError(f"l2_grid: expected a sequence of positive numbers, got {values!r}") from None
+    if not grid or any(not (math.isfinite(v) and v > 0) for v in grid):
+        raise ValueError(f"l2_grid: expected a non-empty sequence of positive finite numbers, got {values!r}")
+    return grid
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """A validated pruning configuration (build it with :meth:`PruneConfig.build`).
@@ -89,8 +100,10 @@ class PruneConfig:
     base_sparsity: float = 0.0
     structured: bool = False
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
-    l2: float = 1e-3
-    first_order: bool = False
+    l2: float | str | None = None
+    first_order: bool | str | None = None
+    holdout: float = DEFAULT_HOLDOUT
+    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
     solver: str | None = None
     solver_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     time_limit: float | None = None
@@ -141,11 +154,16 @@ class PruneConfig:
         stages = _positive_int("stages", DEFAULT_STAGES if stages is None and spec.multistage else (1 if stages is None else stages))
         base_sparsity = _fraction("base_sparsity", a["base_sparsity"], low_open=False, high_open=True)
         l2 = a["l2"]
-        if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not math.isfinite(l2) or l2 < 0:
-            raise ValueError(f"l2: expected a finite number >= 0, got {l2!r}")
-        for flag in ("first_order", "progress"):
-            if not isinstance(a[flag], bool):
-                raise TypeError(f"{flag}: expected True or False, got {a[flag]!r}")
+        if l2 is not None and l2 != "auto" and (isinstance(l2, bool) or not isinstance(l2, (int, float)) or not math.isfinite(l2) or l2 < 0):
+            raise ValueError(f"l2: expected 'auto' or a finite number >= 0, got {l2!r}")
+        if not isinstance(a["progress"], bool):
+            raise TypeError(f"progress: expected True or False, got {a['progress']!r}")
+        if a["first_order"] is not None and a["first_order"] != "auto" and not isinstance(a["first_order"], bool):
+            raise TypeError(f"first_order: expected True, False or 'auto', got {a['first_order']!r}")
+        holdout = _fraction("holdout", a["holdout"], low_open=True, high_open=True)
+        if holdout is None or holdout > 0.5:
+            raise ValueError(f"holdout: expected a fraction of the calibration samples in (0, 0.5], got {a['holdout']!r}")
+        l2_grid = _grid(a["l2_grid"])
         options = a["solver_options"]
         if options is None:
             options = {}
@@ -161,7 +179,8 @@ class PruneConfig:
         return cls(
             method=method, spec=spec, sparsity=sparsity, flop_budget=flop_budget, targets=a["targets"], ignore=a["ignore"],
             n_samples=_positive_int("n_samples", a["n_samples"], allow_none=True), stages=stages, schedule=schedule,
-            base_sparsity=base_sparsity, structured=a["structured"], loss_fn=a["loss_fn"], l2=float(l2), first_order=a["first_order"],
+            base_sparsity=base_sparsity, structured=a["structured"], loss_fn=a["loss_fn"], l2=l2 if l2 is None or l2 == "auto" else float(l2),
+            first_order=a["first_order"], holdout=holdout, l2_grid=l2_grid,
             solver=a["solver"], solver_options=MappingProxyType(dict(options)), time_limit=time_limit, seed=a["seed"], apply=a["apply"],
             max_memory=_positive_int("max_memory", a["max_memory"]), chunk_size=_positive_int("chunk_size", a["chunk_size"]),
             device=a["device"], progress=a["progress"],
@@ -240,8 +259,10 @@ def prune(
     base_sparsity: float = 0.0,
     structured: bool = False,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
-    l2: float = 1e-3,
-    first_order: bool = False,
+    l2: float | str | None = None,
+    first_order: bool | str | None = None,
+    holdout: float = DEFAULT_HOLDOUT,
+    l2_grid: Sequence[float] = DEFAULT_L2_GRID,
     solver: str | None = None,
     solver_options: dict[str, Any] | None = None,
     time_limit: float | None = None,
@@ -282,9 +303,16 @@ def prune(
     structured : prune groups (neurons, channels, heads) layer by layer instead of weights.
     loss_fn : ``loss_fn(outputs, targets) -> mean loss`` for the per-sample gradients
         (default: cross-entropy; on log-softmax outputs it is the NLL loss).
-    l2 : ridge relative to the normalised Fisher (``ridge = n * l2``,
-        ``docs/formulations/l0_regression.md``).
-    first_order : keep the gradient term of the local model (``b = A w_bar - 1``).
+    l2 : ridge of the local model (``ridge = n * l2``, ``docs/formulations/l0_regression.md``),
+        or ``"auto"``: chosen among ``l2_grid`` x the empirical Fisher's mean diagonal by the
+        true loss on ``holdout`` of the calibration samples held back (``docs/torch_adapter.md``,
+        "Automatic l2"). Default ``None``: ``"auto"`` when the calibration set has enough samples
+        to hold some back (40 with the default ``holdout``), else ``1e-3`` with a warning.
+    first_order : keep the gradient term of the local model (``b = A w_bar - 1``); ``"auto"``
+        chooses with and without it the same way as ``l2``; ``None`` (default) as for ``l2``
+        (``False`` when it cannot choose).
+    holdout : fraction of the calibration samples held back by the automatic choices.
+    l2_grid : candidate ridges of ``l2="auto"``, relative to the Fisher's mean diagonal.
     solver : override the solver of the method (a registered name).
     solver_options : keyword options passed to the solver (its own names).
     time_limit : seconds per solve (the solver returns its best feasible point).

@@ -1,0 +1,230 @@
+"""``l2="auto"`` / ``first_order="auto"``: choose the ridge on held-back calibration samples.
+
+The ridge of the local model (``docs/formulations/l0_regression.md``) is ``ridge = n * l2``;
+what matters is its size against the curvature ``A^T A / n`` (the empirical Fisher), whose mean
+diagonal ``phi = ||A||_F^2 / (n p)`` varies by orders of magnitude between models (about 5e-3
+on an MNIST MLP, 4e-7 on a sentence-embedding transformer). A fixed ``l2`` is therefore either
+negligible or dominant depending on the model, and in the second case CHITA silently becomes
+magnitude pruning. The automatic choice is relative and validated:
+
+1. hold back a fraction ``holdout`` of the calibration samples (a seeded random subset);
+2. estimate ``phi`` from the per-sample gradients of (at most 256 of) the other samples;
+3. for ``l2 = c * phi`` with ``c`` in ``l2_grid`` (default 100, 10, 1, 0.1: one decade apart,
+   from a ridge that nearly reproduces magnitude pruning down to one that barely regularises)
+   and every candidate first-order choice, solve the one-shot problem on the kept samples
+   (their per-sample gradients are computed once and reused; each solve is warm started from
+   the previous one) and evaluate the *true* loss of the pruned model on the held-back samples
+   with a forward pass. Along each first-order choice the walk down the grid stops as soon as
+   the held-back loss rises above the best seen (one candidate past the minimum);
+4. keep the candidate with the lowest held-back loss. The pruning itself then runs with the
+   chosen values on all calibration samples (multi-stage methods follow the choice made at the
+   final budget at every stage).
+
+The chosen values, the held-back loss of every candidate and whether the chosen support equals
+magnitude pruning's are stored in ``report.info["auto"]``.
+
+Left at their defaults (``None``) the two options mean "auto when the calibration set can spare
+the held-back samples": with fewer than ``MIN_HELD_OUT / holdout`` samples the fixed values
+``l2 = FALLBACK_L2`` and ``first_order = False`` are used instead, with a warning and the reason
+in ``report.info["auto"]``. Passing ``"auto"`` explicitly makes a too small calibration set an
+error that says how many samples are needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from ._calibration import Batch
+from ._gradients import default_loss, param_overrides, per_sample_gradients
+
+if TYPE_CHECKING:
+    from .pruner import PruneConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_L2_GRID", "DEFAULT_HOLDOUT", "MIN_HELD_OUT", "FALLBACK_L2", "is_auto", "split_holdout", "fisher_scale", "held_out_loss", "choose",
+]
+
+#: Candidate ridges relative to the Fisher's mean diagonal.
+DEFAULT_L2_GRID: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
+#: Fraction of the calibration samples held back to choose.
+DEFAULT_HOLDOUT = 0.2
+#: Fewest samples the choice needs on each side of the split.
+MIN_HELD_OUT = 8
+#: ``l2`` used when the default automatic choice cannot hold samples back.
+FALLBACK_L2 = 1e-3
+#: At most this many samples estimate the Fisher's scale.
+_SCALE_SAMPLES = 256
+
+
+def _concat(batches: list[Batch], index: np.ndarray) -> list[Batch]:
+    """The samples ``index`` (positions in the concatenation of ``batches``) as batches."""
+    out: list[Batch] = []
+    start = 0
+    for b in batches:
+        local = index[(index >= start) & (index < start + b.size)] - start
+        if local.size:
+            sel = torch.as_tensor(local, dtype=torch.long)
+            out.append(_take(b, sel))
+        start += b.size
+    return out
+
+
+def _take(batch: Batch, sel: torch.Tensor) -> Batch:
+    from ._calibration import _map
+
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return t.index_select(0, sel.to(t.device)) if t.ndim > 0 and t.shape[0] == batch.size else t
+
+    targets = None if batch.targets is None else pick(batch.targets)
+    return Batch(_map(batch.inputs, pick), targets, int(sel.numel()))
+
+
+def is_auto(value: Any) -> bool:
+    """True for an option left to the automatic choice (``None``, the default, or ``"auto"``)."""
+    return value is None or value == "auto"
+
+
+def _too_few(n: int, fraction: float) -> str | None:
+    """Why ``n`` samples cannot be split with ``fraction`` held back (None when they can)."""
+    n_held = int(round(fraction * n))
+    if n_held >= MIN_HELD_OUT and n - n_held >= MIN_HELD_OUT:
+        return None
+    need = math.ceil(MIN_HELD_OUT / min(fraction, 1 - fraction))
+    return (
+        f"{n} calibration samples are too few to hold back holdout={fraction:g} of them for the automatic l2/first_order "
+        f"(need at least {need})"
+    )
+
+
+def split_holdout(batches: list[Batch], fraction: float, seed: int | None) -> tuple[list[Batch], list[Batch]]:
+    """(kept, held-back) batches: a seeded random ``fraction`` of the samples is held back.
+
+    Raises ``ValueError`` naming ``calibration`` when either side would have fewer than
+    :data:`MIN_HELD_OUT` samples.
+    """
+    n = sum(b.size for b in batches)
+    reason = _too_few(n, fraction)
+    if reason:
+        raise ValueError(f"calibration: {reason}; pass more samples or fixed values (e.g. l2=1e-3, first_order=False)")
+    n_held = int(round(fraction * n))
+    order = np.random.default_rng(seed).permutation(n)
+    held, kept = np.sort(order[:n_held]), np.sort(order[n_held:])
+    return _concat(batches, kept), _concat(batches, held)
+
+
+def fisher_scale(model: torch.nn.Module, params: list, batches: list[Batch], *, loss_fn: Any, chunk_size: int, max_memory: int) -> float:
+    """Mean diagonal of the empirical Fisher ``||A||_F^2 / (n p)`` on (a bounded subset of) ``batches``.
+
+    Gradients are computed a few samples at a time (``max_memory`` bytes at most) and reduced
+    on the fly, so the estimate never stores the n x p matrix.
+    """
+    p = sum(q.numel for q in params)
+    per_call = max(1, min(_SCALE_SAMPLES, max_memory // max(1, 4 * p)))
+    total, seen = 0.0, 0
+    for batch in batches:
+        for start in range(0, batch.size, per_call):
+            if seen >= _SCALE_SAMPLES:
+                break
+            part = batch.slice(start, min(batch.size, start + per_call, start + _SCALE_SAMPLES - seen))
+            G = per_sample_gradients(model, params, [part], loss_fn=loss_fn, chunk_size=chunk_size)
+            total += float(torch.sum(G.detach().double() ** 2))
+            seen += part.size
+    return total / (seen * p) if seen and p else 0.0
+
+
+def held_out_loss(model: torch.nn.Module, params: list, batches: list[Batch], weights: np.ndarray, loss_fn: Any) -> float:
+    """Mean loss on ``batches`` with the prunable weights set to ``weights`` (model untouched)."""
+    loss_fn = loss_fn or default_loss
+    device_dtype = params[0].storage
+    overrides = param_overrides(params, torch.as_tensor(weights, dtype=device_dtype.dtype, device=device_dtype.device))
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    total, n = 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                out = _call(model, overrides, batch.inputs)
+                total += float(loss_fn(out, batch.targets)) * batch.size
+                n += batch.size
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return total / n
+
+
+def _call(model: torch.nn.Module, overrides: dict[str, torch.Tensor], inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return functional_call(model, overrides, (), inputs)
+    if isinstance(inputs, (tuple, list)):
+        return functional_call(model, overrides, tuple(inputs))
+    return functional_call(model, overrides, (inputs,))
+
+
+def choose(
+    cfg: "PruneConfig",
+    model: torch.nn.Module,
+    params: list,
+    batches: list[Batch],
+    solve_one_shot: Callable[[list[Batch], "PruneConfig", np.ndarray | None], np.ndarray],
+    magnitude_support: np.ndarray,
+) -> tuple["PruneConfig", dict[str, Any]]:
+    """Resolve ``l2="auto"`` / ``first_order="auto"`` of ``cfg``; returns (concrete cfg, record).
+
+    ``solve_one_shot(batches, cfg, warm)`` prunes at the final budget on ``batches`` with a
+    concrete one-stage ``cfg`` (warm started from the flat weights ``warm`` when given) and
+    returns the flat weights. Along each first-order choice the ridges are tried from the largest
+    down, and the path stops once the held-back loss rises above its best; ``magnitude_support`` is the support
+    magnitude pruning would keep (for the report).
+    """
+    reason = _too_few(sum(b.size for b in batches), cfg.holdout)
+    if reason and cfg.l2 != "auto" and cfg.first_order != "auto":  # defaults: fall back, loudly
+        l2 = FALLBACK_L2 if cfg.l2 is None else cfg.l2
+        first_order = False if cfg.first_order is None else cfg.first_order
+        logger.warning("auto: %s; using l2=%g, first_order=%s", reason, l2, first_order)
+        return dataclasses.replace(cfg, l2=l2, first_order=first_order), {"skipped": reason, "l2": l2, "first_order": first_order}
+    kept, held = split_holdout(batches, cfg.holdout, cfg.seed)
+    scale = fisher_scale(model, params, kept, loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size, max_memory=cfg.max_memory)
+    if not scale > 0 or not math.isfinite(scale):
+        raise ValueError(
+            "l2: the per-sample gradients are zero on the calibration data (the loss is flat there), so l2='auto' has no "
+            "scale and CHITA/FALCON would reduce to magnitude pruning; check loss_fn/targets, or use a layer-wise method"
+        )
+    relative = sorted(cfg.l2_grid, reverse=True) if is_auto(cfg.l2) else [float(cfg.l2) / scale]
+    orders = [False, True] if is_auto(cfg.first_order) else [cfg.first_order]
+    candidates: list[dict[str, Any]] = []
+    for first_order in orders:
+        previous: np.ndarray | None = None
+        path: list[float] = []
+        for c in relative:  # from the largest ridge (closest to magnitude pruning) down
+            l2 = c * scale if is_auto(cfg.l2) else float(cfg.l2)
+            trial = dataclasses.replace(cfg, l2=l2, first_order=first_order, stages=1, schedule="poly")
+            w = solve_one_shot(kept, trial, previous)
+            loss = held_out_loss(model, params, held, w, cfg.loss_fn)
+            candidates.append({"l2": l2, "l2_relative": c, "first_order": first_order, "held_out_loss": loss, "support": w != 0})
+            logger.info("auto: l2=%.3g (%.3g x Fisher scale), first_order=%s: held-back loss %.6g", l2, c, first_order, loss)
+            path.append(loss)
+            if len(path) >= 2 and not path[-1] < min(path[:-1]):
+                break  # past the minimum along this path (the held-back loss is unimodal in l2 in practice)
+            previous = w
+    finite = [c for c in candidates if math.isfinite(c["held_out_loss"])]
+    if not finite:
+        raise ValueError("l2: every candidate of l2='auto' gave a non-finite held-back loss; pass l2 and first_order explicitly")
+    best = min(finite, key=lambda c: c["held_out_loss"])
+    same_as_magnitude = bool(np.array_equal(best["support"], magnitude_support))
+    if same_as_magnitude:
+        logger.warning("auto: the chosen solution keeps exactly magnitude pruning's support")
+    record = {
+        "l2": best["l2"], "first_order": best["first_order"], "fisher_scale": scale, "holdout": cfg.holdout,
+        "held_back_samples": sum(b.size for b in held), "same_support_as_magnitude": same_as_magnitude,
+        "candidates": [{k: v for k, v in c.items() if k != "support"} for c in candidates],
+    }
+    return dataclasses.replace(cfg, l2=best["l2"], first_order=best["first_order"]), record

@@ -1,0 +1,104 @@
+"""``l2="auto"`` / ``first_order="auto"``: the ridge chosen on held-back calibration samples."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+import combprune.torch as cpt
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    X, y = digits
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(X[:1200]), y[:1200]).backward()
+        opt.step()
+    return model
+
+
+def _clone(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_auto_chooses_the_candidate_with_the_lowest_held_back_loss(trained, digits):
+    X, y = digits
+    model = _clone(trained)
+    report = cpt.prune(model, [(X[:100], y[:100]), (X[100:200], y[100:200])], method="chita", sparsity=0.8, progress=False)
+    auto = report.info["auto"]
+    cands = auto["candidates"]
+    assert len(cands) >= 3 and {c["first_order"] for c in cands} == {False, True}
+    best = min(cands, key=lambda c: c["held_out_loss"])
+    assert (auto["l2"], auto["first_order"]) == (best["l2"], best["first_order"])
+    assert report.info["l2"] == auto["l2"] and report.info["first_order"] == auto["first_order"]
+    assert auto["held_back_samples"] == 40
+    assert all(np.isclose(c["l2"], c["l2_relative"] * auto["fisher_scale"]) for c in cands)
+    assert report.sparsity >= 0.8
+
+
+def test_auto_is_invariant_to_the_scale_of_the_loss(trained, digits):
+    """The grid is relative to the Fisher: scaling the loss by 10 (Fisher by 100) changes nothing."""
+    X, y = digits
+    calib = (X[:160], y[:160])
+    a, b = _clone(trained), _clone(trained)
+    ra = cpt.prune(a, calib, method="chita", sparsity=0.7, l2="auto", first_order=False, progress=False)
+    rb = cpt.prune(b, calib, method="chita", sparsity=0.7, l2="auto", first_order=False, progress=False,
+                   loss_fn=lambda out, t: 10.0 * nn.functional.cross_entropy(out, t))
+    assert [c["l2_relative"] for c in ra.info["auto"]["candidates"]] == [c["l2_relative"] for c in rb.info["auto"]["candidates"]]
+    assert rb.info["auto"]["fisher_scale"] == pytest.approx(100 * ra.info["auto"]["fisher_scale"], rel=1e-3)
+    assert 100 * ra.info["auto"]["l2"] == pytest.approx(rb.info["auto"]["l2"], rel=1e-3)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa != 0, pb != 0)
+
+
+def test_explicit_auto_with_too_few_samples_says_how_many_are_needed(trained, digits):
+    X, y = digits
+    model = _clone(trained)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"calibration: 20 calibration samples are too few.*need at least 40"):
+        cpt.prune(model, (X[:20], y[:20]), method="chita", sparsity=0.5, l2="auto", progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def test_default_falls_back_to_fixed_values_loudly_on_tiny_calibration(trained, digits, caplog):
+    X, y = digits
+    with caplog.at_level(logging.WARNING, logger="combprune.torch._autotune"):
+        report = cpt.prune(_clone(trained), (X[:20], y[:20]), method="chita", sparsity=0.5, progress=False)
+    assert "too few" in caplog.text
+    assert report.info["auto"]["skipped"] and report.info["l2"] == 1e-3 and report.info["first_order"] is False
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"l2": -1.0}, "l2"), ({"l2": float("nan")}, "l2"), ({"l2": "autos"}, "l2"), ({"l2_grid": []}, "l2_grid"),
+     ({"l2_grid": [1.0, -2.0]}, "l2_grid"), ({"holdout": 0.0}, "holdout"), ({"holdout": 0.7}, "holdout"),
+     ({"first_order": "yes"}, "first_order")],
+)
+def test_bad_auto_options_name_the_argument(kwargs, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        cpt.Pruner("chita", sparsity=0.5, **kwargs)
+
+
+def test_flat_loss_is_an_error_that_points_to_layerwise_methods(digits):
+    X, y = digits
+    model = nn.Sequential(nn.Linear(64, 10))
+    with pytest.raises(ValueError, match="gradients are zero"):
+        cpt.prune(model, (X[:100], y[:100]), method="chita", sparsity=0.5, progress=False,
+                  loss_fn=lambda out, t: 0.0 * out.sum())
