@@ -163,8 +163,9 @@ def test_writing_a_solver_example_runs(clean_registry):
     doc = pathlib.Path(__file__).resolve().parents[1] / "docs" / "writing_a_solver.md"
     blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
     ns: dict = {}
-    exec(blocks[0], ns)  # registers "top-k"
-    exec(blocks[1], ns)
+    for block in blocks:  # the solver (registers "top-k"), its conformance test, its brute-force test
+        exec(block, ns)
+    ns["test_top_k_conforms"]()
     ns["test_top_k_is_feasible_and_not_better_than_optimal"]()
     with pytest.raises(ValueError, match="^scale"):
         cp.solve(random_l0_regression(3, 4, 2, seed=0), "top-k", scale=-1.0)
