@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-__all__ = ["masked_parameters", "get_masks", "apply_masks", "zero_pruned", "clear_optimizer_state", "MaskedTraining"]
+__all__ = ["masked_parameters", "get_masks", "apply_masks", "zero_pruned", "clear_optimizer_state", "MaskedTraining", "base_optimizer"]
 
 
 def masked_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, torch.Tensor]]:
@@ -103,6 +103,14 @@ def zero_pruned(model: nn.Module, *, grads: bool = False) -> None:
                 target.mul_(mask.to(target.dtype))
 
 
+def base_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimiser inside wrappers such as accelerate's ``AcceleratedOptimizer``
+    (which subclass ``Optimizer`` without its hook tables and expose ``.optimizer``)."""
+    while not hasattr(optimizer, "_optimizer_step_pre_hooks") and isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
 def clear_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, *, reset: bool = False) -> int:
     """Clear the optimiser state of the pruned entries of ``model``'s masked parameters.
 
@@ -114,6 +122,7 @@ def clear_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, *,
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    optimizer = base_optimizer(optimizer)
     if reset:
         count = len(optimizer.state)
         optimizer.state.clear()
@@ -148,10 +157,10 @@ class MaskedTraining:
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        self.model, self.optimizer = model, optimizer
+        self.model, self.optimizer = model, base_optimizer(optimizer)
         self._handles = [
-            optimizer.register_step_pre_hook(lambda opt, args, kwargs: zero_pruned(self.model, grads=True)),
-            optimizer.register_step_post_hook(lambda opt, args, kwargs: zero_pruned(self.model)),
+            self.optimizer.register_step_pre_hook(lambda opt, args, kwargs: zero_pruned(self.model, grads=True)),
+            self.optimizer.register_step_post_hook(lambda opt, args, kwargs: zero_pruned(self.model)),
         ]
 
     def remove(self) -> None:
