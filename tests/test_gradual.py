@@ -250,3 +250,23 @@ def test_events_are_logged(digits, caplog):
     row = pruner.history[0].to_dict()
     assert set(row) >= {"position", "sparsity", "flop_fraction", "loss_before", "loss_after", "solver", "time"}
     assert np.isfinite(row["loss_after"]) and row["loss_after"] != row["loss_before"] and row["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_events_see_zero_gradients_for_pruned_weights(digits):
+    """Why the gradient methods never revive a pruned weight: its column of A is zero."""
+    X, y, _, _ = digits
+    model = _mlp()
+    cpt.prune(model, (X[:32], y[:32]), method="magnitude", sparsity=0.6, progress=False)
+    params = cpt.select_parameters(model)
+    pruned = torch.cat([(~get_masks(model)[p.name]).reshape(-1) for p in params])
+    batches = cpt._calibration.collect((X[:16], y[:16]), None, torch.device("cpu"), need_targets=True)
+    A = cpt.per_sample_gradients(model, params, batches)
+    assert A[:, pruned].abs().max() > 0  # without the hooks cpt.prune differentiates pruned entries
+    handles = gradual_mod._freeze_pruned(model)
+    try:
+        A_frozen = cpt.per_sample_gradients(model, params, batches)
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(A_frozen[:, pruned], torch.zeros_like(A_frozen[:, pruned]))
+    assert torch.allclose(A_frozen[:, ~pruned], A[:, ~pruned])  # the kept columns are unchanged

@@ -21,6 +21,9 @@ and ``w_bar_i = 0``, so its optimal value is 0 on any support and an IHT step ne
 The new mask is then intersected with the old one anyway (any revived entry is dropped and
 logged: the reached sparsity can only exceed the target).
 
+Under ``torch.distributed`` (world size > 1) rank 0 computes each event and broadcasts the
+masks and the values of the pruned layers, so every rank ends each event identical.
+
 A failing event leaves the model (``cpt.prune``'s snapshot) and the optimiser (its
 ``state_dict``) exactly as before the event and re-raises. See ``docs/gradual_pruning.md``.
 """
@@ -43,7 +46,7 @@ from tqdm.auto import tqdm
 from ._calibration import check_device, collect, forward
 from ._gradients import default_loss
 from .masking import MaskedTraining, apply_masks, base_optimizer, clear_optimizer_state, get_masks, masked_parameters, zero_pruned
-from .prune import _resolve_method, _Snapshot, prune
+from .prune import PruningError, _resolve_method, _Snapshot, prune
 from .report import PruneReport
 from .schedules import Schedule
 
@@ -93,6 +96,13 @@ def _freeze_pruned(model: nn.Module) -> list[Any]:
 
         handles.append(module.register_forward_pre_hook(hook))
     return handles
+
+
+def _world_size() -> int:
+    """Number of processes of the default ``torch.distributed`` group (1 when not initialised)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _check_flop_budget(name: str, value: Any) -> float:
@@ -163,6 +173,8 @@ class GradualPruner:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
         if unit not in _UNITS:
             raise ValueError(f"unit: expected one of {_UNITS}, got {unit!r}")
         if "apply" in prune_options:
@@ -280,6 +292,47 @@ class GradualPruner:
         if (sparsity is None or sparsity <= 0.0) and (flop_budget is None or flop_budget >= 1.0):
             logger.info("gradual pruning: event at %s %d has nothing to prune (sparsity 0, all FLOPs)", self.unit, t)
             return None
+        if _world_size() > 1:
+            return self._event_distributed(t, sparsity, flop_budget)
+        return self._event_local(t, sparsity, flop_budget)
+
+    def _event_distributed(self, t: int, sparsity: float | None, flop_budget: float | None) -> EventRecord:
+        """Rank 0 runs the event; its status, masks, weight values and record are broadcast.
+
+        Every rank ends the event with rank 0's masks and pruned-layer weights (bit-identical),
+        and clears its optimiser state the same way; a failure on rank 0 raises on every rank
+        with the model unchanged.
+        """
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+        status: list[Any] = [None]
+        record = None
+        if rank == 0:
+            try:
+                record = self._event_local(t, sparsity, flop_budget)
+                status = [("ok", record.to_dict(), {n: m.cpu() for n, m in get_masks(self.model).items()})]
+            except BaseException as exc:
+                dist.broadcast_object_list([("error", f"{type(exc).__name__}: {exc}", None)], src=0)
+                raise
+        dist.broadcast_object_list(status, src=0)
+        kind, row, masks = status[0]
+        if kind == "error":
+            raise PruningError(f"gradual pruning: the event at {self.unit} {t} failed on rank 0 ({row}); model unchanged")
+        if rank != 0:
+            apply_masks(self.model, masks)
+        with torch.no_grad():
+            for _, orig, _ in sorted(masked_parameters(self.model), key=lambda item: item[0]):
+                dist.broadcast(orig.data, src=0)
+        if rank != 0:
+            zero_pruned(self.model)
+            if self.optimizer is not None:
+                clear_optimizer_state(self.optimizer, self.model, reset=self.reset_optimizer)
+            record = EventRecord(**row)
+            self.history.append(record)
+        return record
+
+    def _event_local(self, t: int, sparsity: float | None, flop_budget: float | None) -> EventRecord:
         t0 = time.perf_counter()
         snapshot = _Snapshot(self.model)
         opt_state = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer is not None else None
@@ -378,6 +431,7 @@ class GradualPruner:
             module_name, _, pname = name.rpartition(".")
             torch_prune.remove(self.model.get_submodule(module_name) if module_name else self.model, pname)
         self.detach()
+        self._bar.close()
         return self.model
 
     def _structured_plan(self) -> Any:
@@ -397,14 +451,13 @@ class GradualPruner:
         return StructuredPlan(units=units, keep=keep, example=example)
 
     def detach(self) -> None:
-        """Remove the optimiser hooks (masks stay on the model)."""
+        """Remove the optimiser hooks (masks stay on the model; events still run on step())."""
         if self._hooks is not None:
             self._hooks.remove()
             self._hooks = None
         if self._auto is not None:
             self._auto.remove()
             self._auto = None
-        self._bar.close()
 
     # Hugging Face -----------------------------------------------------------------------------------------
     def hf_callback(self) -> Any:
