@@ -11,6 +11,7 @@ See ``docs/torch_adapter.md`` for conventions (sparsity = fraction removed; FLOP
 from ._calibration import model_device
 from ._flops import layer_flops, measure, model_flops
 from ._gradients import per_sample_gradients
+from .gradual import EventRecord, GradualPruner
 from ._select import DEFAULT_TYPES, PrunableParam, select_parameters
 from .methods import METHODS, Method, resolve_method
 from .prune import PruningError, k_from_sparsity
@@ -37,4 +38,6 @@ __all__ = [
     "measure",
     "model_device",
     "k_from_sparsity",
+    "GradualPruner",
+    "EventRecord",
 ]
