@@ -103,3 +103,160 @@ def test_zero_initialised_mlp_trains_on_digits():
         train_epoch(model, train, [opt], nn.functional.cross_entropy)
     after = evaluate(model, test)
     assert after > 0.9 > before + 0.3  # chance is 0.1
+
+
+# Learned masks -----------------------------------------------------------------------------------
+from combprune.torch.learned_masks import LearnedMasks  # noqa: E402
+from combprune.torch._frozen_mask import FrozenMask  # noqa: E402
+from combprune.torch.density_prune import prune_to_density  # noqa: E402
+
+
+def test_learned_masks_gate_penalty_and_temperature():
+    torch.manual_seed(0)
+    model = mlp(6, 5, 3)
+    w0 = model[0].weight.detach().clone()
+    lm = LearnedMasks(model, init=0.5, penalty=0.1, beta=2.0, beta_growth=10.0, beta_max=200.0)
+    assert lm.names == ["0.weight", "2.weight"]
+    # the model code sees the gated weight
+    assert torch.allclose(model[0].weight, w0 * torch.sigmoid(torch.tensor(1.0)))
+    n = 6 * 5 + 5 * 3
+    assert math.isclose(float(lm.penalty().detach()), 0.1 * n * float(torch.sigmoid(torch.tensor(1.0))), rel_tol=1e-6)
+    assert {id(p) for p in lm.model_parameters()}.isdisjoint(id(s) for s in lm.score_parameters())
+    assert len(list(lm.model_parameters())) == 4  # two weights, two biases
+    assert lm.epoch_end() == 20.0 and lm.epoch_end() == 200.0 and lm.epoch_end() == 200.0
+    assert lm.density() == 1.0
+
+
+def test_learned_masks_penalty_drives_scores_negative_and_remove_bakes():
+    torch.manual_seed(0)
+    model = mlp(4, 3)
+    lm = LearnedMasks(model, init=0.2, penalty=1.0, score_lr=0.05)
+    x = torch.randn(8, 4)
+    for _ in range(40):  # only the penalty: every score is pushed below zero
+        lm.optimizer.zero_grad()
+        lm.penalty().backward()
+        lm.optimizer.step()
+    assert lm.density() == 0.0 and lm.soft_density() < 0.5
+    gated = model(x).detach()
+    w_raw = model[0].parametrizations.weight.original.detach().clone()
+    final = lm.remove(bake=True)
+    assert not torch.nn.utils.parametrize.is_parametrized(model)
+    assert isinstance(model[0].weight, nn.Parameter)
+    assert torch.allclose(model(x), gated)
+    assert torch.equal(final["0.weight"], lm.scores()["0.weight"])
+    with pytest.raises(RuntimeError):
+        lm.penalty()
+    model2 = mlp(4, 3)
+    lm2 = LearnedMasks(model2)
+    raw = model2[0].parametrizations.weight.original.detach().clone()
+    lm2.remove(bake=False)
+    assert torch.equal(model2[0].weight, raw) and w_raw.shape == raw.shape
+
+
+def test_learned_masks_bad_input():
+    with pytest.raises(ValueError, match="penalty"):
+        LearnedMasks(mlp(3, 2), penalty=-1.0)
+    with pytest.raises(ValueError, match="beta_growth"):
+        LearnedMasks(mlp(3, 2), beta_growth=0.5)
+    with pytest.raises(ValueError, match="targets"):
+        LearnedMasks(nn.Sequential(nn.ReLU()))
+    model = mlp(3, 2)
+    LearnedMasks(model)
+    with pytest.raises(ValueError, match="model"):
+        LearnedMasks(model, targets=[r"0"])
+
+
+# Frozen masks ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    lambda ps: torch.optim.AdamW(ps, lr=0.01),
+])
+def test_frozen_mask_keeps_exact_zeros_through_training(make_opt):
+    torch.manual_seed(0)
+    model = mlp(6, 8, 3)
+    opt = make_opt(list(model.parameters()))
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    for _ in range(3):  # optimiser state before the mask is set
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    masks = {"0.weight": torch.rand(8, 6) < 0.3, "2.weight": torch.rand(3, 8) < 0.3}
+    fm = FrozenMask(model, masks)
+    fm.clear_state([opt])
+    w_before = model[0].weight.detach().clone()
+    for _ in range(10):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        assert not model[0].weight.grad[~masks["0.weight"]].any()
+        opt.step()
+        # exact zeros without re-zeroing: gradients and state are zero there
+        assert not model[0].weight[~masks["0.weight"]].any()
+        assert not model[2].weight[~masks["2.weight"]].any()
+    assert not torch.equal(model[0].weight, w_before)  # the kept weights trained
+    fm.remove()
+    assert math.isclose(fm.density(), (masks["0.weight"].sum() + masks["2.weight"].sum()).item() / 72)
+
+
+def test_frozen_mask_bad_input():
+    model = mlp(3, 2)
+    with pytest.raises(ValueError, match="masks"):
+        FrozenMask(model, {"nope.weight": torch.ones(2, 3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="masks"):
+        FrozenMask(model, {"0.weight": torch.ones(3, 3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="masks"):
+        FrozenMask(model, {})
+
+
+# Pruning to a density ----------------------------------------------------------------------------
+def _nnz(model):
+    return sum(int((m.weight != 0).sum()) for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def test_prune_to_density_magnitude_global_and_per_layer():
+    torch.manual_seed(0)
+    model = mlp(10, 20, 5)  # 300 weights
+    w = [model[0].weight.detach().clone(), model[2].weight.detach().clone()]
+    masks = prune_to_density(model, 0.1)
+    assert _nnz(model) == 30 == sum(int(m.sum()) for m in masks.values())
+    allw = torch.cat([v.abs().flatten() for v in w])
+    thresh = allw.sort(descending=True).values[29]
+    assert torch.equal(masks["0.weight"], w[0].abs() >= thresh)
+    assert torch.equal(model[0].weight, w[0] * masks["0.weight"])
+    model = mlp(10, 20, 5)
+    masks = prune_to_density(model, 0.1, per_layer=True)
+    assert int(masks["0.weight"].sum()) == 20 and int(masks["2.weight"].sum()) == 10
+
+
+def test_prune_to_density_mask_guided_keeps_top_scores():
+    torch.manual_seed(0)
+    model = mlp(10, 20, 5)
+    scores = {"0.weight": torch.randn(20, 10), "2.weight": torch.randn(5, 20)}
+    w0 = model[0].weight.detach().clone()
+    masks = prune_to_density(model, 0.05, method="mask", scores=scores)
+    allv = torch.cat([scores["0.weight"].flatten(), scores["2.weight"].flatten()])
+    thresh = allv.sort(descending=True).values[14]
+    assert torch.equal(masks["0.weight"], scores["0.weight"] >= thresh)
+    assert torch.equal(model[0].weight, w0 * masks["0.weight"])
+
+
+def test_prune_to_density_chita_with_score_warm_start():
+    torch.manual_seed(0)
+    model = mlp(8, 6, 3)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    scores = {"0.weight": torch.randn(6, 8), "2.weight": torch.randn(3, 6)}
+    masks = prune_to_density(model, 0.25, method="chita", calibration=(x, y), scores=scores, warm_start="scores", progress=False, n_samples=None)
+    assert _nnz(model) <= 16 and sum(int(m.sum()) for m in masks.values()) == _nnz(model)
+    with pytest.raises(ValueError, match="warm_start"):
+        prune_to_density(mlp(8, 6, 3), 0.25, method="chita++", calibration=(x, y), scores=scores, warm_start="scores")
+
+
+def test_prune_to_density_bad_input():
+    for d in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="density"):
+            prune_to_density(mlp(3, 2), d)
+    with pytest.raises(ValueError, match="scores"):
+        prune_to_density(mlp(3, 2), 0.5, method="mask")
+    with pytest.raises(ValueError, match="calibration"):
+        prune_to_density(mlp(3, 2), 0.5, method="chita")
+    with pytest.raises(ValueError, match="targets"):
+        prune_to_density(nn.Sequential(nn.ReLU()), 0.5)
