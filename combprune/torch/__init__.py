@@ -13,6 +13,7 @@ from ._gradients import per_sample_gradients
 from ._select import DEFAULT_TYPES, PrunableParam, select_parameters
 from .prune import METHODS, PruningError, k_from_sparsity, prune
 from .report import BudgetError, LayerReport, PruneReport
+from .sparse_training import LearnedMasks, PipelineResult, PostTrainingConfig, SparseTrainingPipeline, post_train, prune_to_density, run_pipeline, zero_init_
 
 __all__ = [
     "prune",
@@ -30,4 +31,12 @@ __all__ = [
     "measure",
     "model_device",
     "k_from_sparsity",
+    "zero_init_",
+    "LearnedMasks",
+    "prune_to_density",
+    "PostTrainingConfig",
+    "post_train",
+    "SparseTrainingPipeline",
+    "PipelineResult",
+    "run_pipeline",
 ]
