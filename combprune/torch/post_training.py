@@ -97,7 +97,7 @@ class SoftSkips:
     hooks and projections.
     """
 
-    def __init__(self, model: nn.Module, layers: list[nn.Module] | None = None, *, alpha0: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, layers: list[nn.Module] | None = None, *, alpha0: float = 0.3) -> None:
         if layers is None:
             found = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
             layers = found[:-1]
@@ -160,7 +160,7 @@ class PostTrainingConfig:
     softplus_beta: float = 1.0
     soft_activation_fraction: float = 0.5
     soft_skip: bool = True
-    skip_alpha: float = 1.0
+    skip_alpha: float = 0.3
     soft_skip_fraction: float = 0.5
 
     def validate(self) -> None:
