@@ -17,6 +17,7 @@ from .methods import METHODS, Method, resolve_method
 from .prune import PruningError, k_from_sparsity
 from .pruner import PruneConfig, Pruner, prune
 from .report import BudgetError, LayerReport, PruneReport
+from .sparse_training import LearnedMasks, PipelineResult, PostTrainingConfig, SparseTrainingPipeline, post_train, prune_to_density, run_pipeline, zero_init_
 
 __all__ = [
     "prune",
@@ -40,4 +41,12 @@ __all__ = [
     "k_from_sparsity",
     "GradualPruner",
     "EventRecord",
+    "zero_init_",
+    "LearnedMasks",
+    "prune_to_density",
+    "PostTrainingConfig",
+    "post_train",
+    "SparseTrainingPipeline",
+    "PipelineResult",
+    "run_pipeline",
 ]

@@ -1,0 +1,89 @@
+"""The small training loop shared by the sparse-training stages (docs/sparse_training.md).
+
+Batches are ``(inputs, targets)`` pairs of tensors; the loss is computed on the model's logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._calibration import model_device
+
+__all__ = ["StepHook", "train_epoch", "evaluate"]
+
+#: Called after every optimiser step with the global step index.
+StepHook = Callable[[int], None]
+
+
+def _pair(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise TypeError(f"train_loader: expected batches of (inputs, targets), got {type(batch).__name__}")
+    x, y = batch
+    return x.to(device), y.to(device)
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: Iterable[Any],
+    optimizers: list[torch.optim.Optimizer],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+    before_step: Callable[[int], None] | None = None,
+    after_step: StepHook | None = None,
+    step: int = 0,
+    progress: bool = False,
+    desc: str = "epoch",
+) -> tuple[dict[str, float], int]:
+    """One pass over ``loader``; returns ``({"loss", "train_accuracy"}, next step index)``.
+
+    ``before_step(step)`` runs before the forward pass (schedules), ``after_step(step)`` after the
+    optimiser steps (masks); ``extra_loss()`` is added to the data loss (regularisers).
+    """
+    device = model_device(model)
+    model.train()
+    total, correct, loss_sum = 0, 0, 0.0
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        x, y = _pair(batch, device)
+        if before_step is not None:
+            before_step(step)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = loss_fn(out, y)
+        full = loss + extra_loss() if extra_loss is not None else loss
+        full.backward()
+        for opt in optimizers:
+            opt.step()
+        if after_step is not None:
+            after_step(step)
+        step += 1
+        total += y.shape[0]
+        correct += int((out.argmax(1) == y).sum())
+        loss_sum += float(loss.detach()) * y.shape[0]
+    if total == 0:
+        raise ValueError("train_loader: no batches")
+    return {"loss": loss_sum / total, "train_accuracy": correct / total}, step
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable[Any]) -> float:
+    """Top-1 accuracy of ``model`` on ``loader`` (eval mode; the mode is restored)."""
+    device = model_device(model)
+    was = model.training
+    model.eval()
+    total, correct = 0, 0
+    try:
+        for batch in loader:
+            x, y = _pair(batch, device)
+            correct += int((model(x).argmax(1) == y).sum())
+            total += y.shape[0]
+    finally:
+        model.train(was)
+    if total == 0:
+        raise ValueError("loader: no batches")
+    return correct / total

@@ -1,0 +1,215 @@
+"""The end-to-end sparse-training pipeline (arXiv 2312.01653), built from its cited components.
+
+Stages (each switchable; docs/sparse_training.md):
+
+1. ZerO initialisation (:func:`combprune.torch.zero_init_`);
+2. pre-pruning training, with Continuous-Sparsification learned masks
+   (:class:`combprune.torch.LearnedMasks`): ``beta`` grows geometrically from 1 to ``beta_max``
+   over the ``pre_epochs`` epochs (factor ``beta_max ** (1 / pre_epochs)`` per epoch);
+3. pruning to ``density`` (:func:`combprune.torch.prune_to_density`): mask-guided top-k scores by
+   default with learned masks, magnitude otherwise, or any :func:`combprune.torch.prune` method;
+4. post-pruning training with the mask frozen, label smoothing, soft activations and soft skip
+   connections (:func:`combprune.torch.post_train`).
+
+With every component off (``zero_init=False, learned_masks=False``, magnitude pruning, no label
+smoothing, no soft components) it is the plain baseline: dense training, magnitude pruning,
+fine-tuning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ._select import select_parameters
+from ._training import evaluate, train_epoch
+from .density_prune import check_density, prune_to_density
+from .learned_masks import LearnedMasks
+from .post_training import PostTrainingConfig, SoftActivations, SoftSkips, post_train
+from .zero_init import zero_init_
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SparseTrainingPipeline", "PipelineResult", "run_pipeline"]
+
+
+@dataclass
+class PipelineResult:
+    """What :meth:`SparseTrainingPipeline.run` returns.
+
+    ``masks``: boolean masks by weight name (``True`` = kept); ``density``: fraction of the
+    prunable weights kept; ``history``: one row per epoch (``stage``, ``epoch``, ``loss``,
+    ``train_accuracy``, ``val_accuracy`` with a validation loader, ``density``, ``beta``, ...) and
+    one row for the pruning step; ``scores``: the learned scores (``None`` without learned masks).
+    """
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    density: float
+    history: list[dict[str, Any]]
+    scores: dict[str, torch.Tensor] | None = None
+
+
+def _nonneg_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {v!r}")
+    return v
+
+
+@dataclass
+class SparseTrainingPipeline:
+    """Configuration and driver of the pipeline (module doc); :meth:`run` trains a model.
+
+    ``density``: fraction of the prunable weights kept, in (0, 1]. Pre-training: ``pre_epochs``
+    of SGD (``lr``, ``momentum``, ``weight_decay``, cosine learning rate). Learned masks:
+    ``mask_init`` (s_0), ``mask_penalty`` (lambda), ``beta_max``, ``score_lr`` (Adam on the
+    scores). Pruning: ``prune_method`` (``None``: ``"mask"`` with learned masks, else
+    ``"magnitude"``), ``per_layer``, ``warm_start`` (``"scores"``: learned support as the solver's
+    warm start), ``prune_options`` (to :func:`combprune.torch.prune`). Post-training: ``post``.
+    """
+
+    density: float
+    zero_init: bool = True
+    pre_epochs: int = 10
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    learned_masks: bool = True
+    mask_init: float = 0.5
+    mask_penalty: float = 1e-5
+    beta_max: float = 200.0
+    score_lr: float = 0.01
+    prune_method: str | None = None
+    per_layer: bool = False
+    warm_start: str | None = None
+    prune_options: dict[str, Any] = field(default_factory=dict)
+    post: PostTrainingConfig = field(default_factory=PostTrainingConfig)
+    targets: Any = None
+    ignore: Any = None
+    progress: bool = True
+
+    @property
+    def method(self) -> str:
+        """The pruning method actually used."""
+        return self.prune_method or ("mask" if self.learned_masks else "magnitude")
+
+    def validate(self, model: nn.Module, train_loader: Any) -> None:
+        """Every check that can fail, before any training (``ValueError`` naming the option)."""
+        check_density(self.density)
+        _nonneg_int("pre_epochs", self.pre_epochs)
+        for name in ("lr", "momentum", "weight_decay", "mask_penalty", "score_lr", "beta_max"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
+        if self.learned_masks and self.pre_epochs == 0:
+            raise ValueError("pre_epochs: learned masks need at least one pre-training epoch")
+        if self.learned_masks and self.beta_max < 1:
+            raise ValueError(f"beta_max: must be >= 1 (beta starts at 1), got {self.beta_max!r}")
+        if self.method == "mask" and not self.learned_masks:
+            raise ValueError("prune_method: 'mask' needs learned_masks=True")
+        if self.warm_start is not None and not self.learned_masks:
+            raise ValueError("warm_start: 'scores' needs learned_masks=True")
+        if not isinstance(self.post, PostTrainingConfig):
+            raise TypeError(f"post: expected a PostTrainingConfig, got {type(self.post).__name__}")
+        self.post.validate()
+        select_parameters(model, self.targets, self.ignore)
+        try:
+            batch = next(iter(train_loader))
+        except StopIteration:
+            raise ValueError("train_loader: no batches") from None
+        if self.post.soft_activation:
+            SoftActivations(model, self.post.soft_activation).remove()
+        if self.post.soft_skip:
+            skips = SoftSkips(model, alpha0=self.post.skip_alpha)
+            try:
+                with torch.no_grad():
+                    model(batch[0].to(next(model.parameters()).device))
+            finally:
+                skips.remove()
+
+    def run(self, model: nn.Module, train_loader: Any, *, val_loader: Any = None, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> PipelineResult:
+        """Run the enabled stages on ``model`` in place; returns a :class:`PipelineResult`."""
+        self.validate(model, train_loader)
+        history: list[dict[str, Any]] = []
+
+        def record(row: dict[str, Any]) -> None:
+            logger.info("%s", row)
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+
+        if self.zero_init:
+            zero_init_(model)
+            logger.info("ZerO initialisation done")
+        scores = self._pre_train(model, train_loader, val_loader, record) if self.pre_epochs else None
+        masks = prune_to_density(
+            model, self.density, method=self.method, per_layer=self.per_layer, scores=scores,
+            calibration=train_loader if self.method not in ("magnitude", "mask") else None,
+            warm_start=self.warm_start, targets=self.targets, ignore=self.ignore, progress=self.progress, **self.prune_options,
+        )
+        density = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+        row = {"stage": "pruning", "method": self.method, "density": density}
+        if val_loader is not None:
+            row["val_accuracy"] = evaluate(model, val_loader)
+        record(row)
+        post_train(model, masks, train_loader, self.post, val_loader=val_loader, progress=self.progress, on_epoch=lambda r: record({"stage": "post-training", **r}))
+        return PipelineResult(model=model, masks=masks, density=density, history=history, scores=scores)
+
+    def _pre_train(self, model: nn.Module, loader: Any, val_loader: Any, record: Callable[[dict[str, Any]], None]) -> dict[str, torch.Tensor] | None:
+        lm = None
+        if self.learned_masks:
+            growth = self.beta_max ** (1.0 / self.pre_epochs)
+            lm = LearnedMasks(model, init=self.mask_init, penalty=self.mask_penalty, beta=1.0, beta_growth=growth, beta_max=self.beta_max,
+                              score_lr=self.score_lr, targets=self.targets, ignore=self.ignore)
+        params = list(lm.model_parameters()) if lm else list(model.parameters())
+        opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.pre_epochs * len(loader)))
+        optimizers = [opt] + ([lm.optimizer] if lm else [])
+        step = 0
+        try:
+            for epoch in range(self.pre_epochs):
+                row, step = train_epoch(
+                    model, loader, optimizers, F.cross_entropy, extra_loss=lm.penalty if lm else None,
+                    after_step=lambda s: sched.step(), step=step, progress=self.progress, desc=f"pre-training {epoch + 1}/{self.pre_epochs}",
+                )
+                row = {"stage": "pre-training", "epoch": epoch + 1, **row}
+                if lm is not None:
+                    row.update(beta=lm.beta, density=lm.density(), soft_density=lm.soft_density())
+                if val_loader is not None:
+                    row["val_accuracy"] = evaluate(model, val_loader)
+                if lm is not None:
+                    lm.epoch_end()
+                record(row)
+        finally:
+            scores = lm.remove(bake=True) if lm is not None else None
+        return scores
+
+
+def run_pipeline(model: nn.Module, train_loader: Any, *, density: float, val_loader: Any = None, **options: Any) -> PipelineResult:
+    """Build a :class:`SparseTrainingPipeline` from keyword options and run it.
+
+    Options are the pipeline's fields, and the post-training ones (:class:`PostTrainingConfig`)
+    by name (``label_smoothing``, ``soft_skip``, ...) or with a ``post_`` prefix
+    (``post_epochs``, ``post_lr``).
+    """
+    names = {f.name for f in dataclasses.fields(SparseTrainingPipeline)} - {"density", "post"}
+    post_names = {f.name for f in dataclasses.fields(PostTrainingConfig)}
+    main, post = {}, {}
+    for key, value in options.items():
+        if key in names:
+            main[key] = value
+        elif key.startswith("post_") and key[5:] in post_names:
+            post[key[5:]] = value
+        elif key in post_names:
+            post[key] = value
+        else:
+            raise TypeError(f"run_pipeline: unknown option {key!r}")
+    pipeline = SparseTrainingPipeline(density=density, post=PostTrainingConfig(**post), **main)
+    return pipeline.run(model, train_loader, val_loader=val_loader)

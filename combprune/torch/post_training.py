@@ -1,0 +1,249 @@
+"""Post-pruning training with the mask frozen and smoothing components annealed away.
+
+Three components make the start of post-pruning training smooth and are annealed so that the
+final network is an ordinary one (docs/sparse_training.md):
+
+* **label smoothing**: cross-entropy against ``(1 - eps) onehot(y) + eps / C``; ``eps`` constant
+  or annealed linearly to 0 over the post-training;
+* **soft activations**: each ``nn.ReLU`` module is swapped for
+  ``(1 - t) * soft(x) + t * relu(x)`` (``soft`` = SiLU or softplus), ``t`` rising linearly from 0
+  to 1 over a fraction of the post-training; the original ``nn.ReLU`` modules are put back;
+* **soft skip connections**: each chosen layer's output gets ``alpha * P(x)`` added, ``P`` the
+  identity when the input and output shapes agree, else a trainable projection (a
+  bias-free Linear, or a 1x1 convolution with the layer's stride) started at the ZerO matrix;
+  ``alpha`` decays linearly from ``alpha_0`` to 0 over a fraction of the post-training, after
+  which the path is removed.
+
+Pruned weights stay exactly zero throughout (:class:`combprune.torch._frozen_mask.FrozenMask`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ._frozen_mask import FrozenMask
+from ._training import evaluate, train_epoch
+from .zero_init import zero_matrix
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SoftReLU", "SoftActivations", "SoftSkips", "PostTrainingConfig", "post_train", "ramp"]
+
+
+def ramp(step: int, total_steps: int, fraction: float) -> float:
+    """Linear ramp from 0 to 1 over the first ``fraction`` of ``total_steps`` steps, then 1."""
+    span = fraction * total_steps
+    return 1.0 if span <= 0 else min(1.0, step / span)
+
+
+class SoftReLU(nn.Module):
+    """``(1 - t) * soft(x) + t * relu(x)``; ``t = 1`` is exactly ReLU."""
+
+    def __init__(self, kind: str = "silu", *, softplus_beta: float = 1.0) -> None:
+        super().__init__()
+        if kind not in ("silu", "softplus"):
+            raise ValueError(f"soft_activation: expected 'silu' or 'softplus', got {kind!r}")
+        self.kind, self.softplus_beta, self.t = kind, softplus_beta, 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        relu = F.relu(x)
+        if self.t >= 1.0:
+            return relu
+        soft = F.silu(x) if self.kind == "silu" else F.softplus(x, beta=self.softplus_beta)
+        return (1.0 - self.t) * soft + self.t * relu
+
+
+class SoftActivations:
+    """Swap every ``nn.ReLU`` module of ``model`` for a :class:`SoftReLU`; :meth:`remove` undoes it."""
+
+    def __init__(self, model: nn.Module, kind: str = "silu", *, softplus_beta: float = 1.0) -> None:
+        if kind not in ("silu", "softplus"):
+            raise ValueError(f"soft_activation: expected 'silu' or 'softplus', got {kind!r}")
+        self._swapped: list[tuple[nn.Module, str, nn.Module]] = []
+        self.soft: list[SoftReLU] = []
+        sites = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children() if type(child) is nn.ReLU]
+        if not sites:
+            raise ValueError("soft_activation: the model has no nn.ReLU module to soften (functional relu calls cannot be swapped)")
+        for parent, name, child in sites:
+            soft = SoftReLU(kind, softplus_beta=softplus_beta)
+            setattr(parent, name, soft)
+            self._swapped.append((parent, name, child))
+            self.soft.append(soft)
+
+    def set(self, t: float) -> None:
+        """Set the ReLU weight ``t`` in [0, 1] of every softened activation."""
+        for s in self.soft:
+            s.t = float(t)
+
+    def remove(self) -> None:
+        """Put the original ``nn.ReLU`` modules back."""
+        for parent, name, child in self._swapped:
+            setattr(parent, name, child)
+        self._swapped, self.soft = [], []
+
+
+class SoftSkips:
+    """Skip paths ``alpha * P(x)`` added to the outputs of ``layers`` (module doc).
+
+    ``layers``: Linear or Conv2d modules of the model (default: every Linear/Conv2d but the last
+    one, whose output is the logits). ``alpha`` starts at ``alpha0``; :meth:`remove` drops the
+    hooks and projections.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[nn.Module] | None = None, *, alpha0: float = 0.3) -> None:
+        if layers is None:
+            found = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+            layers = found[:-1]
+        if not layers:
+            raise ValueError("soft_skip: no layer to add a skip path to (the model needs at least two Linear/Conv2d layers)")
+        self.alpha = float(alpha0)
+        self.projections: dict[nn.Module, nn.Module | None] = {}
+        device = next(model.parameters()).device
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                proj = None if layer.in_features == layer.out_features else nn.Linear(layer.in_features, layer.out_features, bias=False)
+            elif isinstance(layer, nn.Conv2d):
+                same = layer.in_channels == layer.out_channels and layer.stride == (1, 1)
+                proj = None if same else nn.Conv2d(layer.in_channels, layer.out_channels, 1, stride=layer.stride, bias=False)
+            else:
+                raise ValueError(f"soft_skip: layers must be nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+            if proj is not None:
+                with torch.no_grad():
+                    proj.weight.zero_()
+                    proj.weight.view(proj.weight.shape[0], proj.weight.shape[1], -1)[:, :, 0] = zero_matrix(proj.weight.shape[0], proj.weight.shape[1])
+                proj.to(device)
+            self.projections[layer] = proj
+        self._hooks = [layer.register_forward_hook(self._hook(layer)) for layer in layers]
+
+    def _hook(self, layer: nn.Module) -> Callable[..., torch.Tensor]:
+        def add_skip(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+            if self.alpha == 0.0:
+                return out
+            x = args[0]
+            proj = self.projections[layer]
+            skip = x if proj is None else proj(x)
+            if skip.shape != out.shape:
+                raise ValueError(f"soft_skip: the skip path of {type(layer).__name__} gives shape {tuple(skip.shape)}, the layer {tuple(out.shape)} (padding changes the spatial size?)")
+            return out + self.alpha * skip
+
+        return add_skip
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The projections' trainable weights."""
+        return [p for proj in self.projections.values() if proj is not None for p in proj.parameters()]
+
+    def remove(self) -> None:
+        """Remove the hooks (and with them the skip paths and projections)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks, self.projections = [], {}
+
+
+@dataclass
+class PostTrainingConfig:
+    """Options of :func:`post_train` (defaults: docs/sparse_training.md)."""
+
+    epochs: int = 10
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    anneal_label_smoothing: bool = True
+    soft_activation: str | None = "silu"
+    softplus_beta: float = 1.0
+    soft_activation_fraction: float = 0.5
+    soft_skip: bool = True
+    skip_alpha: float = 0.3
+    soft_skip_fraction: float = 0.5
+
+    def validate(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"post_epochs: expected a positive integer, got {self.epochs!r}")
+        for name in ("lr", "momentum", "weight_decay", "label_smoothing", "skip_alpha", "softplus_beta"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
+        if self.label_smoothing >= 1:
+            raise ValueError(f"label_smoothing: must lie in [0, 1), got {self.label_smoothing!r}")
+        for name in ("soft_activation_fraction", "soft_skip_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 1):
+                raise ValueError(f"{name}: a fraction of the post-training in (0, 1], got {v!r}")
+        if self.soft_activation not in (None, "silu", "softplus"):
+            raise ValueError(f"soft_activation: expected None, 'silu' or 'softplus', got {self.soft_activation!r}")
+
+
+def post_train(
+    model: nn.Module,
+    masks: dict[str, torch.Tensor],
+    train_loader: Any,
+    config: PostTrainingConfig | None = None,
+    *,
+    val_loader: Any = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``model`` with ``masks`` frozen and the soft components annealed; returns the history.
+
+    SGD with momentum and a cosine learning rate over the post-training. Each history row has
+    ``epoch, loss, train_accuracy, val_accuracy (with val_loader), density, label_smoothing,
+    relu_weight, skip_alpha``. At the end the ReLUs and the model structure are the original
+    ones and the pruned weights exact zeros.
+    """
+    cfg = config or PostTrainingConfig()
+    cfg.validate()
+    steps_per_epoch = len(train_loader)
+    total = cfg.epochs * steps_per_epoch
+    frozen = FrozenMask(model, masks)
+    acts = SoftActivations(model, cfg.soft_activation, softplus_beta=cfg.softplus_beta) if cfg.soft_activation else None
+    skips = SoftSkips(model, alpha0=cfg.skip_alpha) if cfg.soft_skip else None
+    history: list[dict[str, Any]] = []
+    try:
+        if skips is not None:  # shape check before any training
+            with torch.no_grad():
+                model(next(iter(train_loader))[0].to(next(model.parameters()).device))
+        params = list(model.parameters()) + (skips.parameters() if skips else [])
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total))
+        state = {"eps": cfg.label_smoothing}
+
+        def schedule(step: int) -> None:  # values of step `step`: the last step is fully annealed
+            done = step + 1
+            state["eps"] = cfg.label_smoothing * (1.0 - done / total) if cfg.anneal_label_smoothing else cfg.label_smoothing
+            if acts is not None:
+                acts.set(ramp(done, total, cfg.soft_activation_fraction))
+            if skips is not None:
+                skips.alpha = cfg.skip_alpha * (1.0 - ramp(done, total, cfg.soft_skip_fraction))
+
+        def after(step: int) -> None:
+            frozen.apply_()
+            sched.step()
+
+        def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(out, y, label_smoothing=state["eps"])
+
+        step = 0
+        for epoch in range(cfg.epochs):
+            row, step = train_epoch(model, train_loader, [opt], loss_fn, before_step=schedule, after_step=after, step=step, progress=progress, desc=f"post-training {epoch + 1}/{cfg.epochs}")
+            row = {"epoch": epoch + 1, **row, "density": frozen.density(), "label_smoothing": state["eps"],
+                   "relu_weight": acts.soft[0].t if acts else 1.0, "skip_alpha": skips.alpha if skips else 0.0}
+            if val_loader is not None:
+                row["val_accuracy"] = evaluate(model, val_loader)
+            logger.info("post-training %s", row)
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+    finally:
+        if acts is not None:
+            acts.remove()
+        if skips is not None:
+            skips.remove()
+        frozen.remove()
+    return history

@@ -1,0 +1,262 @@
+"""Sparse-training stages (docs/sparse_training.md): ZerO init, learned masks, pruning to a
+density, frozen masks and the soft post-training components."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.linalg import hadamard
+from torch import nn
+
+from combprune.torch.zero_init import zero_init_, zero_matrix
+from combprune.torch._training import evaluate, train_epoch
+
+torch.set_num_threads(1)
+
+
+def digits(seed: int = 0, batch: int = 64):
+    """sklearn digits as (train loader, test loader), pixels scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor(X / 16.0, dtype=torch.float32)
+    y = torch.tensor(y)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    X, y = X[perm], y[perm]
+    ds = torch.utils.data.TensorDataset
+    g = torch.Generator().manual_seed(seed)
+    train = torch.utils.data.DataLoader(ds(X[:1400], y[:1400]), batch_size=batch, shuffle=True, generator=g)
+    test = torch.utils.data.DataLoader(ds(X[1400:], y[1400:]), batch_size=512)
+    return train, test
+
+
+def mlp(*sizes: int, bias: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(a, b, bias=bias), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+# ZerO ----------------------------------------------------------------------------------------------
+def test_zero_matrix_small_shapes_match_the_formula():
+    assert torch.equal(zero_matrix(2, 3), torch.tensor([[1.0, 0, 0], [0, 1, 0]]))
+    assert torch.equal(zero_matrix(3, 3), torch.eye(3))
+    # m = 3 > n = 2: c = 2, p = 4, H_4[:3, :2] / 2
+    H4 = torch.tensor(hadamard(4), dtype=torch.float32)
+    assert torch.equal(zero_matrix(3, 2), H4[:3, :2] / 2)
+    # m = 5 > n = 3: c = 3, p = 8, H_8[:5, :3] / 2^(3/2)
+    H8 = torch.tensor(hadamard(8), dtype=torch.float64)
+    assert torch.allclose(zero_matrix(5, 3, dtype=torch.float64), H8[:5, :3] / 2**1.5, rtol=0, atol=1e-15)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 40), n=st.integers(1, 40))
+def test_zero_matrix_properties(m, n):
+    W = zero_matrix(m, n, dtype=torch.float64)
+    assert W.shape == (m, n)
+    if m <= n:  # partial identity: W W^T = I_m
+        assert torch.equal(W @ W.T, torch.eye(m, dtype=torch.float64))
+    else:
+        c = math.ceil(math.log2(m))
+        assert torch.allclose(W.abs(), torch.full((m, n), 2 ** (-c / 2), dtype=torch.float64))
+        if m == 2**c:  # whole Hadamard rows: orthonormal columns
+            assert torch.allclose(W.T @ W, torch.eye(n, dtype=torch.float64), atol=1e-12)
+
+
+def test_zero_init_linear_conv_and_biases():
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 7))
+    zero_init_(model)
+    w = model[0].weight
+    assert torch.equal(w[:, :, 1, 1], zero_matrix(5, 3))
+    w_off = w.clone()
+    w_off[:, :, 1, 1] = 0
+    assert not w_off.any()
+    assert torch.equal(model[3].weight, zero_matrix(7, 80))
+    assert not model[0].bias.any() and not model[3].bias.any()
+    # an identity conv (3 -> 3, centre tap) passes its input through
+    conv = zero_init_(nn.Conv2d(3, 3, 3, padding=1))
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.allclose(conv(x), x)
+
+
+def test_zero_init_bad_input():
+    with pytest.raises(ValueError, match="module"):
+        zero_init_(nn.Sequential(nn.ReLU()))
+    with pytest.raises(TypeError, match="module"):
+        zero_init_("not a module")
+    with pytest.raises(ValueError, match="m"):
+        zero_matrix(0, 3)
+
+
+def test_zero_initialised_mlp_trains_on_digits():
+    torch.manual_seed(0)
+    train, test = digits()
+    model = zero_init_(mlp(64, 128, 64, 10))
+    before = evaluate(model, test)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(8):
+        train_epoch(model, train, [opt], nn.functional.cross_entropy)
+    after = evaluate(model, test)
+    assert after > 0.9 > before + 0.3  # chance is 0.1
+
+
+# Learned masks -----------------------------------------------------------------------------------
+from combprune.torch.learned_masks import LearnedMasks  # noqa: E402
+from combprune.torch._frozen_mask import FrozenMask  # noqa: E402
+from combprune.torch.density_prune import prune_to_density  # noqa: E402
+
+
+def test_learned_masks_gate_penalty_and_temperature():
+    torch.manual_seed(0)
+    model = mlp(6, 5, 3)
+    w0 = model[0].weight.detach().clone()
+    lm = LearnedMasks(model, init=0.5, penalty=0.1, beta=2.0, beta_growth=10.0, beta_max=200.0)
+    assert lm.names == ["0.weight", "2.weight"]
+    # the model code sees the gated weight
+    assert torch.allclose(model[0].weight, w0 * torch.sigmoid(torch.tensor(1.0)))
+    n = 6 * 5 + 5 * 3
+    assert math.isclose(float(lm.penalty().detach()), 0.1 * n * float(torch.sigmoid(torch.tensor(1.0))), rel_tol=1e-6)
+    assert {id(p) for p in lm.model_parameters()}.isdisjoint(id(s) for s in lm.score_parameters())
+    assert len(list(lm.model_parameters())) == 4  # two weights, two biases
+    assert lm.epoch_end() == 20.0 and lm.epoch_end() == 200.0 and lm.epoch_end() == 200.0
+    assert lm.density() == 1.0
+
+
+def test_learned_masks_penalty_drives_scores_negative_and_remove_bakes():
+    torch.manual_seed(0)
+    model = mlp(4, 3)
+    lm = LearnedMasks(model, init=0.2, penalty=1.0, score_lr=0.05)
+    x = torch.randn(8, 4)
+    for _ in range(40):  # only the penalty: every score is pushed below zero
+        lm.optimizer.zero_grad()
+        lm.penalty().backward()
+        lm.optimizer.step()
+    assert lm.density() == 0.0 and lm.soft_density() < 0.5
+    gated = model(x).detach()
+    w_raw = model[0].parametrizations.weight.original.detach().clone()
+    final = lm.remove(bake=True)
+    assert not torch.nn.utils.parametrize.is_parametrized(model)
+    assert isinstance(model[0].weight, nn.Parameter)
+    assert torch.allclose(model(x), gated)
+    assert torch.equal(final["0.weight"], lm.scores()["0.weight"])
+    with pytest.raises(RuntimeError):
+        lm.penalty()
+    model2 = mlp(4, 3)
+    lm2 = LearnedMasks(model2)
+    raw = model2[0].parametrizations.weight.original.detach().clone()
+    lm2.remove(bake=False)
+    assert torch.equal(model2[0].weight, raw) and w_raw.shape == raw.shape
+
+
+def test_learned_masks_bad_input():
+    with pytest.raises(ValueError, match="penalty"):
+        LearnedMasks(mlp(3, 2), penalty=-1.0)
+    with pytest.raises(ValueError, match="beta_growth"):
+        LearnedMasks(mlp(3, 2), beta_growth=0.5)
+    with pytest.raises(ValueError, match="targets"):
+        LearnedMasks(nn.Sequential(nn.ReLU()))
+    model = mlp(3, 2)
+    LearnedMasks(model)
+    with pytest.raises(ValueError, match="model"):
+        LearnedMasks(model, targets=[r"0"])
+
+
+# Frozen masks ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    lambda ps: torch.optim.AdamW(ps, lr=0.01),
+])
+def test_frozen_mask_keeps_exact_zeros_through_training(make_opt):
+    torch.manual_seed(0)
+    model = mlp(6, 8, 3)
+    opt = make_opt(list(model.parameters()))
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    for _ in range(3):  # optimiser state before the mask is set
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    masks = {"0.weight": torch.rand(8, 6) < 0.3, "2.weight": torch.rand(3, 8) < 0.3}
+    fm = FrozenMask(model, masks)
+    fm.clear_state([opt])
+    w_before = model[0].weight.detach().clone()
+    for _ in range(10):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        assert not model[0].weight.grad[~masks["0.weight"]].any()
+        opt.step()
+        # exact zeros without re-zeroing: gradients and state are zero there
+        assert not model[0].weight[~masks["0.weight"]].any()
+        assert not model[2].weight[~masks["2.weight"]].any()
+    assert not torch.equal(model[0].weight, w_before)  # the kept weights trained
+    fm.remove()
+    assert math.isclose(fm.density(), (masks["0.weight"].sum() + masks["2.weight"].sum()).item() / 72)
+
+
+def test_frozen_mask_bad_input():
+    model = mlp(3, 2)
+    with pytest.raises(ValueError, match="masks"):
+        FrozenMask(model, {"nope.weight": torch.ones(2, 3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="masks"):
+        FrozenMask(model, {"0.weight": torch.ones(3, 3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="masks"):
+        FrozenMask(model, {})
+
+
+# Pruning to a density ----------------------------------------------------------------------------
+def _nnz(model):
+    return sum(int((m.weight != 0).sum()) for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def test_prune_to_density_magnitude_global_and_per_layer():
+    torch.manual_seed(0)
+    model = mlp(10, 20, 5)  # 300 weights
+    w = [model[0].weight.detach().clone(), model[2].weight.detach().clone()]
+    masks = prune_to_density(model, 0.1)
+    assert _nnz(model) == 30 == sum(int(m.sum()) for m in masks.values())
+    allw = torch.cat([v.abs().flatten() for v in w])
+    thresh = allw.sort(descending=True).values[29]
+    assert torch.equal(masks["0.weight"], w[0].abs() >= thresh)
+    assert torch.equal(model[0].weight, w[0] * masks["0.weight"])
+    model = mlp(10, 20, 5)
+    masks = prune_to_density(model, 0.1, per_layer=True)
+    assert int(masks["0.weight"].sum()) == 20 and int(masks["2.weight"].sum()) == 10
+
+
+def test_prune_to_density_mask_guided_keeps_top_scores():
+    torch.manual_seed(0)
+    model = mlp(10, 20, 5)
+    scores = {"0.weight": torch.randn(20, 10), "2.weight": torch.randn(5, 20)}
+    w0 = model[0].weight.detach().clone()
+    masks = prune_to_density(model, 0.05, method="mask", scores=scores)
+    allv = torch.cat([scores["0.weight"].flatten(), scores["2.weight"].flatten()])
+    thresh = allv.sort(descending=True).values[14]
+    assert torch.equal(masks["0.weight"], scores["0.weight"] >= thresh)
+    assert torch.equal(model[0].weight, w0 * masks["0.weight"])
+
+
+def test_prune_to_density_chita_with_score_warm_start():
+    torch.manual_seed(0)
+    model = mlp(8, 6, 3)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    scores = {"0.weight": torch.randn(6, 8), "2.weight": torch.randn(3, 6)}
+    masks = prune_to_density(model, 0.25, method="chita", calibration=(x, y), scores=scores, warm_start="scores", progress=False, n_samples=None)
+    assert _nnz(model) <= 16 and sum(int(m.sum()) for m in masks.values()) == _nnz(model)
+    with pytest.raises(ValueError, match="warm_start"):
+        prune_to_density(mlp(8, 6, 3), 0.25, method="chita++", calibration=(x, y), scores=scores, warm_start="scores")
+
+
+def test_prune_to_density_bad_input():
+    for d in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="density"):
+            prune_to_density(mlp(3, 2), d)
+    with pytest.raises(ValueError, match="scores"):
+        prune_to_density(mlp(3, 2), 0.5, method="mask")
+    with pytest.raises(ValueError, match="calibration"):
+        prune_to_density(mlp(3, 2), 0.5, method="chita")
+    with pytest.raises(ValueError, match="targets"):
+        prune_to_density(nn.Sequential(nn.ReLU()), 0.5)

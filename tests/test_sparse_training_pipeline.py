@@ -1,0 +1,100 @@
+"""The end-to-end sparse-training pipeline (docs/sparse_training.md) on scikit-learn digits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import combprune.torch as cpt
+from combprune.torch._training import evaluate
+
+torch.set_num_threads(1)
+
+
+def loaders(seed: int = 0):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X, y = torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    X, y = X[perm], y[perm]
+    ds = torch.utils.data.TensorDataset
+    train = torch.utils.data.DataLoader(ds(X[:1200], y[:1200]), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    val = torch.utils.data.DataLoader(ds(X[1200:1500], y[1200:1500]), batch_size=512)
+    return train, val
+
+
+def make() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def test_full_pipeline_reaches_density_and_a_plain_accurate_model():
+    torch.manual_seed(0)
+    train, val = loaders()
+    model = make()
+    res = cpt.run_pipeline(model, train, density=0.1, val_loader=val, pre_epochs=4, post_epochs=4, mask_penalty=1e-4, progress=False)
+    p = sum(m.weight.numel() for m in model if isinstance(m, nn.Linear))
+    assert res.density == pytest.approx(cpt.k_from_sparsity(0.9, p) / p)
+    nnz = sum(int((m.weight != 0).sum()) for m in model if isinstance(m, nn.Linear))
+    assert nnz <= cpt.k_from_sparsity(0.9, p)
+    stages = [r["stage"] for r in res.history]
+    assert stages == ["pre-training"] * 4 + ["pruning"] + ["post-training"] * 4
+    betas = [r["beta"] for r in res.history if r["stage"] == "pre-training"]
+    assert betas[0] == 1.0 and all(b > a for a, b in zip(betas, betas[1:]))
+    assert res.history[-1]["val_accuracy"] == evaluate(model, val) > 0.85  # 10 % of the weights, chance 0.1
+    fresh = make()
+    fresh.load_state_dict(model.state_dict())
+    x = next(iter(val))[0]
+    assert torch.equal(fresh(x), model(x))
+    assert not torch.nn.utils.parametrize.is_parametrized(model) and set(res.scores) == {"0.weight", "2.weight", "4.weight"}
+
+
+def test_plain_arm_is_dense_training_magnitude_pruning_fine_tuning():
+    torch.manual_seed(0)
+    train, val = loaders()
+    model = make()
+    res = cpt.run_pipeline(model, train, density=0.2, pre_epochs=2, post_epochs=1, zero_init=False, learned_masks=False,
+                           label_smoothing=0.0, soft_activation=None, soft_skip=False, progress=False)
+    assert res.scores is None and [r["stage"] for r in res.history] == ["pre-training"] * 2 + ["pruning", "post-training"]
+    assert res.history[1].get("beta") is None
+
+
+def test_pipeline_mask_guided_chita_warm_start_runs():
+    torch.manual_seed(0)
+    train, _ = loaders()
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    res = cpt.run_pipeline(model, train, density=0.2, pre_epochs=1, post_epochs=1, prune_method="chita", warm_start="scores",
+                           prune_options={"n_samples": 128}, soft_skip=False, progress=False)
+    assert res.density <= 0.2 + 1e-12
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"density": 0.0}, "density"),
+    ({"density": 1.2}, "density"),
+    ({"density": 0.1, "pre_epochs": 0}, "pre_epochs"),
+    ({"density": 0.1, "post_epochs": 0}, "post_epochs"),
+    ({"density": 0.1, "learned_masks": False, "prune_method": "mask"}, "prune_method"),
+    ({"density": 0.1, "soft_activation_fraction": 1.5}, "soft_activation_fraction"),
+    ({"density": 0.1, "mask_penalty": -1.0}, "mask_penalty"),
+])
+def test_bad_options_fail_before_training(options, match):
+    train, _ = loaders()
+    model = make()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=match):
+        cpt.run_pipeline(model, train, progress=False, **options)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_bad_models_and_options_fail_before_training():
+    train, _ = loaders()
+    with pytest.raises(TypeError, match="frobnicate"):
+        cpt.run_pipeline(make(), train, density=0.1, frobnicate=1)
+    with pytest.raises(ValueError, match="targets"):
+        cpt.run_pipeline(nn.Sequential(nn.Flatten()), train, density=0.1, soft_activation=None, soft_skip=False)
+    conv = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
+    w = conv[3].weight.detach().clone()
+    with pytest.raises(ValueError, match="soft_skip"):  # 4 -> 4 channels, but the 3x3 kernel without padding shrinks 6x6 to 4x4
+        cpt.run_pipeline(conv, train, density=0.1)
+    assert torch.equal(conv[3].weight, w) and isinstance(conv[2], nn.ReLU)

@@ -1,0 +1,119 @@
+"""Post-pruning training (docs/sparse_training.md): soft activations, soft skips, label smoothing,
+frozen masks; the final model is a plain one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from combprune.torch.density_prune import prune_to_density
+from combprune.torch.post_training import PostTrainingConfig, SoftActivations, SoftReLU, SoftSkips, post_train, ramp
+
+torch.set_num_threads(1)
+
+
+def make_mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def toy_loader(n: int = 96, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 10, generator=g)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=16, shuffle=True, generator=g)
+
+
+@settings(max_examples=30, deadline=None)
+@given(t=st.floats(0, 1), kind=st.sampled_from(["silu", "softplus"]))
+def test_soft_relu_interpolates(t, kind):
+    x = torch.linspace(-4, 4, 33, dtype=torch.float64)
+    s = SoftReLU(kind)
+    s.t = t
+    soft = nn.functional.silu(x) if kind == "silu" else nn.functional.softplus(x)
+    assert torch.allclose(s(x), (1 - t) * soft + t * torch.relu(x))
+    s.t = 1.0
+    assert torch.equal(s(x), torch.relu(x))
+
+
+def test_ramp():
+    assert [ramp(s, 10, 0.5) for s in (0, 1, 5, 9)] == [0.0, 0.2, 1.0, 1.0]
+
+
+def test_soft_activations_swap_and_restore():
+    model = make_mlp()
+    relus = [model[1], model[3]]
+    acts = SoftActivations(model)
+    assert isinstance(model[1], SoftReLU) and isinstance(model[3], SoftReLU)
+    acts.remove()
+    assert model[1] is relus[0] and model[3] is relus[1]
+    with pytest.raises(ValueError, match="soft_activation"):
+        SoftActivations(nn.Sequential(nn.Linear(3, 3), nn.Tanh()))
+
+
+def test_soft_skips_identity_projection_and_removal():
+    torch.manual_seed(0)
+    model = make_mlp()
+    x = torch.randn(4, 10)
+    plain = model(x).detach()
+    skips = SoftSkips(model, alpha0=0.5)
+    assert skips.projections[model[0]] is not None and skips.projections[model[2]] is None  # 10->16 projected, 16->16 identity
+    h0 = model[0](x)
+    assert torch.allclose(h0, nn.functional.linear(x, model[0].weight, model[0].bias) + 0.5 * skips.projections[model[0]](x))
+    assert not torch.allclose(model(x), plain)
+    skips.remove()
+    assert torch.equal(model(x), plain)
+    conv = nn.Sequential(nn.Conv2d(3, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 1))  # no padding: 3x3 shrinks
+    SoftSkips(conv)
+    with pytest.raises(ValueError, match="soft_skip"):
+        conv(torch.randn(1, 3, 6, 6))
+    with pytest.raises(ValueError, match="soft_skip"):
+        SoftSkips(nn.Sequential(nn.Linear(3, 3)))
+
+
+def test_post_train_ends_with_a_plain_model_with_exact_zeros():
+    torch.manual_seed(0)
+    model = make_mlp()
+    loader = toy_loader()
+    masks = prune_to_density(model, 0.3)
+    cfg = PostTrainingConfig(epochs=4, lr=0.05, soft_activation="silu", soft_skip=True, soft_activation_fraction=1.0, soft_skip_fraction=0.5)
+    hist = post_train(model, masks, loader, cfg, val_loader=loader, progress=False)
+    assert len(hist) == 4 and all(0 <= r["val_accuracy"] <= 1 for r in hist)
+    assert hist[-1]["relu_weight"] == 1.0 and hist[-1]["skip_alpha"] == 0.0 and abs(hist[-1]["label_smoothing"]) < 1e-12
+    assert hist[0]["label_smoothing"] > 0 and hist[0]["relu_weight"] < 1 and hist[0]["skip_alpha"] > 0
+    for name, m in masks.items():
+        assert not model.get_parameter(name)[~m].any()
+    assert all(abs(r["density"] - hist[0]["density"]) < 1e-12 for r in hist)
+    fresh = make_mlp()
+    fresh.load_state_dict(model.state_dict())  # same keys: no extra skip or activation state
+    assert [type(m) for m in model.modules()] == [type(m) for m in fresh.modules()]
+    x = torch.randn(8, 10)
+    assert torch.equal(model(x), fresh(x))
+    assert not model._forward_hooks and not model[0]._forward_hooks
+    assert all(p.grad is None or not p.grad[~masks[n]].any() for n, p in model.named_parameters() if n in masks)
+
+
+def test_post_train_constant_label_smoothing_and_plain_fine_tuning():
+    torch.manual_seed(0)
+    model = make_mlp()
+    masks = prune_to_density(model, 0.5)
+    hist = post_train(model, masks, toy_loader(), PostTrainingConfig(epochs=2, anneal_label_smoothing=False, label_smoothing=0.2, soft_activation=None, soft_skip=False), progress=False)
+    assert [r["label_smoothing"] for r in hist] == [0.2, 0.2]
+    assert isinstance(model[1], nn.ReLU)
+
+
+def test_post_train_bad_input_before_training():
+    conv = nn.Sequential(nn.Conv2d(3, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    w = conv[0].weight.detach().clone()
+    X = torch.randn(8, 3, 6, 6)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, torch.zeros(8, dtype=torch.long)), batch_size=4)
+    masks = {"0.weight": torch.ones_like(w, dtype=torch.bool), "3.weight": torch.ones(2, 48, dtype=torch.bool)}
+    with pytest.raises(ValueError, match="soft_skip"):
+        post_train(conv, masks, loader, PostTrainingConfig(epochs=1), progress=False)
+    assert torch.equal(conv[0].weight, w) and isinstance(conv[1], nn.ReLU) and not conv[0]._forward_hooks
+    for bad, match in (({"epochs": 0}, "post_epochs"), ({"label_smoothing": 1.0}, "label_smoothing"),
+                       ({"soft_skip_fraction": 0.0}, "soft_skip_fraction"), ({"soft_activation": "gelu"}, "soft_activation")):
+        with pytest.raises(ValueError, match=match):
+            post_train(make_mlp(), {"0.weight": torch.ones(16, 10, dtype=torch.bool)}, toy_loader(), PostTrainingConfig(**bad), progress=False)
