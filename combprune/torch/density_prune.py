@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ._select import PrunableParam, select_parameters
-from .prune import _topk_mask, k_from_sparsity, prune
+from .prune import _topk_mask, k_from_sparsity
+from .pruner import prune
 
 logger = logging.getLogger(__name__)
 

@@ -46,7 +46,9 @@ from tqdm.auto import tqdm
 from ._calibration import check_device, collect, forward
 from ._gradients import default_loss
 from .masking import MaskedTraining, apply_masks, base_optimizer, clear_optimizer_state, get_masks, masked_parameters, zero_pruned
-from .prune import PruningError, _resolve_method, _Snapshot, prune
+from .methods import resolve_method as _resolve_method
+from .prune import PruningError, _Snapshot
+from .pruner import prune
 from .report import PruneReport
 from .schedules import Schedule
 
