@@ -10,8 +10,8 @@ For each formulation the solver declares, :func:`check_solver` solves a few smal
 * the reported objective equals the objective recomputed in float64 from ``x``;
 * a reported bound is a valid bound on the optimum (``<=`` for minimisation, ``>=`` for
   maximisation) and ``gap`` is consistent with it;
-* status ``optimal`` only when the point is optimal, the optimum being computed by the exact
-  ``bruteforce`` solver (instances are small enough for it);
+* status ``optimal`` only when the point is optimal, the optimum being computed by the
+  formulation's exact reference solver (``bruteforce``; instances are small enough for it);
 * ``time_limit`` is honoured on a larger instance: the solver returns within
   ``max(1.5 x limit, limit + 0.5 s)`` with a feasible point;
 * an unknown option is rejected with ``TypeError``;
@@ -40,20 +40,20 @@ __all__ = ["check_solver", "conformance_instances", "register_instances", "OBJEC
 #: Relative tolerance of objective recomputation and of optimality claims.
 OBJECTIVE_RTOL = 1e-6
 
-_INSTANCES: dict[type, tuple[Callable[[], list[Problem]], Callable[[], Problem]]] = {}
+_INSTANCES: dict[type, tuple[Callable[[], list[Problem]], Callable[[], Problem], str]] = {}
 
 
-def register_instances(cls: type, small: Callable[[], list[Problem]], large: Callable[[], Problem]) -> None:
-    """Declare the conformance instances of a formulation: tiny ones (brute-forceable) and a
-    larger one for the time-limit check."""
-    _INSTANCES[cls] = (small, large)
+def register_instances(cls: type, small: Callable[[], list[Problem]], large: Callable[[], Problem], *, reference: str = "bruteforce") -> None:
+    """Declare the conformance instances of a formulation: tiny ones that the exact solver
+    ``reference`` solves to proven optimality, and a larger one for the time-limit check."""
+    _INSTANCES[cls] = (small, large, reference)
 
 
 def conformance_instances(cls: type) -> tuple[list[Problem], Problem]:
     """(small instances, one larger instance) of formulation ``cls``."""
     if cls not in _INSTANCES:
         raise KeyError(f"no conformance instances registered for {cls.__name__}; call combprune.testing.register_instances")
-    small, large = _INSTANCES[cls]
+    small, large, _ = _INSTANCES[cls]
     return small(), large()
 
 
@@ -114,9 +114,10 @@ def _check_against_optimum(name: str, problem: Problem, res: Result, optimum: fl
 
 
 def _optimum(problem: Problem) -> float:
-    res = solve(problem, "bruteforce")
+    reference = _INSTANCES[type(problem)][2]
+    res = solve(problem, reference)
     if res.status != Status.OPTIMAL:
-        raise AssertionError(f"bruteforce could not prove the optimum of conformance instance {problem!r}")
+        raise AssertionError(f"{reference} could not prove the optimum of conformance instance {problem!r}")
     return res.objective
 
 
