@@ -99,3 +99,32 @@ def test_flops_are_averaged_over_the_batch_not_its_first_sample():
 
     batch = next(iter(iter_batches({"x": x, "lengths": lengths}, None, torch.device("cpu"))))
     assert cpt.layer_flops(model, params, batch) == [pytest.approx(per_token * mean_tokens)]
+
+
+def test_per_sample_gradients_fall_back_from_vmap_on_padded_hf_batches():
+    """BERT with a padding mask defeats vmap; the loop fallback gives autograd's gradients."""
+    from combprune.torch._calibration import collect
+    from combprune.torch._gradients import per_sample_gradients
+
+    cfg = transformers.BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32, vocab_size=50, num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(0, 50, (6, 8))
+    mask = torch.ones_like(ids)
+    mask[::2, 5:] = 0
+    labels = torch.randint(0, 3, (6,))
+
+    def loss(out, t):
+        return torch.nn.functional.cross_entropy(out.logits, t)
+
+    params = cpt.select_parameters(model)
+    info: dict = {}
+    G = per_sample_gradients(model, params, collect({"input_ids": ids, "attention_mask": mask, "labels": labels}, None, torch.device("cpu")), loss_fn=loss, info=info)
+    assert info["method"] == "per-sample loop"
+    for i in (0, 3):
+        model.zero_grad()
+        loss(model(input_ids=ids[i : i + 1], attention_mask=mask[i : i + 1]), labels[i : i + 1]).backward()
+        reference = torch.cat([p.storage.grad.reshape(-1) for p in params])
+        assert torch.allclose(G[i], reference, atol=1e-6)
+    report = cpt.prune(model, {"input_ids": ids, "attention_mask": mask, "labels": labels}, method="chita", sparsity=0.5, l2=1e-3, first_order=False, loss_fn=loss, progress=False)
+    assert report.info["gradients"] == "per-sample loop"

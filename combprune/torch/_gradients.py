@@ -7,13 +7,19 @@ evaluated in ``eval()`` mode (dropout off, batch-norm running statistics) and it
 restored afterwards.
 
 ``loss_fn(outputs, targets)`` must return the *mean* loss of its batch; it is applied to a
-batch of one sample at a time, so ``l_i`` is sample ``i``'s own loss. The default is
+batch of one sample at a time, so ``l_i`` is sample ``i``'s own loss.
+
+``vmap`` cannot run models with data-dependent control flow (Hugging Face models check the
+``attention_mask`` for padding with Python ``if`` statements). When it fails that way the gradients are
+computed one sample at a time instead (the same ``grad`` of the same per-sample loss, slower),
+with a warning; ``info["method"]`` says which ran (``"vmap"`` or ``"per-sample loop"``). The default is
 :func:`torch.nn.functional.cross_entropy` (on log-softmax outputs it equals the NLL loss,
 since ``log_softmax`` is idempotent).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Iterable
 
 import torch
@@ -22,6 +28,8 @@ from torch.func import functional_call, grad, vmap
 
 from ._calibration import Batch
 from ._select import PrunableParam
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["per_sample_gradients", "default_loss", "param_overrides", "flat_weights"]
 
@@ -80,6 +88,7 @@ def per_sample_gradients(
     chunk_size: int = 128,
     dtype: torch.dtype = torch.float32,
     progress: Any = None,
+    info: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """The n x p matrix of per-sample gradients at ``weights`` (default: current weights).
 
@@ -96,6 +105,7 @@ def per_sample_gradients(
         ``chunk_size x p`` floats of gradients plus activations).
     dtype : storage dtype of the result (float32 by default).
     progress : an optional tqdm bar advanced by the number of samples processed.
+    info : an optional dict that receives ``"method"``: ``"vmap"`` or ``"per-sample loop"``.
     """
     loss_fn = loss_fn or default_loss
     if weights is None:
@@ -121,14 +131,40 @@ def per_sample_gradients(
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     rows: list[torch.Tensor] = []
+    method = "vmap"
     try:
         for batch in batches:
-            tdim = 0 if isinstance(batch.targets, torch.Tensor) else None
-            g = vmap(grad_fn, in_dims=(None, 0, tdim), chunk_size=chunk_size)(diff, batch.inputs, batch.targets)
+            g = None
+            if method == "vmap":
+                try:
+                    tdim = 0 if isinstance(batch.targets, torch.Tensor) else None
+                    g = vmap(grad_fn, in_dims=(None, 0, tdim), chunk_size=chunk_size)(diff, batch.inputs, batch.targets)
+                except RuntimeError as exc:
+                    if "vmap" not in str(exc):
+                        raise
+                    method = "per-sample loop"
+                    logger.warning(
+                        "per-sample gradients: vmap cannot run this model (data-dependent control flow, e.g. a padding check "
+                        "on attention_mask); computing them one sample at a time"
+                    )
+            if g is None:
+                g = _loop(grad_fn, diff, batch)
             rows.append(torch.cat([g[name].reshape(batch.size, -1) for name in names], dim=1).to(dtype))
             if progress is not None:
                 progress.update(batch.size)
     finally:
         for m, mode in modes:
             m.training = mode
+    if info is not None:
+        info["method"] = method
     return torch.cat(rows, dim=0)
+
+
+def _loop(grad_fn: Callable[..., dict[str, torch.Tensor]], diff: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+    """``grad_fn`` applied to each sample of ``batch`` in turn, stacked like ``vmap``'s output."""
+    per_sample = []
+    for i in range(batch.size):
+        inputs = torch.utils._pytree.tree_map(lambda t: t[i] if isinstance(t, torch.Tensor) else t, batch.inputs)
+        target = batch.targets[i] if isinstance(batch.targets, torch.Tensor) else batch.targets
+        per_sample.append(grad_fn(diff, inputs, target))
+    return {name: torch.stack([g[name] for g in per_sample]) for name in diff}

@@ -208,6 +208,8 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     )
     if auto is not None:
         report.info["auto"] = auto
+    if need_grads:
+        report.info["gradients"] = ctx.gradient_info.get("method", "vmap")
     report.check_budgets()
     return report
 
@@ -252,6 +254,7 @@ class _Context:
         self.costs = np.repeat(np.asarray(per_weight, dtype=np.float64), self.sizes)
         self.layer = np.repeat(np.arange(len(params), dtype=np.int64), self.sizes)
         self.gradient_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None
+        self.gradient_info: dict[str, Any] = {}
 
     def with_batches(self, batches: list[Batch], *, cache_gradients: bool = False) -> "_Context":
         """The same model, weights and FLOP costs with other calibration batches.
@@ -405,7 +408,8 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
         wrt = [j for j, _, _ in members]
         with ctx.bar(total=n, desc="per-sample gradients", unit="sample") as bar:
             G = per_sample_gradients(
-                ctx.model, ctx.params, ctx.batches, weights=w, wrt=wrt, loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size, progress=bar
+                ctx.model, ctx.params, ctx.batches, weights=w, wrt=wrt, loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size, progress=bar,
+                info=ctx.gradient_info,
             )
         return G[:, a - lo : b - lo].detach().cpu().numpy()
 
