@@ -25,12 +25,14 @@ Result: the best of the stages; ``info["stages"]`` lists each stage's objective 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
+from combprune.api import solve
 from combprune.problems import L0Regression
-from combprune.registry import get_solver, register_solver
+from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
 from ._l0_core import (
@@ -127,8 +129,11 @@ def chita(
     x, objective, support = final_objective(problem, data, w, e)
     result_x = x
     if swap and not deadline.expired():
-        spec = get_solver("swap")
-        sw = spec.func(problem, deadline=deadline, seed=seed, warm_start=Result(x=x, support=support, objective=objective, status=Status.FEASIBLE), **(swap_options or {}))
+        left = deadline.remaining()
+        sw = solve(
+            problem, "swap", time_limit=left if math.isfinite(left) else None, seed=seed,
+            warm_start=Result(x=x, support=support, objective=objective, status=Status.FEASIBLE), **(swap_options or {}),
+        )
         stages.append({"stage": "swap", "objective": sw.objective, "iterations": sw.iterations, "time": deadline.elapsed()})
         if sw.objective < objective:
             result_x, objective, support = sw.x, sw.objective, np.asarray(sw.support)
