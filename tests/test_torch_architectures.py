@@ -128,3 +128,26 @@ def test_per_sample_gradients_fall_back_from_vmap_on_padded_hf_batches():
         assert torch.allclose(G[i], reference, atol=1e-6)
     report = cpt.prune(model, {"input_ids": ids, "attention_mask": mask, "labels": labels}, method="chita", sparsity=0.5, l2=1e-3, first_order=False, loss_fn=loss, progress=False)
     assert report.info["gradients"] == "per-sample loop"
+
+
+def test_structured_prune_of_a_gqa_llama_reports_the_attention_it_leaves_alone():
+    cfg = transformers.LlamaConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, vocab_size=50)
+    torch.manual_seed(0)
+    model = transformers.LlamaModel(cfg).eval()
+    ids = torch.randint(0, 50, (4, 8))
+    report = cpt.prune(model, {"input_ids": ids}, method="osscar", sparsity=0.5, progress=False)
+    assert [name for name, _ in report.not_pruned] == ["layers.0.self_attn"]
+    assert "grouped-query" in report.not_pruned[0][1]
+    assert "Not pruned: layers.0.self_attn" in str(report) and "over the pruned layers only" in str(report)
+    assert {layer.name.split(".")[-2] for layer in report.layers} <= {"gate_proj", "up_proj", "down_proj"}
+
+
+def test_structured_pairs_reach_prune_and_unstructured_methods_refuse_them():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x = torch.randn(32, 6)
+    report = cpt.prune(model, x, method="osscar", sparsity=0.5, pairs=[("0", "2")], progress=False)
+    assert report.not_pruned == [] and any(layer.name == "2.weight" for layer in report.layers)
+    with pytest.raises(ValueError, match="pairs"):
+        cpt.Pruner("magnitude", sparsity=0.5, pairs=[("0", "2")])
+    with pytest.raises(ValueError, match="pairs"):
+        cpt.prune(torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)), x, method="osscar", sparsity=0.5, pairs=[("0", "missing")], progress=False)

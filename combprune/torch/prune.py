@@ -520,11 +520,15 @@ def _prune_structured(model: nn.Module, calibration: Any, cfg: "PruneConfig") ->
     solver = cfg.spec.solver or cfg.method
     layers, plan = _structured.prune_structured(
         model, calibration, method=solver, sparsity=cfg.sparsity, targets=cfg.targets, ignore=cfg.ignore,
-        n_samples=cfg.n_samples, solver_options=dict(cfg.solver_options), progress=cfg.progress,
+        n_samples=cfg.n_samples, solver_options=dict(cfg.solver_options), progress=cfg.progress, pairs=cfg.pairs,
     )
     _apply_structured(model, plan, cfg.apply)
     report = PruneReport(layers=list(layers), method=cfg.method, sparsity_requested=cfg.sparsity, apply=cfg.apply)
-    report.info.update(structured_plan=plan.to_dict(), solver=solver, solver_options=dict(cfg.solver_options))
+    report.not_pruned = list(plan.not_pruned)
+    report.info.update(
+        structured_plan=plan.to_dict(), solver=solver, solver_options=dict(cfg.solver_options),
+        budget_scope="fraction of groups removed in each recognised unit (the units listed in the report)",
+    )
     return report
 
 

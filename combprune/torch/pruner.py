@@ -113,6 +113,7 @@ class PruneConfig:
     chunk_size: int = 128
     device: torch.device | str | None = None
     progress: bool = True
+    pairs: Any = None
 
     @property
     def solver_name(self) -> str | None:
@@ -138,6 +139,8 @@ class PruneConfig:
             raise ValueError("sparsity: give sparsity (fraction removed) and/or flop_budget (fraction of FLOPs kept)")
         if spec.kind == "structured" and flop_budget is not None and sparsity is None:
             raise ValueError("flop_budget: structured methods take sparsity (fraction of groups removed per layer); a FLOP budget is not supported there")
+        if a["pairs"] is not None and spec.kind != "structured":
+            raise ValueError("pairs: producer/consumer pairs declare structured units; they need a structured method ('osscar', 'group-magnitude')")
         if a["apply"] not in APPLY_MODES:
             raise ValueError(f"apply: expected one of {', '.join(APPLY_MODES)}, got {a['apply']!r}")
         if a["apply"] == "physical" and spec.kind != "structured":
@@ -183,7 +186,7 @@ class PruneConfig:
             first_order=a["first_order"], holdout=holdout, l2_grid=l2_grid,
             solver=a["solver"], solver_options=MappingProxyType(dict(options)), time_limit=time_limit, seed=a["seed"], apply=a["apply"],
             max_memory=_positive_int("max_memory", a["max_memory"]), chunk_size=_positive_int("chunk_size", a["chunk_size"]),
-            device=a["device"], progress=a["progress"],
+            device=a["device"], progress=a["progress"], pairs=None if a["pairs"] is None else tuple(tuple(p) for p in a["pairs"]),
         )
 
     def options(self) -> dict[str, Any]:
@@ -272,6 +275,7 @@ def prune(
     chunk_size: int = 128,
     device: torch.device | str | None = None,
     progress: bool = True,
+    pairs: Sequence[Sequence[str]] | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport` (``Pruner(...).prune(...)``).
 
@@ -328,6 +332,8 @@ def prune(
     chunk_size : samples per ``vmap`` chunk of the per-sample gradients.
     device : expected device of the model (a ``ValueError`` when the model is elsewhere).
     progress : show tqdm progress bars (samples, stages, blocks, layers).
+    pairs : structured methods: declare the units as ``(producer, [batchnorm, ...,] consumer)``
+        module names instead of discovering them (for models torch.fx cannot trace).
 
     Returns
     -------

@@ -102,6 +102,9 @@ class PruneReport:
     time : wall-clock seconds of the whole pruning call.
     apply : how the result was applied (``"mask"``, ``"permanent"``, ``"physical"``).
     stages : per-stage records of multi-stage methods (k, F, objective, time).
+    not_pruned : structures of the model the method left alone, ``(module name, reason)``
+        (e.g. grouped-query attention heads for the structured methods); the budgets were met
+        over the pruned layers only.
     info : free-form extras (options used, number of calibration samples, ...).
     """
 
@@ -115,6 +118,7 @@ class PruneReport:
     apply: str = "mask"
     flop_unit: str = "FLOPs"
     stages: list[dict[str, Any]] = field(default_factory=list)
+    not_pruned: list[tuple[str, str]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     # Totals ---------------------------------------------------------------------------------
@@ -196,6 +200,7 @@ class PruneReport:
             "totals": self.totals(),
             "layers": [layer.to_dict() for layer in self.layers],
             "stages": self.stages,
+            "not_pruned": [list(item) for item in self.not_pruned],
             "info": self.info,
         }
 
@@ -281,11 +286,15 @@ class PruneReport:
         if self.flop_budget_requested is not None:
             req.append(f"FLOPs kept {self.flop_budget_requested:g} (F={self.flop_limit:.6g})")
         met = "met" if not self.budget_violations() else "NOT met"
-        return (
+        caption = (
             f"{self.method}: requested {', '.join(req) or 'nothing'}; reached sparsity {self.sparsity:.4f}, "
-            f"FLOPs kept {self.flop_fraction:.4f}; budgets {met}. "
+            f"FLOPs kept {self.flop_fraction:.4f}; budgets {met}"
+            f"{' over the pruned layers only' if self.not_pruned else ''}. "
             f"{self.flop_unit} counted by torch.utils.flop_counter (FLOPs = 2 x MACs)."
         )
+        if self.not_pruned:
+            caption += " Not pruned: " + "; ".join(f"{name} ({reason})" for name, reason in self.not_pruned) + "."
+        return caption
 
     def table(self) -> str:
         """A plain-text table (one row per layer and a total)."""

@@ -61,6 +61,7 @@ __all__ = [
     "StructuredPlan",
     "UnsupportedGraphError",
     "discover_units",
+    "unsupported_structures",
     "accumulate_gram",
     "layer_problem",
     "prune_structured",
@@ -147,6 +148,8 @@ class StructuredPlan:
     #: a few calibration inputs (tensor / tuple / dict): :func:`~combprune.torch.physical.remove_pruned`
     #: checks on them that the smaller model's outputs equal the masked model's.
     example: Any = None
+    #: structures the model has but this run cannot prune: (module name, reason).
+    not_pruned: list[tuple[str, str]] = field(default_factory=list)
 
     def unit(self, consumer: str) -> StructuredUnit:
         for u in self.units:
@@ -398,6 +401,40 @@ def _declared_units(model: nn.Module, pairs: Iterable[Any]) -> list[StructuredUn
     return units
 
 
+def _attention_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
+    """Modules that look like attention: q/k/v projections (separate or fused GPT-2 ``c_attn``)."""
+    for name, mod in model.named_modules():
+        children = dict(mod.named_children())
+        if {"q_proj", "k_proj", "v_proj"} <= set(children) or {"query", "key", "value"} <= set(children) or "c_attn" in children:
+            yield name, mod
+
+
+def unsupported_structures(model: nn.Module, units: Iterable[StructuredUnit]) -> list[tuple[str, str]]:
+    """Attention modules of ``model`` with no head unit among ``units``, each with the reason.
+
+    Structured pruning only touches what it recognises; this lists what it leaves alone so that
+    the report (and a log warning) can say so instead of passing over it silently.
+    """
+    covered = {u.attention for u in units if u.kind == "head"} | {u.attention.rsplit(".", 1)[0] for u in units if u.kind == "head" and u.attention}
+    out: list[tuple[str, str]] = []
+    for name, mod in _attention_modules(model):
+        if name in covered:
+            continue
+        children = dict(mod.named_children())
+        if "c_attn" in children:
+            reason = "fused q/k/v projection (GPT-2 Conv1D c_attn): heads are not pruned"
+        elif "k_proj" in children and isinstance(children["k_proj"], nn.Linear) and isinstance(children.get("q_proj"), nn.Linear) and (
+            children["k_proj"].out_features != children["q_proj"].out_features
+        ):
+            reason = "grouped-query attention (fewer key/value heads than query heads): heads are not pruned"
+        elif head_attrs(mod) == (None, None):
+            reason = "number of heads / head size not found on the module (read from the config): heads are not pruned"
+        else:
+            reason = "attention layout not recognised: heads are not pruned"
+        out.append((name or type(mod).__name__, reason))
+    return out
+
+
 def discover_units(model: nn.Module, *, pairs: Iterable[Any] | None = None) -> list[StructuredUnit]:
     """All structured pruning units of ``model`` (in module registration order).
 
@@ -417,7 +454,8 @@ def discover_units(model: nn.Module, *, pairs: Iterable[Any] | None = None) -> l
         raise UnsupportedGraphError(
             f"model: found no prunable producer -> consumer pair in {type(model).__name__} "
             "(supported: Linear -> [activation/BN1d] -> Linear, Conv2d -> [BN2d/activation] -> Conv2d with a single "
-            "reader of the features, and BERT-family Hugging Face attention heads / FFN neurons); "
+            "reader of the features, and Hugging Face attention heads of the BERT family and of models with separate "
+            "q_proj/k_proj/v_proj and equal head counts (ViT, CLIP, OPT), plus their FFN neurons); "
             "declare pairs explicitly with pairs=[(producer, consumer), ...]"
         )
     consumers = [u.consumer for u in units]
@@ -620,6 +658,9 @@ def prune_structured(
     batches = _calibration.collect(calibration, n_samples, device)
     units = _forward_order(model, units, modules, batches[0])
     plan = StructuredPlan(units, example=batches[0].slice(0, min(8, batches[0].size)).inputs)
+    plan.not_pruned = unsupported_structures(model, units) if pairs is None else []
+    for name, reason in plan.not_pruned:
+        logger.warning("%s: not pruned (%s)", name, reason)
     touched = sorted({n for u in units for n in (u.consumer, *u.producers)}, key=list(modules).index)
     dense_flops = dict(zip(touched, layer_flops(model, [PrunableParam(n, "weight", modules[n]) for n in touched], batches[0])))
 
