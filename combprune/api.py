@@ -7,7 +7,7 @@ from typing import Any
 
 from ._validation import check_seed, check_time_limit
 from .registry import get_solver
-from .result import Deadline, Result
+from .result import STATUS_MESSAGES, Deadline, Result
 
 logger = logging.getLogger(__name__)
 
@@ -51,5 +51,7 @@ def solve(problem: Any, solver: str | None = None, *, time_limit: float | None =
     result = spec.func(problem, deadline=deadline, seed=seed, **options)
     result.solver = name
     result.time = deadline.elapsed()
+    if not result.message:
+        result.message = STATUS_MESSAGES[result.status]
     logger.info("%s: %s", name, result)
     return result

@@ -60,6 +60,8 @@ class Result:
     solver : the registered name of the solver.
     history : ``(seconds since start, objective)`` pairs of improving incumbents.
     info : solver-specific extras (e.g. LP duals, a fractional LP solution, stage records).
+    message : why the solver stopped, in words (set by the solver, or from the status by
+        :func:`combprune.solve` when the solver leaves it empty).
     """
 
     x: Any
@@ -73,6 +75,7 @@ class Result:
     iterations: int = 0
     history: list[tuple[float, float]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)
@@ -99,6 +102,7 @@ class Result:
             "time": self.time,
             "iterations": self.iterations,
             "nnz": self.nnz,
+            "message": self.message,
             "history": [list(map(float, h)) for h in self.history],
         }
         if include_x:
@@ -113,6 +117,15 @@ class Result:
             f"Result(solver={self.solver!r}, status={self.status.value!r}, objective={self.objective:.10g}, "
             f"bound={bound}, gap={gap}, nnz={self.nnz}, time={self.time:.3g}s, iterations={self.iterations})"
         )
+
+
+#: The message of a result whose solver did not say why it stopped.
+STATUS_MESSAGES: dict[Status, str] = {
+    Status.OPTIMAL: "optimality proven",
+    Status.FEASIBLE: "finished with a feasible point (optimality not proven)",
+    Status.TIME_LIMIT: "time limit reached; best feasible point returned",
+    Status.INFEASIBLE: "the problem has no feasible point",
+}
 
 
 class Deadline:

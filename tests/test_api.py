@@ -169,3 +169,10 @@ def test_writing_a_solver_example_runs(clean_registry):
     ns["test_top_k_is_feasible_and_not_better_than_optimal"]()
     with pytest.raises(ValueError, match="^scale"):
         cp.solve(random_l0_regression(3, 4, 2, seed=0), "top-k", scale=-1.0)
+
+
+def test_result_message_says_why_the_solver_stopped():
+    prob = random_l0_regression(20, 10, 3, seed=1)
+    assert cp.solve(prob, "bruteforce").message == "optimality proven"
+    assert "optimality not proven" in cp.solve(prob, "iht").message
+    assert cp.solve(prob, "iht").to_dict()["message"] == cp.solve(prob, "iht").message
