@@ -6,6 +6,7 @@ import math
 from typing import Any, ClassVar, Iterable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from combprune import backend
 from combprune._validation import check_array, check_int, check_scalar
@@ -15,7 +16,7 @@ from .structured import osscar_default_ridge
 
 __all__ = ["LayerwiseL0", "parse_nm"]
 
-#: Relative tolerance of the positive semi-definiteness check of H (eigenvalues >= -tol * max|eig|).
+#: Relative tolerance of the positive semi-definiteness check of H (eigenvalues >= -tol * d * max|H|).
 PSD_RTOL = 1e-9
 #: Rows of X turned into float64 at a time by :meth:`LayerwiseL0.from_activations`.
 _CHUNK_ROWS = 8192
@@ -56,7 +57,7 @@ class LayerwiseL0(Problem):
 
     Parameters
     ----------
-    H : (d, d) symmetric positive semi-definite (checked up to ``PSD_RTOL``).
+    H : (d, d) symmetric positive semi-definite (checked by a Cholesky factorisation of ``H + PSD_RTOL d max|H| I``).
     W_hat : (d, m) dense weights (a (d,) vector is read as one output).
     ridge : lam ``>= 0``; :meth:`from_activations` defaults to ``1e-2 mean(diag(H))``.
 
@@ -88,9 +89,11 @@ class LayerwiseL0(Problem):
         scale = max(float(np.abs(Hn).max()), 1e-300)
         if not np.allclose(Hn, Hn.T, rtol=1e-6, atol=1e-8 * scale):
             raise ValueError("H: must be symmetric (H = X^T X)")
-        eig_min = float(np.linalg.eigvalsh((Hn + Hn.T) / 2)[0])
-        if eig_min < -PSD_RTOL * scale * d:
-            raise ValueError(f"H: must be positive semi-definite (smallest eigenvalue {eig_min:.3g})")
+        try:  # PSD up to PSD_RTOL: a Cholesky factor of the slightly shifted H exists
+            with threadpool_limits(1, user_api="blas"):
+                np.linalg.cholesky((Hn + Hn.T) / 2 + PSD_RTOL * scale * d * np.eye(d))
+        except np.linalg.LinAlgError:
+            raise ValueError("H: must be positive semi-definite (H = X^T X)") from None
         W_hat = check_array("W_hat", W_hat, ndim=(1, 2), shape=(d,))
         if W_hat.ndim == 1:
             W_hat = backend.namespace(W_hat).reshape(W_hat, (d, 1))
@@ -112,7 +115,7 @@ class LayerwiseL0(Problem):
         self.H, self.W_hat = H, W_hat
         self.k, self.k_col, self.nm = k, k_col, nm
         self.ridge = check_scalar("ridge", ridge, low=0.0)
-        self._eig_min = max(eig_min, 0.0)
+        self._eig_min: float | None = None
         self._freeze()
 
     # Constructors ---------------------------------------------------------------------------
@@ -187,7 +190,11 @@ class LayerwiseL0(Problem):
 
     @property
     def eig_min(self) -> float:
-        """Smallest eigenvalue of H (clipped at 0), computed once by the validation."""
+        """Smallest eigenvalue of H clipped at 0 (computed on first use, then cached)."""
+        if self._eig_min is None:
+            with threadpool_limits(1, user_api="blas"):
+                value = float(np.linalg.eigvalsh(backend.to_numpy(self.H).astype(np.float64))[0])
+            object.__setattr__(self, "_eig_min", max(value, 0.0))
         return self._eig_min
 
     # Evaluation -----------------------------------------------------------------------------

@@ -20,13 +20,20 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+from threadpoolctl import threadpool_limits
 
 from combprune import backend
 from combprune.problems import LayerwiseL0
 from combprune.result import Result, Status
 
 __all__ = ["dense_f64", "pattern_mask", "column_budgets", "topk_columns", "refit", "lower_bound",
-           "finish", "magnitude_layerwise"]
+           "finish", "magnitude_layerwise", "single_thread"]
+
+
+def single_thread():
+    """BLAS/LAPACK on one thread: on a loaded machine a spinning OpenBLAS pool makes the many
+    small factorisations of :func:`refit` up to 100x slower (threadpoolctl is a core dependency)."""
+    return threadpool_limits(1, user_api="blas")
 
 
 def dense_f64(problem: LayerwiseL0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -64,7 +71,9 @@ def pattern_mask(problem: LayerwiseL0, scores: np.ndarray, *, per_output: bool =
     if problem.k is not None:
         if per_output:
             return topk_columns(scores, column_budgets(problem.k, m))
-        return topk_columns(scores.reshape(-1, 1), np.array([problem.k])).reshape(d, m)
+        from .magnitude import topk_mask  # O(dm) selection; imported here as magnitude imports this module
+
+        return topk_mask(scores.reshape(-1), problem.k).reshape(d, m)
     if problem.k_col is not None:
         return topk_columns(scores, np.full(m, problem.k_col))
     n_keep, group = problem.nm_pair
@@ -76,6 +85,12 @@ def pattern_mask(problem: LayerwiseL0, scores: np.ndarray, *, per_output: bool =
 def refit(K: np.ndarray, G: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Exact minimiser on the support ``mask`` (see the module docstring), float64 (d, m)."""
     W = np.zeros_like(G)
+    with single_thread():
+        _refit_into(W, K, G, mask)
+    return W
+
+
+def _refit_into(W: np.ndarray, K: np.ndarray, G: np.ndarray, mask: np.ndarray) -> None:
     keys = np.packbits(mask, axis=0)
     _, first, inverse = np.unique(keys.T, axis=0, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -86,7 +101,6 @@ def refit(K: np.ndarray, G: np.ndarray, mask: np.ndarray) -> np.ndarray:
         cols = np.flatnonzero(inverse == u)
         factor = scipy.linalg.cho_factor(K[np.ix_(S, S)], lower=True, check_finite=False)
         W[np.ix_(S, cols)] = scipy.linalg.cho_solve(factor, G[np.ix_(S, cols)], check_finite=False)
-    return W
 
 
 def lower_bound(problem: LayerwiseL0, W_hat: np.ndarray) -> float:

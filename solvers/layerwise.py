@@ -13,8 +13,8 @@ al. 2024):
 
 rho is multiplied by ``rho_growth`` every ``check_every`` iterations while the support still
 moves (ALPS's schedule, ``docs/solvers/layerwise.md``); it stops when the support is unchanged
-for ``patience`` checks, at ``max_iter`` or at the deadline. Every support met at a check and the
-warm start's support (SparseGPT's) are **refitted exactly** (``W_S = K_SS^{-1} G_S`` per output,
+for ``patience`` checks, at ``max_iter`` or at the deadline. ADMM's final support and the warm
+start's support (SparseGPT's) are **refitted exactly** (``W_S = K_SS^{-1} G_S`` per output,
 one Cholesky per column), and the best refitted point is returned, so the result is never worse
 than SparseGPT's weights on SparseGPT's own mask. A final local search alternates a gradient
 step ``W - K (W - W_hat) / lambda_max`` + projection + exact refit while it improves
@@ -34,10 +34,9 @@ from combprune.problems import LayerwiseL0
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
-from ._layerwise_core import dense_f64, finish, lower_bound, pattern_mask, refit
+from ._layerwise_core import dense_f64, finish, lower_bound, pattern_mask, refit, single_thread
 from ._layerwise_exact import solve_exact
 from .sparsegpt import sparsegpt_weights
-from .wanda import wanda_mask
 
 __all__ = ["layerwise", "layerwise_exact"]
 
@@ -80,12 +79,11 @@ def _admm(problem: LayerwiseL0, K: np.ndarray, G: np.ndarray, Z: np.ndarray, bes
         if it % check_every == 0:
             changed = int(np.count_nonzero(new_support != support))
             support = new_support
-            if changed or it == check_every:
-                best.offer(support, "admm")
             stable = stable + 1 if changed == 0 else 0
             if stable >= patience or deadline.expired():
                 break
             rho *= rho_growth
+    best.offer(support, "admm")
     return it
 
 
@@ -119,7 +117,7 @@ def _check_option(name: str, value: Any, low: float, integer: bool) -> None:
 )
 def layerwise(problem: LayerwiseL0, *, deadline: Deadline, seed: int | None = None, max_iter: int = 300,
               rho0: float = 0.1, rho_growth: float = 1.3, check_every: int = 3, patience: int = 3,
-              local_rounds: int = 20) -> Result:
+              local_rounds: int = 1) -> Result:
     """Default solver of ``LayerwiseL0`` (see the module docstring).
 
     Options
@@ -131,7 +129,7 @@ def layerwise(problem: LayerwiseL0, *, deadline: Deadline, seed: int | None = No
     local_rounds : IHT-with-refit rounds after ADMM (0 to skip).
 
     ``iterations`` counts ADMM iterations plus local-search rounds; ``info["source"]`` says
-    which stage produced the returned point (``sparsegpt``, ``wanda``, ``admm`` or ``iht``).
+    which stage produced the returned point (``sparsegpt``, ``admm`` or ``iht``).
     """
     _check_option("max_iter", max_iter, 0, True)
     _check_option("rho0", rho0, 1e-12, False)
@@ -142,15 +140,15 @@ def layerwise(problem: LayerwiseL0, *, deadline: Deadline, seed: int | None = No
     K, W_hat, G = dense_f64(problem)
     history = History(deadline, "min")
     best = _Best(K, W_hat, G, history)
-    warm = sparsegpt_weights(problem, K, W_hat)
-    best.offer(warm != 0, "sparsegpt")
-    best.offer(wanda_mask(problem, W_hat, np.diag(K) - problem.ridge), "wanda")
     iterations = 0
-    if max_iter and not deadline.expired():
-        iterations += _admm(problem, K, G, warm, best, deadline, int(max_iter), float(rho0), float(rho_growth),
-                            int(check_every), int(patience))
-    if local_rounds:
-        iterations += _local_search(problem, K, best, deadline, int(local_rounds))
+    with single_thread():
+        warm = sparsegpt_weights(problem, K, W_hat)
+        best.offer(warm != 0, "sparsegpt")
+        if max_iter and not deadline.expired():
+            iterations += _admm(problem, K, G, warm, best, deadline, int(max_iter), float(rho0), float(rho_growth),
+                                int(check_every), int(patience))
+        if local_rounds:
+            iterations += _local_search(problem, K, best, deadline, int(local_rounds))
     status = Status.TIME_LIMIT if deadline.expired() else Status.FEASIBLE
     result = finish(problem, best.W, bound=lower_bound(problem, W_hat), iterations=iterations, status=status,
                     info={"source": best.source})

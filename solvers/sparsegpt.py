@@ -28,7 +28,7 @@ from combprune.problems import LayerwiseL0
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result
 
-from ._layerwise_core import dense_f64, finish, lower_bound, topk_columns
+from ._layerwise_core import dense_f64, finish, lower_bound, single_thread, topk_columns
 from .magnitude import per_layer_budgets
 
 __all__ = ["sparsegpt", "sparsegpt_weights"]
@@ -63,7 +63,7 @@ def sparsegpt_weights(problem: LayerwiseL0, K: np.ndarray, W_hat: np.ndarray, *,
     """SparseGPT's pruned weights (d, m) in float64 (see the module docstring)."""
     d, m = problem.d, problem.m
     if damp is None:
-        damp = 0.0 if problem.eig_min + problem.ridge > 0 else 0.01
+        damp = 0.0 if problem.ridge > 0 or problem.eig_min > 0 else 0.01
     nm = problem.nm_pair
     if nm is not None:
         block_size = max(nm[1], block_size - block_size % nm[1])
@@ -121,7 +121,8 @@ def sparsegpt(problem: LayerwiseL0, *, deadline: Deadline, seed: int | None = No
     if damp is not None and not (isinstance(damp, (int, float)) and not isinstance(damp, bool) and 0 <= damp < np.inf):
         raise ValueError(f"damp: expected a non-negative number or None, got {damp!r}")
     K, W_hat, _ = dense_f64(problem)
-    W = sparsegpt_weights(problem, K, W_hat, block_size=int(block_size), damp=damp)
+    with single_thread():
+        W = sparsegpt_weights(problem, K, W_hat, block_size=int(block_size), damp=damp)
     result = finish(problem, W, bound=lower_bound(problem, W_hat))
     result.history = [(deadline.elapsed(), result.objective)]
     return result

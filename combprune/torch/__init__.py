@@ -13,9 +13,11 @@ from ._gradients import per_sample_gradients
 from ._select import DEFAULT_TYPES, PrunableParam, select_parameters
 from .prune import METHODS, PruningError, k_from_sparsity, prune
 from .report import BudgetError, LayerReport, PruneReport
+from .sequential import SequentialReport, prune_sequential
 
 __all__ = [
     "prune",
+    "prune_sequential", "SequentialReport",
     "PruneReport",
     "LayerReport",
     "BudgetError",
