@@ -99,11 +99,14 @@ def capture_block_inputs(model: nn.Module, first: nn.Module, batches: Sequence[B
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        for batch in batches:
+        for i, batch in enumerate(batches):
             try:
                 forward(model, batch.inputs)
             except _Captured:
                 continue
+            except Exception as exc:
+                raise ValueError(f"calibration: the model failed on batch {i} before its first block "
+                                 f"({type(exc).__name__}: {exc}); check the batches' shapes (sequence length)") from exc
             raise ValueError("blocks: the model's forward pass never reached the first block; check blocks=")
     finally:
         handle.remove()
