@@ -26,29 +26,33 @@ def _batches():
     return [{"input_ids": torch.randint(0, 50, (4, 8), generator=g)} for _ in range(4)]
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str, method: str) -> None:
+METHODS = ("layerwise", "sparsegpt")
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model = _model()
-        report = cpt.prune_sequential(model, _batches(), method=method, sparsity=0.5, progress=False)
-        torch.save({"state": model.state_dict(), "ranks": [r.rank for r in report.layers],
-                    "samples": report.calibration_samples}, os.path.join(out_dir, f"rank{rank}.pt"))
+        for method in METHODS:
+            model = _model()
+            report = cpt.prune_sequential(model, _batches(), method=method, sparsity=0.5, progress=False)
+            torch.save({"state": model.state_dict(), "ranks": [r.rank for r in report.layers],
+                        "samples": report.calibration_samples}, os.path.join(out_dir, f"{method}-rank{rank}.pt"))
     finally:
         tdist.destroy_process_group()
 
 
-@pytest.mark.parametrize("method", ["layerwise", "sparsegpt"])
-def test_two_gloo_ranks_match_one_process(tmp_path, method):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), method), nprocs=2, join=True)
-    single = _model()
-    cpt.prune_sequential(single, _batches(), method=method, sparsity=0.5, progress=False)
-    ref = single.state_dict()
-    outs = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    assert outs[0]["ranks"] == [i % 2 for i in range(6)] * 2  # layers solved round-robin
-    assert outs[0]["samples"] == 16
-    for key, value in ref.items():
-        a, b = outs[0]["state"][key], outs[1]["state"][key]
-        assert torch.equal(a, b), key  # every rank ends identical
-        assert torch.equal(a != 0, value != 0), key  # same masks as one process
-        torch.testing.assert_close(a, value, rtol=1e-4, atol=1e-6)
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for method in METHODS:
+        single = _model()
+        cpt.prune_sequential(single, _batches(), method=method, sparsity=0.5, progress=False)
+        outs = [torch.load(tmp_path / f"{method}-rank{r}.pt") for r in range(2)]
+        assert outs[0]["ranks"] == [i % 2 for i in range(6)] * 2  # layers solved round-robin
+        assert outs[0]["samples"] == 16
+        for key, value in single.state_dict().items():
+            a, b = outs[0]["state"][key], outs[1]["state"][key]
+            assert torch.equal(a, b), (method, key)  # every rank ends identical
+            assert torch.equal(a != 0, value != 0), (method, key)  # same masks as one process
+            torch.testing.assert_close(a, value, rtol=1e-4, atol=1e-6)
