@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -168,3 +170,45 @@ def test_report_serialises():
     out = rep.to_dict()
     assert out["method"] == "magnitude" and len(out["layers"]) == 8 and out["sparsity"] >= 0.5
     assert out["calibration_samples"] == 4
+
+
+def test_disk_offload_gives_the_same_model_and_frees_idle_blocks(tmp_path):
+    pytest.importorskip("safetensors")
+    ref = tiny_bert()
+    cpt.prune_sequential(ref, token_batches(), method="sparsegpt", sparsity=0.5, progress=False)
+    model = tiny_bert()
+    on_meta = []
+    hook = model.encoder.layer[0].register_forward_hook(
+        lambda m, a, o: on_meta.append(model.encoder.layer[1].attention.self.query.weight.is_meta))
+    rep = cpt.prune_sequential(model, token_batches(), method="sparsegpt", sparsity=0.5, progress=False,
+                               offload="disk", offload_dir=str(tmp_path))
+    hook.remove()
+    assert any(on_meta)  # block 1 was on disk while block 0 was processed
+    assert sorted(os.listdir(tmp_path)) == ["block0.pruned.safetensors", "block0.safetensors",
+                                            "block1.pruned.safetensors", "block1.safetensors"]
+    for key, value in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert rep.sparsity >= 0.5
+    with pytest.raises(ValueError, match="^offload"):
+        cpt.prune_sequential(model, token_batches(), sparsity=0.5, offload="ram", progress=False)
+
+
+def test_disk_offload_failure_restores_the_dense_model(tmp_path, monkeypatch):
+    import combprune.torch.sequential as seq
+
+    model = tiny_bert()
+    before = weights(model)
+    calls = {"n": 0}
+    real = seq._solve_layer
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise RuntimeError("solver crashed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seq, "_solve_layer", failing)
+    with pytest.raises(RuntimeError, match="solver crashed"):
+        cpt.prune_sequential(model, token_batches(), sparsity=0.5, method="wanda", progress=False,
+                             offload="disk", offload_dir=str(tmp_path))
+    assert all(torch.equal(before[k], v) for k, v in weights(model).items())

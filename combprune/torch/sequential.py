@@ -14,7 +14,7 @@ inputs are run up to block 0 once; then, for each block b:
 Peak memory is the model plus one block's statistics (``d^2`` float64 per layer) and the
 calibration activations at one block's entrance. With ``device=`` the block being processed
 (and the activations) move to that device and go back afterwards, so the rest of the model may
-stay on the CPU. With ``torch.distributed`` initialised, each rank keeps the calibration
+stay on the CPU; with ``offload="disk"`` they wait in safetensors files instead. With ``torch.distributed`` initialised, each rank keeps the calibration
 batches ``rank, rank + world, ...``, the H of every layer is all-reduced (sum), layer i of a
 block is solved on rank ``i % world`` and its weights are broadcast: every rank ends with the
 same weights. See ``docs/large_models.md``.
@@ -46,6 +46,7 @@ from ._calibration import collect, model_device
 from ._sequential_blocks import (BlockInput, GramHooks, capture_block_inputs, find_blocks, linear_layers, run_block,
                                  set_weight_matrix, weight_matrix)
 from ._sequential_dist import Dist
+from ._sequential_offload import DiskOffload
 from .prune import k_from_sparsity
 
 logger = logging.getLogger(__name__)
@@ -177,6 +178,8 @@ def prune_sequential(
     n_samples: int | None = None,
     time_limit: float | None = None,
     solver_options: dict[str, Any] | None = None,
+    offload: str | None = None,
+    offload_dir: str | None = None,
     progress: bool = True,
 ) -> SequentialReport:
     """Prune every linear layer of the repeated blocks of ``model``, one block at a time.
@@ -199,6 +202,8 @@ def prune_sequential(
     n_samples : use at most this many calibration samples.
     time_limit : seconds per layer solve.
     solver_options : extra options of the solver (``combprune.solve``).
+    offload : ``None`` or ``"disk"``: blocks live in safetensors files (``offload_dir``, default a
+        temporary directory) except during their turn; the model is whole again at the end.
     progress : a tqdm bar over the blocks.
     """
     start = time.perf_counter()
@@ -207,6 +212,8 @@ def prune_sequential(
     kind, value = _pattern(sparsity, pattern, granularity)
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not (ridge >= 0 and math.isfinite(ridge)):
         raise ValueError(f"ridge: expected a non-negative number, got {ridge!r}")
+    if offload not in (None, "disk"):
+        raise ValueError(f"offload: expected None or 'disk', got {offload!r}")
     home = model_device(model)
     work = torch.device(device) if device is not None else home
     block_list = find_blocks(model, blocks)
@@ -220,14 +227,20 @@ def prune_sequential(
     was_training = model.training
     model.eval()
     backup = _Backup()
+    disk = None
     try:
         with torch.no_grad():
             inputs = [inp.to(work) for inp in capture_block_inputs(model, block_list[0], batches)]
+            if offload == "disk":
+                disk = DiskOffload(block_list, offload_dir)
             bar = tqdm(block_list, desc="blocks", disable=not progress)
             for index, block in enumerate(bar):
                 t0 = time.perf_counter()
                 block_home = next((p.device for p in block.parameters()), work)
-                block.to(work)
+                if disk is not None:
+                    disk.load(index, work)
+                else:
+                    block.to(work)
                 layers = linear_layers(block)
                 hooks = GramHooks(layers)
                 try:
@@ -248,18 +261,26 @@ def prune_sequential(
                                               solver_options, dist.rank)
                     W = dist.broadcast(W, owner)
                     row = dist.broadcast_object(row, owner)
-                    backup.keep(layer)
+                    if disk is None:  # with disk offload the dense block file is the backup
+                        backup.keep(layer)
                     set_weight_matrix(layer, W)
                     report.layers.append(row)
                 inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
-                block.to(block_home)
                 peak, report.memory_kind = _peak_memory(work)
+                if disk is not None:
+                    disk.release(index)
+                else:
+                    block.to(block_home)
                 report.blocks.append(SequentialBlockRow(index, len(layers), time.perf_counter() - t0, peak))
     except BaseException:
+        if disk is not None:
+            disk.finish(success=False)
         backup.restore()
         raise
     finally:
         model.train(was_training)
+    if disk is not None:
+        disk.finish(success=True)
     report.peak_memory_bytes = max((b.peak_memory_bytes for b in report.blocks), default=0)
     report.time = time.perf_counter() - start
     logger.info("%s", report)
