@@ -9,6 +9,7 @@ from ._base import Problem, load_problem
 from .flop_ilp import FlopNnzILP
 from .generators import random_flop_ilp, random_l0_regression, random_problem, random_structured
 from .l0_regression import L0Regression
+from .layerwise import LayerwiseL0
 from .structured import StructuredMIQP, osscar_default_ridge
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "L0Regression",
     "FlopNnzILP",
     "StructuredMIQP",
+    "LayerwiseL0",
     "load_problem",
     "osscar_default_ridge",
     "random_l0_regression",

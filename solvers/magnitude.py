@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 
 from combprune import backend
-from combprune.problems import FlopNnzILP, L0Regression
+from combprune.problems import FlopNnzILP, L0Regression, LayerwiseL0
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
+from ._layerwise_core import magnitude_layerwise
 from .dual_sort import _greedy_fill, solve_flop_nnz_lp
 
 __all__ = ["topk_mask", "per_layer_budgets", "magnitude"]
@@ -154,7 +155,7 @@ def _ilp(problem: FlopNnzILP, per_layer: bool, layers: Any) -> Result:
 
 @register_solver(
     "magnitude",
-    problems=(L0Regression, FlopNnzILP),
+    problems=(L0Regression, FlopNnzILP, LayerwiseL0),
     exact=False,
     description="Magnitude pruning: top-k |w_bar| (global or per layer); FLOP-aware via the dual-sort ILP.",
 )
@@ -170,7 +171,9 @@ def magnitude(problem, *, deadline: Deadline, seed: int | None = None, per_layer
     """
     if not isinstance(per_layer, (bool, np.bool_)):
         raise ValueError(f"per_layer: expected a bool, got {per_layer!r}")
-    if isinstance(problem, L0Regression):
+    if isinstance(problem, LayerwiseL0):  # docs/formulations/layerwise_l0.md
+        result = magnitude_layerwise(problem, bool(per_layer), layers)
+    elif isinstance(problem, L0Regression):
         result = _l0(problem, bool(per_layer), layers)
     else:
         result = _ilp(problem, bool(per_layer), layers)

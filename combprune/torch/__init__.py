@@ -17,6 +17,7 @@ from .methods import METHODS, Method, resolve_method
 from .prune import PruningError, k_from_sparsity
 from .pruner import PruneConfig, Pruner, prune
 from .report import BudgetError, LayerReport, PruneReport
+from .sequential import SequentialReport, prune_sequential
 from .sparse_training import LearnedMasks, PipelineResult, PostTrainingConfig, SparseTrainingPipeline, post_train, prune_to_density, run_pipeline, zero_init_
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "PruneConfig",
     "Method",
     "resolve_method",
+    "prune_sequential",
+    "SequentialReport",
     "PruneReport",
     "LayerReport",
     "BudgetError",

@@ -1,0 +1,214 @@
+"""The sequential engine: block discovery, statistics, pruned weights, errors, report."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import combprune as cp
+import combprune.torch as cpt
+from combprune.problems import LayerwiseL0
+from combprune.torch._sequential_blocks import find_blocks
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_bert(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16)
+    return transformers.BertModel(cfg).eval()
+
+
+def tiny_gpt2(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, n_positions=16)
+    return transformers.GPT2Model(cfg).eval()
+
+
+def tiny_llama(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    return transformers.LlamaModel(cfg).eval()
+
+
+def token_batches(n_batches=3, batch=4, length=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(0, 50, (batch, length), generator=g)} for _ in range(n_batches)]
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("build, path", [(tiny_bert, "encoder.layer"), (tiny_gpt2, "h"), (tiny_llama, "layers")])
+def test_blocks_found_and_every_linear_pruned(build, path):
+    model = build()
+    assert find_blocks(model) == list(model.get_submodule(path))
+    rep = cpt.prune_sequential(model, token_batches(), method="sparsegpt", sparsity=0.5, progress=False)
+    assert len(rep.blocks) == 2
+    assert len(rep.layers) == (6 if build is tiny_bert else 4 if build is tiny_gpt2 else 7) * 2
+    for row in rep.layers:
+        layer = model.get_submodule(f"{path}.{row.block}.{row.name}")
+        assert int((layer.weight != 0).sum()) == row.nnz <= row.d_in * row.d_out - (row.d_in * row.d_out) // 2
+        assert 0 <= row.relative_error < 1
+    assert rep.sparsity >= 0.5 and rep.peak_memory_bytes > 0 and "encoder" not in str(rep).split("\n")[0]
+
+
+def test_statistics_are_the_layer_inputs_after_earlier_blocks_are_pruned():
+    """The H of block 1's first layer is the Gram matrix of its input in the pruned model."""
+    model = tiny_bert()
+    batches = token_batches()
+    ref = tiny_bert()
+    rep = cpt.prune_sequential(model, batches, method="wanda", sparsity=0.5, ridge=0.0, progress=False)
+    # redo block 1's query layer by hand on the pruned model's activations
+    seen = []
+    layer = model.encoder.layer[1].attention.self.query
+    h = layer.register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, 16).double()))
+    dense_q = ref.encoder.layer[1].attention.self.query.weight.detach()
+    with torch.no_grad():
+        for b in batches:
+            model(**b)
+    h.remove()
+    X = torch.cat(seen).numpy()
+    prob = LayerwiseL0.from_activations(X, dense_q.T.double().numpy(), k=16 * 16 // 2, ridge=0.0)
+    expect = cp.solve(prob, "wanda").x
+    np.testing.assert_allclose(layer.weight.detach().T.double().numpy(), expect, rtol=1e-6, atol=1e-7)
+    row = next(r for r in rep.layers if r.block == 1 and r.name == "attention.self.query")
+    assert row.relative_error == pytest.approx(prob.relative_error(expect), rel=1e-6)
+
+
+def test_layerwise_reconstructs_better_than_the_baselines():
+    errors = {}
+    for method in ("magnitude", "wanda", "sparsegpt", "layerwise"):
+        model = tiny_bert()
+        rep = cpt.prune_sequential(model, token_batches(), method=method, pattern="2:4", progress=False)
+        errors[method] = [r.relative_error for r in rep.layers]
+    # block 0 sees identical inputs for every method: layer by layer, layerwise is best
+    for i in range(6):
+        assert errors["layerwise"][i] <= min(errors[m][i] for m in ("magnitude", "wanda", "sparsegpt")) + 1e-12
+
+
+def test_granularity_output_keeps_the_same_count_per_output():
+    model = tiny_bert()
+    cpt.prune_sequential(model, token_batches(), method="layerwise", sparsity=0.75, granularity="output", progress=False)
+    w = model.encoder.layer[0].intermediate.dense.weight
+    assert torch.all((w != 0).sum(dim=1) <= 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, field",
+    [
+        ({"method": "chita", "sparsity": 0.5}, ValueError, "method"),
+        ({}, ValueError, "sparsity"),
+        ({"sparsity": 0.5, "pattern": "2:4"}, ValueError, "sparsity"),
+        ({"sparsity": 1.0}, ValueError, "sparsity"),
+        ({"pattern": "2:3"}, ValueError, "pattern"),  # 3 does not divide 16
+        ({"pattern": "4:2"}, ValueError, "pattern"),
+        ({"sparsity": 0.5, "blocks": "encoder.nothing"}, ValueError, "blocks"),
+        ({"sparsity": 0.5, "ridge": -1.0}, ValueError, "ridge"),
+        ({"sparsity": 0.5, "granularity": "row"}, ValueError, "granularity"),
+    ],
+)
+def test_bad_input_names_the_argument_and_leaves_the_model_unchanged(kwargs, exc, field):
+    model = tiny_bert()
+    before = weights(model)
+    with pytest.raises(exc, match=f"^{field}"):
+        cpt.prune_sequential(model, token_batches(), progress=False, **kwargs)
+    after = weights(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_no_blocks_error_says_how_to_pass_them():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="^blocks: no repeated blocks.*blocks="):
+        cpt.prune_sequential(model, torch.randn(8, 4), sparsity=0.5, progress=False)
+    # the override works on any model
+    stack = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    rep = cpt.prune_sequential(stack, torch.randn(8, 4), sparsity=0.5, blocks=list(stack), progress=False)
+    assert [r.nnz for r in rep.layers] == [8, 8]
+
+
+def test_failure_midway_restores_the_pruned_blocks(monkeypatch):
+    model = tiny_bert()
+    before = weights(model)
+    import combprune.torch.sequential as seq
+
+    real = seq._solve_layer
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # block 1, second layer
+            raise RuntimeError("solver crashed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seq, "_solve_layer", failing)
+    with pytest.raises(RuntimeError, match="solver crashed"):
+        cpt.prune_sequential(model, token_batches(), sparsity=0.5, method="wanda", progress=False)
+    after = weights(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_calibration_too_short_and_empty():
+    with pytest.raises(ValueError, match="^calibration"):
+        cpt.prune_sequential(tiny_bert(), [], sparsity=0.5, progress=False)
+    model = tiny_bert()
+    before = weights(model)
+    with pytest.raises(ValueError, match="^calibration: the model failed on batch 0"):  # 32 tokens > 16 positions
+        cpt.prune_sequential(model, [{"input_ids": torch.randint(0, 50, (2, 32))}], sparsity=0.5, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in weights(model).items())
+
+
+def test_report_serialises():
+    rep = cpt.prune_sequential(tiny_gpt2(), token_batches(1), method="magnitude", sparsity=0.5, progress=False)
+    out = rep.to_dict()
+    assert out["method"] == "magnitude" and len(out["layers"]) == 8 and out["sparsity"] >= 0.5
+    assert out["calibration_samples"] == 4
+
+
+def test_disk_offload_gives_the_same_model_and_frees_idle_blocks(tmp_path):
+    pytest.importorskip("safetensors")
+    ref = tiny_bert()
+    cpt.prune_sequential(ref, token_batches(), method="sparsegpt", sparsity=0.5, progress=False)
+    model = tiny_bert()
+    on_meta = []
+    hook = model.encoder.layer[0].register_forward_hook(
+        lambda m, a, o: on_meta.append(model.encoder.layer[1].attention.self.query.weight.is_meta))
+    rep = cpt.prune_sequential(model, token_batches(), method="sparsegpt", sparsity=0.5, progress=False,
+                               offload="disk", offload_dir=str(tmp_path))
+    hook.remove()
+    assert any(on_meta)  # block 1 was on disk while block 0 was processed
+    assert sorted(os.listdir(tmp_path)) == ["block0.pruned.safetensors", "block0.safetensors",
+                                            "block1.pruned.safetensors", "block1.safetensors"]
+    for key, value in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert rep.sparsity >= 0.5
+    with pytest.raises(ValueError, match="^offload"):
+        cpt.prune_sequential(model, token_batches(), sparsity=0.5, offload="ram", progress=False)
+
+
+def test_disk_offload_failure_restores_the_dense_model(tmp_path, monkeypatch):
+    import combprune.torch.sequential as seq
+
+    model = tiny_bert()
+    before = weights(model)
+    calls = {"n": 0}
+    real = seq._solve_layer
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise RuntimeError("solver crashed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seq, "_solve_layer", failing)
+    with pytest.raises(RuntimeError, match="solver crashed"):
+        cpt.prune_sequential(model, token_batches(), sparsity=0.5, method="wanda", progress=False,
+                             offload="disk", offload_dir=str(tmp_path))
+    assert all(torch.equal(before[k], v) for k, v in weights(model).items())
