@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from combprune.api import solve
-from combprune.problems import FlopNnzILP, L0Regression, Problem, StructuredMIQP
+from combprune.problems import FlopNnzILP, L0Regression, LayerwiseL0, Problem, StructuredMIQP
 from combprune.problems.generators import random_flop_ilp, random_l0_regression, random_structured
 from combprune.registry import get_solver
 from combprune.result import Result, Status
@@ -75,6 +75,20 @@ register_instances(
     StructuredMIQP,
     lambda: [random_structured(8, 3, 2, seed=0), random_structured(9, 2, group_size=3, correlated=True, seed=1), random_structured(8, 3, with_costs=True, seed=2)],
     lambda: random_structured(1200, 64, group_size=4, seed=3),
+)
+
+
+def _layerwise(N: int, d: int, m: int, seed: int, **pattern: Any) -> LayerwiseL0:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((N, d)) @ (np.eye(d) + 0.3 * rng.standard_normal((d, d)))
+    return LayerwiseL0.from_activations(X, rng.standard_normal((d, m)), **pattern)
+
+
+register_instances(
+    LayerwiseL0,
+    lambda: [_layerwise(20, 6, 2, 0, k=5), _layerwise(16, 8, 2, 1, nm="2:4"), _layerwise(12, 6, 3, 2, k_col=2)],
+    lambda: _layerwise(2048, 768, 768, 3, nm="2:4"),
+    reference="layerwise-exact",
 )
 
 

@@ -13,8 +13,8 @@ import combprune.registry as registry
 from combprune.testing import check_solver
 
 BUILTIN_SOLVERS = {
-    "backsolve", "bruteforce", "chita", "cvxpy", "dfo", "dual-sort", "group-magnitude", "highs", "iht", "magnitude",
-    "osscar", "pulp", "swap",
+    "backsolve", "bruteforce", "chita", "cvxpy", "dfo", "dual-sort", "group-magnitude", "highs", "iht", "layerwise",
+    "layerwise-exact", "magnitude", "osscar", "pulp", "sparsegpt", "swap", "wanda",
 }
 
 
