@@ -84,3 +84,20 @@ def test_method_table_is_the_only_source_of_solver_names():
     assert cpt.resolve_method("highs").kind == "magnitude"  # any registered FlopNnzILP solver
     with pytest.raises(ValueError, match="method"):
         cpt.resolve_method("osscar-typo")
+
+
+def test_layerwise_methods_run_block_by_block_through_the_pruner():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=50)
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg).eval()
+    ids = torch.randint(0, 50, (16, 8))
+    report = cpt.Pruner("sparsegpt", pattern="2:4", progress=False).prune(model, {"input_ids": ids})
+    assert isinstance(report, cpt.SequentialReport) and report.sparsity == pytest.approx(0.5)
+    weight = model.encoder.layer[0].intermediate.dense.weight.detach()
+    assert torch.all((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) <= 2)  # 2 of every 4 inputs per output
+    assert cpt.resolve_method("wanda").kind == "layerwise"
+    with pytest.raises(ValueError, match="flop_budget"):
+        cpt.Pruner("layerwise", flop_budget=0.5)
+    with pytest.raises(ValueError, match="pattern"):
+        cpt.Pruner("chita", sparsity=0.5, pattern="2:4")

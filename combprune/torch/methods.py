@@ -7,7 +7,10 @@ This table is the only place where the adapter names solvers. A method is
 * ``"gradient"`` kind: an :class:`~combprune.problems.L0Regression` on per-sample gradients
   (CHITA / FALCON), one- or multi-stage;
 * ``"structured"`` kind: layer-wise :class:`~combprune.problems.StructuredMIQP` problems
-  (neurons, channels, heads; OSSCAR).
+  (neurons, channels, heads; OSSCAR);
+* ``"layerwise"`` kind: one :class:`~combprune.problems.LayerwiseL0` per linear layer, solved
+  block by block by the sequential engine (:func:`combprune.torch.prune_sequential`; SparseGPT,
+  Wanda and combprune's own layer-wise solver).
 
 Any registered solver of ``L0Regression`` (gradient based) or ``FlopNnzILP`` (magnitude based)
 is accepted as a method name too, so a plugin solver is usable through the adapter with no edit
@@ -31,7 +34,7 @@ __all__ = ["Method", "METHODS", "resolve_method", "FLOP_SELECTION_SOLVER"]
 class Method:
     """How the adapter runs one method."""
 
-    kind: str  # "magnitude" | "gradient" | "structured"
+    kind: str  # "magnitude" | "gradient" | "structured" | "layerwise"
     solver: str | None
     multistage: bool = False
     flop_aware: bool = False
@@ -48,6 +51,9 @@ METHODS: dict[str, Method] = {
     "falcon++": Method("gradient", "dfo", multistage=True, flop_aware=True, description="FALCON++: multi-stage FALCON"),
     "osscar": Method("structured", "osscar", description="OSSCAR: layer-wise structured pruning (neurons, channels, heads)"),
     "group-magnitude": Method("structured", "group-magnitude", description="structured magnitude baseline (group norms)"),
+    "layerwise": Method("layerwise", "layerwise", description="layer-wise reconstruction (LayerwiseL0), block by block: combprune's solver"),
+    "sparsegpt": Method("layerwise", "sparsegpt", description="SparseGPT: OBS column sweep per layer, block by block"),
+    "wanda": Method("layerwise", "wanda", description="Wanda: |W| x input norm per output, block by block"),
 }
 
 #: Solver of FALCON's FLOP-NNZ selection (magnitude with a FLOP budget, block budget shares).
@@ -74,4 +80,6 @@ def resolve_method(method: str, structured: bool = False) -> Method:
         return Method("gradient", method)
     if issubclass(_problems.FlopNnzILP, spec.problems):
         return Method("magnitude", method, flop_aware=True)
-    raise ValueError(f"method: solver {method!r} solves {[c.__name__ for c in spec.problems]}; the torch adapter needs an L0Regression or FlopNnzILP solver")
+    if issubclass(_problems.LayerwiseL0, spec.problems):
+        return Method("layerwise", method)
+    raise ValueError(f"method: solver {method!r} solves {[c.__name__ for c in spec.problems]}; the torch adapter needs an L0Regression, FlopNnzILP or LayerwiseL0 solver")

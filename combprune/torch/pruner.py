@@ -26,6 +26,7 @@ from ._autotune import DEFAULT_HOLDOUT, DEFAULT_L2_GRID
 from .methods import Method, resolve_method
 from .prune import run
 from .report import PruneReport
+from .sequential import SequentialReport, prune_sequential
 
 __all__ = ["Pruner", "PruneConfig", "prune"]
 
@@ -114,6 +115,12 @@ class PruneConfig:
     device: torch.device | str | None = None
     progress: bool = True
     pairs: Any = None
+    pattern: str | None = None
+    granularity: str = "layer"
+    blocks: Any = None
+    ridge: float = 1e-2
+    offload: str | None = None
+    offload_dir: str | None = None
 
     @property
     def solver_name(self) -> str | None:
@@ -135,12 +142,19 @@ class PruneConfig:
         spec = resolve_method(method, a["structured"])
         sparsity = _fraction("sparsity", a["sparsity"], low_open=False, high_open=True)
         flop_budget = _fraction("flop_budget", a["flop_budget"], low_open=True, high_open=False)
-        if sparsity is None and flop_budget is None:
+        if sparsity is None and flop_budget is None and not (spec.kind == "layerwise" and a["pattern"] is not None):
             raise ValueError("sparsity: give sparsity (fraction removed) and/or flop_budget (fraction of FLOPs kept)")
+        if spec.kind == "layerwise" and flop_budget is not None:
+            raise ValueError("flop_budget: the layer-wise methods take sparsity or pattern='n:m'")
         if spec.kind == "structured" and flop_budget is not None and sparsity is None:
             raise ValueError("flop_budget: structured methods take sparsity (fraction of groups removed per layer); a FLOP budget is not supported there")
         if a["pairs"] is not None and spec.kind != "structured":
             raise ValueError("pairs: producer/consumer pairs declare structured units; they need a structured method ('osscar', 'group-magnitude')")
+        layerwise_only = [n for n in ("pattern", "blocks", "offload", "offload_dir") if a[n] is not None]
+        if spec.kind != "layerwise" and layerwise_only:
+            raise ValueError(f"{layerwise_only[0]}: only the layer-wise methods ('layerwise', 'sparsegpt', 'wanda') take it")
+        if spec.kind == "layerwise" and a["apply"] != "mask":
+            raise ValueError("apply: the layer-wise methods write the pruned weights in place (zeros included); leave apply at its default")
         if a["apply"] not in APPLY_MODES:
             raise ValueError(f"apply: expected one of {', '.join(APPLY_MODES)}, got {a['apply']!r}")
         if a["apply"] == "physical" and spec.kind != "structured":
@@ -187,6 +201,8 @@ class PruneConfig:
             solver=a["solver"], solver_options=MappingProxyType(dict(options)), time_limit=time_limit, seed=a["seed"], apply=a["apply"],
             max_memory=_positive_int("max_memory", a["max_memory"]), chunk_size=_positive_int("chunk_size", a["chunk_size"]),
             device=a["device"], progress=a["progress"], pairs=None if a["pairs"] is None else tuple(tuple(p) for p in a["pairs"]),
+            pattern=a["pattern"], granularity=a["granularity"], blocks=a["blocks"], ridge=a["ridge"], offload=a["offload"],
+            offload_dir=a["offload_dir"],
         )
 
     def options(self) -> dict[str, Any]:
@@ -222,11 +238,22 @@ class Pruner:
     def method(self) -> str:
         return self.config.method
 
-    def prune(self, model: nn.Module, calibration: Any) -> PruneReport:
-        """Prune ``model`` in place; the model is restored exactly when anything fails."""
+    def prune(self, model: nn.Module, calibration: Any) -> PruneReport | SequentialReport:
+        """Prune ``model`` in place; the model is restored exactly when anything fails.
+
+        Returns a :class:`PruneReport`, or for the layer-wise methods (run block by block by
+        :func:`combprune.torch.prune_sequential`) a :class:`SequentialReport`.
+        """
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        return run(model, calibration, self.config)
+        c = self.config
+        if c.spec.kind == "layerwise":
+            return prune_sequential(
+                model, calibration, method=c.solver_name, sparsity=c.sparsity, pattern=c.pattern, granularity=c.granularity,
+                blocks=c.blocks, ridge=c.ridge, device=c.device, n_samples=c.n_samples, time_limit=c.time_limit,
+                solver_options=dict(c.solver_options), offload=c.offload, offload_dir=c.offload_dir, progress=c.progress,
+            )
+        return run(model, calibration, c)
 
     def with_budget(self, *, sparsity: float | None = None, flop_budget: float | None = None) -> "Pruner":
         """A copy of this pruner with other budgets (validated)."""
@@ -276,7 +303,13 @@ def prune(
     device: torch.device | str | None = None,
     progress: bool = True,
     pairs: Sequence[Sequence[str]] | None = None,
-) -> PruneReport:
+    pattern: str | None = None,
+    granularity: str = "layer",
+    blocks: Any = None,
+    ridge: float = 1e-2,
+    offload: str | None = None,
+    offload_dir: str | None = None,
+) -> PruneReport | SequentialReport:
     """Prune ``model`` in place and return a :class:`PruneReport` (``Pruner(...).prune(...)``).
 
     Parameters
@@ -286,9 +319,10 @@ def prune(
         the layer-wise structured methods, or with a ``loss_fn`` that ignores targets), or one
         tensor / one ``(X, y)`` pair; moved batch by batch to the model's device.
     method : ``"magnitude"``, ``"flop-magnitude"``, ``"chita"``, ``"chita++"``, ``"falcon"``,
-        ``"falcon++"``, ``"osscar"``, ``"group-magnitude"``, or the name of any registered
-        ``L0Regression`` solver (e.g. ``"iht"``, ``"backsolve"``, ``"swap"``; gradient based) or
-        ``FlopNnzILP`` solver (magnitude based, values ``w^2``).
+        ``"falcon++"``, ``"osscar"``, ``"group-magnitude"``, the layer-wise ``"layerwise"``,
+        ``"sparsegpt"``, ``"wanda"``, or the name of any registered ``L0Regression`` solver
+        (e.g. ``"iht"``, ``"backsolve"``, ``"swap"``; gradient based), ``FlopNnzILP`` solver
+        (magnitude based, values ``w^2``) or ``LayerwiseL0`` solver (block by block).
     sparsity : fraction of the prunable weights removed, in ``[0, 1)``.
     flop_budget : fraction of the model's dense FLOPs kept, in ``(0, 1]``. At least one of
         ``sparsity`` / ``flop_budget`` is required; both may be given.
@@ -334,6 +368,11 @@ def prune(
     progress : show tqdm progress bars (samples, stages, blocks, layers).
     pairs : structured methods: declare the units as ``(producer, [batchnorm, ...,] consumer)``
         module names instead of discovering them (for models torch.fx cannot trace).
+    pattern, granularity, blocks, ridge, offload, offload_dir : the layer-wise methods
+        (``"layerwise"``, ``"sparsegpt"``, ``"wanda"``): an ``"n:m"`` pattern instead of
+        ``sparsity``, a count per ``"layer"`` or per ``"output"``, the repeated blocks, the ridge
+        relative to ``mean(diag(X^T X))``, and disk offload of the blocks; see
+        :func:`combprune.torch.prune_sequential` and ``docs/large_models.md``.
 
     Returns
     -------
