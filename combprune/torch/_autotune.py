@@ -196,7 +196,8 @@ def choose(
     if not scale > 0 or not math.isfinite(scale):
         raise ValueError(
             "l2: the per-sample gradients are zero on the calibration data (the loss is flat there), so l2='auto' has no "
-            "scale and CHITA/FALCON would reduce to magnitude pruning; check loss_fn/targets, or use a layer-wise method"
+            "scale and CHITA/FALCON would reduce to magnitude pruning; check loss_fn/targets, or prune layer by layer from "
+            "the inputs alone with method='layerwise', 'sparsegpt' or 'wanda'"
         )
     relative = sorted(cfg.l2_grid, reverse=True) if is_auto(cfg.l2) else [float(cfg.l2) / scale]
     orders = [False, True] if is_auto(cfg.first_order) else [cfg.first_order]

@@ -137,7 +137,10 @@ def iter_batches(calibration: Any, n_samples: int | None, device: torch.device, 
         if size == 0:
             continue
         if need_targets and targets is None:
-            raise ValueError("calibration: this method needs (inputs, targets) batches (or pass loss_fn that uses outputs only)")
+            raise ValueError(
+                "calibration: this method needs (inputs, targets) batches (or pass loss_fn that uses outputs only); "
+                "without targets, prune layer by layer from the inputs alone with method='layerwise', 'sparsegpt' or 'wanda'"
+            )
         inputs = _map(inputs, lambda t: t.to(device, non_blocking=True))
         if isinstance(targets, torch.Tensor):
             targets = targets.to(device, non_blocking=True)
