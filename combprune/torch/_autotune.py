@@ -15,7 +15,9 @@ magnitude pruning. The automatic choice is relative and validated:
    (their per-sample gradients are computed once and reused; each solve is warm started from
    the previous one) and evaluate the *true* loss of the pruned model on the held-back samples
    with a forward pass. Along each first-order choice the walk down the grid stops as soon as
-   the held-back loss rises above the best seen (one candidate past the minimum);
+   the held-back loss rises above the best seen (one candidate past the minimum), and goes on
+   a decade at a time past the grid's small end (down to ``MIN_RELATIVE_L2``) while it
+   still improves;
 4. keep the candidate with the lowest held-back loss. The pruning itself then runs with the
    chosen values on all calibration samples (multi-stage methods follow the choice made at the
    final budget at every stage).
@@ -55,6 +57,9 @@ __all__ = [
 
 #: Candidate ridges relative to the Fisher's mean diagonal.
 DEFAULT_L2_GRID: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
+#: The walk down the grid continues past its small end (a decade at a time) while the
+#: held-back loss improves, down to this relative ridge.
+MIN_RELATIVE_L2 = 1e-3
 #: Fraction of the calibration samples held back to choose.
 DEFAULT_HOLDOUT = 0.2
 #: Fewest samples the choice needs on each side of the split.
@@ -205,7 +210,9 @@ def choose(
     for first_order in orders:
         previous: np.ndarray | None = None
         path: list[float] = []
-        for c in relative:  # from the largest ridge (closest to magnitude pruning) down
+        walk = list(relative)
+        while walk:  # from the largest ridge (closest to magnitude pruning) down
+            c = walk.pop(0)
             l2 = c * scale if is_auto(cfg.l2) else float(cfg.l2)
             trial = dataclasses.replace(cfg, l2=l2, first_order=first_order, stages=1, schedule="poly")
             w = solve_one_shot(kept, trial, previous)
@@ -215,6 +222,8 @@ def choose(
             path.append(loss)
             if len(path) >= 2 and not path[-1] < min(path[:-1]):
                 break  # past the minimum along this path (the held-back loss is unimodal in l2 in practice)
+            if not walk and is_auto(cfg.l2) and c / 10 >= MIN_RELATIVE_L2:
+                walk.append(c / 10)  # still improving at the grid's small end: one decade further
             previous = w
     finite = [c for c in candidates if math.isfinite(c["held_out_loss"])]
     if not finite:
