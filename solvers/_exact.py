@@ -24,7 +24,7 @@ from combprune import backend
 from combprune.problems import FlopNnzILP, L0Regression, StructuredMIQP
 from combprune.problems.l0_regression import flop_total, within_budget
 
-__all__ = ["greedy_mask", "greedy_ilp", "round_selection", "ilp_point", "l0_refit", "structured_refit"]
+__all__ = ["greedy_mask", "greedy_ilp", "round_selection", "ilp_point", "exact_lstsq", "cast_point", "l0_refit", "structured_refit"]
 
 
 def greedy_mask(scores: np.ndarray, k: int | None, costs: np.ndarray | None, budget: float | None,
@@ -97,8 +97,79 @@ def ilp_point(problem: FlopNnzILP, frac: np.ndarray | None) -> tuple[np.ndarray,
     return mask.astype(np.float64), mask, repaired
 
 
+#: Relative cut-offs of the singular values tried by :func:`exact_lstsq` (LAPACK's default
+#: ``eps * max(M.shape)``, a tighter one, and every nonzero singular value).
+_RCONDS = (None, 1e-13, 0.0)
+
+
+def _pow2_scale(M: np.ndarray) -> float:
+    """A power of two ``s`` with ``max |M| / s`` in [0.5, 1) (1.0 for a zero matrix)."""
+    top = float(np.abs(M).max(initial=0.0))
+    return math.ldexp(1.0, math.frexp(top)[1]) if top > 0 else 1.0
+
+
+def exact_lstsq(M: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """A minimiser of ``||M x - rhs||_F`` that is exact in float64 as far as float64 allows.
+
+    Numerical rank is the weak point of a least-squares "exact" refit: LAPACK's default
+    cut-off (``eps * max(M.shape) * sigma_max``) can drop a tiny but genuine singular value and
+    lose its reduction of the residual, while keeping a pure-rounding one amplifies noise into
+    huge cancelling weights. So the system is scaled by a power of two (exact; no overflow or
+    underflow in the SVD at extreme data scales), one SVD gives the pseudo-inverse solutions
+    for the cut-offs :data:`_RCONDS` (rank increasing), each improved by one step of iterative
+    refinement, and a higher rank replaces a lower one only when its float64 residual is
+    smaller by more than the rounding error of evaluating it,
+    ``e(x) = 4 eps max(M.shape) || |M| |x| + |rhs| ||_F``: never worse than LAPACK's default,
+    never a gain that is only rounding noise.
+    """
+    sc = _pow2_scale(M)
+    Ms, rs = M / sc, rhs / sc
+    U, sv, Vt = np.linalg.svd(Ms, full_matrices=False)
+    top = float(sv[0]) if sv.size else 0.0
+    eps = np.finfo(np.float64).eps
+    best, best_res, best_err, tried = None, math.inf, 0.0, set()
+    for rcond in _RCONDS:
+        cut = (eps * max(M.shape) if rcond is None else rcond) * top
+        r = int(np.count_nonzero(sv > cut))
+        if r in tried:
+            continue
+        tried.add(r)
+
+        def apply(y: np.ndarray, r: int = r) -> np.ndarray:
+            c = U[:, :r].T @ y
+            return Vt[:r].T @ (c / (sv[:r, None] if c.ndim == 2 else sv[:r]))
+
+        x = apply(rs)
+        x = x + apply(rs - Ms @ x)
+        if not np.all(np.isfinite(x)):
+            continue
+        res = float(np.linalg.norm(Ms @ x - rs))
+        err = 4 * eps * max(M.shape) * float(np.linalg.norm(np.abs(Ms) @ np.abs(x) + np.abs(rs)))
+        if best is None or res + err < best_res - best_err:
+            best, best_res, best_err = x, res, err
+    return best if best is not None else np.zeros((M.shape[1],) + rhs.shape[1:])
+
+
+def cast_point(problem, x64: np.ndarray, like) -> tuple[object, float, bool]:
+    """``(x, objective, exact)``: the float64 optimum ``x64`` in ``like``'s namespace and dtype.
+
+    ``exact`` is False when casting to a lower precision (float32 data) made the objective
+    worse than ``x64``'s by more than rounding of the objective itself: the returned point is
+    then not the optimum (callers report ``feasible``, with ``x64``'s value as the bound).
+    """
+    x = backend.from_numpy(x64, like=like, keep_dtype=True)
+    objective = problem.objective(x)
+    own = problem.objective(x64)
+    sense = 1.0 if problem.sense == "min" else -1.0
+    return x, objective, sense * (objective - own) <= 1e-12 * max(abs(own), 1e-300)
+
+
 def l0_refit(problem: L0Regression, support: np.ndarray) -> np.ndarray:
-    """Exact minimiser of ``Q`` over weights supported on ``support`` (float64, zeros elsewhere)."""
+    """Exact minimiser of ``Q`` over weights supported on ``support`` (float64, zeros elsewhere).
+
+    ``Q(w) = 1/2 ||M w_S - rhs||^2`` with ``M = [A_S; sqrt(ridge) I]`` and
+    ``rhs = [b; sqrt(ridge) w_bar_S]``, solved by :func:`exact_lstsq` (ridge = 0 and rank
+    deficiency included)."""
     A = backend.to_numpy(problem.A).astype(np.float64)
     b = backend.to_numpy(problem.b).astype(np.float64)
     w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
@@ -108,18 +179,23 @@ def l0_refit(problem: L0Regression, support: np.ndarray) -> np.ndarray:
         sr = math.sqrt(problem.ridge)
         M = np.vstack([A[:, idx], sr * np.eye(idx.size)])
         rhs = np.concatenate([b, sr * w_bar[idx]])
-        w[idx] = np.linalg.lstsq(M, rhs, rcond=None)[0]
-        # lstsq can return exact zeros on the support (rank deficiency); that only helps the budgets
+        w[idx] = exact_lstsq(M, rhs)
+        # the solution can have exact zeros on the support (rank deficiency); that only helps the budgets
     return w
 
 
 def structured_refit(problem: StructuredMIQP, group_sel: np.ndarray) -> np.ndarray:
-    """Exact ``W`` for the selected groups: ``W_S = K_SS^+ (K W_hat)_S``, zero rows elsewhere."""
+    """Exact ``W`` for the selected groups, zero rows elsewhere.
+
+    With ``K = H + ridge I`` PSD, the objective over rows S is
+    ``1/2 tr(W_S^T K_SS W_S) - tr(W_S^T G_S) + const`` (``G = K W_hat``); its minimisers solve
+    ``K_SS W_S = G_S``, a consistent system (G_S lies in the range of K_SS), solved by
+    :func:`exact_lstsq`."""
     H = backend.to_numpy(problem.H).astype(np.float64)
     W_hat = backend.to_numpy(problem.W_hat).astype(np.float64)
     K = H + problem.ridge * np.eye(problem.d)
     rows = problem.rows_of(group_sel)
     W = np.zeros_like(W_hat)
     if rows.any():
-        W[rows] = np.linalg.lstsq(K[np.ix_(rows, rows)], (K @ W_hat)[rows], rcond=None)[0]
+        W[rows] = exact_lstsq(K[np.ix_(rows, rows)], (K @ W_hat)[rows])
     return W

@@ -44,13 +44,17 @@ import numpy as np
 from combprune import backend
 from combprune.problems import FlopNnzILP
 from combprune.registry import register_solver
-from combprune.result import Deadline, Result, Status
+from combprune.result import Deadline, Result, Status, relative_gap
 
 from ._exact import greedy_ilp, ilp_point
+from .dual_sort import solve_flop_nnz_lp
 
 __all__ = ["LPRelaxation", "solve_lp_relaxation", "highs"]
 
 _LP_METHODS = ("ipm", "simplex", "pdlp", "choose")
+#: Relative slack of the bound checks (rounding of the float64 objective and bound only):
+#: a bound more than this below the objective is rejected, and a gap within it is a proof.
+_BOUND_RTOL = 1e-12
 #: Above this many columns HiGHS 1.15 can spend minutes, ignoring its time limit, on a user
 #: start solution of this model; the greedy point is then only used as a fallback.
 _WARM_START_MAX_P = 10_000
@@ -73,8 +77,7 @@ def _build(problem: FlopNnzILP, *, integer: bool, time_limit: float, threads: in
            extra_options: dict[str, Any]):
     """A configured ``highspy.Highs`` holding the (relaxed) model."""
     highspy = _import_highspy()
-    v = backend.to_numpy(problem.values).astype(np.float64)
-    f = backend.to_numpy(problem.costs).astype(np.float64)
+    v, f, F, _, _ = scaled_data(problem)
     p = problem.p
     lp = highspy.HighsLp()
     lp.num_col_ = p
@@ -84,7 +87,7 @@ def _build(problem: FlopNnzILP, *, integer: bool, time_limit: float, threads: in
     lp.col_lower_ = np.zeros(p)
     lp.col_upper_ = np.ones(p)
     lp.row_lower_ = np.array([-highspy.kHighsInf, -highspy.kHighsInf])
-    lp.row_upper_ = np.array([float(problem.k), float(problem.flop_budget)])
+    lp.row_upper_ = np.array([float(problem.k), F])
     nz = np.flatnonzero(f)
     lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
     lp.a_matrix_.num_col_ = p
@@ -110,6 +113,35 @@ def _build(problem: FlopNnzILP, *, integer: bool, time_limit: float, threads: in
     return h, highspy
 
 
+def _pow2(x: float) -> float:
+    """The power of two nearest above ``x > 0`` (1.0 for 0): dividing by it is exact."""
+    return math.ldexp(1.0, math.frexp(x)[1]) if x > 0 else 1.0
+
+
+def scaled_data(problem: FlopNnzILP) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+    """``(v / s_v, f / s_f, F / s_f, s_v, s_f)`` with powers of two ``s_v = 2^ceil(log2 max v)`` and
+    ``s_f`` likewise for ``max(max f, F)``: the model HiGHS sees has entries of order one, and
+    the scaling is exact (objective = ``s_v`` x HiGHS's objective, the same feasible set)."""
+    v = backend.to_numpy(problem.values).astype(np.float64)
+    f = backend.to_numpy(problem.costs).astype(np.float64)
+    s_v = _pow2(float(v.max()))
+    s_f = _pow2(max(float(f.max()), float(problem.flop_budget)))
+    return v / s_v, f / s_f, float(problem.flop_budget) / s_f, s_v, s_f
+
+
+def weak_dual_bound(problem: FlopNnzILP, mu: float, nu: float) -> float:
+    """``k mu + F nu + sum_i max(0, v_i - mu - nu f_i)`` in float64 (``math.fsum``).
+
+    By weak duality of the LP relaxation this is an upper bound on the ILP optimum for *any*
+    ``mu, nu >= 0``, whatever the accuracy of the method that produced them.
+    """
+    v = backend.to_numpy(problem.values).astype(np.float64)
+    f = backend.to_numpy(problem.costs).astype(np.float64)
+    mu, nu = max(float(mu), 0.0), max(float(nu), 0.0)
+    terms = np.maximum(0.0, v - mu - nu * f)
+    return math.fsum([problem.k * mu, problem.flop_budget * nu, *terms.tolist()])
+
+
 @dataclass
 class LPRelaxation:
     """LP relaxation of a ``FlopNnzILP`` solved by HiGHS.
@@ -132,9 +164,7 @@ class LPRelaxation:
 
     def dual_objective(self, problem: FlopNnzILP) -> float:
         """``k mu + F nu + sum_i max(0, v_i - mu - nu f_i)`` (equals ``value`` at an optimum)."""
-        v = backend.to_numpy(problem.values).astype(np.float64)
-        f = backend.to_numpy(problem.costs).astype(np.float64)
-        return problem.k * self.mu + problem.flop_budget * self.nu + math.fsum(np.maximum(0.0, v - self.mu - self.nu * f))
+        return weak_dual_bound(problem, self.mu, self.nu)
 
 
 def solve_lp_relaxation(
@@ -160,6 +190,8 @@ def solve_lp_relaxation(
                      + max(info.crossover_iteration_count, 0) + max(info.pdlp_iteration_count, 0))
     x = np.clip(np.asarray(sol.col_value, dtype=np.float64), 0.0, 1.0)
     duals = np.abs(np.asarray(sol.row_dual, dtype=np.float64)) if sol.dual_valid else np.zeros(2)
+    _, _, _, s_v, s_f = scaled_data(problem)
+    duals = duals * np.array([s_v, s_v / s_f])  # back to the units of v (mu) and v per FLOP (nu)
     if status == highspy.HighsModelStatus.kOptimal:
         state = "optimal"
     elif status in (highspy.HighsModelStatus.kTimeLimit, highspy.HighsModelStatus.kIterationLimit):
@@ -237,10 +269,17 @@ def highs(
     if lp_relaxation:
         return _lp_result(problem, deadline, lp_solver, threads)
 
+    # The certificate of the LP relaxation first (one sort): its rounded point is a start and
+    # its weak-duality bound is valid whatever HiGHS's tolerances do to extreme values.
+    lp = solve_flop_nnz_lp(problem.values, problem.costs, problem.k, problem.flop_budget, problem.layer,
+                           check_input=False)
+    lp_bound = weak_dual_bound(problem, lp.mu, lp.nu)
+    warm = lp.support if problem.objective(lp.support.astype(np.float64)) >= problem.objective(greedy_ilp(problem).astype(np.float64)) \
+        else greedy_ilp(problem)
     h, highspy = _build(problem, integer=True, time_limit=deadline.remaining(), threads=threads, seed=seed,
                         extra_options={"presolve": presolve, "mip_rel_gap": float(mip_rel_gap), "mip_abs_gap": 0.0,
-                                       "mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9})
-    warm = greedy_ilp(problem)
+                                       "mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9,
+                                       "dual_feasibility_tolerance": 1e-10})
     if problem.p <= _WARM_START_MAX_P:
         start = highspy.HighsSolution()
         start.col_value = warm.astype(np.float64)
@@ -253,15 +292,20 @@ def highs(
     frac = np.asarray(h.getSolution().col_value, dtype=np.float64) if has_point else None
     z, support, repaired = ilp_point(problem, frac)
     objective = problem.objective(z)
-    if problem.objective(warm.astype(np.float64)) > objective:  # HiGHS stopped before matching its warm start
+    if problem.objective(warm.astype(np.float64)) > objective:  # HiGHS stopped before matching its start
         z, support, repaired = warm.astype(np.float64), warm, False
         objective = problem.objective(z)
-    bound = float(info.mip_dual_bound)
-    if not math.isfinite(bound):
-        bound = None
+    _, _, _, s_v, _ = scaled_data(problem)
+    highs_bound = float(info.mip_dual_bound) * s_v
+    # HiGHS's bound is only used when it is consistent with the float64 objective of the point
+    # returned (a bound below a feasible value is provably wrong: lost offsets, tolerances).
+    trusted = math.isfinite(highs_bound) and highs_bound >= objective * (1.0 - _BOUND_RTOL)
+    bound = min(highs_bound, lp_bound) if trusted else lp_bound
     MS = highspy.HighsModelStatus
-    if status == MS.kOptimal and not repaired:
-        result_status = Status.OPTIMAL
+    gap = relative_gap(objective, bound)
+    if gap is not None and (gap <= _BOUND_RTOL or (status == MS.kOptimal and trusted and not repaired
+                                                  and gap <= max(float(mip_rel_gap), _BOUND_RTOL))):
+        result_status = Status.OPTIMAL  # the LP certificate, or HiGHS's proof checked against it
     elif status in (MS.kTimeLimit, MS.kInterrupt) or deadline.expired():
         result_status = Status.TIME_LIMIT
     elif status in (MS.kOptimal, MS.kSolutionLimit, MS.kIterationLimit, MS.kObjectiveBound, MS.kObjectiveTarget):
@@ -273,5 +317,6 @@ def highs(
         x=backend.from_numpy(z, like=problem.values, keep_dtype=True), support=support, objective=objective,
         bound=bound, status=result_status, iterations=int(max(info.mip_node_count, 0)), history=history,
         info={"highs_status": h.modelStatusToString(status), "highs_objective": float(info.objective_function_value),
-              "highs_gap": float(info.mip_gap), "repaired": repaired},
+              "highs_gap": float(info.mip_gap), "highs_bound": highs_bound, "highs_bound_trusted": trusted,
+              "lp_bound": lp_bound, "repaired": repaired},
     )
