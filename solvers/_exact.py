@@ -24,7 +24,10 @@ from combprune import backend
 from combprune.problems import FlopNnzILP, L0Regression, StructuredMIQP
 from combprune.problems.l0_regression import flop_total, within_budget
 
-__all__ = ["greedy_mask", "greedy_ilp", "round_selection", "ilp_point", "exact_lstsq", "cast_point", "l0_refit", "structured_refit"]
+from .dual_sort import solve_flop_nnz_lp
+
+__all__ = ["greedy_mask", "greedy_ilp", "round_selection", "ilp_point", "exact_lstsq", "cast_point", "l0_refit", "structured_refit",
+           "weak_dual_bound", "ilp_lp_certificate", "ilp_bound_and_proof"]
 
 
 def greedy_mask(scores: np.ndarray, k: int | None, costs: np.ndarray | None, budget: float | None,
@@ -199,3 +202,53 @@ def structured_refit(problem: StructuredMIQP, group_sel: np.ndarray) -> np.ndarr
     if rows.any():
         W[rows] = exact_lstsq(K[np.ix_(rows, rows)], (K @ W_hat)[rows])
     return W
+
+
+def weak_dual_bound(problem: FlopNnzILP, mu: float, nu: float) -> float:
+    """``k mu + F nu + sum_i max(0, v_i - mu - nu f_i)`` in float64 (``math.fsum``).
+
+    By weak duality of the LP relaxation this is an upper bound on the ILP optimum for *any*
+    ``mu, nu >= 0``, whatever the accuracy of the method that produced them.
+    """
+    v = backend.to_numpy(problem.values).astype(np.float64)
+    f = backend.to_numpy(problem.costs).astype(np.float64)
+    mu, nu = max(float(mu), 0.0), max(float(nu), 0.0)
+    terms = np.maximum(0.0, v - mu - nu * f)
+    return math.fsum([problem.k * mu, problem.flop_budget * nu, *terms.tolist()])
+
+
+#: Relative slack of the ILP bound checks (rounding of float64 sums only): a MIP solver's
+#: bound more than this below a feasible value is rejected, and a gap within it is a proof.
+ILP_BOUND_RTOL = 1e-12
+#: A MIP solver's bound may lie this much (relative) below the float64 value of its own point:
+#: its feasibility/optimality tolerances (1e-9 here); further below, the bound is rejected.
+ILP_SOLVER_RTOL = 1e-9
+
+
+def ilp_lp_certificate(problem: FlopNnzILP) -> tuple[float, np.ndarray]:
+    """``(bound, support)``: the LP relaxation's weak-duality bound in float64 and its rounded
+    integer point (dual-sort, one sort). The bound is valid whatever a MIP solver's
+    tolerances do to extreme values."""
+    lp = solve_flop_nnz_lp(problem.values, problem.costs, problem.k, problem.flop_budget, problem.layer,
+                           check_input=False)
+    return weak_dual_bound(problem, lp.mu, lp.nu), lp.support
+
+
+def ilp_bound_and_proof(objective: float, solver_bound: float | None, lp_bound: float, solver_optimal: bool,
+                        rel_gap: float) -> tuple[float, bool, bool]:
+    """``(bound, optimal, trusted)`` for a maximisation from a MIP solver's answer.
+
+    The solver's bound is trusted only when it is not below the float64 value of the point
+    returned by more than ``ILP_SOLVER_RTOL`` (further below a feasible value it is provably
+    wrong: lost offsets, tolerances);
+    the reported bound is the smaller trusted one of it and the LP certificate. ``optimal``:
+    the LP certificate closes the gap, or the solver proved optimality with a trusted bound
+    within ``max(rel_gap, ILP_BOUND_RTOL)``. Status and bound cannot contradict each other.
+    """
+    trusted = solver_bound is not None and math.isfinite(solver_bound) and solver_bound >= objective - ILP_SOLVER_RTOL * abs(objective)
+    # within the solver's tolerance below the point, the point's value is the bound it proved
+    bound = min(max(solver_bound, objective), lp_bound) if trusted else lp_bound
+    gap = (bound - objective) / max(abs(objective), 1e-300) if objective else (0.0 if bound <= 0 else math.inf)
+    optimal = gap <= ILP_BOUND_RTOL or (solver_optimal and trusted and gap <= max(rel_gap, ILP_BOUND_RTOL))
+    return bound, optimal, trusted
+

@@ -44,17 +44,16 @@ import numpy as np
 from combprune import backend
 from combprune.problems import FlopNnzILP
 from combprune.registry import register_solver
-from combprune.result import Deadline, Result, Status, relative_gap
+from combprune.result import Deadline, Result, Status
 
-from ._exact import greedy_ilp, ilp_point
-from .dual_sort import solve_flop_nnz_lp
+from ._exact import greedy_ilp, ilp_bound_and_proof, ilp_lp_certificate, ilp_point, weak_dual_bound
 
 __all__ = ["LPRelaxation", "solve_lp_relaxation", "highs"]
 
 _LP_METHODS = ("ipm", "simplex", "pdlp", "choose")
-#: Relative slack of the bound checks (rounding of the float64 objective and bound only):
-#: a bound more than this below the objective is rejected, and a gap within it is a proof.
-_BOUND_RTOL = 1e-12
+#: HiGHS's presolve and root LP of this model take up to about this many seconds per column and
+#: ignore the time limit; with less time left the MILP is not started (LP-rounded point returned).
+_SECONDS_PER_COLUMN = 1e-4
 #: Above this many columns HiGHS 1.15 can spend minutes, ignoring its time limit, on a user
 #: start solution of this model; the greedy point is then only used as a fallback.
 _WARM_START_MAX_P = 10_000
@@ -127,19 +126,6 @@ def scaled_data(problem: FlopNnzILP) -> tuple[np.ndarray, np.ndarray, float, flo
     s_v = _pow2(float(v.max()))
     s_f = _pow2(max(float(f.max()), float(problem.flop_budget)))
     return v / s_v, f / s_f, float(problem.flop_budget) / s_f, s_v, s_f
-
-
-def weak_dual_bound(problem: FlopNnzILP, mu: float, nu: float) -> float:
-    """``k mu + F nu + sum_i max(0, v_i - mu - nu f_i)`` in float64 (``math.fsum``).
-
-    By weak duality of the LP relaxation this is an upper bound on the ILP optimum for *any*
-    ``mu, nu >= 0``, whatever the accuracy of the method that produced them.
-    """
-    v = backend.to_numpy(problem.values).astype(np.float64)
-    f = backend.to_numpy(problem.costs).astype(np.float64)
-    mu, nu = max(float(mu), 0.0), max(float(nu), 0.0)
-    terms = np.maximum(0.0, v - mu - nu * f)
-    return math.fsum([problem.k * mu, problem.flop_budget * nu, *terms.tolist()])
 
 
 @dataclass
@@ -263,19 +249,25 @@ def highs(
     if presolve not in ("auto", "on", "off"):
         raise ValueError(f"presolve: expected 'auto', 'on' or 'off', got {presolve!r}")
     if presolve == "auto":
-        presolve = "on" if problem.p <= 10_000 else "off"
+        presolve = "on"  # HiGHS's own "auto" turns it off above 10 000 columns, ignoring time limits
     if not isinstance(lp_relaxation, bool):
         raise ValueError(f"lp_relaxation: expected a bool, got {lp_relaxation!r}")
     if lp_relaxation:
         return _lp_result(problem, deadline, lp_solver, threads)
 
-    # The certificate of the LP relaxation first (one sort): its rounded point is a start and
-    # its weak-duality bound is valid whatever HiGHS's tolerances do to extreme values.
-    lp = solve_flop_nnz_lp(problem.values, problem.costs, problem.k, problem.flop_budget, problem.layer,
-                           check_input=False)
-    lp_bound = weak_dual_bound(problem, lp.mu, lp.nu)
-    warm = lp.support if problem.objective(lp.support.astype(np.float64)) >= problem.objective(greedy_ilp(problem).astype(np.float64)) \
-        else greedy_ilp(problem)
+    # The LP certificate first (one sort): its rounded point is a start and its bound is valid
+    # whatever HiGHS's tolerances do to extreme values.
+    lp_bound, lp_support = ilp_lp_certificate(problem)
+    greedy = greedy_ilp(problem)
+    warm = lp_support if problem.objective(lp_support.astype(np.float64)) >= problem.objective(greedy.astype(np.float64)) else greedy
+    if deadline.remaining() < problem.p * _SECONDS_PER_COLUMN:
+        # HiGHS's presolve and first LP do not watch the time limit: a run could not end in time
+        z = warm.astype(np.float64)
+        bound, optimal, _ = ilp_bound_and_proof(problem.objective(z), None, lp_bound, False, 0.0)
+        return Result(x=backend.from_numpy(z, like=problem.values, keep_dtype=True), support=warm,
+                      objective=problem.objective(z), bound=bound,
+                      status=Status.OPTIMAL if optimal else Status.TIME_LIMIT,
+                      info={"highs_status": "skipped: time limit", "lp_bound": lp_bound, "repaired": False})
     h, highspy = _build(problem, integer=True, time_limit=deadline.remaining(), threads=threads, seed=seed,
                         extra_options={"presolve": presolve, "mip_rel_gap": float(mip_rel_gap), "mip_abs_gap": 0.0,
                                        "mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9,
@@ -297,14 +289,10 @@ def highs(
         objective = problem.objective(z)
     _, _, _, s_v, _ = scaled_data(problem)
     highs_bound = float(info.mip_dual_bound) * s_v
-    # HiGHS's bound is only used when it is consistent with the float64 objective of the point
-    # returned (a bound below a feasible value is provably wrong: lost offsets, tolerances).
-    trusted = math.isfinite(highs_bound) and highs_bound >= objective * (1.0 - _BOUND_RTOL)
-    bound = min(highs_bound, lp_bound) if trusted else lp_bound
     MS = highspy.HighsModelStatus
-    gap = relative_gap(objective, bound)
-    if gap is not None and (gap <= _BOUND_RTOL or (status == MS.kOptimal and trusted and not repaired
-                                                  and gap <= max(float(mip_rel_gap), _BOUND_RTOL))):
+    bound, optimal, trusted = ilp_bound_and_proof(objective, highs_bound, lp_bound,
+                                                  status == MS.kOptimal and not repaired, float(mip_rel_gap))
+    if optimal:
         result_status = Status.OPTIMAL  # the LP certificate, or HiGHS's proof checked against it
     elif status in (MS.kTimeLimit, MS.kInterrupt) or deadline.expired():
         result_status = Status.TIME_LIMIT

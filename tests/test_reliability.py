@@ -153,3 +153,97 @@ def test_bruteforce_beats_heuristics_on_rank_deficient_data(seed):
     for solver in L0_HEURISTICS:
         res = cp.solve(problem, solver)
         assert ref.objective <= res.objective + 1e-9 * max(res.objective, 1e-9 * float(b @ b)), solver
+
+
+# --- silent corruption: study results file -----------------------------------------------------------
+def test_study_store_skips_a_torn_record_and_locks(tmp_path):
+    from combprune.study import RecordStore, read_records
+
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"key": "a", "x": 1}\n{"key": "b", "x"{"key": "c", "x": 3}\n{"key": "d", "x": 4}\n')
+    assert [r["key"] for r in read_records(path)] == ["a", "d"]  # the torn b+c line is skipped
+    first, second = RecordStore(path), RecordStore(path)
+    first.lock()
+    with pytest.raises(ValueError, match="^output: .*another study runner"):
+        second.lock()
+    first.unlock()
+    second.lock()
+    second.unlock()
+
+
+# --- bad input: booleans, masked arrays, files, non-PSD ------------------------------------------------
+def test_boolean_options_must_be_bools():
+    problem = random_l0_regression(12, 8, 3, seed=0)
+    with pytest.raises((TypeError, ValueError), match="^swap: expected True or False"):
+        cp.solve(problem, "chita", swap="no")
+    with pytest.raises((TypeError, ValueError), match="^refine"):
+        cp.solve(problem, "chita", refine=1)
+    assert cp.solve(problem, "chita", swap=np.bool_(False)).status.value == "feasible"
+
+
+def test_cli_bool_option_string_exits_2(tmp_path, capsys):
+    from combprune.cli import main
+
+    path = tmp_path / "p.npz"
+    random_l0_regression(12, 8, 3, seed=0).save(path)
+    assert main(["solve", str(path), "--solver", "chita", "-o", "swap=no"]) == 2
+    assert "swap" in capsys.readouterr().err
+
+
+def test_masked_arrays_rejected():
+    A = np.ma.masked_invalid(np.array([[1.0, np.nan], [0.0, 1.0]]))
+    with pytest.raises(TypeError, match="^A: masked arrays"):
+        L0Regression(A, np.ones(2), 1)
+
+
+def test_load_problem_refuses_bombs_and_names_the_file(tmp_path):
+    import zipfile
+
+    from combprune.problems import load_problem
+
+    path = tmp_path / "bomb.npz"
+    FlopNnzILP(np.zeros(2_000_000), np.zeros(2_000_000), 1, 1.0).save(path)  # 32 MB of zeros, tiny file
+    with pytest.raises(ValueError, match="max_bytes"):
+        load_problem(path, max_bytes=1_000_000)
+    assert load_problem(path).p == 2_000_000
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ValueError, match="bad.npz"):
+        load_problem(bad)
+    good = tmp_path / "good.npz"
+    random_l0_regression(6, 4, 2, seed=0).save(good)
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(tmp_path / "nok.npz", "w") as zout:
+        for item in zin.infolist():
+            if item.filename != "A.npy":
+                zout.writestr(item, zin.read(item.filename))
+    with pytest.raises(ValueError, match="^A: missing from .*nok.npz"):
+        load_problem(tmp_path / "nok.npz")
+
+
+# --- time limits ----------------------------------------------------------------------------------------
+def test_one_pass_solvers_report_an_exceeded_deadline():
+    from combprune.result import Deadline
+    from combprune.solvers.dual_sort import dual_sort
+    from combprune.solvers.magnitude import magnitude
+
+    rng = np.random.default_rng(0)
+    problem = FlopNnzILP(rng.random(50), rng.random(50), 10, 5.0)
+    expired = Deadline(1e-9)
+    assert magnitude(problem, deadline=expired).status.value == "time_limit"
+    res = dual_sort(problem, deadline=expired)
+    assert res.status.value in ("time_limit", "optimal")  # optimal only with its certificate
+    if res.status.value == "optimal":
+        assert res.bound <= res.objective * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("solver", ["highs", "pulp"])
+def test_milp_solvers_hold_a_short_time_limit_on_many_columns(solver):
+    import time
+
+    rng = np.random.default_rng(1)
+    p = 40_000
+    problem = FlopNnzILP(rng.random(p), np.repeat([1.0, 3.0, 7.0, 11.0], p // 4), p // 3, float(p))
+    t0 = time.perf_counter()
+    res = cp.solve(problem, solver, time_limit=0.5)
+    assert time.perf_counter() - t0 <= 1.0 + 0.5  # max(1.5 x, x + 0.5 s) plus slack for a loaded machine
+    assert problem.check(res.x) == [] and res.bound >= res.objective
