@@ -40,6 +40,9 @@ def check_array(
     """
     if value is None:
         raise ValueError(f"{name}: expected an array, got None")
+    if isinstance(value, np.ma.MaskedArray):
+        # the mask would hide NaN/Inf (and any value) from validation and from every solver
+        raise TypeError(f"{name}: masked arrays are not supported; pass value.filled(fill) or value.compressed()")
     if not backend.is_array(value):
         try:
             value = np.asarray(value)
@@ -47,6 +50,9 @@ def check_array(
             raise TypeError(f"{name}: cannot be converted to an array ({exc})") from exc
         if value.dtype == object:
             raise TypeError(f"{name}: expected a numeric array, got objects")
+    if backend.is_torch(value) and value.dtype == _torch_bfloat16():
+        # NumPy has no bfloat16: formulations and solvers compute in float32 (or float64)
+        value = value.float()
     xp = backend.namespace(value)
     allowed = (ndim,) if isinstance(ndim, int) else ndim
     if value.ndim not in allowed:
@@ -82,6 +88,12 @@ def check_array(
         value = value.view()
         value.flags.writeable = False
     return value
+
+
+def _torch_bfloat16() -> Any:
+    import torch
+
+    return torch.bfloat16
 
 
 def check_int(name: str, value: Any, *, low: int, high: int) -> int:
@@ -122,6 +134,19 @@ def check_scalar(
     if high is not None and fvalue > high:
         raise ValueError(f"{name}: must be <= {high}, got {fvalue}")
     return fvalue
+
+
+class OptionTypeError(TypeError, ValueError):
+    """An option of the wrong type: a ``TypeError``, and a ``ValueError`` like every other
+    invalid solver option, so callers catching either see it."""
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A real boolean (``bool`` or ``numpy.bool_``): strings such as ``"no"`` and numbers are
+    rejected instead of being read by truthiness (raises :class:`OptionTypeError`)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise OptionTypeError(f"{name}: expected True or False, got {value!r}")
 
 
 def check_time_limit(time_limit: Any) -> float | None:

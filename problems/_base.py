@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import zipfile
+import zlib
 from typing import Any, ClassVar
 
 import numpy as np
@@ -104,16 +107,79 @@ class Problem:
     __hash__ = None  # type: ignore[assignment]
 
 
-def load_problem(path: str | os.PathLike[str]) -> Problem:
-    """Read an instance written by ``Problem.save`` (any formulation)."""
-    with np.load(os.fspath(path), allow_pickle=False) as data:
-        if _META_KEY not in data.files:
-            raise ValueError(f"path: {os.fspath(path)!r} is not a combprune problem file (no metadata)")
-        meta = json.loads(data[_META_KEY].tobytes().decode("utf-8"))
-        arrays = {name: data[name] for name in data.files if name != _META_KEY}
+#: Default cap on the total declared size of the arrays of a problem file (1 GiB).
+DEFAULT_MAX_BYTES = 2**30
+
+
+def _declared_arrays(zf: zipfile.ZipFile, where: str, max_bytes: int) -> list[str]:
+    """Names of the ``.npy`` members of ``zf`` after checking every header, before reading data.
+
+    Each member's header (dtype, shape) is parsed from its first bytes only; object dtypes
+    (pickles), members whose declared size disagrees with the archive's uncompressed size, and
+    a declared total above ``max_bytes`` (a decompression bomb) are refused.
+    """
+    names, total = [], 0
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy"):
+            raise ValueError(f"path: {where}: unexpected member {info.filename!r} (not a .npy array)")
+        field = info.filename[:-4]
+        with zf.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=10_000)
+            elif version in ((2, 0), (3, 0)):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=10_000)
+            else:
+                raise ValueError(f"{field}: unsupported .npy format version {version} in {where}")
+            header_len = fh.tell()
+        if dtype.hasobject:
+            raise ValueError(f"{field}: object arrays are not allowed in {where}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes + header_len != info.file_size:
+            raise ValueError(f"{field}: declared shape {shape} does not match the stored data in {where}")
+        total += nbytes
+        if total > max_bytes:
+            raise ValueError(
+                f"path: {where} declares {total} bytes of arrays > max_bytes={max_bytes}; "
+                "pass a larger max_bytes if the file is trusted"
+            )
+        names.append(field)
+    return names
+
+
+def load_problem(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Problem:
+    """Read an instance written by ``Problem.save`` (any formulation).
+
+    Array headers are checked before any data is decompressed (``max_bytes`` caps the total
+    declared size); every malformed file raises ``ValueError`` naming the file and the field.
+    """
+    where = repr(os.fspath(path))
+    try:
+        with zipfile.ZipFile(os.fspath(path)) as zf:
+            names = _declared_arrays(zf, where, max_bytes)
+            if _META_KEY not in names:
+                raise ValueError(f"path: {where} is not a combprune problem file (no metadata)")
+            with np.load(os.fspath(path), allow_pickle=False) as data:
+                arrays = {name: data[name] for name in names}
+    except (zipfile.BadZipFile, EOFError, zlib.error, KeyError) as exc:
+        raise ValueError(f"path: {where} is not a readable .npz problem file ({type(exc).__name__}: {exc})") from None
+    try:
+        meta = json.loads(arrays.pop(_META_KEY).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{_META_KEY}: metadata of {where} is not JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{_META_KEY}: metadata of {where} must be a JSON object, got {type(meta).__name__}")
     kind = meta.get("kind")
-    if kind not in _KINDS:
-        raise ValueError(f"path: unknown problem kind {kind!r} in {os.fspath(path)!r}")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"path: file format {meta['format_version']} is newer than this combprune ({FORMAT_VERSION})")
-    return _KINDS[kind]._from_saved(arrays, meta)
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise ValueError(f"kind: unknown problem kind {kind!r} in {where}")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"format_version: expected an integer in {where}, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"format_version: file format {version} of {where} is newer than this combprune ({FORMAT_VERSION})")
+    try:
+        return _KINDS[kind]._from_saved(arrays, meta)
+    except KeyError as exc:
+        raise ValueError(f"{exc.args[0]}: missing from {where}") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{exc} (in {where})") from None

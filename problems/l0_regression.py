@@ -124,6 +124,8 @@ class L0Regression(Problem):
         w_bar = check_array("w_bar", w_bar, ndim=1, shape=(A.shape[1],))
         l2 = check_scalar("l2", l2, low=0.0)
         xp = backend.namespace(A)
+        if backend.namespace(w_bar) is not xp:  # e.g. torch gradients with NumPy weights
+            w_bar = backend.from_numpy(backend.to_numpy(w_bar), like=A)
         b = A @ xp.astype(w_bar, A.dtype)
         if first_order:
             b = b - 1.0
@@ -149,14 +151,25 @@ class L0Regression(Problem):
 
     # Evaluation -----------------------------------------------------------------------------
     def objective(self, w: Any) -> float:
-        """``Q(w)`` as a Python float (residual accumulated in float64)."""
+        """``Q(w)`` as a Python float, evaluated entirely in float64.
+
+        ``w`` is taken at its own precision (not rounded to ``A``'s dtype) and only the columns
+        of ``A`` on the support of ``w`` are converted to float64, so the cost is
+        O(n |supp w|) and float32 data gives the exact value of the formulation, not a
+        float32 approximation of it.
+        """
         xp = backend.namespace(self.A)
-        w = xp.asarray(w, device=backend.device_of(self.A))
+        device = backend.device_of(self.A)
+        if backend.is_array(w) and backend.namespace(w) is not xp:
+            w = backend.to_numpy(w)
+        w = xp.asarray(w, device=device)
         if tuple(w.shape) != (self.p,):
             raise ValueError(f"w: expected shape ({self.p},), got {tuple(w.shape)}")
-        Aw = self.A @ xp.astype(w, self.A.dtype)
-        r = xp.astype(self.b, xp.float64) - xp.astype(Aw, xp.float64)
-        d = xp.astype(w, xp.float64) - xp.astype(self.w_bar, xp.float64)
+        w64 = xp.astype(w, xp.float64)
+        nz = xp.nonzero(w64 != 0)[0]
+        A_S = xp.astype(xp.take(self.A, nz, axis=1), xp.float64)
+        r = xp.astype(self.b, xp.float64) - A_S @ xp.take(w64, nz, axis=0)
+        d = w64 - xp.astype(self.w_bar, xp.float64)
         return float(0.5 * xp.sum(r * r) + 0.5 * self.ridge * xp.sum(d * d))
 
     def check(self, w: Any) -> list[str]:

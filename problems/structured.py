@@ -6,6 +6,7 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
+import scipy.linalg
 
 from combprune import backend
 from combprune._validation import check_array, check_int, check_scalar
@@ -18,6 +19,31 @@ def osscar_default_ridge(H: Any) -> float:
     """OSSCAR's default ridge ``lam = 1e-2 * mean(diag(X^T X))`` for ``H = X^T X``."""
     diag = np.diag(backend.to_numpy(H)).astype(np.float64)
     return float(1e-2 * diag.mean()) if diag.size else 0.0
+
+
+#: Relative tolerance of the PSD test: eigenvalues of H down to ``-PSD_RTOL * d * ||H||_2`` are
+#: rounding (a Gram matrix ``X^T X`` formed in floating point is PSD only up to such errors).
+PSD_RTOL = 1e-9
+
+
+def check_psd(name: str, H: np.ndarray) -> None:
+    r"""Reject a symmetric ``H`` that is not positive semi-definite up to rounding.
+
+    Test: ``H + tau I`` admits a Cholesky factorisation with ``tau = PSD_RTOL d ||H||_2``
+    (``||H||_2 <= ||H||_F``, which is used), i.e. ``lambda_min(H) > -tau``. Without it the
+    objective is unbounded below on some support and no solver answer means anything.
+    """
+    H64 = 0.5 * (H.astype(np.float64) + H.astype(np.float64).T)
+    d = H64.shape[0]
+    tau = PSD_RTOL * d * float(np.linalg.norm(H64))
+    try:
+        scipy.linalg.cho_factor(H64 + tau * np.eye(d), lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        lmin = float(np.linalg.eigvalsh(H64)[0])
+        raise ValueError(
+            f"{name}: must be positive semi-definite (H = X^T X); its smallest eigenvalue is {lmin:.3g} "
+            f"(tolerance {-tau:.3g})"
+        ) from None
 
 
 class StructuredMIQP(Problem):
@@ -73,6 +99,7 @@ class StructuredMIQP(Problem):
         scale = max(float(np.abs(Hn).max()), 1.0)
         if not np.allclose(Hn, Hn.T, rtol=1e-6, atol=1e-8 * scale):
             raise ValueError("H: must be symmetric (H = X^T X)")
+        check_psd("H", Hn)
         W_hat = check_array("W_hat", W_hat, ndim=(1, 2), shape=(d,))
         if W_hat.ndim == 1:
             W_hat = backend.namespace(W_hat).reshape(W_hat, (d, 1))

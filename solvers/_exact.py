@@ -24,7 +24,10 @@ from combprune import backend
 from combprune.problems import FlopNnzILP, L0Regression, StructuredMIQP
 from combprune.problems.l0_regression import flop_total, within_budget
 
-__all__ = ["greedy_mask", "greedy_ilp", "round_selection", "ilp_point", "l0_refit", "structured_refit"]
+from .dual_sort import solve_flop_nnz_lp
+
+__all__ = ["greedy_mask", "greedy_ilp", "round_selection", "ilp_point", "exact_lstsq", "cast_point", "l0_refit", "structured_refit",
+           "weak_dual_bound", "ilp_lp_certificate", "ilp_bound_and_proof"]
 
 
 def greedy_mask(scores: np.ndarray, k: int | None, costs: np.ndarray | None, budget: float | None,
@@ -97,8 +100,79 @@ def ilp_point(problem: FlopNnzILP, frac: np.ndarray | None) -> tuple[np.ndarray,
     return mask.astype(np.float64), mask, repaired
 
 
+#: Relative cut-offs of the singular values tried by :func:`exact_lstsq` (LAPACK's default
+#: ``eps * max(M.shape)``, a tighter one, and every nonzero singular value).
+_RCONDS = (None, 1e-13, 0.0)
+
+
+def _pow2_scale(M: np.ndarray) -> float:
+    """A power of two ``s`` with ``max |M| / s`` in [0.5, 1) (1.0 for a zero matrix)."""
+    top = float(np.abs(M).max(initial=0.0))
+    return math.ldexp(1.0, math.frexp(top)[1]) if top > 0 else 1.0
+
+
+def exact_lstsq(M: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """A minimiser of ``||M x - rhs||_F`` that is exact in float64 as far as float64 allows.
+
+    Numerical rank is the weak point of a least-squares "exact" refit: LAPACK's default
+    cut-off (``eps * max(M.shape) * sigma_max``) can drop a tiny but genuine singular value and
+    lose its reduction of the residual, while keeping a pure-rounding one amplifies noise into
+    huge cancelling weights. So the system is scaled by a power of two (exact; no overflow or
+    underflow in the SVD at extreme data scales), one SVD gives the pseudo-inverse solutions
+    for the cut-offs :data:`_RCONDS` (rank increasing), each improved by one step of iterative
+    refinement, and a higher rank replaces a lower one only when its float64 residual is
+    smaller by more than the rounding error of evaluating it,
+    ``e(x) = 4 eps max(M.shape) || |M| |x| + |rhs| ||_F``: never worse than LAPACK's default,
+    never a gain that is only rounding noise.
+    """
+    sc = _pow2_scale(M)
+    Ms, rs = M / sc, rhs / sc
+    U, sv, Vt = np.linalg.svd(Ms, full_matrices=False)
+    top = float(sv[0]) if sv.size else 0.0
+    eps = np.finfo(np.float64).eps
+    best, best_res, best_err, tried = None, math.inf, 0.0, set()
+    for rcond in _RCONDS:
+        cut = (eps * max(M.shape) if rcond is None else rcond) * top
+        r = int(np.count_nonzero(sv > cut))
+        if r in tried:
+            continue
+        tried.add(r)
+
+        def apply(y: np.ndarray, r: int = r) -> np.ndarray:
+            c = U[:, :r].T @ y
+            return Vt[:r].T @ (c / (sv[:r, None] if c.ndim == 2 else sv[:r]))
+
+        x = apply(rs)
+        x = x + apply(rs - Ms @ x)
+        if not np.all(np.isfinite(x)):
+            continue
+        res = float(np.linalg.norm(Ms @ x - rs))
+        err = 4 * eps * max(M.shape) * float(np.linalg.norm(np.abs(Ms) @ np.abs(x) + np.abs(rs)))
+        if best is None or res + err < best_res - best_err:
+            best, best_res, best_err = x, res, err
+    return best if best is not None else np.zeros((M.shape[1],) + rhs.shape[1:])
+
+
+def cast_point(problem, x64: np.ndarray, like) -> tuple[object, float, bool]:
+    """``(x, objective, exact)``: the float64 optimum ``x64`` in ``like``'s namespace and dtype.
+
+    ``exact`` is False when casting to a lower precision (float32 data) made the objective
+    worse than ``x64``'s by more than rounding of the objective itself: the returned point is
+    then not the optimum (callers report ``feasible``, with ``x64``'s value as the bound).
+    """
+    x = backend.from_numpy(x64, like=like, keep_dtype=True)
+    objective = problem.objective(x)
+    own = problem.objective(x64)
+    sense = 1.0 if problem.sense == "min" else -1.0
+    return x, objective, sense * (objective - own) <= 1e-12 * max(abs(own), 1e-300)
+
+
 def l0_refit(problem: L0Regression, support: np.ndarray) -> np.ndarray:
-    """Exact minimiser of ``Q`` over weights supported on ``support`` (float64, zeros elsewhere)."""
+    """Exact minimiser of ``Q`` over weights supported on ``support`` (float64, zeros elsewhere).
+
+    ``Q(w) = 1/2 ||M w_S - rhs||^2`` with ``M = [A_S; sqrt(ridge) I]`` and
+    ``rhs = [b; sqrt(ridge) w_bar_S]``, solved by :func:`exact_lstsq` (ridge = 0 and rank
+    deficiency included)."""
     A = backend.to_numpy(problem.A).astype(np.float64)
     b = backend.to_numpy(problem.b).astype(np.float64)
     w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
@@ -108,18 +182,73 @@ def l0_refit(problem: L0Regression, support: np.ndarray) -> np.ndarray:
         sr = math.sqrt(problem.ridge)
         M = np.vstack([A[:, idx], sr * np.eye(idx.size)])
         rhs = np.concatenate([b, sr * w_bar[idx]])
-        w[idx] = np.linalg.lstsq(M, rhs, rcond=None)[0]
-        # lstsq can return exact zeros on the support (rank deficiency); that only helps the budgets
+        w[idx] = exact_lstsq(M, rhs)
+        # the solution can have exact zeros on the support (rank deficiency); that only helps the budgets
     return w
 
 
 def structured_refit(problem: StructuredMIQP, group_sel: np.ndarray) -> np.ndarray:
-    """Exact ``W`` for the selected groups: ``W_S = K_SS^+ (K W_hat)_S``, zero rows elsewhere."""
+    """Exact ``W`` for the selected groups, zero rows elsewhere.
+
+    With ``K = H + ridge I`` PSD, the objective over rows S is
+    ``1/2 tr(W_S^T K_SS W_S) - tr(W_S^T G_S) + const`` (``G = K W_hat``); its minimisers solve
+    ``K_SS W_S = G_S``, a consistent system (G_S lies in the range of K_SS), solved by
+    :func:`exact_lstsq`."""
     H = backend.to_numpy(problem.H).astype(np.float64)
     W_hat = backend.to_numpy(problem.W_hat).astype(np.float64)
     K = H + problem.ridge * np.eye(problem.d)
     rows = problem.rows_of(group_sel)
     W = np.zeros_like(W_hat)
     if rows.any():
-        W[rows] = np.linalg.lstsq(K[np.ix_(rows, rows)], (K @ W_hat)[rows], rcond=None)[0]
+        W[rows] = exact_lstsq(K[np.ix_(rows, rows)], (K @ W_hat)[rows])
     return W
+
+
+def weak_dual_bound(problem: FlopNnzILP, mu: float, nu: float) -> float:
+    """``k mu + F nu + sum_i max(0, v_i - mu - nu f_i)`` in float64 (``math.fsum``).
+
+    By weak duality of the LP relaxation this is an upper bound on the ILP optimum for *any*
+    ``mu, nu >= 0``, whatever the accuracy of the method that produced them.
+    """
+    v = backend.to_numpy(problem.values).astype(np.float64)
+    f = backend.to_numpy(problem.costs).astype(np.float64)
+    mu, nu = max(float(mu), 0.0), max(float(nu), 0.0)
+    terms = np.maximum(0.0, v - mu - nu * f)
+    return math.fsum([problem.k * mu, problem.flop_budget * nu, *terms.tolist()])
+
+
+#: Relative slack of the ILP bound checks (rounding of float64 sums only): a MIP solver's
+#: bound more than this below a feasible value is rejected, and a gap within it is a proof.
+ILP_BOUND_RTOL = 1e-12
+#: A MIP solver's bound may lie this much (relative) below the float64 value of its own point:
+#: its feasibility/optimality tolerances (1e-9 here); further below, the bound is rejected.
+ILP_SOLVER_RTOL = 1e-9
+
+
+def ilp_lp_certificate(problem: FlopNnzILP) -> tuple[float, np.ndarray]:
+    """``(bound, support)``: the LP relaxation's weak-duality bound in float64 and its rounded
+    integer point (dual-sort, one sort). The bound is valid whatever a MIP solver's
+    tolerances do to extreme values."""
+    lp = solve_flop_nnz_lp(problem.values, problem.costs, problem.k, problem.flop_budget, problem.layer,
+                           check_input=False)
+    return weak_dual_bound(problem, lp.mu, lp.nu), lp.support
+
+
+def ilp_bound_and_proof(objective: float, solver_bound: float | None, lp_bound: float, solver_optimal: bool,
+                        rel_gap: float) -> tuple[float, bool, bool]:
+    """``(bound, optimal, trusted)`` for a maximisation from a MIP solver's answer.
+
+    The solver's bound is trusted only when it is not below the float64 value of the point
+    returned by more than ``ILP_SOLVER_RTOL`` (further below a feasible value it is provably
+    wrong: lost offsets, tolerances);
+    the reported bound is the smaller trusted one of it and the LP certificate. ``optimal``:
+    the LP certificate closes the gap, or the solver proved optimality with a trusted bound
+    within ``max(rel_gap, ILP_BOUND_RTOL)``. Status and bound cannot contradict each other.
+    """
+    trusted = solver_bound is not None and math.isfinite(solver_bound) and solver_bound >= objective - ILP_SOLVER_RTOL * abs(objective)
+    # within the solver's tolerance below the point, the point's value is the bound it proved
+    bound = min(max(solver_bound, objective), lp_bound) if trusted else lp_bound
+    gap = (bound - objective) / max(abs(objective), 1e-300) if objective else (0.0 if bound <= 0 else math.inf)
+    optimal = gap <= ILP_BOUND_RTOL or (solver_optimal and trusted and gap <= max(rel_gap, ILP_BOUND_RTOL))
+    return bound, optimal, trusted
+

@@ -19,6 +19,7 @@ Design
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from typing import Any, Callable
@@ -29,6 +30,7 @@ import scipy.linalg
 from combprune import backend
 from combprune.problems import L0Regression
 from combprune.problems.l0_regression import flop_total, within_budget
+from combprune.result import relative_gap
 
 from .magnitude import topk_mask  # the project's top-k (O(p), deterministic ties)
 
@@ -272,15 +274,71 @@ class L0Data:
 def final_objective(problem: L0Regression, data: L0Data, w: np.ndarray, residual: np.ndarray | None = None) -> tuple[Any, float, np.ndarray]:
     """(x in the input's namespace, Q(x), support) with the weights cast to ``A``'s dtype.
 
-    The objective is evaluated on the cast weights (what the caller receives) reading only the
-    support columns (or from ``residual = A w - b`` when the cast is exact); it equals
-    ``problem.objective(x)`` up to summation order.
+    ``Q(x)`` is evaluated in float64 throughout: from ``A``'s own products when ``A`` is
+    float64 (only the support columns are read; ``residual = A w - b`` reused when given),
+    otherwise by ``problem.objective(x)``, so float32 data report the formulation's exact
+    value, not a float32 approximation of it. Weights that are not finite (a breakdown of a rank-one update
+    on degenerate data) are never returned: the exact least squares on their support replaces
+    them (same support, so the budgets still hold).
     """
+    if not np.all(np.isfinite(w)):
+        from ._exact import l0_refit
+
+        logger.warning("non-finite weights on %d coordinates: re-solved exactly on their support", int((~np.isfinite(w)).sum()))
+        w = l0_refit(problem, w != 0)
     x = data.result_x(w)
     w_cast = to_host64(x)
-    if residual is not None and not np.array_equal(w_cast, w):
-        residual = None
-    return x, data.objective(w_cast, residual), w_cast != 0
+    if getattr(data.op, "dtype", None) == np.float64:  # A's own float64 products: the solver's value
+        if residual is not None and not np.array_equal(w_cast, w):
+            residual = None
+        return x, data.objective(w_cast, residual), w_cast != 0
+    return x, problem.objective(x), w_cast != 0
+
+
+#: The L0 heuristics rescale the data by a power of two when ``max(|A|, |b|)`` lies outside
+#: ``[2^-SCALE_EXPONENT, 2^SCALE_EXPONENT]`` (a copy of A, made only then).
+SCALE_EXPONENT = 16
+
+
+def _max_abs(x: Any) -> float:
+    """``max |x|`` of any supported array (0 when empty)."""
+    if not math.prod(x.shape):
+        return 0.0
+    xp = backend.namespace(x)
+    return float(xp.max(xp.abs(x)))
+
+
+def scale_invariant(solver: Callable[..., Any]) -> Callable[..., Any]:
+    r"""Run an ``L0Regression`` solver on data of order one, exactly equivalent to the input.
+
+    For a power of two ``c``, ``A' = A / c``, ``b' = b / c``, ``ridge' = ridge / c^2`` give
+    ``Q'(w) = Q(w) / c^2`` for every ``w``: the same minimisers, the same weights, and no
+    rounding at all in the scaling. With ``c ~ max(|A|, |b|)`` the solver's absolute floors
+    and jitters, squares (overflow beyond 1e154, underflow below 1e-154) and line searches
+    all see data of order one, so its answer does not depend on the units of the data.
+    Objectives, bounds and the history are mapped back (``objective`` is recomputed on the
+    original problem in float64).
+    """
+
+    @functools.wraps(solver)
+    def wrapper(problem: L0Regression, **kwargs: Any) -> Any:
+        top = max(_max_abs(problem.A), _max_abs(problem.b))
+        exponent = math.frexp(top)[1] if top > 0 else 0
+        if abs(exponent) <= SCALE_EXPONENT:
+            return solver(problem, **kwargs)
+        c = math.ldexp(1.0, exponent)
+        scaled = L0Regression(problem.A / c, problem.b / c, problem.k, ridge=problem.ridge / c / c, w_bar=problem.w_bar,
+                              flop_costs=problem.flop_costs, flop_budget=problem.flop_budget)
+        res = solver(scaled, **kwargs)
+        res.objective = problem.objective(res.x)
+        if res.bound is not None:
+            res.bound = res.bound * c * c
+        res.gap = None if res.bound is None else relative_gap(res.objective, res.bound)
+        res.history = [(t, v * c * c) for t, v in res.history]
+        res.info["data_scale"] = c
+        return res
+
+    return wrapper
 
 
 # ------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from combprune.problems import FlopNnzILP, L0Regression, StructuredMIQP
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
+from ._exact import cast_point, l0_refit, structured_refit
+
 DEFAULT_MAX_SUBSETS = 200_000
 
 
@@ -73,12 +75,15 @@ def _maximal_supports(
 
 
 def _finish(problem, x_np, support, best, deadline, history, iterations, like) -> Result:
-    status = Status.TIME_LIMIT if deadline.expired() else Status.OPTIMAL
     if support is None:
         return Result(x=None, support=np.zeros(0, bool), objective=math.nan, status=Status.INFEASIBLE, iterations=iterations)
-    x = backend.from_numpy(x_np, like=like, keep_dtype=True)
-    objective = problem.objective(x)
-    bound = objective if status is Status.OPTIMAL else None
+    x, objective, exact = cast_point(problem, x_np, like)
+    if deadline.expired():
+        status, bound = Status.TIME_LIMIT, None
+    else:
+        # the enumeration's float64 optimum bounds every point; the returned one (cast to the
+        # data's dtype) attains it unless the cast lost accuracy (float32 data)
+        status, bound = (Status.OPTIMAL if exact else Status.FEASIBLE), problem.objective(x_np)
     return Result(
         x=x, support=support, objective=objective, bound=bound, status=status,
         iterations=iterations, history=history.points,
@@ -86,23 +91,17 @@ def _finish(problem, x_np, support, best, deadline, history, iterations, like) -
 
 
 def _solve_l0(problem: L0Regression, deadline: Deadline, max_subsets: int) -> Result:
-    A = backend.to_numpy(problem.A).astype(np.float64)
-    b = backend.to_numpy(problem.b).astype(np.float64)
-    w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
     costs = None if problem.flop_costs is None else backend.to_numpy(problem.flop_costs).astype(np.float64)
-    sr = math.sqrt(problem.ridge)
     history = History(deadline, "min")
     best, best_w, best_support, it = math.inf, None, None, 0
     for S in _maximal_supports(problem.p, problem.k, costs, problem.flop_budget, max_subsets):
         it += 1
         idx = list(S)
-        w = np.zeros(problem.p)
-        if idx:
-            M = np.vstack([A[:, idx], sr * np.eye(len(idx))])
-            rhs = np.concatenate([b, sr * w_bar[idx]])
-            w[idx] = np.linalg.lstsq(M, rhs, rcond=None)[0]
+        support = np.zeros(problem.p, dtype=bool)
+        support[idx] = True
+        w = l0_refit(problem, support)
         val = problem.objective(w)
-        if val < best - 1e-12 * max(1.0, abs(best)) or best_w is None:
+        if best_w is None or val < best - 1e-12 * abs(best):
             best, best_w = val, w
             best_support = np.zeros(problem.p, dtype=bool)
             best_support[idx] = True
@@ -120,7 +119,7 @@ def _solve_ilp(problem: FlopNnzILP, deadline: Deadline, max_subsets: int) -> Res
     for S in _maximal_supports(problem.p, problem.k, costs, problem.flop_budget, max_subsets):
         it += 1
         val = math.fsum(v[list(S)].tolist())
-        if val > best + 1e-12 * max(1.0, abs(best)) or best_z is None:
+        if best_z is None or val > best + 1e-12 * abs(best):
             best = val
             best_z = np.zeros(problem.p)
             best_z[list(S)] = 1.0
@@ -132,10 +131,6 @@ def _solve_ilp(problem: FlopNnzILP, deadline: Deadline, max_subsets: int) -> Res
 
 
 def _solve_structured(problem: StructuredMIQP, deadline: Deadline, max_subsets: int) -> Result:
-    H = backend.to_numpy(problem.H).astype(np.float64)
-    W_hat = backend.to_numpy(problem.W_hat).astype(np.float64)
-    K = H + problem.ridge * np.eye(problem.d)
-    G = K @ W_hat
     n_groups = problem.n_groups
     k = n_groups if problem.s is None else problem.s
     costs = None if problem.group_costs is None else backend.to_numpy(problem.group_costs).astype(np.float64)
@@ -145,12 +140,9 @@ def _solve_structured(problem: StructuredMIQP, deadline: Deadline, max_subsets: 
         it += 1
         sel = np.zeros(n_groups, dtype=bool)
         sel[list(S)] = True
-        rows = problem.rows_of(sel)
-        W = np.zeros_like(W_hat)
-        if rows.any():
-            W[rows] = np.linalg.lstsq(K[np.ix_(rows, rows)], G[rows], rcond=None)[0]
+        W = structured_refit(problem, sel)
         val = problem.objective(W)
-        if val < best - 1e-12 * max(1.0, abs(best)) or best_W is None:
+        if best_W is None or val < best - 1e-12 * abs(best):
             best, best_W, best_support = val, W, sel
             history.record(val)
         if deadline.expired():

@@ -42,6 +42,7 @@ from ._l0_core import (
     default_support,
     final_objective,
     make_projector,
+    scale_invariant,
     warm_start_weights,
 )
 from .backsolve import ridge_solve_on_support
@@ -58,6 +59,7 @@ _WARM = ("magnitude", "backsolve")
     exact=False,
     description="CHITA: magnitude warm start, active-set IHT with exact line search, back-solve (+ optional swaps).",
 )
+@scale_invariant
 def chita(
     problem: L0Regression,
     *,

@@ -73,9 +73,9 @@ import numpy as np
 from combprune import backend
 from combprune.problems import L0Regression, StructuredMIQP
 from combprune.registry import register_solver
-from combprune.result import Deadline, Result, Status, relative_gap
+from combprune.result import Deadline, Result, Status
 
-from ._exact import greedy_mask, l0_refit, round_selection, structured_refit
+from ._exact import cast_point, greedy_mask, l0_refit, round_selection, structured_refit
 
 __all__ = ["cvxpy_scip", "l0_big_m", "structured_big_m"]
 
@@ -158,12 +158,27 @@ def _import_cvxpy():
 #: SCIP's ALNS and MPEC heuristics cost ~2/3 of the time on the small instances this solver is
 #: for, and find nothing the tree search does not; ``scip_params`` can switch them back on.
 DEFAULT_SCIP_PARAMS: dict[str, Any] = {"heuristics/alns/freq": -1, "heuristics/mpec/freq": -1}
+#: SCIP's feasibility tolerance (``numerics/feastol``, absolute in the scaled model). Tightening
+#: it to 1e-9 makes SCIP orders of magnitude slower on these models, so it is kept, and the
+#: model is scaled instead (:func:`_objective_scale`).
+SCIP_FEASTOL = 1e-6
+#: Default relative gap at which SCIP stops (``gap_rel``), and the absolute gap relative to
+#: ``Q(0)``; ``optimal`` is reported within ``OPTIMAL_RTOL`` of the bound (or ``ABS_RTOL Q(0)``).
+DEFAULT_GAP_REL = 1e-7
+ABS_RTOL = 1e-9
+OPTIMAL_RTOL = 1e-6
+#: A SCIP bound above the float64 objective of a feasible point by more than this (relative),
+#: ``SCIP_FEASTOL`` in the scaled model's units, and ``ABS_RTOL Q(0)``, is provably wrong and
+#: rejected; a smaller excess is SCIP's own tolerance.
+BOUND_RTOL = OPTIMAL_RTOL
+#: SCIP statuses that carry its proof of the gap: solved, or stopped at ``limits/gap``/``absgap``.
+_PROVEN = ("optimal", "gaplimit")
 
 
-def _run_scip(cp, prob, deadline: Deadline, seed: int | None, gap_rel: float, verbose: bool,
+def _run_scip(cp, prob, deadline: Deadline, seed: int | None, gap_rel: float, abs_gap: float, verbose: bool,
               scip_params: dict[str, Any] | None) -> dict[str, Any]:
     """Solve with SCIP; return SCIP's status, dual bound (in cvxpy's objective), nodes."""
-    params: dict[str, Any] = {**DEFAULT_SCIP_PARAMS, "limits/gap": float(gap_rel), "limits/absgap": 0.0}
+    params: dict[str, Any] = {**DEFAULT_SCIP_PARAMS, "limits/gap": float(gap_rel), "limits/absgap": float(abs_gap)}
     params.update(scip_params or {})
     remaining = deadline.remaining()
     if math.isfinite(remaining):
@@ -197,27 +212,113 @@ def _better(problem, x_solver: np.ndarray, x_greedy: np.ndarray) -> np.ndarray:
     return x_greedy if problem.objective(x_greedy) < problem.objective(x_solver) else x_solver
 
 
-def _finish(problem, x_np, support, sel_ok, run, deadline, like, info) -> Result:
-    objective = problem.objective(x_np)
-    bound = run["bound"]
-    if bound is not None:
-        bound = min(bound, objective)
-    if run["scip_status"] == "optimal" and sel_ok and relative_gap(objective, bound) is not None \
-            and relative_gap(objective, bound) <= 1e-6:
+def _pow2(x: float) -> float:
+    """Power of two near ``x > 0`` (1 for 0): scaling by it is exact."""
+    return math.ldexp(1.0, math.frexp(x)[1]) if x > 0 else 1.0
+
+
+def _zero_point(problem) -> np.ndarray:
+    return np.zeros(problem.p) if isinstance(problem, L0Regression) else np.zeros((problem.d, problem.m))
+
+
+def _finish(problem, x_np, support, sel_ok, run, deadline, like, info, scale: float) -> Result:
+    """Status and bound derived from SCIP's certificate only, checked against the point.
+
+    ``scale`` converts SCIP's objective to the problem's (the model is scaled). SCIP's bound is
+    rejected when it lies above the float64 objective of a feasible point by more than
+    SCIP's tolerance (``BOUND_RTOL`` relative, ``SCIP_FEASTOL`` in the scaled units): it is
+    then provably wrong; a smaller excess is SCIP's tolerance and the bound is then the
+    point's value. ``optimal`` needs SCIP's own ``optimal`` and a point within ``OPTIMAL_RTOL`` of the
+    bound (or ``ABS_RTOL Q(0)`` absolute).
+    """
+    x, objective, exact = cast_point(problem, x_np, like)
+    q0 = problem.objective(_zero_point(problem))
+    floor = ABS_RTOL * abs(q0)
+    bound = None if run["bound"] is None else run["bound"] * scale
+    excess = -math.inf if bound is None else bound - problem.objective(x_np)
+    rejected = excess > max(BOUND_RTOL * abs(objective), SCIP_FEASTOL * scale, floor)
+    if rejected:
+        bound = None
+    elif excess > 0:  # SCIP's own tolerances, within OPTIMAL_RTOL: the point attains the bound
+        bound = problem.objective(x_np)
+    close = bound is not None and objective - bound <= max(OPTIMAL_RTOL * abs(objective), floor)
+    if run["scip_status"] in _PROVEN and sel_ok and exact and close:
         status = Status.OPTIMAL
     elif run["scip_status"] == "timelimit" or deadline.expired():
         status = Status.TIME_LIMIT
     else:
         status = Status.FEASIBLE
-    info = {**info, "scip_status": run["scip_status"]}
+    info = {**info, "scip_status": run["scip_status"], "bound_rejected": rejected}
     return Result(
-        x=backend.from_numpy(x_np, like=like, keep_dtype=True), support=support, objective=objective, bound=bound,
+        x=x, support=support, objective=objective, bound=bound,
         status=status, iterations=run["nodes"], history=[(deadline.elapsed(), objective)], info=info,
     )
 
 
-def _solve_l0(problem: L0Regression, deadline, seed, gap_rel, big_m, verbose, scip_params) -> Result:
+#: The objective scale is kept above ``data scale * 2^-OBJECTIVE_SCALE_RANGE`` so that the
+#: scaled coefficients stay far below SCIP's infinity (1e20).
+OBJECTIVE_SCALE_RANGE = 30
+
+
+def _objective_scale(problem, x_greedy: np.ndarray, data_scale: float) -> float:
+    """A power of two ``s ~ Q(x_greedy)`` (an upper bound on the optimum; ``Q(0)`` when that
+    is 0), at least ``data_scale * 2^-OBJECTIVE_SCALE_RANGE``: dividing the objective by it
+    gives SCIP, whose tolerances are absolute, an optimum of order one at most."""
+    q = problem.objective(x_greedy) or problem.objective(_zero_point(problem))
+    floor = math.ldexp(_pow2(data_scale), -OBJECTIVE_SCALE_RANGE) if data_scale > 0 else 0.0
+    return max(_pow2(q), floor) if q > 0 or floor > 0 else 1.0
+
+
+def _scaled_l0(problem: L0Regression) -> tuple[L0Regression, float]:
+    """``(problem', s)`` with ``A' = A / c``, ``b' = b / c``, ``ridge' = ridge / c^2`` for a power
+    of two ``c = sqrt(s)``, ``s ~ Q(greedy point)``: the same minimisers, ``Q = s Q'`` exactly,
+    and a model whose objective is of order one for SCIP whatever the data's scale."""
+    A = backend.to_numpy(problem.A).astype(np.float64)
+    b = backend.to_numpy(problem.b).astype(np.float64)
+    data_scale = max(float(np.abs(A).max()), float(np.abs(b).max(initial=0.0))) ** 2
+    s = _objective_scale(problem, l0_refit(problem, _l0_greedy(problem)), data_scale)
+    c = math.ldexp(1.0, math.frexp(s)[1] // 2)
+    scaled = L0Regression(A / c, b / c, problem.k, ridge=problem.ridge / c / c,
+                          w_bar=backend.to_numpy(problem.w_bar).astype(np.float64),
+                          flop_costs=None if problem.flop_costs is None else backend.to_numpy(problem.flop_costs),
+                          flop_budget=problem.flop_budget)
+    return scaled, c * c
+
+
+def _scaled_structured(problem: StructuredMIQP) -> tuple[StructuredMIQP, float]:
+    """``(problem', s)`` with ``H' = H / s``, ``ridge' = ridge / s`` (``s`` a power of two near
+    the objective of the greedy point, see :func:`_objective_scale`): the same minimisers and
+    ``Q = s Q'`` exactly."""
+    H = backend.to_numpy(problem.H).astype(np.float64)
+    W_hat = backend.to_numpy(problem.W_hat).astype(np.float64)
+    data_scale = (float(np.abs(H).max()) + problem.ridge) * float(np.abs(W_hat).max()) ** 2
+    s = _objective_scale(problem, structured_refit(problem, _structured_greedy(problem)), data_scale)
+    scaled = StructuredMIQP(H / s, W_hat, backend.to_numpy(problem.groups),
+                            problem.s, ridge=problem.ridge / s,
+                            group_costs=None if problem.group_costs is None else backend.to_numpy(problem.group_costs),
+                            cost_budget=problem.cost_budget)
+    return scaled, s
+
+
+def _local_check(problem: L0Regression, x: np.ndarray, deadline: Deadline) -> np.ndarray:
+    """Swap local search from SCIP's support (tiny instances: milliseconds): a point better than
+    SCIP's bound exposes a wrong bound (then rejected by :func:`_finish`)."""
+    from .swap import swap
+
+    budget = Deadline(None if not math.isfinite(deadline.remaining()) else max(deadline.remaining(), 0.0))
+    try:
+        res = swap(problem, deadline=budget, warm_start=np.asarray(x != 0))
+    except (ValueError, np.linalg.LinAlgError):  # the check is optional; SCIP's point stands
+        return x
+    w = backend.to_numpy(res.x).astype(np.float64)
+    if not np.all(np.isfinite(w)) or problem.check(w):
+        return x
+    return l0_refit(problem, w != 0) if problem.objective(l0_refit(problem, w != 0)) < problem.objective(x) else x
+
+
+def _solve_l0(original: L0Regression, deadline, seed, gap_rel, big_m, verbose, scip_params) -> Result:
     cp = _import_cvxpy()
+    problem, scale = _scaled_l0(original)
     A = backend.to_numpy(problem.A).astype(np.float64)
     b = backend.to_numpy(problem.b).astype(np.float64)
     w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
@@ -236,19 +337,22 @@ def _solve_l0(problem: L0Regression, deadline, seed, gap_rel, big_m, verbose, sc
     if problem.ridge > 0:
         obj = obj + 0.5 * problem.ridge * cp.sum_squares(w - w_bar)
     prob = cp.Problem(cp.Minimize(obj), cons)
-    run = _run_scip(cp, prob, deadline, seed, gap_rel, verbose, scip_params)
+    abs_gap = ABS_RTOL * problem.objective(np.zeros(problem.p))
+    run = _run_scip(cp, prob, deadline, seed, gap_rel, abs_gap, verbose, scip_params)
     if z.value is None:
         mask, repaired = np.zeros(problem.p, dtype=bool), False
     else:
         mask, repaired = round_selection(z.value, np.abs(w.value), problem.k, costs, problem.flop_budget)
-    x = _better(problem, l0_refit(problem, mask), l0_refit(problem, _l0_greedy(problem)))
-    support = x != 0
-    return _finish(problem, x, support, z.value is not None and not repaired, run, deadline, problem.A,
-                   {"big_m": float(M.max()) if M.size else 0.0, "big_m_source": source, "repaired": repaired})
+    x = _better(original, l0_refit(original, mask), l0_refit(original, _l0_greedy(original)))
+    if run["scip_status"] in _PROVEN:
+        x = _local_check(original, x, deadline)
+    return _finish(original, x, x != 0, z.value is not None and not repaired, run, deadline, original.A,
+                   {"big_m": float(M.max()) if M.size else 0.0, "big_m_source": source, "repaired": repaired}, scale)
 
 
-def _solve_structured(problem: StructuredMIQP, deadline, seed, gap_rel, big_m, verbose, scip_params) -> Result:
+def _solve_structured(original: StructuredMIQP, deadline, seed, gap_rel, big_m, verbose, scip_params) -> Result:
     cp = _import_cvxpy()
+    problem, scale = _scaled_structured(original)
     H = backend.to_numpy(problem.H).astype(np.float64)
     W_hat = backend.to_numpy(problem.W_hat).astype(np.float64)
     costs = None if problem.group_costs is None else backend.to_numpy(problem.group_costs).astype(np.float64)
@@ -279,15 +383,16 @@ def _solve_structured(problem: StructuredMIQP, deadline, seed, gap_rel, big_m, v
     if problem.ridge > 0:
         obj = obj + 0.5 * problem.ridge * cp.sum_squares(D)
     prob = cp.Problem(cp.Minimize(obj), cons)
-    run = _run_scip(cp, prob, deadline, seed, gap_rel, verbose, scip_params)
+    abs_gap = ABS_RTOL * problem.objective(np.zeros_like(W_hat))
+    run = _run_scip(cp, prob, deadline, seed, gap_rel, abs_gap, verbose, scip_params)
     if z.value is None:
         sel, repaired = np.zeros(G, dtype=bool), False
     else:
         gnorm = np.bincount(problem.group_index, weights=np.sum(np.asarray(W.value) ** 2, axis=1), minlength=G)
         sel, repaired = round_selection(z.value, gnorm, problem.s, costs, problem.cost_budget)
-    x = _better(problem, structured_refit(problem, sel), structured_refit(problem, _structured_greedy(problem)))
-    return _finish(problem, x, problem.group_support(x), z.value is not None and not repaired, run, deadline,
-                   problem.W_hat, {"big_m": float(M.max()), "big_m_source": source, "repaired": repaired})
+    x = _better(original, structured_refit(original, sel), structured_refit(original, _structured_greedy(original)))
+    return _finish(original, x, original.group_support(x), z.value is not None and not repaired, run, deadline,
+                   original.W_hat, {"big_m": float(M.max()), "big_m_source": source, "repaired": repaired}, scale)
 
 
 @register_solver(
@@ -303,7 +408,7 @@ def cvxpy_scip(
     *,
     deadline: Deadline,
     seed: int | None = None,
-    gap_rel: float = 0.0,
+    gap_rel: float = DEFAULT_GAP_REL,
     big_m: float | None = None,
     verbose: bool = False,
     scip_params: dict[str, Any] | None = None,

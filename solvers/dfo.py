@@ -46,6 +46,7 @@ from ._l0_core import (
     default_support,
     final_objective,
     make_projector,
+    scale_invariant,
     warm_start_weights,
 )
 from ._l0_engine import InnerIHT
@@ -63,6 +64,7 @@ _STEPS = ("line_search", "lipschitz")
     exact=False,
     description="FALCON's discrete first-order method: FLOP-NNZ ILP projection steps + back-solve.",
 )
+@scale_invariant
 def dfo(
     problem: L0Regression,
     *,

@@ -1019,8 +1019,9 @@ def dual_sort(problem: FlopNnzILP, *, deadline: Deadline, seed: int | None = Non
         "path": sol.path,
         "gap_abs": max(sol.bound - objective, 0.0),
     }
+    status = Status.OPTIMAL if optimal else Status.TIME_LIMIT if deadline.expired() else Status.FEASIBLE
     return Result(
-        x=x, support=sol.support, objective=objective, status=Status.OPTIMAL if optimal else Status.FEASIBLE,
+        x=x, support=sol.support, objective=objective, status=status,
         bound=sol.bound, iterations=sol.iterations, history=[(deadline.elapsed(), objective)],
         info=info,
     )

@@ -46,11 +46,14 @@ from combprune.problems import FlopNnzILP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
-from ._exact import greedy_ilp, ilp_point
+from ._exact import greedy_ilp, ilp_bound_and_proof, ilp_lp_certificate, ilp_point, weak_dual_bound
 
 __all__ = ["LPRelaxation", "solve_lp_relaxation", "highs"]
 
 _LP_METHODS = ("ipm", "simplex", "pdlp", "choose")
+#: HiGHS's presolve and root LP of this model take up to about this many seconds per column and
+#: ignore the time limit; with less time left the MILP is not started (LP-rounded point returned).
+_SECONDS_PER_COLUMN = 1e-4
 #: Above this many columns HiGHS 1.15 can spend minutes, ignoring its time limit, on a user
 #: start solution of this model; the greedy point is then only used as a fallback.
 _WARM_START_MAX_P = 10_000
@@ -73,8 +76,7 @@ def _build(problem: FlopNnzILP, *, integer: bool, time_limit: float, threads: in
            extra_options: dict[str, Any]):
     """A configured ``highspy.Highs`` holding the (relaxed) model."""
     highspy = _import_highspy()
-    v = backend.to_numpy(problem.values).astype(np.float64)
-    f = backend.to_numpy(problem.costs).astype(np.float64)
+    v, f, F, _, _ = scaled_data(problem)
     p = problem.p
     lp = highspy.HighsLp()
     lp.num_col_ = p
@@ -84,7 +86,7 @@ def _build(problem: FlopNnzILP, *, integer: bool, time_limit: float, threads: in
     lp.col_lower_ = np.zeros(p)
     lp.col_upper_ = np.ones(p)
     lp.row_lower_ = np.array([-highspy.kHighsInf, -highspy.kHighsInf])
-    lp.row_upper_ = np.array([float(problem.k), float(problem.flop_budget)])
+    lp.row_upper_ = np.array([float(problem.k), F])
     nz = np.flatnonzero(f)
     lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
     lp.a_matrix_.num_col_ = p
@@ -110,6 +112,22 @@ def _build(problem: FlopNnzILP, *, integer: bool, time_limit: float, threads: in
     return h, highspy
 
 
+def _pow2(x: float) -> float:
+    """The power of two nearest above ``x > 0`` (1.0 for 0): dividing by it is exact."""
+    return math.ldexp(1.0, math.frexp(x)[1]) if x > 0 else 1.0
+
+
+def scaled_data(problem: FlopNnzILP) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+    """``(v / s_v, f / s_f, F / s_f, s_v, s_f)`` with powers of two ``s_v = 2^ceil(log2 max v)`` and
+    ``s_f`` likewise for ``max(max f, F)``: the model HiGHS sees has entries of order one, and
+    the scaling is exact (objective = ``s_v`` x HiGHS's objective, the same feasible set)."""
+    v = backend.to_numpy(problem.values).astype(np.float64)
+    f = backend.to_numpy(problem.costs).astype(np.float64)
+    s_v = _pow2(float(v.max()))
+    s_f = _pow2(max(float(f.max()), float(problem.flop_budget)))
+    return v / s_v, f / s_f, float(problem.flop_budget) / s_f, s_v, s_f
+
+
 @dataclass
 class LPRelaxation:
     """LP relaxation of a ``FlopNnzILP`` solved by HiGHS.
@@ -132,9 +150,7 @@ class LPRelaxation:
 
     def dual_objective(self, problem: FlopNnzILP) -> float:
         """``k mu + F nu + sum_i max(0, v_i - mu - nu f_i)`` (equals ``value`` at an optimum)."""
-        v = backend.to_numpy(problem.values).astype(np.float64)
-        f = backend.to_numpy(problem.costs).astype(np.float64)
-        return problem.k * self.mu + problem.flop_budget * self.nu + math.fsum(np.maximum(0.0, v - self.mu - self.nu * f))
+        return weak_dual_bound(problem, self.mu, self.nu)
 
 
 def solve_lp_relaxation(
@@ -160,6 +176,8 @@ def solve_lp_relaxation(
                      + max(info.crossover_iteration_count, 0) + max(info.pdlp_iteration_count, 0))
     x = np.clip(np.asarray(sol.col_value, dtype=np.float64), 0.0, 1.0)
     duals = np.abs(np.asarray(sol.row_dual, dtype=np.float64)) if sol.dual_valid else np.zeros(2)
+    _, _, _, s_v, s_f = scaled_data(problem)
+    duals = duals * np.array([s_v, s_v / s_f])  # back to the units of v (mu) and v per FLOP (nu)
     if status == highspy.HighsModelStatus.kOptimal:
         state = "optimal"
     elif status in (highspy.HighsModelStatus.kTimeLimit, highspy.HighsModelStatus.kIterationLimit):
@@ -231,16 +249,29 @@ def highs(
     if presolve not in ("auto", "on", "off"):
         raise ValueError(f"presolve: expected 'auto', 'on' or 'off', got {presolve!r}")
     if presolve == "auto":
-        presolve = "on" if problem.p <= 10_000 else "off"
+        presolve = "on"  # HiGHS's own "auto" turns it off above 10 000 columns, ignoring time limits
     if not isinstance(lp_relaxation, bool):
         raise ValueError(f"lp_relaxation: expected a bool, got {lp_relaxation!r}")
     if lp_relaxation:
         return _lp_result(problem, deadline, lp_solver, threads)
 
+    # The LP certificate first (one sort): its rounded point is a start and its bound is valid
+    # whatever HiGHS's tolerances do to extreme values.
+    lp_bound, lp_support = ilp_lp_certificate(problem)
+    greedy = greedy_ilp(problem)
+    warm = lp_support if problem.objective(lp_support.astype(np.float64)) >= problem.objective(greedy.astype(np.float64)) else greedy
+    if deadline.remaining() < problem.p * _SECONDS_PER_COLUMN:
+        # HiGHS's presolve and first LP do not watch the time limit: a run could not end in time
+        z = warm.astype(np.float64)
+        bound, optimal, _ = ilp_bound_and_proof(problem.objective(z), None, lp_bound, False, 0.0)
+        return Result(x=backend.from_numpy(z, like=problem.values, keep_dtype=True), support=warm,
+                      objective=problem.objective(z), bound=bound,
+                      status=Status.OPTIMAL if optimal else Status.TIME_LIMIT,
+                      info={"highs_status": "skipped: time limit", "lp_bound": lp_bound, "repaired": False})
     h, highspy = _build(problem, integer=True, time_limit=deadline.remaining(), threads=threads, seed=seed,
                         extra_options={"presolve": presolve, "mip_rel_gap": float(mip_rel_gap), "mip_abs_gap": 0.0,
-                                       "mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9})
-    warm = greedy_ilp(problem)
+                                       "mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9,
+                                       "dual_feasibility_tolerance": 1e-10})
     if problem.p <= _WARM_START_MAX_P:
         start = highspy.HighsSolution()
         start.col_value = warm.astype(np.float64)
@@ -253,15 +284,16 @@ def highs(
     frac = np.asarray(h.getSolution().col_value, dtype=np.float64) if has_point else None
     z, support, repaired = ilp_point(problem, frac)
     objective = problem.objective(z)
-    if problem.objective(warm.astype(np.float64)) > objective:  # HiGHS stopped before matching its warm start
+    if problem.objective(warm.astype(np.float64)) > objective:  # HiGHS stopped before matching its start
         z, support, repaired = warm.astype(np.float64), warm, False
         objective = problem.objective(z)
-    bound = float(info.mip_dual_bound)
-    if not math.isfinite(bound):
-        bound = None
+    _, _, _, s_v, _ = scaled_data(problem)
+    highs_bound = float(info.mip_dual_bound) * s_v
     MS = highspy.HighsModelStatus
-    if status == MS.kOptimal and not repaired:
-        result_status = Status.OPTIMAL
+    bound, optimal, trusted = ilp_bound_and_proof(objective, highs_bound, lp_bound,
+                                                  status == MS.kOptimal and not repaired, float(mip_rel_gap))
+    if optimal:
+        result_status = Status.OPTIMAL  # the LP certificate, or HiGHS's proof checked against it
     elif status in (MS.kTimeLimit, MS.kInterrupt) or deadline.expired():
         result_status = Status.TIME_LIMIT
     elif status in (MS.kOptimal, MS.kSolutionLimit, MS.kIterationLimit, MS.kObjectiveBound, MS.kObjectiveTarget):
@@ -273,5 +305,6 @@ def highs(
         x=backend.from_numpy(z, like=problem.values, keep_dtype=True), support=support, objective=objective,
         bound=bound, status=result_status, iterations=int(max(info.mip_node_count, 0)), history=history,
         info={"highs_status": h.modelStatusToString(status), "highs_objective": float(info.objective_function_value),
-              "highs_gap": float(info.mip_gap), "repaired": repaired},
+              "highs_gap": float(info.mip_gap), "highs_bound": highs_bound, "highs_bound_trusted": trusted,
+              "lp_bound": lp_bound, "repaired": repaired},
     )

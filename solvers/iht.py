@@ -42,6 +42,7 @@ from ._l0_core import (
     default_support,
     final_objective,
     make_projector,
+    scale_invariant,
     warm_start_weights,
 )
 from ._l0_engine import IHTOutcome, iht_active_set, polish_on_support
@@ -137,6 +138,7 @@ def run_iht(
     exact=False,
     description="IHT with exact piecewise-quadratic line search, active set and final back-solve (CHITA).",
 )
+@scale_invariant
 def iht(
     problem: L0Regression,
     *,

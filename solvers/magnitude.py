@@ -178,4 +178,6 @@ def magnitude(problem, *, deadline: Deadline, seed: int | None = None, per_layer
     else:
         result = _ilp(problem, bool(per_layer), layers)
     result.history = [(deadline.elapsed(), result.objective)]
+    if deadline.expired():  # one pass, not interruptible: report that the limit was exceeded
+        result.status = Status.TIME_LIMIT
     return result

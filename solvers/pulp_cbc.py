@@ -34,10 +34,15 @@ from combprune.problems import FlopNnzILP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
-from ._exact import greedy_ilp, ilp_point
+from ._exact import greedy_ilp, ilp_bound_and_proof, ilp_lp_certificate, ilp_point
 
 __all__ = ["pulp_cbc", "parse_cbc_log"]
 
+#: Below this many seconds left CBC is not started (its start-up alone takes that long).
+_CBC_MIN_SECONDS = 0.1
+#: Rough cost of PuLP's Python model building per column (seconds), to skip CBC when the
+#: model could not even be built within the time limit.
+_BUILD_SECONDS_PER_COLUMN = 3e-5
 _RESULT_RE = re.compile(r"^Result - (.+)$", re.MULTILINE)
 _BOUND_RE = re.compile(r"^(?:Upper|Lower) bound:\s+(\S+)", re.MULTILINE)
 _NODES_RE = re.compile(r"^Enumerated nodes:\s+(\d+)", re.MULTILINE)
@@ -92,6 +97,12 @@ def pulp_cbc(
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("pulp is needed for the CBC solver: install it with `pip install combprune[exact]`") from exc
 
+    lp_bound, lp_support = ilp_lp_certificate(problem)
+    warm = greedy_ilp(problem)
+    if problem.objective(lp_support.astype(np.float64)) >= problem.objective(warm.astype(np.float64)):
+        warm = lp_support
+    if deadline.remaining() < _CBC_MIN_SECONDS + problem.p * _BUILD_SECONDS_PER_COLUMN:
+        return _skipped(problem, warm, lp_bound)  # PuLP builds the model in Python: no time for it
     v = backend.to_numpy(problem.values).astype(np.float64)
     f = backend.to_numpy(problem.costs).astype(np.float64)
     model = pulp.LpProblem("flop_nnz_ilp", pulp.LpMaximize)
@@ -102,6 +113,8 @@ def pulp_cbc(
     model += pulp.LpAffineExpression([(z[i], float(f[i])) for i in nz]) <= problem.flop_budget, "flops"
 
     remaining = deadline.remaining()
+    if remaining < _CBC_MIN_SECONDS:
+        return _skipped(problem, warm, lp_bound)
     options = [] if seed is None else [f"randomSeed {int(seed % 2147483647) or 1}", f"randomCbcSeed {int(seed % 2147483647) or 1}"]
     fd, log_path = tempfile.mkstemp(prefix="combprune-cbc-", suffix=".log")
     os.close(fd)
@@ -110,7 +123,7 @@ def pulp_cbc(
             warnings.simplefilter("ignore", DeprecationWarning)
             cmd = pulp.PULP_CBC_CMD(
                 msg=False,
-                timeLimit=None if math.isinf(remaining) else max(1, math.ceil(remaining)),
+                timeLimit=None if math.isinf(remaining) else max(_CBC_MIN_SECONDS, remaining),
                 gapRel=float(gap_rel),
                 gapAbs=0.0,
                 threads=threads,
@@ -131,21 +144,37 @@ def pulp_cbc(
     frac = np.asarray(values, dtype=np.float64) if has_point else None
     zz, support, repaired = ilp_point(problem, frac)
     objective = problem.objective(zz)
-    warm = greedy_ilp(problem)
     if problem.objective(warm.astype(np.float64)) > objective:  # CBC stopped with nothing better
         zz, support, repaired = warm.astype(np.float64), warm, False
         objective = problem.objective(zz)
     result_text = log["result"] or ""
     proved = result_text.startswith("Optimal") and model.sol_status == pulp.LpSolutionOptimal
-    if proved:  # CBC's optimum (before our rounding) is the bound
-        bound = max(objective, float(pulp.value(model.objective) or 0.0))
-        status = Status.FEASIBLE if repaired else Status.OPTIMAL
+    # CBC's optimum (before our rounding) bounds the ILP when it proved optimality
+    cbc_bound = float(pulp.value(model.objective) or 0.0) if proved else log["bound"]
+    bound, optimal, _ = ilp_bound_and_proof(objective, cbc_bound, lp_bound, proved and not repaired, float(gap_rel))
+    if optimal:
+        status = Status.OPTIMAL
+    elif "time" in result_text.lower() or deadline.expired():
+        status = Status.TIME_LIMIT
     else:
-        bound = log["bound"]
-        status = Status.TIME_LIMIT if ("time" in result_text.lower() or deadline.expired()) else Status.FEASIBLE
+        status = Status.FEASIBLE
+    return _result(problem, zz, support, bound, status, int(log["nodes"]),
+                   [] if frac is None else [(deadline.elapsed(), objective)],
+                   {"cbc_result": result_text, "pulp_status": pulp.LpStatus[model.status], "repaired": repaired})
+
+
+def _skipped(problem: FlopNnzILP, warm: np.ndarray, lp_bound: float) -> Result:
+    """The LP-rounded / greedy point when there is no time to run CBC (optimal if the LP
+    certificate closes the gap, otherwise ``time_limit``)."""
+    z = warm.astype(np.float64)
+    bound, optimal, _ = ilp_bound_and_proof(problem.objective(z), None, lp_bound, False, 0.0)
+    return _result(problem, z, warm, bound, Status.OPTIMAL if optimal else Status.TIME_LIMIT, 0, [],
+                   {"cbc_result": "skipped: time limit", "repaired": False})
+
+
+def _result(problem: FlopNnzILP, z: np.ndarray, support: np.ndarray, bound: float, status: Status, nodes: int,
+            history: list, info: dict) -> Result:
     return Result(
-        x=backend.from_numpy(zz, like=problem.values, keep_dtype=True), support=support, objective=objective,
-        bound=bound, status=status, iterations=int(log["nodes"]),
-        history=[] if frac is None else [(deadline.elapsed(), objective)],
-        info={"cbc_result": result_text, "pulp_status": pulp.LpStatus[model.status], "repaired": repaired},
+        x=backend.from_numpy(z, like=problem.values, keep_dtype=True), support=support, objective=problem.objective(z),
+        bound=bound, status=status, iterations=nodes, history=history, info=info,
     )

@@ -121,7 +121,7 @@ from combprune.problems.l0_regression import FLOP_RTOL, flop_total
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
-from ._l0_core import ColumnOperator, L0Data, check_positive_int, default_support, final_objective, support_mask, to_host64
+from ._l0_core import ColumnOperator, L0Data, check_positive_int, default_support, final_objective, scale_invariant, support_mask, to_host64
 from .backsolve import ridge_solve_on_support
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,8 @@ class SupportModel:
         if self.ridge > 0.0:
             self.lam = self.ridge
         else:
-            self.lam = ZERO_RIDGE_JITTER * max(float(np.mean(col_sq)) if col_sq.size else 1.0, 1e-300)
+            mean_sq = float(np.mean(col_sq)) if col_sq.size else 0.0
+            self.lam = ZERO_RIDGE_JITTER * (mean_sq if mean_sq > 0 else 1.0)
         self.wbar_sq_total = math.fsum((self.w_bar * self.w_bar).tolist()) if self.w_bar.size < 2_000_000 else float(self.w_bar @ self.w_bar)
         idx = np.asarray(idx, dtype=np.int64)
         capacity = max(int(capacity), idx.size, 1)
@@ -818,6 +819,7 @@ def _warm_start(problem: L0Regression, data: L0Data, warm_start: Any) -> tuple[n
     exact=False,
     description="Swap local search on the support with low-rank (Schur complement) gains.",
 )
+@scale_invariant
 def swap(
     problem: L0Regression,
     *,

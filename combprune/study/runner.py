@@ -206,6 +206,14 @@ class Study:
         bar; ``callback(record)`` is called for every new record.
         """
         store = RecordStore(self.output)
+        store.lock()
+        try:
+            return self._run(store, progress, executor, callback)
+        finally:
+            store.unlock()
+
+    def _run(self, store: RecordStore, progress: bool, executor: str | Executor | None,
+             callback: Callable[[dict[str, Any]], None] | None) -> StudyResults:
         tasks = self.tasks()
         if self.rerun_failed:
             for t in tasks:

@@ -4,13 +4,20 @@ Each finished solve is one line ``{"key": ..., ...}`` written with a single ``wr
 file opened in append mode, then ``flush`` + ``fsync``: a crash (even ``SIGKILL``) leaves
 either the whole line or, at worst, a truncated last line. A truncated last line (no
 trailing newline, not valid JSON) is ignored when reading and cut off before the next append,
-so resuming never loses a complete record nor duplicates one. A malformed line elsewhere is
-an error naming the file and line. When a key appears twice (a re-run of failed solves) the
-later line wins.
+so resuming never loses a complete record nor duplicates one. A torn record elsewhere (a line
+starting like a record, ``{"key"``, that is not valid JSON: a writer killed mid-line) is
+skipped with a warning and its solve runs again on resume; any other malformed line is an
+error naming the file and line. When a key appears twice
+(a re-run of failed solves) the later line wins.
+
+One runner at a time: :meth:`RecordStore.lock` takes an exclusive ``fcntl.flock`` on
+``<path>.lock`` (released by :meth:`RecordStore.unlock` or when the process dies); a second
+runner on the same file gets a ``ValueError`` instead of repeating every solve.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -41,7 +48,13 @@ def _parse(path: str) -> tuple[list[dict[str, Any]], int]:
             try:
                 rec = json.loads(stripped)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not a valid JSON record ({exc.msg})") from None
+                if not stripped.startswith(b'{"key"'):
+                    raise ValueError(f"{path}:{lineno}: not a valid JSON record ({exc.msg})") from None
+                # a torn write (a writer killed mid-line, the next record glued to it): the
+                # solve is simply not recorded and runs again on resume
+                logger.warning("%s:%d: skipping a torn record (%s)", path, lineno, exc.msg)
+                end += len(raw) + 1
+                continue
             if not isinstance(rec, dict) or "key" not in rec:
                 raise ValueError(f"{path}:{lineno}: not a study record (no 'key')")
             records.append(rec)
@@ -78,6 +91,31 @@ class RecordStore:
             for rec in records:
                 self._records.pop(rec["key"], None)
                 self._records[rec["key"]] = rec
+
+    _lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Take the file's runner lock (non-blocking); ``ValueError`` if another runner holds it."""
+        if self.path is None or self._lock_fd is not None:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        fd = os.open(self.path + ".lock", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(
+                f"output: {self.path!r} is being written by another study runner (lock {self.path + '.lock'!r}); "
+                "wait for it to finish or use another output file"
+            ) from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the runner lock (no-op when not held)."""
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __contains__(self, key: str) -> bool:
         return key in self._records
