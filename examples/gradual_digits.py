@@ -2,8 +2,9 @@
 
     python examples/gradual_digits.py [--method chita] [--sparsity 0.9] [--plot gradual.png]
 
-Trains a 64-64-10 MLP for 30 epochs (Adam); from step 50 to step 400 a pruning event every 50
-steps prunes it to the cubic schedule's sparsity, ending at ``--sparsity``; the pruned weights
+Trains a 64-64-10 MLP for 30 epochs (Adam); pruning events every 50 steps from step 50 to step
+400 prune it to the cubic schedule's sparsity (0 at step 50, so the first event that prunes is at
+step 100), ending at ``--sparsity``; the pruned weights
 stay exactly zero while training goes on. Logs one line per event and, with ``--plot``, saves a
 figure of held-out accuracy and sparsity against steps (needs ``matplotlib``: the ``plot`` extra).
 Runs in a few seconds on one CPU core (``chita``: about half a minute).

@@ -270,3 +270,11 @@ def test_events_see_zero_gradients_for_pruned_weights(digits):
             h.remove()
     assert torch.equal(A_frozen[:, pruned], torch.zeros_like(A_frozen[:, pruned]))
     assert torch.allclose(A_frozen[:, ~pruned], A[:, ~pruned])  # the kept columns are unchanged
+
+
+def test_structured_on_inputs_alone_records_no_loss(digits):
+    X, _, _, _ = digits
+    pruner = GradualPruner(_mlp(), X[:128], method="osscar", sparsity=0.5, schedule="constant", start=1, end=2, every=1, progress=False)
+    pruner.step()
+    row = pruner.history[0]
+    assert row.loss_before is None and row.loss_after is None and row.sparsity > 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from combprune.torch.masking import MaskedTraining, apply_masks, clear_optimizer_state, get_masks, masked_parameters, zero_pruned
@@ -166,3 +168,31 @@ def test_zero_pruned_and_bad_input():
         clear_optimizer_state("sgd", model)
     with pytest.raises(TypeError, match="^optimizer"):
         MaskedTraining(model, None)
+
+_OPTS = {
+    "sgd": lambda p, m, wd: torch.optim.SGD(p, lr=0.05, momentum=m, weight_decay=wd),
+    "adam": lambda p, m, wd: torch.optim.Adam(p, lr=1e-2, betas=(m, 0.99), weight_decay=wd),
+    "adamw": lambda p, m, wd: torch.optim.AdamW(p, lr=1e-2, betas=(m, 0.99), weight_decay=wd),
+    "rmsprop": lambda p, m, wd: torch.optim.RMSprop(p, lr=1e-2, momentum=m, weight_decay=wd, centered=True),
+    "adagrad": lambda p, m, wd: torch.optim.Adagrad(p, lr=1e-2, weight_decay=wd),
+    "nadam": lambda p, m, wd: torch.optim.NAdam(p, lr=1e-2, betas=(m, 0.99), weight_decay=wd),
+}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(sorted(_OPTS)), st.floats(0.0, 0.95), st.floats(0.0, 0.1), st.floats(0.05, 0.95), st.integers(0, 10_000), st.booleans())
+def test_property_zeros_stay_zero_after_clearing_state(name, momentum, wd, keep, seed, hooks):
+    """Any of these optimisers, any mask: clearing the state at the event (and, or not, the
+    hooks) leaves every pruned entry exactly 0.0 after further steps."""
+    model = _mlp(seed % 7)
+    opt = _OPTS[name](model.parameters(), momentum, wd)
+    _train(model, opt, 2, seed=seed)
+    masks = _random_masks(model, keep=keep, seed=seed)
+    apply_masks(model, masks)
+    clear_optimizer_state(opt, model)
+    ctx = MaskedTraining(model, opt) if hooks else None
+    _train(model, opt, 3, seed=seed + 1)
+    if ctx is not None:
+        ctx.remove()
+    vals = _pruned_values(model, masks)
+    assert torch.equal(vals, torch.zeros_like(vals))

@@ -70,8 +70,8 @@ class EventRecord:
     flop_budget_target: float | None
     sparsity: float
     flop_fraction: float
-    loss_before: float
-    loss_after: float
+    loss_before: float | None
+    loss_after: float | None
     method: str
     solver: str
     revived: int
@@ -273,9 +273,13 @@ class GradualPruner:
         return self.last_event >= self.events[-1]
 
     # One event ---------------------------------------------------------------------------------------
-    def calibration_loss(self) -> float:
-        """Mean ``loss_fn`` over the calibration samples at the current weights (eval mode)."""
-        batches = collect(self.calibration, self.n_samples, self.device, need_targets=self.prune_options.get("loss_fn") is None)
+    def calibration_loss(self) -> float | None:
+        """Mean ``loss_fn`` over the calibration samples at the current weights (eval mode);
+        ``None`` when the batches have no targets and no ``loss_fn`` was given (e.g. OSSCAR on
+        inputs alone)."""
+        batches = collect(self.calibration, self.n_samples, self.device)
+        if self.prune_options.get("loss_fn") is None and any(b.targets is None for b in batches):
+            return None
         modes = [(m, m.training) for m in self.model.modules()]
         self.model.eval()
         total, n = 0.0, 0
@@ -375,8 +379,9 @@ class GradualPruner:
         self.history.append(record)
         self.reports.append(report)
         logger.info(
-            "gradual pruning: %s %d -> sparsity %.4f (target %s), FLOPs kept %.4f, calibration loss %.4g -> %.4g, %.2fs",
-            self.unit, t, record.sparsity, sparsity, record.flop_fraction, loss_before, loss_after, record.time,
+            "gradual pruning: %s %d -> sparsity %.4f (target %s), FLOPs kept %.4f, calibration loss %s -> %s, %.2fs",
+            self.unit, t, record.sparsity, sparsity, record.flop_fraction,
+            *("-" if v is None else f"{v:.4g}" for v in (loss_before, loss_after)), record.time,
         )
         return record
 
