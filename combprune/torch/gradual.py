@@ -46,9 +46,8 @@ from tqdm.auto import tqdm
 from ._calibration import check_device, collect, forward
 from ._gradients import default_loss
 from .masking import MaskedTraining, apply_masks, base_optimizer, clear_optimizer_state, get_masks, masked_parameters, zero_pruned
-from .methods import resolve_method as _resolve_method
 from .prune import PruningError, _Snapshot
-from .pruner import prune
+from .pruner import Pruner
 from .report import PruneReport
 from .schedules import Schedule
 
@@ -187,7 +186,6 @@ class GradualPruner:
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if step_with_optimizer and optimizer is None:
             raise ValueError("step_with_optimizer: needs the optimizer")
-        self.spec = _resolve_method(method, bool(prune_options.get("structured", False)))
         self.sparsity_schedule: Schedule | None = None
         if sparsity is not None or not isinstance(schedule, str):
             self.sparsity_schedule = Schedule.build(schedule, sparsity, initial=initial_sparsity, start=start, end=end, every=every)
@@ -209,6 +207,13 @@ class GradualPruner:
         collect(calibration, 1, self.device)  # raises "calibration: ... empty" early
         if stage_schedule is not None:
             prune_options["schedule"] = stage_schedule
+        # Every option of the one-shot method is validated once, here, at the final budgets;
+        # each event then prunes with the same configuration at its own budgets.
+        self.pruner = Pruner(
+            method, sparsity=None if self.sparsity_schedule is None else self.sparsity_schedule.final,
+            flop_budget=flop_budget, apply="mask", progress=bool(progress), **prune_options,
+        )
+        self.spec = self.pruner.config.spec
         self.model, self.calibration, self.method = model, calibration, method
         self.unit, self.progress, self.reset_optimizer = unit, bool(progress), bool(reset_optimizer)
         self.prune_options = prune_options
@@ -347,10 +352,7 @@ class GradualPruner:
             loss_before = self.calibration_loss()
             handles = _freeze_pruned(self.model)
             try:
-                report = prune(
-                    self.model, self.calibration, method=self.method, sparsity=sparsity, flop_budget=flop_budget,
-                    apply="mask", progress=self.progress, **self.prune_options,
-                )
+                report = self.pruner.with_budget(sparsity=sparsity, flop_budget=flop_budget).prune(self.model, self.calibration)
             finally:
                 for h in handles:
                     h.remove()
