@@ -21,7 +21,7 @@ optional local search (``local_rounds``) alternates a gradient step
 ``W - K (W - W_hat) / lambda_max`` + projection + exact refit while it improves (iterative hard
 thresholding with exact backsolves).
 
-``bound``: the eigenvalue bound of the formulation (``docs/formulations/layerwise_l0.md``).
+``bound``: the ridge lower bound of the formulation (``docs/formulations/layerwise_l0.md``).
 """
 
 from __future__ import annotations

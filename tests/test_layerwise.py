@@ -192,7 +192,7 @@ def test_exact_optimum_bounds_every_heuristic(seed, pattern, ridge):
         r = cp.solve(prob, name)
         assert prob.check(r.x) == []
         assert r.objective >= exact.objective - tol, name
-        assert r.bound <= exact.objective + tol, name  # the eigenvalue bound is a bound
+        assert r.bound <= exact.objective + tol, name  # the ridge lower bound is a bound
     assert cp.solve(prob, "layerwise").objective <= cp.solve(prob, "sparsegpt").objective + tol
 
 
