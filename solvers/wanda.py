@@ -36,7 +36,7 @@ def wanda_mask(problem: LayerwiseL0, W_hat: np.ndarray, H_diag: np.ndarray) -> n
     description="Wanda: keep the largest |W_ij| * ||X_i||_2 of every output (no weight update).",
 )
 def wanda(problem: LayerwiseL0, *, deadline: Deadline, seed: int | None = None) -> Result:
-    """Wanda pruning (see the module docstring); ``bound`` is the eigenvalue bound of the formulation."""
+    """Wanda pruning (see the module docstring); ``bound`` is the ridge lower bound of the formulation."""
     K, W_hat, _ = dense_f64(problem)
     mask = wanda_mask(problem, W_hat, np.diag(K) - problem.ridge)
     result = finish(problem, np.where(mask, W_hat, 0.0), bound=lower_bound(problem, W_hat))

@@ -192,7 +192,7 @@ def test_exact_optimum_bounds_every_heuristic(seed, pattern, ridge):
         r = cp.solve(prob, name)
         assert prob.check(r.x) == []
         assert r.objective >= exact.objective - tol, name
-        assert r.bound <= exact.objective + tol, name  # the eigenvalue bound is a bound
+        assert r.bound <= exact.objective + tol, name  # the ridge lower bound is a bound
     assert cp.solve(prob, "layerwise").objective <= cp.solve(prob, "sparsegpt").objective + tol
 
 
@@ -216,3 +216,13 @@ def test_torch_input_gives_torch_output():
     res = cp.solve(tprob, "layerwise")
     assert isinstance(res.x, torch.Tensor)
     assert res.objective == pytest.approx(cp.solve(prob, "layerwise").objective, rel=1e-9)
+
+
+def test_local_search_never_worsens_and_history_decreases():
+    _, _, prob = make_layer(32, 8, seed=5, k=128)
+    plain = cp.solve(prob, "layerwise")
+    polished = cp.solve(prob, "layerwise", local_rounds=3)
+    assert polished.objective <= plain.objective * (1 + 1e-12)
+    values = [v for _, v in polished.history]
+    assert values == sorted(values, reverse=True) and values[-1] == pytest.approx(polished.objective, rel=1e-9)
+    assert prob.check(polished.x) == []
