@@ -87,7 +87,7 @@ def _layerwise(N: int, d: int, m: int, seed: int, **pattern: Any) -> LayerwiseL0
 register_instances(
     LayerwiseL0,
     lambda: [_layerwise(20, 6, 2, 0, k=5), _layerwise(16, 8, 2, 1, nm="2:4"), _layerwise(12, 6, 3, 2, k_col=2)],
-    lambda: _layerwise(2048, 768, 768, 3, nm="2:4"),
+    lambda: _layerwise(1024, 256, 256, 3, nm="2:4"),
     reference="layerwise-exact",
 )
 

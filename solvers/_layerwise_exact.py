@@ -47,14 +47,21 @@ def _column(R: np.ndarray, w_hat: np.ndarray, count: int, inner: str, deadline: 
 
 def _nm_supports(d: int, n_keep: int, group: int, max_subsets: int):
     per_group = list(itertools.combinations(range(group), n_keep))
-    total = len(per_group) ** (d // group)
-    if total > max_subsets:
-        raise ValueError(f"max_subsets: N:M enumeration needs {total} supports per output > max_subsets={max_subsets}")
+    _check_nm_size(d, len(per_group), group, max_subsets)
     for choice in itertools.product(per_group, repeat=d // group):
         mask = np.zeros(d, dtype=bool)
         for g, kept in enumerate(choice):
             mask[[g * group + i for i in kept]] = True
         yield mask
+
+
+def _check_nm_size(d: int, per_group: int, group: int, max_subsets: int) -> None:
+    """Refuse (``ValueError`` naming ``max_subsets``) before any work when the enumeration is too large."""
+    if (d // group) * math.log(per_group) > math.log(max_subsets) + 1e-9:  # without forming the huge count
+        raise ValueError(
+            f"max_subsets: N:M enumeration needs {per_group}^{d // group} supports per output > max_subsets={max_subsets}; "
+            "layerwise-exact is for tiny layers"
+        )
 
 
 def _solve_nm(problem: LayerwiseL0, K, W_hat, G, max_subsets: int, deadline: Deadline) -> tuple[np.ndarray, bool]:
@@ -117,6 +124,9 @@ def solve_exact(problem: LayerwiseL0, *, deadline: Deadline, seed, inner: str, m
         raise ValueError(f"inner: expected one of {', '.join(_INNER)}, got {inner!r}")
     if isinstance(max_subsets, bool) or not isinstance(max_subsets, int) or max_subsets < 1:
         raise ValueError(f"max_subsets: expected a positive integer, got {max_subsets!r}")
+    if problem.nm is not None:
+        n_keep, group = problem.nm_pair
+        _check_nm_size(problem.d, math.comb(group, n_keep), group, max_subsets)
     K, W_hat, G = dense_f64(problem)
     if problem.nm is not None:
         W, complete = _solve_nm(problem, K, W_hat, G, max_subsets, deadline)

@@ -52,7 +52,11 @@ class _Best:
         self.source = ""
 
     def offer(self, mask: np.ndarray, source: str) -> np.ndarray:
-        W = refit(self.K, self.G, mask)
+        """Refit the support ``mask`` exactly and keep it when it improves."""
+        return self.accept(refit(self.K, self.G, mask), source)
+
+    def accept(self, W: np.ndarray, source: str) -> np.ndarray:
+        """Keep the feasible point ``W`` as it is when it improves (no refit)."""
         D = W - self.W_hat
         value = 0.5 * float(np.sum(D * (self.K @ D)))
         if value < self.value:
@@ -151,7 +155,10 @@ def layerwise(problem: LayerwiseL0, *, deadline: Deadline, seed: int | None = No
                                 int(check_every), int(patience))
         D = warm - W_hat
         if best.value >= 0.5 * float(np.sum(D * (K @ D))):  # ADMM did not beat SparseGPT's own point
-            best.offer(warm != 0, "sparsegpt")
+            if deadline.expired():
+                best.accept(warm, "sparsegpt")  # no time left for the exact refit: SparseGPT's point is feasible
+            else:
+                best.offer(warm != 0, "sparsegpt")
         if local_rounds:
             iterations += _local_search(problem, K, best, deadline, int(local_rounds))
     status = Status.TIME_LIMIT if deadline.expired() else Status.FEASIBLE
