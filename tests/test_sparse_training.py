@@ -260,3 +260,20 @@ def test_prune_to_density_bad_input():
         prune_to_density(mlp(3, 2), 0.5, method="chita")
     with pytest.raises(ValueError, match="targets"):
         prune_to_density(nn.Sequential(nn.ReLU()), 0.5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(density=st.floats(0.001, 1.0), per_layer=st.booleans(), seed=st.integers(0, 10))
+def test_prune_to_density_keeps_exactly_k(density, per_layer, seed):
+    from combprune.torch import k_from_sparsity
+
+    torch.manual_seed(seed)
+    model = mlp(7, 9, 4)
+    masks = prune_to_density(model, density, per_layer=per_layer, progress=False)
+    sizes = [63, 36]
+    if per_layer:
+        expected = [k_from_sparsity(1 - density, n) for n in sizes]
+        assert [int(m.sum()) for m in masks.values()] == expected
+    else:
+        assert sum(int(m.sum()) for m in masks.values()) == k_from_sparsity(1 - density, 99)
+    assert _nnz(model) <= sum(int(m.sum()) for m in masks.values())

@@ -192,9 +192,12 @@ class SparseTrainingPipeline:
         return scores
 
 
-def run_pipeline(model: nn.Module, train_loader: Any, *, density: float, val_loader: Any = None, **options: Any) -> PipelineResult:
+def run_pipeline(
+    model: nn.Module, train_loader: Any, *, density: float, val_loader: Any = None, on_epoch: Callable[[dict[str, Any]], None] | None = None, **options: Any
+) -> PipelineResult:
     """Build a :class:`SparseTrainingPipeline` from keyword options and run it.
 
+    ``on_epoch(row)`` is called with every history row as it is recorded.
     Options are the pipeline's fields, and the post-training ones (:class:`PostTrainingConfig`)
     by name (``label_smoothing``, ``soft_skip``, ...) or with a ``post_`` prefix
     (``post_epochs``, ``post_lr``).
@@ -212,4 +215,4 @@ def run_pipeline(model: nn.Module, train_loader: Any, *, density: float, val_loa
         else:
             raise TypeError(f"run_pipeline: unknown option {key!r}")
     pipeline = SparseTrainingPipeline(density=density, post=PostTrainingConfig(**post), **main)
-    return pipeline.run(model, train_loader, val_loader=val_loader)
+    return pipeline.run(model, train_loader, val_loader=val_loader, on_epoch=on_epoch)
