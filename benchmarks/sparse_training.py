@@ -32,7 +32,6 @@ Writes ``benchmarks/results/sparse_training.json`` and ``.md`` (``sparse_trainin
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import os
 import sys
@@ -46,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine_info, markdown_table, save_results  # noqa: E402
 
 import combprune.torch as cpt  # noqa: E402
+from combprune.torch._training import evaluate  # noqa: E402
 
 ARMS_OFF = {  # the plain baseline: every component off
     "zero_init": False, "learned_masks": False, "label_smoothing": 0.0, "soft_activation": None, "soft_skip": False,
@@ -86,30 +86,23 @@ def run_arm(name: str, density: float, options: dict, data, seed: int, epochs: t
     train.sampler.generator.manual_seed(seed)  # same data order for every arm
     torch.manual_seed(seed)
     model = mlp()
-    opts = dict(options)
     pre, post = epochs
     after_prune = {}
 
     def on_epoch(row: dict) -> None:
         if row["stage"] == "pruning":
-            after_prune["test"] = _acc(model, test)
+            after_prune["test"] = evaluate(model, test)
 
     t0 = time.perf_counter()
-    res = cpt.run_pipeline(model, train, density=density, val_loader=val, pre_epochs=pre, post_epochs=post, progress=False, on_epoch=on_epoch, **opts)
+    res = cpt.run_pipeline(model, train, density=density, val_loader=val, pre_epochs=pre, post_epochs=post, progress=False, on_epoch=on_epoch, **options)
     elapsed = time.perf_counter() - t0
     for n, m in res.masks.items():  # the final model has exact zeros off the mask
         assert not model.get_parameter(n)[~m].any(), n
     return {
         "arm": name, "density": density, "reached_density": round(res.density, 6),
-        "val_accuracy": res.history[-1]["val_accuracy"], "test_accuracy_after_pruning": after_prune["test"], "test_accuracy": _acc(model, test),
+        "val_accuracy": res.history[-1]["val_accuracy"], "test_accuracy_after_pruning": after_prune["test"], "test_accuracy": evaluate(model, test),
         "seconds_per_epoch": elapsed / (pre + post),
     }
-
-
-def _acc(model, loader) -> float:
-    from combprune.torch._training import evaluate
-
-    return evaluate(model, loader)
 
 
 def main(argv=None) -> None:

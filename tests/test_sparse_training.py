@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,8 +12,12 @@ from hypothesis import strategies as st
 from scipy.linalg import hadamard
 from torch import nn
 
-from combprune.torch.zero_init import zero_init_, zero_matrix
+from combprune.torch import k_from_sparsity
+from combprune.torch._frozen_mask import FrozenMask
 from combprune.torch._training import evaluate, train_epoch
+from combprune.torch.density_prune import prune_to_density
+from combprune.torch.learned_masks import LearnedMasks
+from combprune.torch.zero_init import zero_init_, zero_matrix
 
 torch.set_num_threads(1)
 
@@ -106,9 +109,6 @@ def test_zero_initialised_mlp_trains_on_digits():
 
 
 # Learned masks -----------------------------------------------------------------------------------
-from combprune.torch.learned_masks import LearnedMasks  # noqa: E402
-from combprune.torch._frozen_mask import FrozenMask  # noqa: E402
-from combprune.torch.density_prune import prune_to_density  # noqa: E402
 
 
 def test_learned_masks_gate_penalty_and_temperature():
@@ -265,8 +265,6 @@ def test_prune_to_density_bad_input():
 @settings(max_examples=25, deadline=None)
 @given(density=st.floats(0.001, 1.0), per_layer=st.booleans(), seed=st.integers(0, 10))
 def test_prune_to_density_keeps_exactly_k(density, per_layer, seed):
-    from combprune.torch import k_from_sparsity
-
     torch.manual_seed(seed)
     model = mlp(7, 9, 4)
     masks = prune_to_density(model, density, per_layer=per_layer, progress=False)
