@@ -25,13 +25,14 @@ used for the reported accuracy only. Run through the CPU lock:
 
     flock /tmp/cpu.lock .venv/bin/python benchmarks/sparse_training.py [--quick]
 
-Writes ``benchmarks/results/sparse_training.json`` and ``.md`` (``sparse_training_quick.*`` with
-``--quick``); times are per epoch, as ratios to the plain arm's in the same run.
+Writes ``benchmarks/results/sparse_training.json``, ``.md`` and ``.png`` (accuracy against
+density; ``sparse_training_quick.*`` with ``--quick``; ``--replot`` redraws the figure); times are per epoch, as ratios to the plain arm's in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine_info, markdown_table, save_results  # noqa: E402
+from _common import RESULTS_DIR, machine_info, markdown_table, save_results  # noqa: E402
 
 import combprune.torch as cpt  # noqa: E402
 from combprune.torch._training import evaluate  # noqa: E402
@@ -105,6 +106,27 @@ def run_arm(name: str, density: float, options: dict, data, seed: int, epochs: t
     }
 
 
+def plot(rows: list[dict], path: str) -> None:
+    """Test accuracy against density (log scale), one line per arm (mean over its seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name in dict.fromkeys(r["arm"] for r in rows):
+        ds = sorted({r["density"] for r in rows if r["arm"] == name})
+        acc = [np.mean([r["test_accuracy"] for r in rows if r["arm"] == name and r["density"] == d]) for d in ds]
+        ax.plot(ds, acc, marker="o", lw=2.2 if name in ("plain", "pipeline") else 0.9, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("density (fraction of the 266,200 prunable weights kept)")
+    ax.set_ylabel("test accuracy (1000 MNIST digits)")
+    ax.set_title("MLP 784-300-100-10, 10 + 10 epochs")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.02, 0.01, 0.003])
@@ -115,7 +137,13 @@ def main(argv=None) -> None:
     ap.add_argument("--no-ablation", action="store_true")
     ap.add_argument("--chita-max-density", type=float, default=0.01, help="CHITA arms at densities up to this (0: none)")
     ap.add_argument("--quick", action="store_true", help="2 + 2 epochs, one lambda, one seed, 5 %% only")
+    ap.add_argument("--replot", action="store_true", help="only redraw the figure from results/sparse_training.json")
     args = ap.parse_args(argv)
+    png = os.path.join(RESULTS_DIR, "sparse_training.png")
+    if args.replot:
+        with open(os.path.join(RESULTS_DIR, "sparse_training.json")) as fh:
+            plot(json.load(fh)["rows"], png)
+        return
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     if args.quick:
@@ -165,6 +193,8 @@ def main(argv=None) -> None:
     }
     name = "sparse_training_quick" if args.quick else "sparse_training"
     print(save_results(name, rows, meta))
+    if not args.quick:
+        plot(rows, png)
 
 
 if __name__ == "__main__":
