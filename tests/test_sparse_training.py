@@ -142,6 +142,7 @@ def test_learned_masks_penalty_drives_scores_negative_and_remove_bakes():
     final = lm.remove(bake=True)
     assert not torch.nn.utils.parametrize.is_parametrized(model)
     assert isinstance(model[0].weight, nn.Parameter)
+    assert list(model.state_dict()) == list(mlp(4, 3).state_dict())  # same parameters, same order
     assert torch.allclose(model(x), gated)
     assert torch.equal(final["0.weight"], lm.scores()["0.weight"])
     with pytest.raises(RuntimeError):
