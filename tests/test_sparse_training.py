@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,8 +12,12 @@ from hypothesis import strategies as st
 from scipy.linalg import hadamard
 from torch import nn
 
-from combprune.torch.zero_init import zero_init_, zero_matrix
+from combprune.torch import k_from_sparsity
+from combprune.torch._frozen_mask import FrozenMask
 from combprune.torch._training import evaluate, train_epoch
+from combprune.torch.density_prune import prune_to_density
+from combprune.torch.learned_masks import LearnedMasks
+from combprune.torch.zero_init import zero_init_, zero_matrix
 
 torch.set_num_threads(1)
 
@@ -106,9 +109,6 @@ def test_zero_initialised_mlp_trains_on_digits():
 
 
 # Learned masks -----------------------------------------------------------------------------------
-from combprune.torch.learned_masks import LearnedMasks  # noqa: E402
-from combprune.torch._frozen_mask import FrozenMask  # noqa: E402
-from combprune.torch.density_prune import prune_to_density  # noqa: E402
 
 
 def test_learned_masks_gate_penalty_and_temperature():
@@ -142,6 +142,7 @@ def test_learned_masks_penalty_drives_scores_negative_and_remove_bakes():
     final = lm.remove(bake=True)
     assert not torch.nn.utils.parametrize.is_parametrized(model)
     assert isinstance(model[0].weight, nn.Parameter)
+    assert list(model.state_dict()) == list(mlp(4, 3).state_dict())  # same parameters, same order
     assert torch.allclose(model(x), gated)
     assert torch.equal(final["0.weight"], lm.scores()["0.weight"])
     with pytest.raises(RuntimeError):
@@ -260,3 +261,18 @@ def test_prune_to_density_bad_input():
         prune_to_density(mlp(3, 2), 0.5, method="chita")
     with pytest.raises(ValueError, match="targets"):
         prune_to_density(nn.Sequential(nn.ReLU()), 0.5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(density=st.floats(0.001, 1.0), per_layer=st.booleans(), seed=st.integers(0, 10))
+def test_prune_to_density_keeps_exactly_k(density, per_layer, seed):
+    torch.manual_seed(seed)
+    model = mlp(7, 9, 4)
+    masks = prune_to_density(model, density, per_layer=per_layer, progress=False)
+    sizes = [63, 36]
+    if per_layer:
+        expected = [k_from_sparsity(1 - density, n) for n in sizes]
+        assert [int(m.sum()) for m in masks.values()] == expected
+    else:
+        assert sum(int(m.sum()) for m in masks.values()) == k_from_sparsity(1 - density, 99)
+    assert _nnz(model) <= sum(int(m.sum()) for m in masks.values())

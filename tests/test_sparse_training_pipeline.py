@@ -98,3 +98,30 @@ def test_bad_models_and_options_fail_before_training():
     with pytest.raises(ValueError, match="soft_skip"):  # 4 -> 4 channels, but the 3x3 kernel without padding shrinks 6x6 to 4x4
         cpt.run_pipeline(conv, train, density=0.1)
     assert torch.equal(conv[3].weight, w) and isinstance(conv[2], nn.ReLU)
+
+
+def test_checkpoints_resume_after_the_last_saved_stage(tmp_path):
+    torch.manual_seed(0)
+    train, val = loaders()
+    opts = dict(density=0.2, pre_epochs=2, post_epochs=1, mask_penalty=1e-4, progress=False, checkpoint_dir=tmp_path)
+    model = make()
+    first = cpt.run_pipeline(model, train, val_loader=val, **opts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["post-training.pt", "pre-training.pt", "pruning.pt"]
+    # everything saved: a fresh model is restored without training
+    again = make()
+    calls = []
+    res = cpt.run_pipeline(again, train, val_loader=val, on_epoch=calls.append, **opts)
+    assert calls == [] and res.history == first.history
+    assert list(model.state_dict()) == list(again.state_dict())
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(res.masks[k], first.masks[k]) for k in first.masks)
+    # resume after pruning: only the post-training runs
+    (tmp_path / "post-training.pt").unlink()
+    resumed = make()
+    res = cpt.run_pipeline(resumed, train, val_loader=val, on_epoch=calls.append, **opts)
+    assert [r["stage"] for r in calls] == ["post-training"]
+    assert [r["stage"] for r in res.history] == ["pre-training"] * 2 + ["pruning", "post-training"]
+    for name, m in res.masks.items():
+        assert not resumed.get_parameter(name)[~m].any()
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        cpt.run_pipeline(make(), train, **{**opts, "density": 0.3})

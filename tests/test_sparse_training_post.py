@@ -117,3 +117,28 @@ def test_post_train_bad_input_before_training():
                        ({"soft_skip_fraction": 0.0}, "soft_skip_fraction"), ({"soft_activation": "gelu"}, "soft_activation")):
         with pytest.raises(ValueError, match=match):
             post_train(make_mlp(), {"0.weight": torch.ones(16, 10, dtype=torch.bool)}, toy_loader(), PostTrainingConfig(**bad), progress=False)
+
+
+def test_post_train_small_cnn_with_identity_and_projection_skips():
+    torch.manual_seed(0)
+
+    def make_cnn() -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(4, 8, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+
+    model = make_cnn()
+    skips = SoftSkips(model)
+    convs = [model[0], model[2], model[4], model[7]]
+    assert skips.projections[convs[1]] is None  # 4 -> 4, stride 1: identity
+    assert skips.projections[convs[0]].stride == (1, 1) and skips.projections[convs[2]].stride == (2, 2)
+    assert convs[3] not in skips.projections  # the logits layer gets no skip
+    skips.remove()
+    X = torch.randn(48, 1, 8, 8)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, (X.mean((1, 2, 3)) > 0).long()), batch_size=16)
+    masks = prune_to_density(model, 0.4)
+    post_train(model, masks, loader, PostTrainingConfig(epochs=2), progress=False)
+    fresh = make_cnn()
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh(X), model(X))
+    for name, m in masks.items():
+        assert not model.get_parameter(name)[~m].any()

@@ -104,6 +104,7 @@ class LearnedMasks:
         self.model = model
         self.names = [p.name for p in params]
         self._gates: dict[str, tuple[nn.Module, str, _Gate]] = {}
+        self._order = {id(p.module): list(p.module._parameters) for p in params}  # restored by remove()
         for p in params:
             gate = _Gate(p.shape, init, self.beta, p.storage)
             parametrize.register_parametrization(p.module, p.param_name, gate)
@@ -170,6 +171,11 @@ class LearnedMasks:
         final = self.scores()
         for module, pname, _ in self._gates.values():
             parametrize.remove_parametrizations(module, pname, leave_parametrized=bake)
+            # the weight comes back last; put the parameters back in their original order
+            order = self._order[id(module)]
+            ordered = {k: module._parameters[k] for k in order} | {k: v for k, v in module._parameters.items() if k not in order}
+            module._parameters.clear()
+            module._parameters.update(ordered)
         self._final = final
         self._gates = {}
         return {k: v.clone() for k, v in final.items()}

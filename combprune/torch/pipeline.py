@@ -19,8 +19,10 @@ fine-tuning.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -57,6 +59,13 @@ class PipelineResult:
     scores: dict[str, torch.Tensor] | None = None
 
 
+_STAGES = ("pre-training", "pruning", "post-training")
+
+
+def _density(masks: dict[str, torch.Tensor]) -> float:
+    return sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+
+
 def _nonneg_int(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise ValueError(f"{name}: expected an integer >= 0, got {v!r}")
@@ -73,6 +82,7 @@ class SparseTrainingPipeline:
     scores). Pruning: ``prune_method`` (``None``: ``"mask"`` with learned masks, else
     ``"magnitude"``), ``per_layer``, ``warm_start`` (``"scores"``: learned support as the solver's
     warm start), ``prune_options`` (to :func:`combprune.torch.prune`). Post-training: ``post``.
+    ``checkpoint_dir``: save the state after each stage there and resume from it (:meth:`run`).
     """
 
     density: float
@@ -93,6 +103,7 @@ class SparseTrainingPipeline:
     post: PostTrainingConfig = field(default_factory=PostTrainingConfig)
     targets: Any = None
     ignore: Any = None
+    checkpoint_dir: str | os.PathLike[str] | None = None
     progress: bool = True
 
     @property
@@ -135,7 +146,12 @@ class SparseTrainingPipeline:
                 skips.remove()
 
     def run(self, model: nn.Module, train_loader: Any, *, val_loader: Any = None, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> PipelineResult:
-        """Run the enabled stages on ``model`` in place; returns a :class:`PipelineResult`."""
+        """Run the enabled stages on ``model`` in place; returns a :class:`PipelineResult`.
+
+        With ``checkpoint_dir``, the state after each stage is saved there (``pre-training.pt``,
+        ``pruning.pt``, ``post-training.pt``) and a later run with the same configuration resumes
+        after the last saved stage.
+        """
         self.validate(model, train_loader)
         history: list[dict[str, Any]] = []
 
@@ -145,22 +161,66 @@ class SparseTrainingPipeline:
             if on_epoch is not None:
                 on_epoch(row)
 
-        if self.zero_init:
-            zero_init_(model)
-            logger.info("ZerO initialisation done")
-        scores = self._pre_train(model, train_loader, val_loader, record) if self.pre_epochs else None
-        masks = prune_to_density(
-            model, self.density, method=self.method, per_layer=self.per_layer, scores=scores,
-            calibration=train_loader if self.method not in ("magnitude", "mask") else None,
-            warm_start=self.warm_start, targets=self.targets, ignore=self.ignore, progress=self.progress, **self.prune_options,
-        )
-        density = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
-        row = {"stage": "pruning", "method": self.method, "density": density}
-        if val_loader is not None:
-            row["val_accuracy"] = evaluate(model, val_loader)
-        record(row)
-        post_train(model, masks, train_loader, self.post, val_loader=val_loader, progress=self.progress, on_epoch=lambda r: record({"stage": "post-training", **r}))
-        return PipelineResult(model=model, masks=masks, density=density, history=history, scores=scores)
+        done, saved = self._resume(model)
+        scores: dict[str, torch.Tensor] | None = None
+        if saved is not None:
+            history.extend(saved["history"])
+            scores = saved["scores"] or None
+        if done < 0:
+            if self.zero_init:
+                zero_init_(model)
+                logger.info("ZerO initialisation done")
+            scores = self._pre_train(model, train_loader, val_loader, record) if self.pre_epochs else None
+            self._save(0, model, history, scores, None)
+        if done < 1:
+            masks = prune_to_density(
+                model, self.density, method=self.method, per_layer=self.per_layer, scores=scores,
+                calibration=train_loader if self.method not in ("magnitude", "mask") else None,
+                warm_start=self.warm_start, targets=self.targets, ignore=self.ignore, progress=self.progress, **self.prune_options,
+            )
+            row = {"stage": "pruning", "method": self.method, "density": _density(masks)}
+            if val_loader is not None:
+                row["val_accuracy"] = evaluate(model, val_loader)
+            record(row)
+            self._save(1, model, history, scores, masks)
+        else:
+            masks = saved["masks"]
+        if done < 2:
+            post_train(model, masks, train_loader, self.post, val_loader=val_loader, progress=self.progress, on_epoch=lambda r: record({"stage": "post-training", **r}))
+            self._save(2, model, history, scores, masks)
+        return PipelineResult(model=model, masks=masks, density=_density(masks), history=history, scores=scores)
+
+    # Checkpoints ----------------------------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        """The configuration as JSON (everything that changes the result)."""
+        conf = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("progress", "checkpoint_dir", "post")}
+        conf["post"] = dataclasses.asdict(self.post)
+        return json.dumps(conf, sort_keys=True, default=repr)
+
+    def _path(self, stage: int) -> str:
+        return os.path.join(str(self.checkpoint_dir), f"{_STAGES[stage]}.pt")
+
+    def _save(self, stage: int, model: nn.Module, history: list[dict[str, Any]], scores: Any, masks: Any) -> None:
+        if self.checkpoint_dir is None:
+            return
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        state = {"config": self._fingerprint(), "model": model.state_dict(), "history": history, "scores": scores or {}, "masks": masks or {}}
+        torch.save(state, self._path(stage))
+        logger.info("checkpoint %s written", self._path(stage))
+
+    def _resume(self, model: nn.Module) -> tuple[int, dict[str, Any] | None]:
+        """(index of the last saved stage, its state) from ``checkpoint_dir``; (-1, None) if none."""
+        if self.checkpoint_dir is None:
+            return -1, None
+        for stage in reversed(range(len(_STAGES))):
+            if os.path.exists(self._path(stage)):
+                state = torch.load(self._path(stage), map_location=next(model.parameters()).device, weights_only=True)
+                if state["config"] != self._fingerprint():
+                    raise ValueError(f"checkpoint_dir: {self._path(stage)} was written by a different configuration; use another directory")
+                model.load_state_dict(state["model"])
+                logger.info("resuming after %s from %s", _STAGES[stage], self._path(stage))
+                return stage, state
+        return -1, None
 
     def _pre_train(self, model: nn.Module, loader: Any, val_loader: Any, record: Callable[[dict[str, Any]], None]) -> dict[str, torch.Tensor] | None:
         lm = None
@@ -192,9 +252,12 @@ class SparseTrainingPipeline:
         return scores
 
 
-def run_pipeline(model: nn.Module, train_loader: Any, *, density: float, val_loader: Any = None, **options: Any) -> PipelineResult:
+def run_pipeline(
+    model: nn.Module, train_loader: Any, *, density: float, val_loader: Any = None, on_epoch: Callable[[dict[str, Any]], None] | None = None, **options: Any
+) -> PipelineResult:
     """Build a :class:`SparseTrainingPipeline` from keyword options and run it.
 
+    ``on_epoch(row)`` is called with every history row as it is recorded.
     Options are the pipeline's fields, and the post-training ones (:class:`PostTrainingConfig`)
     by name (``label_smoothing``, ``soft_skip``, ...) or with a ``post_`` prefix
     (``post_epochs``, ``post_lr``).
@@ -212,4 +275,4 @@ def run_pipeline(model: nn.Module, train_loader: Any, *, density: float, val_loa
         else:
             raise TypeError(f"run_pipeline: unknown option {key!r}")
     pipeline = SparseTrainingPipeline(density=density, post=PostTrainingConfig(**post), **main)
-    return pipeline.run(model, train_loader, val_loader=val_loader)
+    return pipeline.run(model, train_loader, val_loader=val_loader, on_epoch=on_epoch)
