@@ -247,3 +247,45 @@ def test_milp_solvers_hold_a_short_time_limit_on_many_columns(solver):
     res = cp.solve(problem, solver, time_limit=0.5)
     assert time.perf_counter() - t0 <= 1.0 + 0.5  # max(1.5 x, x + 0.5 s) plus slack for a loaded machine
     assert problem.check(res.x) == [] and res.bound >= res.objective
+
+
+# --- study configuration and report ------------------------------------------------------------------
+def _config(**changes):
+    data = {
+        "study": {"name": "t", "time_limit": 5.0, "seeds": [0]},
+        "instances": [{"generator": "l0_regression", "params": {"n": 10, "p": 6, "k": 2}}],
+        "solvers": [{"solver": "chita"}],
+    }
+    for section, value in changes.items():
+        data[section] = value
+    return data
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"study": {"time_limit": math.inf}}, r"study\.time_limit: expected a finite number"),
+    ({"study": {"seeds": [-1]}}, r"study\.seeds\[0\]: expected an int >= 0"),
+    ({"solvers": [{"solver": "chita", "options": {"max_iter": -5}}]}, r"solvers\[0\]\.options\.max_iter: expected an int >= 1"),
+    ({"solvers": [{"solver": "all", "exclude": ["cvxpyy"]}]}, r"solvers\[0\]\.exclude\[0\]: unknown solver 'cvxpyy'"),
+])
+def test_study_config_rejects_values_every_solve_would_fail_on(changes, match):
+    from combprune.study.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=match):
+        parse_config(_config(**changes))
+
+
+def test_study_report_flags_nan_objective_and_refutes_false_optimal():
+    from combprune.study.report import StudyResults
+
+    base = {"instance": "i", "instance_hash": "h", "sense": "min", "feasible": True, "time": 0.1, "iterations": 1}
+    records = [
+        {**base, "key": "a", "label": "exact", "status": "optimal", "objective": 1.0},
+        {**base, "key": "b", "label": "liar", "status": "optimal", "objective": 2.0},
+        {**base, "key": "c", "label": "nan", "status": "feasible", "objective": None, "objective_mismatch": True},
+    ]
+    results = StudyResults(records)
+    rows = {r["label"]: r for r in results.summary()}
+    assert rows["exact"]["optimal"] == 1 and rows["liar"]["optimal"] == 0
+    assert any("liar claims optimal" in w for w in results.warnings)
+    with pytest.raises(ValueError, match="group_by: unknown field 'nope'"):
+        results.summary(by=["nope"])
