@@ -289,3 +289,44 @@ def test_study_report_flags_nan_objective_and_refutes_false_optimal():
     assert any("liar claims optimal" in w for w in results.warnings)
     with pytest.raises(ValueError, match="group_by: unknown field 'nope'"):
         results.summary(by=["nope"])
+
+
+# --- CLI: one line, exit status 2 --------------------------------------------------------------------
+@pytest.mark.parametrize("argv, match", [
+    (["generate", "structured_miqp", "{tmp}/x.npz", "-p", "group_size=0"], "group_size"),
+    (["generate", "l0_regression", "{tmp}/x.npz", "-p", "n=-1"], "n: must lie"),
+    (["solve", "{tmp}/p.npz", "--save-x", "{tmp}/missing/dir/x.npy"], "--save-x"),
+    (["solve", "{tmp}/garbage.npz"], "garbage.npz"),
+])
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, argv, match):
+    from combprune.cli import main
+
+    random_l0_regression(6, 4, 2, seed=0).save(tmp_path / "p.npz")
+    (tmp_path / "garbage.npz").write_bytes(b"\x00" * 64)
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+# --- bfloat16 and mixed array types --------------------------------------------------------------------
+def test_bfloat16_and_torch_gradients_with_numpy_weights():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    G = torch.tensor(rng.standard_normal((12, 6)), dtype=torch.bfloat16)
+    problem = L0Regression.from_gradients(G, rng.standard_normal(6), 3, l2=1e-2)  # numpy w_bar
+    for solver in ("chita", "iht", "swap"):
+        res = cp.solve(problem, solver)
+        assert problem.check(res.x) == [] and math.isfinite(res.objective)
+
+
+# --- osscar: any ridge > 0 is handled ----------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(6))
+def test_osscar_numerically_singular_with_positive_ridge(seed):
+    rng = np.random.default_rng(seed)
+    d = 8
+    X = rng.standard_normal((2, d)) * 1e3  # rank 2, ridge negligible next to H
+    W_hat = np.zeros((d, 2)) if seed % 2 else rng.standard_normal((d, 2))
+    problem = StructuredMIQP(X.T @ X, W_hat, np.arange(d) // 2, 2, ridge=1e-12)
+    res = cp.solve(problem, "osscar")
+    assert problem.check(res.x) == [] and math.isfinite(res.objective)
+    assert res.objective == pytest.approx(problem.objective(res.x), rel=1e-9, abs=1e-9)
