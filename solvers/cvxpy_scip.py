@@ -50,14 +50,19 @@ The binary selection of SCIP's best solution is rounded to exact 0/1 (repaired i
 broke a budget), the weights are set to zero off the selected support and re-fitted by an
 exact float64 ridge least squares on it, so the support and budgets hold exactly and
 ``objective == problem.objective(x)`` (never worse than SCIP's incumbent up to tolerance).
-``bound`` is SCIP's dual bound mapped back to the objective (cvxpy's constant offset added),
-clamped to the objective; ``status`` is ``optimal`` when SCIP proved optimality and the
-refitted objective is within 1e-6 relative of the bound; if SCIP stopped early and the
-greedy point used for the big-M is better than its incumbent, that point is returned;
-``time_limit`` when SCIP stopped
-on the deadline (best point so far), otherwise ``feasible``. ``iterations`` = SCIP nodes.
+The model is first scaled by powers of two so that its objective at a greedy point is of
+order one (SCIP's tolerances are absolute). ``bound`` is SCIP's dual bound mapped back to the
+objective (cvxpy's constant offset added, the scaling undone), never clamped: a bound above
+the float64 objective of the returned point by more than SCIP's tolerance is rejected
+(``bound=None``, ``info["bound_rejected"]``). ``status`` is ``optimal`` only when SCIP proved
+it (status ``optimal`` or ``gaplimit``) and the refitted objective is within 1e-6 relative
+(or ``1e-9 Q(0)``) of the bound; for ``L0Regression`` a swap local search from SCIP's support
+first looks for a better point (which would expose a wrong bound). If SCIP stopped early and
+the greedy point used for the big-M is better than its incumbent, that point is returned;
+``time_limit`` when SCIP stopped on the deadline (best point so far), otherwise ``feasible``.
+``iterations`` = SCIP nodes. See docs/exact_solvers.md (certificates).
 
-Options: ``gap_rel`` (SCIP ``limits/gap``, default 0), ``big_m`` (see above), ``verbose``
+Options: ``gap_rel`` (SCIP ``limits/gap``, default 1e-7; absolute gap ``1e-9 Q(0)``), ``big_m`` (see above), ``verbose``
 (SCIP's log), ``scip_params`` (extra SCIP parameters, e.g. ``{"limits/nodes": 1000}``; by
 default SCIP's ALNS and MPEC heuristics are off, see ``DEFAULT_SCIP_PARAMS``).
 """
