@@ -330,3 +330,23 @@ def test_osscar_numerically_singular_with_positive_ridge(seed):
     res = cp.solve(problem, "osscar")
     assert problem.check(res.x) == [] and math.isfinite(res.objective)
     assert res.objective == pytest.approx(problem.objective(res.x), rel=1e-9, abs=1e-9)
+
+
+def test_serial_study_records_a_solve_that_killed_the_process(tmp_path):
+    """A ``started`` marker without a result (the process died in the solve) becomes a failed
+    record on resume instead of a crash that repeats on every resume."""
+    import json
+
+    from combprune.study import Study
+
+    instances = [random_l0_regression(10, 6, 2, seed=0)]
+    out = tmp_path / "r.jsonl"
+    study = Study(instances, ["chita", "iht"], time_limit=5, executor="serial", output=out)
+    task = study.tasks()[0]
+    out.write_text(json.dumps({**task.head, "status": "started"}) + "\n")  # as left by a crash
+    res = study.run()
+    by_key = {r["key"]: r for r in res.records}
+    assert by_key[task.key]["status"] == "failed" and "process died" in by_key[task.key]["error"]
+    assert all(r["status"] == "feasible" for k, r in by_key.items() if k != task.key)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sum(rec["status"] == "started" for rec in lines) == 2  # one crash marker + one for the other solve
