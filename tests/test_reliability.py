@@ -350,3 +350,18 @@ def test_serial_study_records_a_solve_that_killed_the_process(tmp_path):
     assert all(r["status"] == "feasible" for k, r in by_key.items() if k != task.key)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert sum(rec["status"] == "started" for rec in lines) == 2  # one crash marker + one for the other solve
+
+
+def test_structured_pruning_refuses_tied_weights():
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from combprune.torch.structured import prune_structured
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
+    model[2].weight = model[0].weight  # one Parameter in two modules
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="^model: .*tied weights"):
+        prune_structured(model, [torch.randn(16, 6)], method="osscar", sparsity=0.5, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # untouched

@@ -621,6 +621,15 @@ def prune_structured(
     units = _forward_order(model, units, modules, batches[0])
     plan = StructuredPlan(units, example=batches[0].slice(0, min(8, batches[0].size)).inputs)
     touched = sorted({n for u in units for n in (u.consumer, *u.producers)}, key=list(modules).index)
+    owners: dict[int, list[str]] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        if isinstance(getattr(mod, "weight", None), nn.Parameter):
+            owners.setdefault(id(mod.weight), []).append(name)
+    for name in touched:
+        tied = owners.get(id(modules[name].weight), [])
+        if len(tied) > 1:  # masking one copy would untie it (or prune the other layer unseen)
+            raise ValueError(f"model: {' and '.join(map(repr, tied))} share one weight Parameter (tied weights); "
+                             f"untie them or leave {name!r} out with ignore=")
     dense_flops = dict(zip(touched, layer_flops(model, [PrunableParam(n, "weight", modules[n]) for n in touched], batches[0])))
 
     from tqdm.auto import tqdm
