@@ -86,7 +86,7 @@ from ._structured_linalg import (
     structured_result,
     support_objective,
 )
-from .group_magnitude import group_values, magnitude_support
+from .group_magnitude import SECONDS_PER_FLOP, group_magnitude, group_values, magnitude_support
 
 __all__ = ["osscar"]
 
@@ -646,6 +646,14 @@ def _osscar_search(
 )
 @functools.wraps(_osscar_search)
 def osscar(problem: StructuredMIQP, **kwargs: Any) -> Result:
+    deadline = kwargs["deadline"]
+    d, m = problem.d, problem.m
+    if deadline.remaining() < SECONDS_PER_FLOP * (d**3 + 2 * d * d * m):
+        # the initial d x d inverse alone would overrun the limit: the group-magnitude point
+        res = group_magnitude(problem, deadline=deadline)
+        res.status = Status.TIME_LIMIT
+        res.info.update(fallback="group-magnitude (no time for the elimination)", phase_timed_out="elimination")
+        return res
     try:
         return _osscar_search(problem, **kwargs)
     except (np.linalg.LinAlgError, ValueError) as exc:

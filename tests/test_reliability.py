@@ -365,3 +365,17 @@ def test_structured_pruning_refuses_tied_weights():
     with pytest.raises(ValueError, match="^model: .*tied weights"):
         prune_structured(model, [torch.randn(16, 6)], method="osscar", sparsity=0.5, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # untouched
+
+
+@pytest.mark.parametrize("solver", ["osscar", "group-magnitude"])
+def test_structured_solvers_skip_factorisations_they_cannot_finish(solver):
+    import time
+
+    rng = np.random.default_rng(0)
+    d = 1200
+    X = rng.standard_normal((1300, d))
+    problem = StructuredMIQP(X.T @ X, rng.standard_normal((d, 32)), np.arange(d) // 4, d // 8, ridge=1.0)
+    t0 = time.perf_counter()
+    res = cp.solve(problem, solver, time_limit=0.05)
+    assert time.perf_counter() - t0 < 0.55 + 0.5  # max(1.5 x, x + 0.5 s) plus slack on a loaded machine
+    assert res.status.value == "time_limit" and problem.check(res.x) == []
