@@ -379,3 +379,16 @@ def test_structured_solvers_skip_factorisations_they_cannot_finish(solver):
     res = cp.solve(problem, solver, time_limit=0.05)
     assert time.perf_counter() - t0 < 0.55 + 0.5  # max(1.5 x, x + 0.5 s) plus slack on a loaded machine
     assert res.status.value == "time_limit" and problem.check(res.x) == []
+
+
+def test_structured_pruning_of_a_bfloat16_model():
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from combprune.torch.structured import prune_structured
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).to(torch.bfloat16)
+    prune_structured(model, [torch.randn(32, 8).to(torch.bfloat16)], method="osscar", sparsity=0.5, progress=False)
+    assert model[2].weight.dtype == torch.bfloat16
+    assert int((model[2].weight.float().abs().sum(0) == 0).sum()) >= 8  # half the 16 inputs removed

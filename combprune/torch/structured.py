@@ -502,9 +502,9 @@ def group_labels(unit: StructuredUnit, layer: nn.Module) -> np.ndarray:
 def layer_problem(unit: StructuredUnit, layer: nn.Module, H: torch.Tensor, s: int, ridge: float | None = None) -> StructuredMIQP:
     """``StructuredMIQP(H, W_hat, groups, s, ridge)`` of one unit (NumPy float64 data);
     ``ridge=None`` takes OSSCAR's default ``1e-2 * mean(diag(H))``."""
-    Hn = H.detach().cpu().numpy().astype(np.float64)
+    Hn = H.detach().cpu().double().numpy()
     Hn = 0.5 * (Hn + Hn.T)
-    W_hat = weight_matrix(layer).detach().cpu().numpy().astype(np.float64)
+    W_hat = weight_matrix(layer).detach().cpu().double().numpy()
     if ridge is None:
         ridge = osscar_default_ridge(Hn)
     return StructuredMIQP(Hn, W_hat, group_labels(unit, layer), s, ridge=ridge)
