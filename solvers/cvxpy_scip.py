@@ -80,7 +80,7 @@ from combprune.problems import L0Regression, StructuredMIQP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
-from ._exact import cast_point, greedy_mask, l0_refit, round_selection, structured_refit
+from ._exact import cast_point, greedy_mask, l0_refit, pow2_above, round_selection, structured_refit
 
 __all__ = ["cvxpy_scip", "l0_big_m", "structured_big_m"]
 
@@ -217,11 +217,6 @@ def _better(problem, x_solver: np.ndarray, x_greedy: np.ndarray) -> np.ndarray:
     return x_greedy if problem.objective(x_greedy) < problem.objective(x_solver) else x_solver
 
 
-def _pow2(x: float) -> float:
-    """Power of two near ``x > 0`` (1 for 0): scaling by it is exact."""
-    return math.ldexp(1.0, math.frexp(x)[1]) if x > 0 else 1.0
-
-
 def _zero_point(problem) -> np.ndarray:
     return np.zeros(problem.p) if isinstance(problem, L0Regression) else np.zeros((problem.d, problem.m))
 
@@ -270,8 +265,8 @@ def _objective_scale(problem, x_greedy: np.ndarray, data_scale: float) -> float:
     is 0), at least ``data_scale * 2^-OBJECTIVE_SCALE_RANGE``: dividing the objective by it
     gives SCIP, whose tolerances are absolute, an optimum of order one at most."""
     q = problem.objective(x_greedy) or problem.objective(_zero_point(problem))
-    floor = math.ldexp(_pow2(data_scale), -OBJECTIVE_SCALE_RANGE) if data_scale > 0 else 0.0
-    return max(_pow2(q), floor) if q > 0 or floor > 0 else 1.0
+    floor = math.ldexp(pow2_above(data_scale), -OBJECTIVE_SCALE_RANGE) if data_scale > 0 else 0.0
+    return max(pow2_above(q), floor) if q > 0 or floor > 0 else 1.0
 
 
 def _scaled_l0(problem: L0Regression) -> tuple[L0Regression, float]:
