@@ -353,6 +353,7 @@ def run_instance(problem: Any, limit: float = TIME_LIMIT, solvers: list[str] | N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=20, help="instances per family")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     parser.add_argument("--out", default="fuzz", help="results name (benchmarks/results/<out>.json/.md)")
     parser.add_argument("--label", default="", help="free text stored in the results (e.g. the commit)")
     args = parser.parse_args(argv)
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     examples: dict[str, str] = {}
     runs = 0
     t0 = time.perf_counter()
-    for fam, seed, problem in instances(range(args.seeds)):
+    for fam, seed, problem in instances(range(args.first_seed, args.first_seed + args.seeds)):
         for rec in run_instance(problem):
             runs += 1
             for kind in rec["failures"]:
@@ -371,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = sum(v for k, v in counts.items() if k != "refused")
     rows = [{"solver": s, "kind": k, "count": c} for (s, k), c in sorted(by_solver.items())]
     meta = {"label": args.label, "runs": runs, "failures": failures, "by_kind": dict(sorted(counts.items())),
-            "seeds_per_family": args.seeds, "time_limit": TIME_LIMIT, "opt_rtol": OPT_RTOL,
+            "seeds_per_family": args.seeds, "first_seed": args.first_seed, "time_limit": TIME_LIMIT, "opt_rtol": OPT_RTOL,
             "seconds": round(time.perf_counter() - t0, 1)}
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
     from _common import save_results

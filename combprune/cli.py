@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -134,6 +135,10 @@ def _run_solve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise CLIError(f"file: cannot read {args.file!r}: {exc}") from exc
     options = parse_key_values(args.option)
+    if args.save_x:
+        parent = os.path.dirname(os.path.abspath(args.save_x))
+        if not os.path.isdir(parent):
+            raise CLIError(f"--save-x: directory {parent!r} does not exist")
     result = solve(problem, args.solver, time_limit=args.time_limit, seed=args.seed, **options)
     if args.save_x:
         np.save(args.save_x, backend.to_numpy(result.x))
@@ -167,7 +172,10 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     defaults = {"l0_regression": {"n": 20, "p": 10, "k": 4}, "flop_nnz_ilp": {"p": 20}, "structured_miqp": {"d": 10, "m": 4}}
     params = {**defaults[args.kind], **parse_key_values(args.param, "--param")}
-    problem = random_problem(args.kind, seed=args.seed, **params)
+    try:
+        problem = random_problem(args.kind, seed=args.seed, **params)
+    except TypeError as exc:  # an unknown parameter name
+        raise CLIError(f"--param: {exc}") from None
     problem.save(args.out)
     print(f"wrote {problem!r} to {args.out}")
     return 0

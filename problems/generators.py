@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from combprune._validation import check_int
+
 from ._base import Problem
 from .flop_ilp import FlopNnzILP
 from .l0_regression import L0Regression
@@ -29,6 +31,12 @@ def layer_costs(p: int, n_layers: int, rng: np.random.Generator, cost_range: flo
     layer = np.repeat(np.arange(n_layers), np.diff(np.linspace(0, p, n_layers + 1).round().astype(int)))
     per_layer = np.exp(rng.uniform(0.0, np.log(cost_range), size=n_layers)).round()
     return per_layer[layer], layer
+
+
+def _check_sizes(**sizes: int) -> None:
+    """Dimensions must be positive integers (named in the error)."""
+    for name, value in sizes.items():
+        check_int(name, value, low=1, high=2**40)
 
 
 def _design_matrix(n: int, p: int, design: str, rho: float, rng: np.random.Generator) -> np.ndarray:
@@ -63,6 +71,7 @@ def random_l0_regression(
     ``flop_layers`` adds layer-wise constant FLOP costs and a budget of ``flop_fraction`` of
     the dense FLOPs.
     """
+    _check_sizes(n=n, p=p)
     rng = np.random.default_rng(seed)
     A = _design_matrix(n, p, design, rho, rng)
     w_bar = rng.standard_normal(p)
@@ -97,6 +106,7 @@ def random_flop_ilp(
     ``k`` defaults to ``p // 2``; ``n_layers`` makes costs layer-wise constant (with ``layer``);
     ``zero_costs`` is the fraction of coordinates given cost 0.
     """
+    _check_sizes(p=p)
     rng = np.random.default_rng(seed)
     k = p // 2 if k is None else k
     values = rng.standard_normal(p) ** 2
@@ -131,6 +141,9 @@ def random_structured(
     ``group_size``: an int (equal groups; the last one may be shorter) or a list of sizes
     summing to d. ``s`` defaults to half the groups; ``ridge=None`` uses OSSCAR's default.
     """
+    _check_sizes(d=d, m=m)
+    if isinstance(group_size, int) and not isinstance(group_size, bool) and group_size < 1:
+        raise ValueError(f"group_size: must be a positive integer, got {group_size}")
     rng = np.random.default_rng(seed)
     N = n_samples if n_samples is not None else 4 * d
     X = rng.standard_normal((N, d))

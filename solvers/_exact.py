@@ -26,7 +26,7 @@ from combprune.problems.l0_regression import flop_total, within_budget
 
 from .dual_sort import solve_flop_nnz_lp
 
-__all__ = ["greedy_mask", "greedy_ilp", "round_selection", "ilp_point", "exact_lstsq", "cast_point", "l0_refit", "structured_refit",
+__all__ = ["greedy_mask", "greedy_ilp", "round_selection", "ilp_point", "pow2_above", "exact_lstsq", "cast_point", "l0_refit", "structured_refit",
            "weak_dual_bound", "ilp_lp_certificate", "ilp_bound_and_proof"]
 
 
@@ -105,10 +105,10 @@ def ilp_point(problem: FlopNnzILP, frac: np.ndarray | None) -> tuple[np.ndarray,
 _RCONDS = (None, 1e-13, 0.0)
 
 
-def _pow2_scale(M: np.ndarray) -> float:
-    """A power of two ``s`` with ``max |M| / s`` in [0.5, 1) (1.0 for a zero matrix)."""
-    top = float(np.abs(M).max(initial=0.0))
-    return math.ldexp(1.0, math.frexp(top)[1]) if top > 0 else 1.0
+def pow2_above(x: float) -> float:
+    """The power of two ``2^e`` with ``x / 2^e`` in [0.5, 1) (1.0 for ``x <= 0``): dividing by
+    it is exact, so it scales data without rounding."""
+    return math.ldexp(1.0, math.frexp(x)[1]) if x > 0 else 1.0
 
 
 def exact_lstsq(M: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -125,7 +125,7 @@ def exact_lstsq(M: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     ``e(x) = 4 eps max(M.shape) || |M| |x| + |rhs| ||_F``: never worse than LAPACK's default,
     never a gain that is only rounding noise.
     """
-    sc = _pow2_scale(M)
+    sc = pow2_above(float(np.abs(M).max(initial=0.0)))
     Ms, rs = M / sc, rhs / sc
     U, sv, Vt = np.linalg.svd(Ms, full_matrices=False)
     top = float(sv[0]) if sv.size else 0.0

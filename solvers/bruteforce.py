@@ -82,8 +82,10 @@ def _finish(problem, x_np, support, best, deadline, history, iterations, like) -
         status, bound = Status.TIME_LIMIT, None
     else:
         # the enumeration's float64 optimum bounds every point; the returned one (cast to the
-        # data's dtype) attains it unless the cast lost accuracy (float32 data)
-        status, bound = (Status.OPTIMAL if exact else Status.FEASIBLE), problem.objective(x_np)
+        # data's dtype) attains it to rounding of the objective unless the cast lost accuracy
+        # (float32 data): then it is only feasible, with the float64 optimum as its bound
+        status = Status.OPTIMAL if exact else Status.FEASIBLE
+        bound = objective if exact else problem.objective(x_np)
     return Result(
         x=x, support=support, objective=objective, bound=bound, status=status,
         iterations=iterations, history=history.points,

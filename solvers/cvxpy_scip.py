@@ -50,14 +50,19 @@ The binary selection of SCIP's best solution is rounded to exact 0/1 (repaired i
 broke a budget), the weights are set to zero off the selected support and re-fitted by an
 exact float64 ridge least squares on it, so the support and budgets hold exactly and
 ``objective == problem.objective(x)`` (never worse than SCIP's incumbent up to tolerance).
-``bound`` is SCIP's dual bound mapped back to the objective (cvxpy's constant offset added),
-clamped to the objective; ``status`` is ``optimal`` when SCIP proved optimality and the
-refitted objective is within 1e-6 relative of the bound; if SCIP stopped early and the
-greedy point used for the big-M is better than its incumbent, that point is returned;
-``time_limit`` when SCIP stopped
-on the deadline (best point so far), otherwise ``feasible``. ``iterations`` = SCIP nodes.
+The model is first scaled by powers of two so that its objective at a greedy point is of
+order one (SCIP's tolerances are absolute). ``bound`` is SCIP's dual bound mapped back to the
+objective (cvxpy's constant offset added, the scaling undone), never clamped: a bound above
+the float64 objective of the returned point by more than SCIP's tolerance is rejected
+(``bound=None``, ``info["bound_rejected"]``). ``status`` is ``optimal`` only when SCIP proved
+it (status ``optimal`` or ``gaplimit``) and the refitted objective is within 1e-6 relative
+(or ``1e-9 Q(0)``) of the bound; for ``L0Regression`` a swap local search from SCIP's support
+first looks for a better point (which would expose a wrong bound). If SCIP stopped early and
+the greedy point used for the big-M is better than its incumbent, that point is returned;
+``time_limit`` when SCIP stopped on the deadline (best point so far), otherwise ``feasible``.
+``iterations`` = SCIP nodes. See docs/exact_solvers.md (certificates).
 
-Options: ``gap_rel`` (SCIP ``limits/gap``, default 0), ``big_m`` (see above), ``verbose``
+Options: ``gap_rel`` (SCIP ``limits/gap``, default 1e-7; absolute gap ``1e-9 Q(0)``), ``big_m`` (see above), ``verbose``
 (SCIP's log), ``scip_params`` (extra SCIP parameters, e.g. ``{"limits/nodes": 1000}``; by
 default SCIP's ALNS and MPEC heuristics are off, see ``DEFAULT_SCIP_PARAMS``).
 """
@@ -75,7 +80,7 @@ from combprune.problems import L0Regression, StructuredMIQP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
-from ._exact import cast_point, greedy_mask, l0_refit, round_selection, structured_refit
+from ._exact import cast_point, greedy_mask, l0_refit, pow2_above, round_selection, structured_refit
 
 __all__ = ["cvxpy_scip", "l0_big_m", "structured_big_m"]
 
@@ -212,11 +217,6 @@ def _better(problem, x_solver: np.ndarray, x_greedy: np.ndarray) -> np.ndarray:
     return x_greedy if problem.objective(x_greedy) < problem.objective(x_solver) else x_solver
 
 
-def _pow2(x: float) -> float:
-    """Power of two near ``x > 0`` (1 for 0): scaling by it is exact."""
-    return math.ldexp(1.0, math.frexp(x)[1]) if x > 0 else 1.0
-
-
 def _zero_point(problem) -> np.ndarray:
     return np.zeros(problem.p) if isinstance(problem, L0Regression) else np.zeros((problem.d, problem.m))
 
@@ -265,8 +265,8 @@ def _objective_scale(problem, x_greedy: np.ndarray, data_scale: float) -> float:
     is 0), at least ``data_scale * 2^-OBJECTIVE_SCALE_RANGE``: dividing the objective by it
     gives SCIP, whose tolerances are absolute, an optimum of order one at most."""
     q = problem.objective(x_greedy) or problem.objective(_zero_point(problem))
-    floor = math.ldexp(_pow2(data_scale), -OBJECTIVE_SCALE_RANGE) if data_scale > 0 else 0.0
-    return max(_pow2(q), floor) if q > 0 or floor > 0 else 1.0
+    floor = math.ldexp(pow2_above(data_scale), -OBJECTIVE_SCALE_RANGE) if data_scale > 0 else 0.0
+    return max(pow2_above(q), floor) if q > 0 or floor > 0 else 1.0
 
 
 def _scaled_l0(problem: L0Regression) -> tuple[L0Regression, float]:

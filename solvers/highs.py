@@ -46,7 +46,7 @@ from combprune.problems import FlopNnzILP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
-from ._exact import greedy_ilp, ilp_bound_and_proof, ilp_lp_certificate, ilp_point, weak_dual_bound
+from ._exact import greedy_ilp, ilp_bound_and_proof, ilp_lp_certificate, ilp_point, pow2_above, weak_dual_bound
 
 __all__ = ["LPRelaxation", "solve_lp_relaxation", "highs"]
 
@@ -112,19 +112,14 @@ def _build(problem: FlopNnzILP, *, integer: bool, time_limit: float, threads: in
     return h, highspy
 
 
-def _pow2(x: float) -> float:
-    """The power of two nearest above ``x > 0`` (1.0 for 0): dividing by it is exact."""
-    return math.ldexp(1.0, math.frexp(x)[1]) if x > 0 else 1.0
-
-
 def scaled_data(problem: FlopNnzILP) -> tuple[np.ndarray, np.ndarray, float, float, float]:
     """``(v / s_v, f / s_f, F / s_f, s_v, s_f)`` with powers of two ``s_v = 2^ceil(log2 max v)`` and
     ``s_f`` likewise for ``max(max f, F)``: the model HiGHS sees has entries of order one, and
     the scaling is exact (objective = ``s_v`` x HiGHS's objective, the same feasible set)."""
     v = backend.to_numpy(problem.values).astype(np.float64)
     f = backend.to_numpy(problem.costs).astype(np.float64)
-    s_v = _pow2(float(v.max()))
-    s_f = _pow2(max(float(f.max()), float(problem.flop_budget)))
+    s_v = pow2_above(float(v.max()))
+    s_f = pow2_above(max(float(f.max()), float(problem.flop_budget)))
     return v / s_v, f / s_f, float(problem.flop_budget) / s_f, s_v, s_f
 
 

@@ -58,12 +58,15 @@ objective at refreshes, objective after elimination, start point).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from typing import Any
 
 import numpy as np
 import scipy.linalg
 
+from combprune import backend
 from combprune.problems import StructuredMIQP
 from combprune.problems.l0_regression import FLOP_RTOL, within_budget
 from combprune.registry import register_solver
@@ -83,7 +86,7 @@ from ._structured_linalg import (
     structured_result,
     support_objective,
 )
-from .group_magnitude import group_values, magnitude_support
+from .group_magnitude import SECONDS_PER_FLOP, group_magnitude, group_values, magnitude_support
 
 __all__ = ["osscar"]
 
@@ -446,7 +449,10 @@ class _Search:
             allowed[D] = False
             if not allowed.any():
                 continue
-            cost, gains, context = st.exchange_gains(D, allowed, blocks)
+            try:
+                cost, gains, context = st.exchange_gains(D, allowed, blocks)
+            except np.linalg.LinAlgError:  # dropping D leaves a numerically singular block: skip the move
+                continue
             a = int(np.argmax(gains))
             if np.isfinite(gains[a]) and gains[a] - cost > best:
                 best, move = gains[a] - cost, (D, np.array([a]))
@@ -504,13 +510,7 @@ def _check_options(groups_per_round, swap_size, swap_candidates, pair_candidates
             raise ValueError(f"{name}: must be >= {low}, got {value}")
 
 
-@register_solver(
-    "osscar",
-    problems=StructuredMIQP,
-    exact=False,
-    description="OSSCAR: group-OBS backward elimination + swap local search with low-rank updates.",
-)
-def osscar(
+def _osscar_search(
     problem: StructuredMIQP,
     *,
     deadline: Deadline,
@@ -636,3 +636,45 @@ def osscar(
     result.history = history.points
     logger.debug("osscar: %s", info)
     return result
+
+
+@register_solver(
+    "osscar",
+    problems=StructuredMIQP,
+    exact=False,
+    description="OSSCAR: group-OBS backward elimination + swap local search with low-rank updates.",
+)
+@functools.wraps(_osscar_search)
+def osscar(problem: StructuredMIQP, **kwargs: Any) -> Result:
+    deadline = kwargs["deadline"]
+    d, m = problem.d, problem.m
+    if deadline.remaining() < SECONDS_PER_FLOP * (d**3 + 2 * d * d * m):
+        # the initial d x d inverse alone would overrun the limit: the group-magnitude point
+        res = group_magnitude(problem, deadline=deadline)
+        res.status = Status.TIME_LIMIT
+        res.info.update(fallback="group-magnitude (no time for the elimination)", phase_timed_out="elimination")
+        return res
+    try:
+        return _osscar_search(problem, **kwargs)
+    except (np.linalg.LinAlgError, ValueError) as exc:
+        singular = isinstance(exc, np.linalg.LinAlgError) or str(exc).startswith("ridge: K_SS")
+        if not singular:
+            raise
+        if problem.ridge <= 0:
+            if isinstance(exc, ValueError):
+                raise
+            raise ValueError(f"ridge: K = H + ridge*I is numerically singular ({exc}) with ridge=0; use a positive ridge") from None
+        # ridge > 0 but K numerically singular at float64 precision (a ridge tiny next to H):
+        # the group-magnitude support with the exact (SVD least-squares) refit, never an error
+        logger.warning("osscar: %s; returning the group-magnitude support with an exact refit", exc)
+        from ._exact import structured_refit
+
+        deadline = kwargs["deadline"]
+        sel = magnitude_support(group_values(problem), Budget.from_problem(problem))
+        W = structured_refit(problem, sel)
+        x = backend.from_numpy(W, like=problem.W_hat, keep_dtype=True)
+        objective = problem.objective(x)
+        return Result(x=x, support=problem.group_support(W), objective=objective,
+                      status=Status.TIME_LIMIT if deadline.expired() else Status.FEASIBLE,
+                      history=[(deadline.elapsed(), objective)], info={"fallback": f"group-magnitude ({exc})"})
+

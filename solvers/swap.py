@@ -587,6 +587,12 @@ class _Search:
             found.append(_top(score, pool, per_drop))
         return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
 
+    def applicable(self, move: _Move) -> bool:
+        """``move`` drops a coordinate of the current support and adds one outside it (a move
+        evaluated on an earlier support can be stale after a variable-depth chain is undone)."""
+        held = self.model.idx[: self.model.m]
+        return (move.drop is None or bool(np.any(held == move.drop))) and (move.add is None or not bool(np.any(held == move.add)))
+
     def apply(self, move: _Move) -> int | None:
         """Apply ``move`` to the model and the mask; returns the coordinate dropped (or None)."""
         slot = None
@@ -755,6 +761,8 @@ def _chain(search: _Search, depth: int, breadth: int, threshold: float, deadline
                 if not nxt or deadline.expired():
                     break
                 move = nxt[0]
+            if not search.applicable(move):
+                break
             search.apply(move)
             frozen[move.add] = True
             if move.drop is not None:

@@ -54,3 +54,20 @@ def test_checks_catch_a_false_optimal_claim():
     assert fuzz.check_result(problem, nan, 0.1, 1.0, ref, 0.0) == ["nonfinite"]
     slow = Result(x=np.array([0.0, 0.0, 1.0]), support=np.array([0, 0, 1], bool), objective=3.0, status="time_limit")
     assert fuzz.check_result(problem, slow, 2.0, 1.0, ref, 0.0) == ["time"]
+
+
+#: Instances on which the fuzz found defects (family, rng seed as ``benchmarks/fuzz.py`` builds it).
+FOUND = [
+    ("l0", "float32", 1003),  # swap: a stale move in a variable-depth chain (IndexError)
+    ("l0", "scaled", 1),  # bruteforce: absolute tie tolerance at 1e-180 objectives (false optimal)
+    ("l0", "scaled", 3),  # chita / iht: NaN weights at 1e150
+    ("l0", "zero_columns", 18),  # swap: NaN weights with ridge 0
+]
+
+
+@pytest.mark.parametrize("kind, family, seed", FOUND)
+def test_instances_found_by_the_fuzz(kind, family, seed):
+    make, _ = fuzz.FAMILIES[kind]
+    problem = make(family, np.random.default_rng([seed, sum(map(ord, kind + family))]))
+    records = fuzz.run_instance(problem, limit=fuzz.TIME_LIMIT)
+    assert not [r for r in records if set(r["failures"]) - {"refused"}], records

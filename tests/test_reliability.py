@@ -247,3 +247,148 @@ def test_milp_solvers_hold_a_short_time_limit_on_many_columns(solver):
     res = cp.solve(problem, solver, time_limit=0.5)
     assert time.perf_counter() - t0 <= 1.0 + 0.5  # max(1.5 x, x + 0.5 s) plus slack for a loaded machine
     assert problem.check(res.x) == [] and res.bound >= res.objective
+
+
+# --- study configuration and report ------------------------------------------------------------------
+def _config(**changes):
+    data = {
+        "study": {"name": "t", "time_limit": 5.0, "seeds": [0]},
+        "instances": [{"generator": "l0_regression", "params": {"n": 10, "p": 6, "k": 2}}],
+        "solvers": [{"solver": "chita"}],
+    }
+    for section, value in changes.items():
+        data[section] = value
+    return data
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"study": {"time_limit": math.inf}}, r"study\.time_limit: expected a finite number"),
+    ({"study": {"seeds": [-1]}}, r"study\.seeds\[0\]: expected an int >= 0"),
+    ({"solvers": [{"solver": "chita", "options": {"max_iter": -5}}]}, r"solvers\[0\]\.options\.max_iter: expected an int >= 1"),
+    ({"solvers": [{"solver": "all", "exclude": ["cvxpyy"]}]}, r"solvers\[0\]\.exclude\[0\]: unknown solver 'cvxpyy'"),
+])
+def test_study_config_rejects_values_every_solve_would_fail_on(changes, match):
+    from combprune.study.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=match):
+        parse_config(_config(**changes))
+
+
+def test_study_report_flags_nan_objective_and_refutes_false_optimal():
+    from combprune.study.report import StudyResults
+
+    base = {"instance": "i", "instance_hash": "h", "sense": "min", "feasible": True, "time": 0.1, "iterations": 1}
+    records = [
+        {**base, "key": "a", "label": "exact", "status": "optimal", "objective": 1.0},
+        {**base, "key": "b", "label": "liar", "status": "optimal", "objective": 2.0},
+        {**base, "key": "c", "label": "nan", "status": "feasible", "objective": None, "objective_mismatch": True},
+    ]
+    results = StudyResults(records)
+    rows = {r["label"]: r for r in results.summary()}
+    assert rows["exact"]["optimal"] == 1 and rows["liar"]["optimal"] == 0
+    assert any("liar claims optimal" in w for w in results.warnings)
+    with pytest.raises(ValueError, match="group_by: unknown field 'nope'"):
+        results.summary(by=["nope"])
+
+
+# --- CLI: one line, exit status 2 --------------------------------------------------------------------
+@pytest.mark.parametrize("argv, match", [
+    (["generate", "structured_miqp", "{tmp}/x.npz", "-p", "group_size=0"], "group_size"),
+    (["generate", "l0_regression", "{tmp}/x.npz", "-p", "n=-1"], "n: must lie"),
+    (["solve", "{tmp}/p.npz", "--save-x", "{tmp}/missing/dir/x.npy"], "--save-x"),
+    (["solve", "{tmp}/garbage.npz"], "garbage.npz"),
+])
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, argv, match):
+    from combprune.cli import main
+
+    random_l0_regression(6, 4, 2, seed=0).save(tmp_path / "p.npz")
+    (tmp_path / "garbage.npz").write_bytes(b"\x00" * 64)
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+# --- bfloat16 and mixed array types --------------------------------------------------------------------
+def test_bfloat16_and_torch_gradients_with_numpy_weights():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    G = torch.tensor(rng.standard_normal((12, 6)), dtype=torch.bfloat16)
+    problem = L0Regression.from_gradients(G, rng.standard_normal(6), 3, l2=1e-2)  # numpy w_bar
+    for solver in ("chita", "iht", "swap"):
+        res = cp.solve(problem, solver)
+        assert problem.check(res.x) == [] and math.isfinite(res.objective)
+
+
+# --- osscar: any ridge > 0 is handled ----------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(6))
+def test_osscar_numerically_singular_with_positive_ridge(seed):
+    rng = np.random.default_rng(seed)
+    d = 8
+    X = rng.standard_normal((2, d)) * 1e3  # rank 2, ridge negligible next to H
+    W_hat = np.zeros((d, 2)) if seed % 2 else rng.standard_normal((d, 2))
+    problem = StructuredMIQP(X.T @ X, W_hat, np.arange(d) // 2, 2, ridge=1e-12)
+    res = cp.solve(problem, "osscar")
+    assert problem.check(res.x) == [] and math.isfinite(res.objective)
+    assert res.objective == pytest.approx(problem.objective(res.x), rel=1e-9, abs=1e-9)
+
+
+def test_serial_study_records_a_solve_that_killed_the_process(tmp_path):
+    """A ``started`` marker without a result (the process died in the solve) becomes a failed
+    record on resume instead of a crash that repeats on every resume."""
+    import json
+
+    from combprune.study import Study
+
+    instances = [random_l0_regression(10, 6, 2, seed=0)]
+    out = tmp_path / "r.jsonl"
+    study = Study(instances, ["chita", "iht"], time_limit=5, executor="serial", output=out)
+    task = study.tasks()[0]
+    out.write_text(json.dumps({**task.head, "status": "started"}) + "\n")  # as left by a crash
+    res = study.run()
+    by_key = {r["key"]: r for r in res.records}
+    assert by_key[task.key]["status"] == "failed" and "process died" in by_key[task.key]["error"]
+    assert all(r["status"] == "feasible" for k, r in by_key.items() if k != task.key)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sum(rec["status"] == "started" for rec in lines) == 2  # one crash marker + one for the other solve
+
+
+def test_structured_pruning_refuses_tied_weights():
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from combprune.torch.structured import prune_structured
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
+    model[2].weight = model[0].weight  # one Parameter in two modules
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="^model: .*tied weights"):
+        prune_structured(model, [torch.randn(16, 6)], method="osscar", sparsity=0.5, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # untouched
+
+
+@pytest.mark.parametrize("solver", ["osscar", "group-magnitude"])
+def test_structured_solvers_skip_factorisations_they_cannot_finish(solver):
+    import time
+
+    rng = np.random.default_rng(0)
+    d = 1200
+    X = rng.standard_normal((1300, d))
+    problem = StructuredMIQP(X.T @ X, rng.standard_normal((d, 32)), np.arange(d) // 4, d // 8, ridge=1.0)
+    t0 = time.perf_counter()
+    res = cp.solve(problem, solver, time_limit=0.05)
+    assert time.perf_counter() - t0 < 0.55 + 0.5  # max(1.5 x, x + 0.5 s) plus slack on a loaded machine
+    assert res.status.value == "time_limit" and problem.check(res.x) == []
+
+
+def test_structured_pruning_of_a_bfloat16_model():
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from combprune.torch.structured import prune_structured
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).to(torch.bfloat16)
+    prune_structured(model, [torch.randn(32, 8).to(torch.bfloat16)], method="osscar", sparsity=0.5, progress=False)
+    assert model[2].weight.dtype == torch.bfloat16
+    assert int((model[2].weight.float().abs().sum(0) == 0).sum()) >= 8  # half the 16 inputs removed

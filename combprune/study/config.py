@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import os
 import sys
 import types
@@ -62,7 +63,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence, Union
 
-from combprune.registry import UnknownSolverError, get_solver
+from combprune.registry import UnknownSolverError, get_solver, list_solvers
 
 from .executors import DEFAULT_GRACE, EXECUTORS
 from .instances import GENERATORS, Instance, from_factory, from_files, generate
@@ -103,11 +104,17 @@ def _int(path: str, value: Any, minimum: int | None = None) -> int:
 def _float(path: str, value: Any, *, positive: bool = False, nonnegative: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _err(path, "float", value)
+    if not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number, got {value}")
     if positive and not value > 0:
         raise ConfigError(f"{path}: expected a positive number, got {value}")
     if nonnegative and not value >= 0:
         raise ConfigError(f"{path}: expected a number >= 0, got {value}")
     return float(value)
+
+
+def _seed(path: str, value: Any) -> int:
+    return _int(path, value, 0)
 
 
 def _str(path: str, value: Any, choices: Sequence[str] | None = None) -> str:
@@ -202,6 +209,12 @@ def _check_options(path: str, solver: str, options: dict[str, Any]) -> dict[str,
         check = types_[key]
         if check is not None and not check[1](value):
             raise _err(f"{path}.{key}", check[0], value)
+        default = inspect.signature(get_solver(solver).func).parameters[key].default
+        if type(default) is int and type(value) is int and value < min(default, 1) and default >= 0:
+            # counts (max_iter, candidates, ...): a default >= 1 means the option must be >= 1
+            raise ConfigError(f"{path}.{key}: expected an int >= {min(default, 1)}, got {value}")
+        if type(default) is float and isinstance(value, (int, float)) and not math.isfinite(value):
+            raise ConfigError(f"{path}.{key}: expected a finite number, got {value}")
     return dict(options)
 
 
@@ -242,7 +255,7 @@ def _instances(path: str, entry: Any) -> list[Instance]:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: factory {ref!r} failed: {exc}") from None
     kind = _str(f"{path}.generator", entry["generator"], sorted(GENERATORS))
-    seeds = _list(f"{path}.seeds", entry.get("seeds", [0]), _int)
+    seeds = _list(f"{path}.seeds", entry.get("seeds", [0]), _seed)
     sweep = _table(f"{path}.sweep", entry.get("sweep", {}))
     for key, values in sweep.items():
         _list(f"{path}.sweep.{key}", values, lambda p, v: v)
@@ -274,12 +287,16 @@ def _solvers(path: str, entry: Any, study_kinds: list[type]) -> list[SolverRun]:
         raise ConfigError(f"{path}.solver: missing (a registered solver name or 'all')")
     name = _str(f"{path}.solver", entry["solver"])
     time_limit = _float(f"{path}.time_limit", entry["time_limit"], positive=True) if "time_limit" in entry else None
-    seeds = _list(f"{path}.seeds", entry["seeds"], _int) if "seeds" in entry else None
+    seeds = _list(f"{path}.seeds", entry["seeds"], _seed) if "seeds" in entry else None
     if name == "all":
         for key in ("label", "options"):
             if key in entry:
                 raise ConfigError(f"{path}.{key}: not allowed with solver = 'all' (list the solver separately)")
         exclude = _list(f"{path}.exclude", entry.get("exclude", []), _str)
+        known = {row["name"] for row in list_solvers()}
+        for i, ex in enumerate(exclude):
+            if ex not in known:
+                raise ConfigError(f"{path}.exclude[{i}]: unknown solver {ex!r} (registered: {', '.join(sorted(known))})")
         exact = _bool(f"{path}.exact", entry["exact"]) if "exact" in entry else None
         names = expand_solvers(study_kinds, exclude=exclude, exact=exact)
         return [SolverRun(n, time_limit=time_limit, seeds=seeds) for n in names]
@@ -343,7 +360,7 @@ def parse_config(data: dict[str, Any], *, default_name: str = "study", overrides
     workers = _int("study.workers", st["workers"], 1) if "workers" in st else None
     time_limit = _float("study.time_limit", st["time_limit"], positive=True) if "time_limit" in st else None
     grace = _float("study.grace", st.get("grace", DEFAULT_GRACE), nonnegative=True)
-    seeds = _list("study.seeds", st.get("seeds", [0]), _int)
+    seeds = _list("study.seeds", st.get("seeds", [0]), _seed)
     if not seeds:
         raise ConfigError("study.seeds: expected at least one seed")
     memory = _str("study.memory", st.get("memory", "rss"), MEMORY_METHODS)

@@ -71,7 +71,8 @@ def _killed(task: Task, elapsed: float) -> dict[str, Any]:
     }
 
 
-def _crashed(message: str, elapsed: float) -> dict[str, Any]:
+def crashed_outcome(message: str, elapsed: float) -> dict[str, Any]:
+    """The outcome of a solve whose process died (status ``failed``, ``error`` = ``message``)."""
     out = _killed(Task("", "", {}), elapsed)
     out.update(status="failed", error=message)
     return out
@@ -251,7 +252,7 @@ class ProcessExecutor(Executor):
                         except Exception as exc:  # e.g. the problem cannot be pickled
                             w.stop(kill=True)
                             pool[i] = w = _Worker(self.ctx, self.cache_size, self.threads)
-                            yield task, _crashed(f"cannot send the task to a worker: {type(exc).__name__}: {exc}", 0.0)
+                            yield task, crashed_outcome(f"cannot send the task to a worker: {type(exc).__name__}: {exc}", 0.0)
                 busy = [w for w in pool if w.task is not None]
                 if not busy:
                     return
@@ -277,7 +278,7 @@ class ProcessExecutor(Executor):
                                     "A script using the process executor must start the study under "
                                     "`if __name__ == '__main__':`; or use executor='serial' or start_method='fork'."
                                 ) from None
-                            outcome = _crashed(f"WorkerDied: worker process exited with code {w.proc.exitcode}", elapsed)
+                            outcome = crashed_outcome(f"WorkerDied: worker process exited with code {w.proc.exitcode}", elapsed)
                         if "__ready__" in outcome:
                             w.ready = True
                             continue
@@ -369,7 +370,7 @@ class RayExecutor(Executor):
                         if task.kill_after is not None and now - t0 >= task.kill_after:
                             outcome = _killed(task, now - t0)
                         else:
-                            outcome = _crashed(f"{type(exc).__name__}: {exc}", now - t0)
+                            outcome = crashed_outcome(f"{type(exc).__name__}: {exc}", now - t0)
                     yield task, outcome
                 for ref, (task, t0) in list(inflight.items()):  # backstop: the watchdog did not fire
                     if task.kill_after is not None and now - t0 >= task.kill_after + RAY_SLACK:

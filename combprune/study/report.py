@@ -65,7 +65,8 @@ def _lookup(record: dict[str, Any], name: str) -> Any:
 
 def _valid(rec: dict[str, Any]) -> bool:
     obj = rec.get("objective")
-    return rec.get("status") in VALID_STATUSES and obj is not None and math.isfinite(obj) and rec.get("feasible") is not False
+    return (rec.get("status") in VALID_STATUSES and obj is not None and math.isfinite(obj)
+            and rec.get("feasible") is not False and not rec.get("objective_mismatch"))
 
 
 def _rel(diff: float, ref: float) -> float:
@@ -155,6 +156,7 @@ class StudyResults:
                 reference = "exact" if certified else "best-found"
                 for r in optimal:
                     if not certified or r not in certified:
+                        r["optimal_refuted"] = True  # not counted as optimal in the summary
                         excess = _rel(sign * r["objective"] - best, best)
                         self.warnings.append(
                             f"instance {r['instance']} ({r['instance_hash'][:8]}): {r['label']} claims optimal "
@@ -188,11 +190,14 @@ class StudyResults:
         ``solved`` (share of records with gap <= gap_tol, failures counting as unsolved),
         ``ref_exact`` (share of records whose instance has a proven optimum, i.e. whose gap is
         exact rather than relative to the best point found), ``optimal`` (records with proven
-        optimality), ``mean_time`` / ``median_time`` (seconds,
+        optimality; a claim refuted by a better valid point, see :attr:`warnings`, does not count), ``mean_time`` / ``median_time`` (seconds,
         all records; a killed solve counts its time until it was stopped), ``mean_iters``,
         ``peak_mem_mb`` (mean), ``failed``, ``killed``, ``infeasible`` (returned points that
         ``problem.check`` rejected).
         """
+        for f in by:
+            if self.records and all(_lookup(r, f) is None for r in self.records):
+                raise ValueError(f"group_by: unknown field {f!r}: not a record field, generator parameter or problem metadata")
         groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
         for r in self.records:
             groups[(r["label"],) + tuple(_lookup(r, f) for f in by)].append(r)
@@ -215,7 +220,7 @@ class StudyResults:
                 max_gap=max(gaps) if gaps else None,
                 solved=sum(r["solved"] for r in recs) / len(recs),
                 ref_exact=sum(r.get("reference") == "exact" for r in recs) / len(recs),
-                optimal=sum(r.get("status") == "optimal" for r in recs),
+                optimal=sum(r.get("status") == "optimal" and not r.get("optimal_refuted") for r in recs),
                 mean_time=_mean(times),
                 median_time=_median(times),
                 mean_iters=_mean([float(i) for i in iters]),

@@ -8,15 +8,18 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from combprune.registry import get_solver, list_solvers
 
-from .executors import DEFAULT_GRACE, Executor, Task, make_executor
+from .executors import DEFAULT_GRACE, Executor, Task, crashed_outcome, make_executor
 from .instances import Instance, as_instances
 from .report import StudyResults
 from .store import RecordStore
 from .worker import MEMORY_METHODS
+
+#: Status of the marker record written before an in-process (serial) solve starts.
+STARTED = "started"
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +218,12 @@ class Study:
     def _run(self, store: RecordStore, progress: bool, executor: str | Executor | None,
              callback: Callable[[dict[str, Any]], None] | None) -> StudyResults:
         tasks = self.tasks()
+        for t in tasks:  # a serial solve that never finished took the process down with it
+            rec = store.get(t.key)
+            if rec is not None and rec.get("status") == STARTED:
+                store.append({**t.head, **crashed_outcome(
+                    "the process died during this solve (serial executor); it is recorded as failed and "
+                    "skipped on resume; use executor='process' to isolate it, or rerun_failed=True to retry", 0.0)})
         if self.rerun_failed:
             for t in tasks:
                 rec = store.get(t.key)
@@ -232,7 +241,7 @@ class Study:
 
             bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=self.name, unit="solve")
         try:
-            for task, outcome in ex.run(todo, problems):
+            for task, outcome in self._outcomes(ex, todo, problems, store):
                 record = {**task.head, **outcome}
                 record["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
                 store.append(record)
@@ -246,3 +255,15 @@ class Study:
                 bar.close()
         records = [store.get(t.key) for t in tasks]
         return StudyResults([r for r in records if r is not None], gap_tol=self.gap_tol)
+
+    @staticmethod
+    def _outcomes(ex: Executor, todo: list, problems: dict, store: RecordStore) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """``ex.run``; in-process (serial) solves are first marked ``started`` in the store, so
+        a solve that kills the process is recorded as failed on resume instead of crashing it
+        again (the process executor isolates each solve in a worker and needs no marker)."""
+        if ex.name != "serial":
+            yield from ex.run(todo, problems)
+            return
+        for task in todo:
+            store.append({**task.head, "status": STARTED})
+            yield from ex.run([task], problems)

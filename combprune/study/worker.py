@@ -214,9 +214,10 @@ def execute_task(problem: Any, payload: dict[str, Any]) -> dict[str, Any]:
             out["feasible"] = not violations
             out["violations"] = violations[:_MAX_VIOLATIONS]
             recomputed = _finite(problem.objective(result.x))
+            # a NaN/Inf objective (reported or recomputed) is a mismatch, never a silent None
             out["objective_mismatch"] = (
-                recomputed is not None and out["objective"] is not None
-                and abs(recomputed - out["objective"]) > 1e-6 * max(1.0, abs(recomputed))
+                recomputed is None or out["objective"] is None
+                or abs(recomputed - out["objective"]) > 1e-6 * max(1.0, abs(recomputed))
             )
         else:
             out["feasible"] = None

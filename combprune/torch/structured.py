@@ -540,9 +540,9 @@ def group_labels(unit: StructuredUnit, layer: nn.Module) -> np.ndarray:
 def layer_problem(unit: StructuredUnit, layer: nn.Module, H: torch.Tensor, s: int, ridge: float | None = None) -> StructuredMIQP:
     """``StructuredMIQP(H, W_hat, groups, s, ridge)`` of one unit (NumPy float64 data);
     ``ridge=None`` takes OSSCAR's default ``1e-2 * mean(diag(H))``."""
-    Hn = H.detach().cpu().numpy().astype(np.float64)
+    Hn = H.detach().cpu().double().numpy()
     Hn = 0.5 * (Hn + Hn.T)
-    W_hat = weight_matrix(layer).detach().cpu().numpy().astype(np.float64)
+    W_hat = weight_matrix(layer).detach().cpu().double().numpy()
     if ridge is None:
         ridge = osscar_default_ridge(Hn)
     return StructuredMIQP(Hn, W_hat, group_labels(unit, layer), s, ridge=ridge)
@@ -662,6 +662,15 @@ def prune_structured(
     for name, reason in plan.not_pruned:
         logger.warning("%s: not pruned (%s)", name, reason)
     touched = sorted({n for u in units for n in (u.consumer, *u.producers)}, key=list(modules).index)
+    owners: dict[int, list[str]] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        if isinstance(getattr(mod, "weight", None), nn.Parameter):
+            owners.setdefault(id(mod.weight), []).append(name)
+    for name in touched:
+        tied = owners.get(id(modules[name].weight), [])
+        if len(tied) > 1:  # masking one copy would untie it (or prune the other layer unseen)
+            raise ValueError(f"model: {' and '.join(map(repr, tied))} share one weight Parameter (tied weights); "
+                             f"untie them or leave {name!r} out with ignore=")
     dense_flops = dict(zip(touched, layer_flops(model, [PrunableParam(n, "weight", modules[n]) for n in touched], batches[0])))
 
     from tqdm.auto import tqdm
