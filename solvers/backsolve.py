@@ -86,6 +86,7 @@ from ._l0_core import (
     gram_rows,
     host_or_native,
     psd_solve,
+    scale_invariant,
     support_mask,
     to_host64,
 )
@@ -415,6 +416,7 @@ def ridge_solve_on_support(
     exact=False,
     description="Exact ridge least squares on a given support (default: magnitude / FLOP-aware magnitude).",
 )
+@scale_invariant
 def backsolve(
     problem: L0Regression,
     *,

@@ -101,3 +101,13 @@ def test_layerwise_methods_run_block_by_block_through_the_pruner():
         cpt.Pruner("layerwise", flop_budget=0.5)
     with pytest.raises(ValueError, match="pattern"):
         cpt.Pruner("chita", sparsity=0.5, pattern="2:4")
+
+
+@pytest.mark.parametrize("method", ["magnitude", "chita"])
+def test_bfloat16_models_are_pruned_in_float64_and_written_back_in_bfloat16(method):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).to(torch.bfloat16)
+    X, y = data()
+    report = cpt.prune(model, (X.to(torch.bfloat16), y), method=method, sparsity=0.5, l2=1e-3, first_order=False, progress=False)
+    assert report.sparsity >= 0.5
+    assert model[0].weight.dtype == torch.bfloat16 and int((model[0].weight == 0).sum()) > 0

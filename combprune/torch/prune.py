@@ -216,7 +216,7 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
 
 def _choose_auto(ctx: "_Context", cfg: "PruneConfig", k: int, F: float | None) -> tuple["PruneConfig", dict[str, Any]]:
     """Resolve ``l2="auto"`` / ``first_order="auto"`` on held-back samples (:mod:`._autotune`)."""
-    w0 = ctx.w0.detach().cpu().numpy().astype(np.float64)
+    w0 = ctx.w0.detach().cpu().double().numpy()
     if F is None:
         magnitude = _topk_mask(np.abs(w0), k)
     else:
@@ -306,7 +306,7 @@ def _flop_magnitude_support(w: np.ndarray, costs: np.ndarray, layer: np.ndarray,
 
 def _solve_magnitude(ctx: _Context, cfg: "PruneConfig", k: int, F: float | None):
     t = time.perf_counter()
-    w = ctx.w0.detach().cpu().numpy().astype(np.float64)
+    w = ctx.w0.detach().cpu().double().numpy()
     if F is None and not (cfg.spec.flop_aware and cfg.solver):
         mask = _topk_mask(np.abs(w), k)
         name, obj, bound, gap = "top-k", float(np.sum(w[mask] ** 2)), None, None
@@ -352,7 +352,7 @@ def _solve_gradient(ctx: _Context, cfg: "PruneConfig", k: int, F: float | None):
         shares = [(k, F)]
     else:
         # Budgets of each block: its share of the global (FLOP-aware) magnitude solution.
-        w = w_all.cpu().numpy().astype(np.float64)
+        w = w_all.cpu().double().numpy()
         if F is None:
             mask = _topk_mask(np.abs(w), k)
         else:
@@ -371,7 +371,7 @@ def _solve_gradient(ctx: _Context, cfg: "PruneConfig", k: int, F: float | None):
             bar.update(1)
     if bar is not None:
         bar.close()
-    return w_all.cpu().numpy().astype(np.float64), solves, stage_records
+    return w_all.cpu().double().numpy(), solves, stage_records
 
 
 def _block_params(ctx: _Context, a: int, b: int):
@@ -411,7 +411,7 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
                 ctx.model, ctx.params, ctx.batches, weights=w, wrt=wrt, loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size, progress=bar,
                 info=ctx.gradient_info,
             )
-        return G[:, a - lo : b - lo].detach().cpu().numpy()
+        return G[:, a - lo : b - lo].detach().cpu().float().numpy()
 
     def build(weights: Any, k_t: int, F_t: float | None) -> _problems.L0Regression:
         """The local quadratic model at ``weights`` with budgets ``k_t`` / ``F_t``."""
@@ -420,7 +420,7 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
         flop = {} if F_t is None else {"flop_costs": costs, "flop_budget": float(F_t)}
         return _problems.L0Regression.from_gradients(A, wb.astype(A.dtype), int(k_t), l2=cfg.l2, first_order=cfg.first_order, **flop)
 
-    w_start = w_all[a:b].detach().cpu().numpy().astype(np.float64)
+    w_start = w_all[a:b].detach().cpu().double().numpy()
     if stages == 1:
         problem = build(w_start, k, F)
         res = solve(problem, solver, time_limit=cfg.time_limit, seed=cfg.seed, **options)
