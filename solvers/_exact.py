@@ -26,7 +26,7 @@ from combprune.problems.l0_regression import flop_total, within_budget
 
 from .dual_sort import solve_flop_nnz_lp
 
-__all__ = ["greedy_mask", "greedy_ilp", "round_selection", "ilp_point", "pow2_above", "exact_lstsq", "cast_point", "l0_refit", "structured_refit",
+__all__ = ["scaled_data", "greedy_mask", "greedy_ilp", "round_selection", "ilp_point", "pow2_above", "exact_lstsq", "cast_point", "l0_refit", "structured_refit",
            "weak_dual_bound", "ilp_lp_certificate", "ilp_bound_and_proof"]
 
 
@@ -212,9 +212,13 @@ def weak_dual_bound(problem: FlopNnzILP, mu: float, nu: float) -> float:
     """
     v = backend.to_numpy(problem.values).astype(np.float64)
     f = backend.to_numpy(problem.costs).astype(np.float64)
+    return _dual_value(v, f, problem.k, problem.flop_budget, mu, nu)
+
+
+def _dual_value(v: np.ndarray, f: np.ndarray, k: int, F: float, mu: float, nu: float) -> float:
+    """The LP dual objective at ``(mu, nu)`` clipped to ``>= 0``, summed exactly."""
     mu, nu = max(float(mu), 0.0), max(float(nu), 0.0)
-    terms = np.maximum(0.0, v - mu - nu * f)
-    return math.fsum([problem.k * mu, problem.flop_budget * nu, *terms.tolist()])
+    return math.fsum([k * mu, F * nu, *np.maximum(0.0, v - mu - nu * f).tolist()])
 
 
 #: Relative slack of the ILP bound checks (rounding of float64 sums only): a MIP solver's
@@ -228,10 +232,24 @@ ILP_SOLVER_RTOL = 1e-9
 def ilp_lp_certificate(problem: FlopNnzILP) -> tuple[float, np.ndarray]:
     """``(bound, support)``: the LP relaxation's weak-duality bound in float64 and its rounded
     integer point (dual-sort, one sort). The bound is valid whatever a MIP solver's
-    tolerances do to extreme values."""
-    lp = solve_flop_nnz_lp(problem.values, problem.costs, problem.k, problem.flop_budget, problem.layer,
-                           check_input=False)
-    return weak_dual_bound(problem, lp.mu, lp.nu), lp.support
+    tolerances do to extreme values.
+
+    Coordinates whose cost alone exceeds the FLOP budget are 0 in every integer point, so they
+    are left out of the relaxation (a valid, tighter bound: the LP could otherwise take a
+    fraction of them), and the data are scaled by powers of two so the duals are of order one.
+    """
+    f_all = backend.to_numpy(problem.costs).astype(np.float64)
+    fits = np.array([within_budget(c, problem.flop_budget) for c in f_all.tolist()], dtype=bool)
+    support = np.zeros(problem.p, dtype=bool)
+    if not fits.any():
+        return 0.0, support
+    v, f, F, s_v, s_f = scaled_data(problem)  # duals of order one, whatever the data's units
+    layer = None if problem.layer is None else backend.to_numpy(problem.layer)[fits]
+    lp = solve_flop_nnz_lp(v[fits], f[fits], problem.k, F, layer, check_input=False)
+    v_fit = backend.to_numpy(problem.values).astype(np.float64)[fits]
+    bound = _dual_value(v_fit, f_all[fits], problem.k, problem.flop_budget, lp.mu * s_v, lp.nu * s_v / s_f)
+    support[np.flatnonzero(fits)] = np.asarray(lp.support, dtype=bool)
+    return bound, support
 
 
 def ilp_bound_and_proof(objective: float, solver_bound: float | None, lp_bound: float, solver_optimal: bool,
@@ -252,3 +270,13 @@ def ilp_bound_and_proof(objective: float, solver_bound: float | None, lp_bound: 
     optimal = gap <= ILP_BOUND_RTOL or (solver_optimal and trusted and gap <= max(rel_gap, ILP_BOUND_RTOL))
     return bound, optimal, trusted
 
+
+def scaled_data(problem: FlopNnzILP) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+    """``(v / s_v, f / s_f, F / s_f, s_v, s_f)`` with powers of two ``s_v = 2^ceil(log2 max v)`` and
+    ``s_f`` likewise for ``max(max f, F)``: the model the MIP solver (HiGHS, CBC) sees has entries of order one, and
+    the scaling is exact (objective = ``s_v`` x the solver's objective, the same feasible set)."""
+    v = backend.to_numpy(problem.values).astype(np.float64)
+    f = backend.to_numpy(problem.costs).astype(np.float64)
+    s_v = pow2_above(float(v.max()))
+    s_f = pow2_above(max(float(f.max()), float(problem.flop_budget)))
+    return v / s_v, f / s_f, float(problem.flop_budget) / s_f, s_v, s_f

@@ -46,7 +46,7 @@ from combprune.problems import FlopNnzILP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
-from ._exact import greedy_ilp, ilp_bound_and_proof, ilp_lp_certificate, ilp_point, pow2_above, weak_dual_bound
+from ._exact import greedy_ilp, ilp_bound_and_proof, ilp_lp_certificate, ilp_point, scaled_data, weak_dual_bound
 
 __all__ = ["LPRelaxation", "solve_lp_relaxation", "highs"]
 
@@ -110,17 +110,6 @@ def _build(problem: FlopNnzILP, *, integer: bool, time_limit: float, threads: in
         h.setOptionValue(key, value)
     h.passModel(lp)
     return h, highspy
-
-
-def scaled_data(problem: FlopNnzILP) -> tuple[np.ndarray, np.ndarray, float, float, float]:
-    """``(v / s_v, f / s_f, F / s_f, s_v, s_f)`` with powers of two ``s_v = 2^ceil(log2 max v)`` and
-    ``s_f`` likewise for ``max(max f, F)``: the model HiGHS sees has entries of order one, and
-    the scaling is exact (objective = ``s_v`` x HiGHS's objective, the same feasible set)."""
-    v = backend.to_numpy(problem.values).astype(np.float64)
-    f = backend.to_numpy(problem.costs).astype(np.float64)
-    s_v = pow2_above(float(v.max()))
-    s_f = pow2_above(max(float(f.max()), float(problem.flop_budget)))
-    return v / s_v, f / s_f, float(problem.flop_budget) / s_f, s_v, s_f
 
 
 @dataclass

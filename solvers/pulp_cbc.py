@@ -34,7 +34,7 @@ from combprune.problems import FlopNnzILP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
-from ._exact import greedy_ilp, ilp_bound_and_proof, ilp_lp_certificate, ilp_point
+from ._exact import greedy_ilp, ilp_bound_and_proof, ilp_lp_certificate, ilp_point, scaled_data
 
 __all__ = ["pulp_cbc", "parse_cbc_log"]
 
@@ -103,14 +103,13 @@ def pulp_cbc(
         warm = lp_support
     if deadline.remaining() < _CBC_MIN_SECONDS + problem.p * _BUILD_SECONDS_PER_COLUMN:
         return _skipped(problem, warm, lp_bound)  # PuLP builds the model in Python: no time for it
-    v = backend.to_numpy(problem.values).astype(np.float64)
-    f = backend.to_numpy(problem.costs).astype(np.float64)
+    v, f, F, s_v, _ = scaled_data(problem)  # entries of order one: CBC's tolerances are absolute
     model = pulp.LpProblem("flop_nnz_ilp", pulp.LpMaximize)
     z = [model.add_variable(f"z{i}", cat=pulp.LpBinary) for i in range(problem.p)]
     model += pulp.LpAffineExpression(zip(z, v.tolist()))
     model += pulp.LpAffineExpression(zip(z, [1.0] * problem.p)) <= problem.k, "count"
     nz = np.flatnonzero(f)
-    model += pulp.LpAffineExpression([(z[i], float(f[i])) for i in nz]) <= problem.flop_budget, "flops"
+    model += pulp.LpAffineExpression([(z[i], float(f[i])) for i in nz]) <= F, "flops"
 
     remaining = deadline.remaining()
     if remaining < _CBC_MIN_SECONDS:
@@ -151,6 +150,8 @@ def pulp_cbc(
     proved = result_text.startswith("Optimal") and model.sol_status == pulp.LpSolutionOptimal
     # CBC's optimum (before our rounding) bounds the ILP when it proved optimality
     cbc_bound = float(pulp.value(model.objective) or 0.0) if proved else log["bound"]
+    if cbc_bound is not None:
+        cbc_bound *= s_v  # back to the problem's units
     bound, optimal, _ = ilp_bound_and_proof(objective, cbc_bound, lp_bound, proved and not repaired, float(gap_rel))
     if optimal:
         status = Status.OPTIMAL
