@@ -11,6 +11,7 @@ returns the exit status. Adding a subcommand means writing those two functions a
     combprune generate KIND OUT [--seed N] [--param key=value ...]
     combprune demo [--plot PNG] [--quick] [--seed N] [--json] | --instances [--time-limit S]
     combprune study CONFIG.toml [--executor E] [--workers N] [--dry-run] | --report RESULTS.jsonl
+    combprune pipeline CONFIG.toml [--json] [--progress]
 
 Errors a user can cause (bad file, unknown solver, bad option, missing extra) print one line
 ``combprune: error: ...`` on stderr and exit with status 2.
@@ -221,6 +222,27 @@ add_command("solvers", "list the registered solvers", _configure_solvers, _run_s
 add_command("solve", "solve a saved problem file", _configure_solve, _run_solve)
 add_command("generate", "write a seeded random instance to a file", _configure_generate, _run_generate)
 add_command("demo", "run the demo (networks trained on sklearn digits, pruned by each method; --instances: optimality gaps on random instances)", _configure_demo, _run_demo)
+
+def _configure_pipeline(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="TOML configuration ([data], [model], [pipeline]; see examples/pipeline_mlp.toml)")
+    p.add_argument("--json", action="store_true", help="print the result (with the per-epoch history) as JSON")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from combprune.torch.pipeline_config import run_pipeline_config
+
+    out = run_pipeline_config(args.config, progress=args.progress)
+    if args.json:
+        _print_json(out)
+        return 0
+    data = out["config"]["data"]
+    print(f"combprune pipeline {args.config}: {data['dataset']}, {out['train_samples']} training / {out['test_samples']} held-out samples")
+    print(f"density (fraction of prunable weights kept) {out['density']:.4f}; held-out accuracy {100 * out['test_accuracy']:.2f} %")
+    return 0
+
+
+add_command("pipeline", "run the end-to-end sparse-training pipeline from a TOML config", _configure_pipeline, _run_pipeline)
 
 from combprune.study.cli import add_arguments as _configure_study, run as _run_study  # noqa: E402
 
