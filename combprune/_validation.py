@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -161,3 +163,18 @@ def check_seed(seed: Any) -> int | None:
     if seed is None:
         return None
     return check_int("seed", seed, low=0, high=2**63 - 1)
+
+
+def read_toml(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> dict[str, Any]:
+    """The parsed TOML file ``path``; an unreadable or invalid file raises ``error`` naming it."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise error(f"{os.fspath(path)}: cannot read ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{os.fspath(path)}: invalid TOML ({exc})") from None

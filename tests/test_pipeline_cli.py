@@ -44,7 +44,7 @@ def test_pipeline_command_runs_a_config_and_reaches_the_density(tmp_path, capsys
         (TINY.replace("pre_epochs = 2", "pre_epochs = 2\nno_such_option = 1"), r"\[pipeline\].*no_such_option"),
         (TINY.replace("hidden = [32]", "hidden = [0]"), r"\[model\] hidden must be"),
         (TINY.replace("seed = 1", "seed = -1"), r"\[data\] seed"),
-        ("[data\n", "not valid TOML"),
+        ("[data\n", "invalid TOML"),
     ],
 )
 def test_bad_configs_name_the_file_table_and_field(tmp_path, capsys, text, message):

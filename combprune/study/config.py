@@ -57,12 +57,12 @@ import inspect
 import itertools
 import math
 import os
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence, Union
 
+from combprune._validation import read_toml
 from combprune.registry import UnknownSolverError, get_solver, list_solvers
 
 from .executors import DEFAULT_GRACE, EXECUTORS
@@ -70,11 +70,6 @@ from .instances import GENERATORS, Instance, from_factory, from_files, generate
 from .report import StudyResults
 from .runner import SolverRun, Study, expand_solvers
 from .worker import MEMORY_METHODS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 __all__ = ["ConfigError", "StudyConfig", "load_config", "run_config", "parse_config"]
 
@@ -428,13 +423,7 @@ def parse_config(data: dict[str, Any], *, default_name: str = "study", overrides
 def load_config(path: str | os.PathLike[str], **overrides: Any) -> StudyConfig:
     """Read and validate a TOML study configuration (errors: :class:`ConfigError` naming file and field)."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    data = read_toml(path, ConfigError)
     stem = os.path.splitext(os.path.basename(path))[0]
     try:
         config = parse_config(data, default_name=stem, overrides=overrides)

@@ -37,15 +37,9 @@ _DATA_DEFAULTS = {"dataset": "digits", "test_fraction": 0.3, "batch_size": 64, "
 
 def load_pipeline_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a pipeline configuration (``ValueError`` naming file, table and field)."""
-    import tomllib
+    from combprune._validation import read_toml
 
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the configuration ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_toml(path)
     unknown = sorted(set(raw) - _TABLES)
     if unknown:
         raise ValueError(f"{path}: unknown table [{unknown[0]}]; expected [data], [model] and [pipeline]")
