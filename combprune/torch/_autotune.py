@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ._calibration import Batch
+from ._calibration import Batch, _map
 from ._gradients import default_loss, param_overrides, per_sample_gradients
 
 if TYPE_CHECKING:
@@ -84,8 +84,6 @@ def _concat(batches: list[Batch], index: np.ndarray) -> list[Batch]:
 
 
 def _take(batch: Batch, sel: torch.Tensor) -> Batch:
-    from ._calibration import _map
-
     def pick(t: torch.Tensor) -> torch.Tensor:
         return t.index_select(0, sel.to(t.device)) if t.ndim > 0 and t.shape[0] == batch.size else t
 
@@ -149,8 +147,8 @@ def fisher_scale(model: torch.nn.Module, params: list, batches: list[Batch], *, 
 def held_out_loss(model: torch.nn.Module, params: list, batches: list[Batch], weights: np.ndarray, loss_fn: Any) -> float:
     """Mean loss on ``batches`` with the prunable weights set to ``weights`` (model untouched)."""
     loss_fn = loss_fn or default_loss
-    device_dtype = params[0].storage
-    overrides = param_overrides(params, torch.as_tensor(weights, dtype=device_dtype.dtype, device=device_dtype.device))
+    like = params[0].storage
+    overrides = param_overrides(params, torch.as_tensor(weights, dtype=like.dtype, device=like.device))
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     total, n = 0.0, 0

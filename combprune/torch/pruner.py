@@ -256,7 +256,11 @@ class Pruner:
         return run(model, calibration, c)
 
     def with_budget(self, *, sparsity: float | None = None, flop_budget: float | None = None) -> "Pruner":
-        """A copy of this pruner with other budgets (validated)."""
+        """A copy of this pruner with other budgets (validated).
+
+        An explicit sequence ``schedule`` ends at the old ``sparsity``, so the copy uses the
+        default ``"poly"`` schedule (with the default number of stages) instead.
+        """
         opts = self.config.options()
         opts.update(sparsity=sparsity, flop_budget=flop_budget)
         if not isinstance(opts["schedule"], str):
