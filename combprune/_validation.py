@@ -138,19 +138,6 @@ def check_scalar(
     return fvalue
 
 
-class OptionTypeError(TypeError, ValueError):
-    """An option of the wrong type: a ``TypeError``, and a ``ValueError`` like every other
-    invalid solver option, so callers catching either see it."""
-
-
-def check_bool(name: str, value: Any) -> bool:
-    """A real boolean (``bool`` or ``numpy.bool_``): strings such as ``"no"`` and numbers are
-    rejected instead of being read by truthiness (raises :class:`OptionTypeError`)."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise OptionTypeError(f"{name}: expected True or False, got {value!r}")
-
-
 def check_time_limit(time_limit: Any) -> float | None:
     """``None`` (no limit) or a positive finite number of seconds."""
     if time_limit is None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any
 
-from ._validation import check_bool, check_seed, check_time_limit
+from ._validation import check_seed, check_time_limit
+from .params import validate_options
 from .registry import get_solver
 from .result import STATUS_MESSAGES, Deadline, Result
 
@@ -26,7 +26,9 @@ def solve(problem: Any, solver: str | None = None, *, time_limit: float | None =
     time_limit : wall-clock seconds; the solver then returns its best feasible point with
         status ``time_limit``.
     seed : seed of any randomness in the solver.
-    **options : solver-specific keyword options (unknown names raise ``TypeError``).
+    **options : solver-specific keyword options, checked against the solver's declarations
+        (``combprune solvers --options NAME``); unknown names raise ``TypeError``, values
+        outside a declaration :class:`combprune.params.InvalidOptionError`.
 
     Returns
     -------
@@ -45,7 +47,7 @@ def solve(problem: Any, solver: str | None = None, *, time_limit: float | None =
     if unknown:
         valid = ", ".join(spec.options) or "none"
         raise TypeError(f"options: solver {name!r} got unknown option(s) {', '.join(unknown)}; valid options: {valid}")
-    _check_bool_options(spec.func, options)
+    options = validate_options(spec.params, options)
     deadline = Deadline(check_time_limit(time_limit))
     seed = check_seed(seed)
     spec.ensure_available()
@@ -58,10 +60,3 @@ def solve(problem: Any, solver: str | None = None, *, time_limit: float | None =
     logger.info("%s: %s", name, result)
     return result
 
-
-def _check_bool_options(func: Any, options: dict[str, Any]) -> None:
-    """Options whose declared default is a bool must be given as a bool (not ``"no"`` or 1)."""
-    params = inspect.signature(func).parameters
-    for key, value in options.items():
-        if isinstance(params[key].default, bool):
-            check_bool(key, value)

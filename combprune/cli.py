@@ -92,12 +92,20 @@ _PROBLEM_CLASSES = {"l0_regression": "L0Regression", "flop_nnz_ilp": "FlopNnzILP
 def _configure_solvers(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--problem", choices=sorted(_PROBLEM_CLASSES), help="only solvers of this formulation")
+    p.add_argument("--options", metavar="NAME", help="list one solver's options: what each accepts, and its default")
 
 
 def _run_solvers(args: argparse.Namespace) -> int:
     from combprune import problems
-    from combprune.registry import list_solvers
+    from combprune.registry import get_solver, list_solvers
 
+    if args.options:
+        rows = get_solver(args.options).option_rows()
+        if args.json:
+            _print_json(rows)
+        else:
+            print(text_table(["option", "accepts", "default"], [[r["option"], r["accepts"], repr(r["default"])] for r in rows]))
+        return 0
     rows = list_solvers(getattr(problems, _PROBLEM_CLASSES[args.problem]) if args.problem else None)
     if args.json:
         _print_json(rows)

@@ -24,6 +24,8 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from .params import Boolean, check_declarations, describe
+
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "combprune.solvers"
@@ -60,6 +62,8 @@ class SolverSpec:
     extra: str | None = None
     description: str = ""
     options: tuple[str, ...] = field(default=())
+    params: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def available(self) -> bool:
@@ -80,6 +84,14 @@ class SolverSpec:
             raise MissingDependencyError(
                 f"solver {self.name!r} needs {', '.join(missing)}: install it with `pip install {extra}`"
             )
+
+    def option_rows(self) -> list[dict[str, Any]]:
+        """One row per option: its name, what it accepts (from ``params``) and its default."""
+        return [
+            {"option": opt, "accepts": describe(self.params[opt]) if opt in self.params else "any (undeclared)",
+             "default": self.defaults.get(opt)}
+            for opt in self.options
+        ]
 
     def row(self) -> dict[str, Any]:
         return {
@@ -104,21 +116,29 @@ def register_solver(
     requires: Iterable[str] = (),
     extra: str | None = None,
     description: str = "",
+    params: dict[str, Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering ``fn(problem, *, deadline, seed, **options) -> Result`` as ``name``.
 
     The keyword-only parameters of ``fn`` other than ``deadline`` and ``seed`` are the solver's
-    options; ``combprune.solve`` rejects any other option with an error naming it.
+    options; ``combprune.solve`` rejects any other option with an error naming it. ``params``
+    declares each option's type and range with the constraints of :mod:`combprune.params`
+    (built-in solvers declare every option; an undeclared option whose default is a bool is
+    checked as :class:`~combprune.params.Boolean`, any other undeclared one is passed as given).
     """
     problems = (problems,) if isinstance(problems, type) else tuple(problems)
     if not name or not isinstance(name, str):
         raise ValueError("name: a solver needs a non-empty string name")
 
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-        params = inspect.signature(fn).parameters
+        signature = inspect.signature(fn).parameters
         options = tuple(
-            p for p, par in params.items() if par.kind is inspect.Parameter.KEYWORD_ONLY and p not in {"deadline", "seed"}
+            p for p, par in signature.items() if par.kind is inspect.Parameter.KEYWORD_ONLY and p not in {"deadline", "seed"}
         )
+        declared = check_declarations(params or {}, options, f"solver {name!r}")
+        for opt in options:
+            if opt not in declared and isinstance(signature[opt].default, bool):
+                declared[opt] = Boolean()
         if name in _REGISTRY and _REGISTRY[name].func is not fn:
             logger.warning("solver %r re-registered by %s", name, fn.__module__)
         _REGISTRY[name] = SolverSpec(
@@ -130,6 +150,8 @@ def register_solver(
             extra=extra,
             description=description or (inspect.getdoc(fn) or "").split("\n")[0],
             options=options,
+            params=declared,
+            defaults={opt: signature[opt].default for opt in options},
         )
         return fn
 

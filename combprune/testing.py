@@ -15,6 +15,8 @@ For each formulation the solver declares, :func:`check_solver` solves a few smal
 * ``time_limit`` is honoured on a larger instance: the solver returns within
   ``max(1.5 x limit, limit + 0.5 s)`` with a feasible point;
 * an unknown option is rejected with ``TypeError``;
+* every option is declared (:mod:`combprune.params`), its default satisfies its declaration,
+  and a value of no declared kind is rejected with ``InvalidOptionError`` naming the option;
 * the same seed gives the same result.
 
 A formulation added by a plugin registers its instances with :func:`register_instances`;
@@ -30,6 +32,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from combprune.api import solve
+from combprune.params import InvalidOptionError, validate_options
 from combprune.problems import FlopNnzILP, L0Regression, LayerwiseL0, Problem, StructuredMIQP
 from combprune.problems.generators import random_flop_ilp, random_l0_regression, random_structured
 from combprune.registry import get_solver
@@ -164,6 +167,26 @@ def check_solver(name: str, *, formulations: Iterable[type] | None = None, time_
         else:
             raise _fail(name, small[0], "an unknown option was accepted")
         _check_time_limit(name, large, time_limit)
+    _check_declarations(name, small[0])
+
+
+def _check_declarations(name: str, problem: Problem) -> None:
+    spec = get_solver(name)
+    undeclared = [opt for opt in spec.options if opt not in spec.params]
+    if undeclared:
+        raise _fail(name, problem, f"options {', '.join(undeclared)} have no declaration (register_solver(params=...))")
+    for opt in spec.options:
+        try:
+            validate_options(spec.params, {opt: spec.defaults[opt]})
+        except InvalidOptionError as exc:
+            raise _fail(name, problem, f"the default of option {opt!r} violates its own declaration: {exc}") from None
+        try:
+            solve(problem, name, **{opt: object()})
+        except InvalidOptionError as exc:
+            if not str(exc).startswith(opt):
+                raise _fail(name, problem, f"the error for a bad value of {opt!r} does not name it: {exc}") from None
+        else:
+            raise _fail(name, problem, f"option {opt!r} accepted an arbitrary object")
 
 
 def _check_time_limit(name: str, problem: Problem, limit: float) -> None:

@@ -72,6 +72,7 @@ from typing import Any
 import numpy as np
 
 from combprune import backend
+from combprune.params import ArrayLike, Interval, Options
 from combprune.problems import L0Regression
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
@@ -415,6 +416,13 @@ def ridge_solve_on_support(
     problems=L0Regression,
     exact=False,
     description="Exact ridge least squares on a given support (default: magnitude / FLOP-aware magnitude).",
+    params={
+        "support": [None, ArrayLike()],
+        "block_size": [None, Interval(int, 1, None)],
+        "blocks": [None, ArrayLike()],
+        "sweeps": Interval(int, 1, None),
+        "method": Options(METHODS),
+    },
 )
 @scale_invariant
 def backsolve(

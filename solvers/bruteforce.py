@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from combprune import backend
+from combprune.params import Interval
 from combprune.problems import FlopNnzILP, L0Regression, StructuredMIQP
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
@@ -157,6 +158,9 @@ def _solve_structured(problem: StructuredMIQP, deadline: Deadline, max_subsets: 
     problems=(L0Regression, FlopNnzILP, StructuredMIQP),
     exact=True,
     description="Exact enumeration of maximal supports (tiny instances only).",
+    params={
+        "max_subsets": Interval(int, 1, None),
+    },
 )
 def bruteforce(problem, *, deadline: Deadline, seed: int | None = None, max_subsets: int = DEFAULT_MAX_SUBSETS) -> Result:
     """Exact enumeration of maximal feasible supports; ``max_subsets`` caps the work."""

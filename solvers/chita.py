@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from combprune.api import solve
+from combprune.params import ArrayLike, Boolean, InstanceOf, Interval, Options, Table
 from combprune.problems import L0Regression
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
@@ -66,6 +67,18 @@ SWAP_AUTO_MAX_P = 10_000
     problems=L0Regression,
     exact=False,
     description="CHITA: magnitude warm start, active-set IHT with exact line search, back-solve (+ optional swaps).",
+    params={
+        "warm_start": [Options(_WARM), InstanceOf(Result), ArrayLike()],
+        "active_factor": [None, Interval(float, 1, None)],
+        "max_iter": Interval(int, 1, None),
+        "max_outer": Interval(int, 1, None),
+        "tol": Interval(float, 0, None),
+        "backsolve": [Boolean(), Options({"auto", "exact", "cg", "none"}), None],
+        "stable_iters": [None, Interval(int, 1, None)],
+        "refine": Boolean(),
+        "swap": [Boolean(), Options({"auto"})],
+        "swap_options": [None, Table()],
+    },
 )
 @scale_invariant
 def chita(

@@ -76,6 +76,7 @@ from typing import Any
 import numpy as np
 
 from combprune import backend
+from combprune.params import Boolean, Interval, Table
 from combprune.problems import L0Regression, StructuredMIQP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
@@ -426,6 +427,12 @@ def _solve_structured(original: StructuredMIQP, deadline, seed, gap_rel, big_m, 
     requires=("cvxpy", "pyscipopt"),
     extra="exact",
     description="cvxpy + SCIP big-M MIQP for L0Regression and StructuredMIQP (proven big-M, SCIP's bound).",
+    params={
+        "gap_rel": Interval(float, 0, 1, closed="left"),
+        "big_m": [None, Interval(float, 0, None, closed="neither")],
+        "verbose": Boolean(),
+        "scip_params": [None, Table()],
+    },
 )
 def cvxpy_scip(
     problem: L0Regression | StructuredMIQP,

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from combprune.params import ArrayLike, Boolean, InstanceOf, Interval, Options
 from combprune.problems import L0Regression
 from combprune.problems.l0_regression import flop_total
 from combprune.registry import register_solver
@@ -63,6 +64,14 @@ _STEPS = ("line_search", "lipschitz")
     problems=L0Regression,
     exact=False,
     description="FALCON's discrete first-order method: FLOP-NNZ ILP projection steps + back-solve.",
+    params={
+        "warm_start": [None, InstanceOf(Result), ArrayLike()],
+        "step": Options(_STEPS),
+        "max_iter": Interval(int, 1, None),
+        "max_rounds": Interval(int, 1, None),
+        "tol": Interval(float, 0, None),
+        "refine": Boolean(),
+    },
 )
 @scale_invariant
 def dfo(

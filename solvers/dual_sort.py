@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from combprune import backend
+from combprune.params import Boolean
 from combprune.problems import FlopNnzILP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
@@ -981,6 +982,9 @@ def flop_nnz_select(values: Any, costs: Any, k: int, flop_budget: float, layer: 
     problems=FlopNnzILP,
     exact=False,
     description="FALCON's LP dual search by sorting/selection, certified rounding + greedy fill.",
+    params={
+        "use_layers": Boolean(),
+    },
 )
 def dual_sort(problem: FlopNnzILP, *, deadline: Deadline, seed: int | None = None, use_layers: bool = True) -> Result:
     """LP relaxation through its 1-D dual, rounded; ``bound`` = LP value, ``gap`` certified.

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from combprune import backend
+from combprune.params import Boolean
 from combprune.problems import StructuredMIQP
 from combprune.problems.l0_regression import within_budget
 from combprune.registry import register_solver
@@ -84,6 +85,9 @@ SECONDS_PER_FLOP = 2e-9
     problems=StructuredMIQP,
     exact=False,
     description="Keep the groups of largest weight norm, then refit the kept rows exactly.",
+    params={
+        "refit": Boolean(),
+    },
 )
 def group_magnitude(problem: StructuredMIQP, *, deadline: Deadline, seed: int | None = None, refit: bool = True) -> Result:
     """Structured magnitude pruning with an optional exact refit (``refit=True``).

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from combprune import backend
+from combprune.params import Boolean, Interval, Options
 from combprune.problems import FlopNnzILP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
@@ -202,6 +203,13 @@ def _lp_result(problem: FlopNnzILP, deadline: Deadline, lp_solver: str, threads:
     requires=("highspy",),
     extra="exact",
     description="HiGHS MILP (highspy) for the FLOP/count knapsack; reports HiGHS's dual bound.",
+    params={
+        "mip_rel_gap": Interval(float, 0, 1, closed="left"),
+        "threads": [None, Interval(int, 1, None)],
+        "lp_relaxation": Boolean(),
+        "lp_solver": Options(_LP_METHODS),
+        "presolve": Options({"auto", "on", "off"}),
+    },
 )
 def highs(
     problem: FlopNnzILP,

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from combprune.params import ArrayLike, Boolean, InstanceOf, Interval, Options
 from combprune.problems import L0Regression
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
@@ -137,6 +138,16 @@ def run_iht(
     problems=L0Regression,
     exact=False,
     description="IHT with exact piecewise-quadratic line search, active set and final back-solve (CHITA).",
+    params={
+        "warm_start": [None, InstanceOf(Result), ArrayLike()],
+        "active_factor": [None, Interval(float, 1, None)],
+        "max_iter": Interval(int, 1, None),
+        "max_outer": Interval(int, 1, None),
+        "tol": Interval(float, 0, None),
+        "line_search": Boolean(),
+        "backsolve": [Boolean(), Options(BACKSOLVE_MODES), None],
+        "stable_iters": [None, Interval(int, 1, None)],
+    },
 )
 @scale_invariant
 def iht(

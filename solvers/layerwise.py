@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from combprune.params import Interval, Options
 from combprune.problems import LayerwiseL0
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
@@ -121,6 +122,14 @@ def _check_option(name: str, value: Any, low: float, integer: bool) -> None:
     problems=LayerwiseL0,
     exact=False,
     description="ADMM with a growing penalty (ALPS-style) warm started from SparseGPT, exact per-output refits, IHT polish.",
+    params={
+        "max_iter": Interval(int, 1, None),
+        "rho0": Interval(float, 1e-12, None),
+        "rho_growth": Interval(float, 1, None),
+        "check_every": Interval(int, 1, None),
+        "patience": Interval(int, 1, None),
+        "local_rounds": Interval(int, 0, None),
+    },
 )
 def layerwise(problem: LayerwiseL0, *, deadline: Deadline, seed: int | None = None, max_iter: int = 300,
               rho0: float = 0.1, rho_growth: float = 1.3, check_every: int = 3, patience: int = 3,
@@ -173,6 +182,10 @@ def layerwise(problem: LayerwiseL0, *, deadline: Deadline, seed: int | None = No
     problems=LayerwiseL0,
     exact=True,
     description="Exact LayerwiseL0 for tiny layers: per-output L0Regression reductions solved by bruteforce or cvxpy.",
+    params={
+        "inner": Options({"bruteforce", "cvxpy"}),
+        "max_subsets": Interval(int, 1, None),
+    },
 )
 def layerwise_exact(problem: LayerwiseL0, *, deadline: Deadline, seed: int | None = None, inner: str = "bruteforce",
                     max_subsets: int = 200_000) -> Result:

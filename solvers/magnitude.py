@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from combprune import backend
+from combprune.params import ArrayLike, Boolean
 from combprune.problems import FlopNnzILP, L0Regression, LayerwiseL0
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
@@ -158,6 +159,10 @@ def _ilp(problem: FlopNnzILP, per_layer: bool, layers: Any) -> Result:
     problems=(L0Regression, FlopNnzILP, LayerwiseL0),
     exact=False,
     description="Magnitude pruning: top-k |w_bar| (global or per layer); FLOP-aware via the dual-sort ILP.",
+    params={
+        "per_layer": Boolean(),
+        "layers": [None, ArrayLike()],
+    },
 )
 def magnitude(problem, *, deadline: Deadline, seed: int | None = None, per_layer: bool = False,
               layers: Any = None) -> Result:

@@ -67,6 +67,7 @@ import numpy as np
 import scipy.linalg
 
 from combprune import backend
+from combprune.params import Boolean, Interval
 from combprune.problems import StructuredMIQP
 from combprune.problems.l0_regression import FLOP_RTOL, within_budget
 from combprune.registry import register_solver
@@ -643,6 +644,16 @@ def _osscar_search(
     problems=StructuredMIQP,
     exact=False,
     description="OSSCAR: group-OBS backward elimination + swap local search with low-rank updates.",
+    params={
+        "groups_per_round": [None, Interval(int, 1, None)],
+        "swap_size": [None, Interval(int, 1, None)],
+        "swap_candidates": Interval(int, 1, None),
+        "pair_candidates": Interval(int, 0, None),
+        "max_swap_rounds": Interval(int, 0, None),
+        "add_chunks": Interval(int, 1, None),
+        "refresh_every": [None, Interval(int, 1, None)],
+        "compare_magnitude": Boolean(),
+    },
 )
 @functools.wraps(_osscar_search)
 def osscar(problem: StructuredMIQP, **kwargs: Any) -> Result:

@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 
 from combprune import backend
+from combprune.params import Boolean, Interval
 from combprune.problems import FlopNnzILP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
@@ -73,6 +74,11 @@ def parse_cbc_log(text: str) -> dict[str, object]:
     requires=("pulp",),
     extra="exact",
     description="PuLP + bundled CBC branch and cut for the FLOP/count knapsack; reports CBC's bound.",
+    params={
+        "gap_rel": Interval(float, 0, 1, closed="left"),
+        "threads": Interval(int, 1, None),
+        "presolve": [None, Boolean()],
+    },
 )
 def pulp_cbc(
     problem: FlopNnzILP,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
+from combprune.params import Interval
 from combprune.problems import LayerwiseL0
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result
@@ -105,6 +106,10 @@ def sparsegpt_weights(problem: LayerwiseL0, K: np.ndarray, W_hat: np.ndarray, *,
     problems=LayerwiseL0,
     exact=False,
     description="SparseGPT: OBS column sweep with the Cholesky factor of the inverse Hessian and lazy block updates.",
+    params={
+        "block_size": Interval(int, 1, None),
+        "damp": [None, Interval(float, 0, None)],
+    },
 )
 def sparsegpt(problem: LayerwiseL0, *, deadline: Deadline, seed: int | None = None, block_size: int = DEFAULT_BLOCK,
               damp: float | None = None) -> Result:

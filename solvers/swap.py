@@ -116,6 +116,7 @@ import numpy as np
 import scipy.linalg
 
 from combprune import backend
+from combprune.params import ArrayLike, InstanceOf, Interval
 from combprune.problems import L0Regression
 from combprune.problems.l0_regression import FLOP_RTOL, flop_total
 from combprune.registry import register_solver
@@ -826,6 +827,16 @@ def _warm_start(problem: L0Regression, data: L0Data, warm_start: Any) -> tuple[n
     problems=L0Regression,
     exact=False,
     description="Swap local search on the support with low-rank (Schur complement) gains.",
+    params={
+        "warm_start": [None, InstanceOf(Result), ArrayLike()],
+        "candidates": Interval(int, 1, None),
+        "drop_candidates": Interval(int, 0, None),
+        "depth": Interval(int, 0, None),
+        "breadth": Interval(int, 1, None),
+        "max_swaps": [None, Interval(int, 0, None)],
+        "refactor_every": [None, Interval(int, 1, None)],
+        "tol": Interval(float, 0, None),
+    },
 )
 @scale_invariant
 def swap(

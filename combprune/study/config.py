@@ -57,12 +57,11 @@ import inspect
 import itertools
 import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence, Union
+from typing import Any, Callable, Sequence
 
 from combprune._validation import read_toml
+from combprune.params import InvalidOptionError, validate_options
 from combprune.registry import UnknownSolverError, get_solver, list_solvers
 
 from .executors import DEFAULT_GRACE, EXECUTORS
@@ -146,70 +145,18 @@ def _no_unknown(path: str, table: dict[str, Any], allowed: Sequence[str]) -> Non
 
 
 # ------------------------------------------------------------------------ solver options
-def _type_check(tp: Any) -> tuple[str, Callable[[Any], bool]] | None:
-    """(description, predicate) for an option annotation; None when it cannot be checked."""
-    if tp is inspect.Parameter.empty or tp is Any:
-        return None
-    if tp is bool:
-        return "bool", lambda v: isinstance(v, bool)
-    if tp is int:
-        return "int", lambda v: isinstance(v, int) and not isinstance(v, bool)
-    if tp is float:
-        return "float", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    if tp is str:
-        return "str", lambda v: isinstance(v, str)
-    if tp is type(None):
-        return "None", lambda v: v is None
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        return "one of " + ", ".join(map(repr, choices)), lambda v: v in choices and type(v) in {type(c) for c in choices}
-    if origin is Union or (hasattr(types, "UnionType") and origin is types.UnionType):
-        checks = [_type_check(a) for a in typing.get_args(tp)]
-        if any(c is None for c in checks):
-            return None
-        return " or ".join(c[0] for c in checks), lambda v: any(c[1](v) for c in checks)
-    if origin in (list, tuple) or tp in (list, tuple) or origin is typing.Sequence:
-        return "array", lambda v: isinstance(v, list)
-    if origin is dict or tp is dict:
-        return "table", lambda v: isinstance(v, dict)
-    return None
-
-
-def option_types(solver: str) -> dict[str, tuple[str, Callable[[Any], bool]] | None]:
-    """For each keyword option of ``solver``: how its value is checked (from its annotation,
-    else from the type of its default; ``None`` where neither says)."""
-    spec = get_solver(solver)
-    try:
-        hints = typing.get_type_hints(spec.func)
-    except Exception:  # unresolvable forward references: fall back to defaults
-        hints = {}
-    params = inspect.signature(spec.func).parameters
-    out: dict[str, tuple[str, Callable[[Any], bool]] | None] = {}
-    for name in spec.options:
-        par = params[name]
-        check = _type_check(hints.get(name, par.annotation if not isinstance(par.annotation, str) else Any))
-        if check is None and type(par.default) in (bool, int, float, str):
-            check = _type_check(type(par.default))
-        out[name] = check
-    return out
-
-
 def _check_options(path: str, solver: str, options: dict[str, Any]) -> dict[str, Any]:
-    types_ = option_types(solver)
-    for key, value in options.items():
-        if key not in types_:
-            valid = ", ".join(types_) or "none"
+    """``options`` checked against the solver's declarations (the same ones ``combprune.solve``
+    reads), with errors naming the field, e.g. ``solvers[1].options.max_iter: expected int``."""
+    spec = get_solver(solver)
+    for key in options:
+        if key not in spec.options:
+            valid = ", ".join(spec.options) or "none"
             raise ConfigError(f"{path}.{key}: unknown option of solver {solver!r} (valid options: {valid})")
-        check = types_[key]
-        if check is not None and not check[1](value):
-            raise _err(f"{path}.{key}", check[0], value)
-        default = inspect.signature(get_solver(solver).func).parameters[key].default
-        if type(default) is int and type(value) is int and value < min(default, 1) and default >= 0:
-            # counts (max_iter, candidates, ...): a default >= 1 means the option must be >= 1
-            raise ConfigError(f"{path}.{key}: expected an int >= {min(default, 1)}, got {value}")
-        if type(default) is float and isinstance(value, (int, float)) and not math.isfinite(value):
-            raise ConfigError(f"{path}.{key}: expected a finite number, got {value}")
+    try:
+        validate_options(spec.params, options, where=f"{path}.")
+    except InvalidOptionError as exc:
+        raise ConfigError(str(exc)) from None
     return dict(options)
 
 
