@@ -44,8 +44,9 @@ from _common import RESULTS_DIR, machine_info, save_results, timeit  # noqa: E40
 
 import combprune as cp  # noqa: E402
 from combprune.result import Deadline, History  # noqa: E402
-from combprune.solvers._l0_core import L0Data, make_projector  # noqa: E402
-from combprune.solvers._l0_engine import InnerIHT  # noqa: E402
+from combprune.solvers._kernels.l0_data import L0Data  # noqa: E402
+from combprune.solvers._kernels.projections import make_projector  # noqa: E402
+from combprune.solvers._kernels.iht_engine import InnerIHT  # noqa: E402
 
 OFFICIAL_IHT = (14.2, 7738.16)
 OFFICIAL_BACKSOLVE = (0.79, 7809.64)

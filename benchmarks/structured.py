@@ -47,7 +47,7 @@ from _common import RESULTS_DIR, machine_info, save_results  # noqa: E402
 import combprune  # noqa: E402
 from combprune.problems import StructuredMIQP  # noqa: E402
 from combprune.problems.structured import osscar_default_ridge  # noqa: E402
-from combprune.solvers import _structured_linalg as sl  # noqa: E402
+from combprune.solvers._kernels import structured as sl  # noqa: E402
 from combprune.solvers.osscar import _Elimination  # noqa: E402
 
 

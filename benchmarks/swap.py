@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import combprune as cp  # noqa: E402
 from combprune.problems.generators import random_l0_regression  # noqa: E402
-from combprune.solvers._l0_core import L0Data  # noqa: E402
+from combprune.solvers._kernels.l0_data import L0Data  # noqa: E402
 from combprune.solvers.swap import SupportModel  # noqa: E402
 
 from _common import RESULTS_DIR, machine_info, markdown_table, timeit  # noqa: E402

@@ -12,10 +12,28 @@ from typing import Any, ClassVar
 import numpy as np
 
 from combprune import backend
+from combprune._validation import check_array
 
 FORMAT_VERSION = 1
 _META_KEY = "__meta__"
 _KINDS: dict[str, type["Problem"]] = {}
+
+
+def check_layer(layer: Any, p: int, costs: Any = None) -> Any:
+    """A validated (p,) non-negative integer layer index (or None); with ``costs``, the costs
+    must be constant within each layer (``ValueError`` naming ``layer`` otherwise)."""
+
+    if layer is None:
+        return None
+    layer = check_array("layer", layer, ndim=1, shape=(p,), dtype_kind="int", nonnegative=True)
+    if costs is not None:
+        lay = backend.to_numpy(layer)
+        order = np.argsort(lay, kind="stable")
+        ls, cs = lay[order], backend.to_numpy(costs)[order]
+        differs = (ls[1:] == ls[:-1]) & (cs[1:] != cs[:-1])
+        if np.any(differs):
+            raise ValueError(f"layer: costs must be constant within a layer (layer {int(ls[1:][differs][0])} has several costs)")
+    return layer
 
 
 class Problem:

@@ -9,8 +9,8 @@ import numpy as np
 from combprune import backend
 from combprune._validation import check_array, check_int, check_scalar
 
-from ._base import Problem
-from .l0_regression import flop_total, within_budget
+from ._base import Problem, check_layer
+from .budget import Budget
 
 
 class FlopNnzILP(Problem):
@@ -50,16 +50,7 @@ class FlopNnzILP(Problem):
             raise TypeError("costs: must be the same array type as values")
         k = check_int("k", k, low=0, high=p)
         flop_budget = check_scalar("flop_budget", flop_budget, low=0.0)
-        if layer is not None:
-            layer = check_array("layer", layer, ndim=1, shape=(p,), dtype_kind="int", nonnegative=True)
-            lay = backend.to_numpy(layer)
-            cst = backend.to_numpy(costs)
-            order = np.argsort(lay, kind="stable")
-            ls, cs = lay[order], cst[order]
-            same_layer = ls[1:] == ls[:-1]
-            if np.any(same_layer & (cs[1:] != cs[:-1])):
-                bad = int(ls[1:][same_layer & (cs[1:] != cs[:-1])][0])
-                raise ValueError(f"layer: costs must be constant within a layer (layer {bad} has several costs)")
+        layer = check_layer(layer, p, costs)
         self.values, self.costs, self.layer = values, costs, layer
         self.k, self.flop_budget = k, flop_budget
         self._freeze()
@@ -82,15 +73,13 @@ class FlopNnzILP(Problem):
             return [f"shape: expected ({self.p},), got {None if z is None else z.shape}"]
         if not np.all((z == 0) | (z == 1)):
             return ["binary: z has entries other than 0 and 1"]
-        violations = []
-        support = z == 1
-        count = int(support.sum())
-        if count > self.k:
-            violations.append(f"nnz: {count} selected > k = {self.k}")
-        total = flop_total(backend.to_numpy(self.costs), support)
-        if not within_budget(total, self.flop_budget):
-            violations.append(f"flops: {total:.17g} > flop_budget = {self.flop_budget:.17g}")
-        return violations
+        return self.budget.violations(z == 1, count_key="nnz", count_text="selected", count_name="k", cost_key="flops",
+                                      cost_name="flop_budget")
+
+    @property
+    def budget(self) -> Budget:
+        """The count ``k`` and the FLOP budget as one :class:`~combprune.problems.budget.Budget`."""
+        return Budget.of(self.k, self.costs, self.flop_budget)
 
     @classmethod
     def _from_saved(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "FlopNnzILP":

@@ -10,19 +10,10 @@ import numpy as np
 from combprune import backend
 from combprune._validation import check_array, check_int, check_scalar
 
-from ._base import Problem
+from ._base import Problem, check_layer
+from .budget import FLOP_RTOL, Budget, flop_total, within_budget
 
-#: Relative slack when comparing a FLOP total with the budget (absorbs summation order only).
-FLOP_RTOL = 1e-12
-
-
-def flop_total(costs: np.ndarray, support: np.ndarray) -> float:
-    """Correctly rounded sum of ``costs`` over the boolean ``support`` (``math.fsum``)."""
-    return math.fsum(np.asarray(costs, dtype=np.float64)[np.asarray(support, dtype=bool)].tolist())
-
-
-def within_budget(total: float, budget: float) -> bool:
-    return total <= budget + FLOP_RTOL * max(abs(budget), 1.0)
+__all__ = ["L0Regression", "FLOP_RTOL", "flop_total", "within_budget"]
 
 
 class L0Regression(Problem):
@@ -44,6 +35,9 @@ class L0Regression(Problem):
     flop_costs : (p,) non-negative FLOPs of each weight, FLOPs (not MACs) by convention of the
         torch adapter; must be given together with ``flop_budget``.
     flop_budget : F, the FLOPs kept, in the same unit as ``flop_costs``.
+    layer : optional (p,) non-negative integer layer index of each weight (the torch adapter
+        fills it); with ``flop_costs`` the costs must be constant within a layer. The FLOP-aware
+        projections sort each layer once with it (default None: layers inferred from equal costs).
 
     Conventions: the FLOP constraint counts ``f_i`` for every ``w_i != 0`` exactly; a total
     passes ``check`` when it is ``<= F (1 + 1e-12)`` (summation-order slack only).
@@ -53,7 +47,7 @@ class L0Regression(Problem):
     kind: ClassVar[str] = "l0_regression"
     sense: ClassVar[str] = "min"
     default_solver: ClassVar[str] = "chita"
-    _array_fields: ClassVar[tuple[str, ...]] = ("A", "b", "w_bar", "flop_costs")
+    _array_fields: ClassVar[tuple[str, ...]] = ("A", "b", "w_bar", "flop_costs", "layer")
     _scalar_fields: ClassVar[tuple[str, ...]] = ("k", "ridge", "flop_budget")
 
     def __init__(
@@ -66,6 +60,7 @@ class L0Regression(Problem):
         w_bar: Any = None,
         flop_costs: Any = None,
         flop_budget: float | None = None,
+        layer: Any = None,
     ) -> None:
         A = check_array("A", A, ndim=2)
         n, p = A.shape
@@ -88,9 +83,11 @@ class L0Regression(Problem):
         if flop_costs is not None:
             flop_costs = check_array("flop_costs", flop_costs, ndim=1, shape=(p,), nonnegative=True)
             flop_budget = check_scalar("flop_budget", flop_budget, low=0.0)
+        layer = check_layer(layer, p, flop_costs)
         self.A, self.b, self.w_bar = A, b, w_bar
         self.k, self.ridge = k, ridge
         self.flop_costs, self.flop_budget = flop_costs, flop_budget
+        self.layer = layer
         self._freeze()
 
     # Constructors ---------------------------------------------------------------------------
@@ -105,6 +102,7 @@ class L0Regression(Problem):
         first_order: bool = False,
         flop_costs: Any = None,
         flop_budget: float | None = None,
+        layer: Any = None,
     ) -> "L0Regression":
         r"""Build the local quadratic model of a network's loss from per-sample gradients.
 
@@ -129,7 +127,7 @@ class L0Regression(Problem):
         b = A @ xp.astype(w_bar, A.dtype)
         if first_order:
             b = b - 1.0
-        return cls(A, b, k, ridge=A.shape[0] * l2, w_bar=w_bar, flop_costs=flop_costs, flop_budget=flop_budget)
+        return cls(A, b, k, ridge=A.shape[0] * l2, w_bar=w_bar, flop_costs=flop_costs, flop_budget=flop_budget, layer=layer)
 
     # Properties -----------------------------------------------------------------------------
     @property
@@ -139,6 +137,11 @@ class L0Regression(Problem):
     @property
     def p(self) -> int:
         return int(self.A.shape[1])
+
+    @property
+    def budget(self) -> Budget:
+        """The count ``k`` and the FLOP budget as one :class:`~combprune.problems.budget.Budget`."""
+        return Budget.of(self.k, self.flop_costs, self.flop_budget)
 
     @property
     def has_flop_budget(self) -> bool:
@@ -179,16 +182,8 @@ class L0Regression(Problem):
             return [f"shape: expected ({self.p},), got {None if w is None else w.shape}"]
         if not np.all(np.isfinite(w)):
             return ["finite: w contains NaN or Inf"]
-        violations = []
-        support = w != 0
-        nnz = int(support.sum())
-        if nnz > self.k:
-            violations.append(f"nnz: {nnz} nonzeros > k = {self.k}")
-        if self.flop_costs is not None:
-            total = flop_total(backend.to_numpy(self.flop_costs), support)
-            if not within_budget(total, self.flop_budget):
-                violations.append(f"flops: {total:.17g} > flop_budget = {self.flop_budget:.17g}")
-        return violations
+        return self.budget.violations(w != 0, count_key="nnz", count_text="nonzeros", count_name="k", cost_key="flops",
+                                      cost_name="flop_budget")
 
     @classmethod
     def _from_saved(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "L0Regression":
@@ -200,6 +195,7 @@ class L0Regression(Problem):
             w_bar=arrays.get("w_bar"),
             flop_costs=arrays.get("flop_costs"),
             flop_budget=meta.get("flop_budget"),
+            layer=arrays.get("layer"),
         )
 
     def __repr__(self) -> str:

@@ -12,7 +12,7 @@ from combprune import backend
 from combprune._validation import check_array, check_int, check_scalar
 
 from ._base import Problem
-from .l0_regression import within_budget
+from .budget import Budget
 
 
 def osscar_default_ridge(H: Any) -> float:
@@ -206,15 +206,13 @@ class StructuredMIQP(Problem):
             return [f"shape: expected ({self.d}, {self.m}), got {W.shape}"]
         if not np.all(np.isfinite(W)):
             return ["finite: W contains NaN or Inf"]
-        violations = []
-        sel = self.group_support(W)
-        if self.s is not None and int(sel.sum()) > self.s:
-            violations.append(f"groups: {int(sel.sum())} selected > s = {self.s}")
-        if self.group_costs is not None:
-            total = math.fsum(backend.to_numpy(self.group_costs).astype(np.float64)[sel].tolist())
-            if not within_budget(total, self.cost_budget):
-                violations.append(f"cost: {total:.17g} > cost_budget = {self.cost_budget:.17g}")
-        return violations
+        return self.budget.violations(self.group_support(W), count_key="groups", count_text="selected", count_name="s",
+                                      cost_key="cost", cost_name="cost_budget")
+
+    @property
+    def budget(self) -> Budget:
+        """The group count ``s`` and the cost budget as one :class:`~combprune.problems.budget.Budget`."""
+        return Budget.of(self.s, self.group_costs, self.cost_budget)
 
     @classmethod
     def _from_saved(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "StructuredMIQP":

@@ -29,7 +29,7 @@ from combprune.problems import FlopNnzILP, L0Regression, StructuredMIQP
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
-from ._exact import cast_point, l0_refit, structured_refit
+from ._kernels.exact import cast_point, l0_refit, structured_refit
 
 DEFAULT_MAX_SUBSETS = 200_000
 

@@ -6,7 +6,7 @@ Stages (all times against the one ``time_limit``):
    (top-k of ``|w_bar|``, or FLOP-aware magnitude pruning under a FLOP budget);
    ``"backsolve"`` also back-solves on it first; or a Result / weights / support.
 2. **active-set IHT** with the exact piecewise-quadratic line search (conjugate directions on a
-   fixed support), see :mod:`combprune.solvers.iht`.
+   fixed support), see :mod:`combprune.solvers._kernels.l0_family`.
    Once the support has been stable for ``stable_iters`` steps the weights are back-solved
    on it and IHT continues from there (CHITA's "update on the support once it stabilises").
 3. **back-solve**: the ridge least squares on the final support, unless IHT ended on a
@@ -14,10 +14,10 @@ Stages (all times against the one ``time_limit``):
    otherwise conjugate gradients started at the IHT point).
 4. **support refinement** (``refine=True``): projected steps ``supp P(w - tau g)`` for a few
    ``tau`` around ``1/ridge``, each evaluated by its *back-solved* objective (rank-|D| updates
-   of the n x n Gram, see :mod:`combprune.solvers._l0_refine`), moving while one improves.
+   of the n x n Gram, see :mod:`combprune.solvers._kernels.refine`), moving while one improves.
    IHT's own line search cannot see these moves from a back-solved point.
 5. **swap** (``swap="auto"``, the default: on when ``p <= SWAP_AUTO_MAX_P``): the swap local
-   search of :mod:`combprune.solvers.swap` from the back-solved point, with the time left. On
+   search of the ``swap`` solver (run through ``combprune.solve``) from the back-solved point, with the time left. On
    rank-deficient or strongly correlated designs IHT stops at supports that one exchange
    improves a lot (measured: objectives 2-4x lower at p = 14 ... 3000 for 2-10x the time of the
    rest, seconds at most); above ``SWAP_AUTO_MAX_P`` weights its cost (tens of seconds on a
@@ -40,18 +40,13 @@ from combprune.problems import L0Regression
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
-from ._l0_core import (
-    L0Data,
-    check_positive_float,
-    check_positive_int,
-    default_support,
-    final_objective,
-    make_projector,
-    scale_invariant,
-    warm_start_weights,
-)
-from .backsolve import ridge_solve_on_support
-from .iht import check_active_factor, check_backsolve, run_iht
+from ._kernels.l0_data import L0Data, final_objective, scale_invariant
+from ._kernels.l0_family import BACKSOLVE_MODES, check_active_factor, check_backsolve, run_iht
+from ._kernels.options import check_positive_float, check_positive_int
+from ._kernels.projections import default_support, make_projector
+from ._kernels.refine import refine_support
+from ._kernels.ridge import ridge_solve_on_support
+from ._kernels.warm_start import warm_start_weights
 
 __all__ = ["chita"]
 
@@ -73,7 +68,7 @@ SWAP_AUTO_MAX_P = 10_000
         "max_iter": Interval(int, 1, None),
         "max_outer": Interval(int, 1, None),
         "tol": Interval(float, 0, None),
-        "backsolve": [Boolean(), Options({"auto", "exact", "cg", "none"}), None],
+        "backsolve": [Boolean(), Options(BACKSOLVE_MODES), None],
         "stable_iters": [None, Interval(int, 1, None)],
         "refine": Boolean(),
         "swap": [Boolean(), Options({"auto"})],
@@ -143,8 +138,6 @@ def chita(
     if f_bs is not None:
         stages.append({"stage": "backsolve", "objective": f_bs, "time": deadline.elapsed()})
     if refine and not deadline.expired() and w.any():
-        from ._l0_refine import refine_support
-
         ro = refine_support(
             data, w, make_projector(data), deadline=deadline, history=history, factor=out.factor if out.backsolved else None,
             active_idx=out.active_idx, active_op=out.active_op,

@@ -81,7 +81,8 @@ from combprune.problems import L0Regression, StructuredMIQP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
-from ._exact import cast_point, greedy_mask, l0_refit, pow2_above, round_selection, structured_refit
+from ._kernels.exact import cast_point, l0_refit, pow2_above, round_selection, structured_refit
+from ._kernels.selection import greedy_mask
 
 __all__ = ["cvxpy_scip", "l0_big_m", "structured_big_m"]
 
@@ -99,16 +100,14 @@ def _no_big_m_error(what: str) -> ValueError:
 def _l0_greedy(problem: L0Regression) -> np.ndarray:
     """Feasible support: largest ``|w_bar|`` first within ``k`` and the FLOP budget."""
     w_bar = backend.to_numpy(problem.w_bar).astype(np.float64)
-    costs = None if problem.flop_costs is None else backend.to_numpy(problem.flop_costs).astype(np.float64)
-    return greedy_mask(np.abs(w_bar), problem.k, costs, problem.flop_budget)
+    return greedy_mask(problem.budget, np.argsort(-np.abs(w_bar), kind="stable"))
 
 
 def _structured_greedy(problem: StructuredMIQP) -> np.ndarray:
     """Feasible group selection: largest ``||W_hat_g||_F`` first within ``s`` and the cost budget."""
     W_hat = backend.to_numpy(problem.W_hat).astype(np.float64)
-    costs = None if problem.group_costs is None else backend.to_numpy(problem.group_costs).astype(np.float64)
     norms = np.bincount(problem.group_index, weights=np.sum(W_hat**2, axis=1), minlength=problem.n_groups)
-    return greedy_mask(norms, problem.s, costs, problem.cost_budget)
+    return greedy_mask(problem.budget, np.argsort(-norms, kind="stable"))
 
 
 def l0_big_m(problem: L0Regression) -> np.ndarray:
@@ -304,11 +303,11 @@ def _scaled_structured(problem: StructuredMIQP) -> tuple[StructuredMIQP, float]:
 def _local_check(problem: L0Regression, x: np.ndarray, deadline: Deadline) -> np.ndarray:
     """Swap local search from SCIP's support (tiny instances: milliseconds): a point better than
     SCIP's bound exposes a wrong bound (then rejected by :func:`_finish`)."""
-    from .swap import swap
+    from combprune.api import solve  # another solver runs through the public entry point
 
-    budget = Deadline(None if not math.isfinite(deadline.remaining()) else max(deadline.remaining(), 0.0))
+    left = deadline.remaining()
     try:
-        res = swap(problem, deadline=budget, warm_start=np.asarray(x != 0))
+        res = solve(problem, "swap", time_limit=None if not math.isfinite(left) else max(left, 1e-9), warm_start=np.asarray(x != 0))
     except (ValueError, np.linalg.LinAlgError):  # the check is optional; SCIP's point stands
         return x
     w = backend.to_numpy(res.x).astype(np.float64)

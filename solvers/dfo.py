@@ -11,13 +11,13 @@ The method alternates two phases (FALCON's DFO with back-solves):
    (one pass over A per step), where ``P`` is the Euclidean projection onto the feasible set:
    FALCON's Lemma 1, the FLOP-NNZ ILP with values ``(w - tau g)^2`` solved by dual-sort's
    integer solution, keeping ``w - tau g`` on the chosen support. ``tau`` comes from the exact
-   line search of :mod:`combprune.solvers._l0_engine` (``step="line_search"``) or is ``1/L``
+   line search of :mod:`combprune.solvers._kernels.iht_engine` (``step="line_search"``) or is ``1/L``
    (``step="lipschitz"``, ``L = sigma_max(A)^2 + ridge`` by power iteration). Steps continue
    until the objective stalls (relative decrease below ``tol`` three times in a row);
 2. **back-solve**: the exact ridge least squares on the support reached, then (``refine``)
    further projected steps ``supp P(w - tau g)`` each judged by its own back-solved objective
    (tau around ``1/ridge``; rank-|D| updates of the n x n Gram, see
-   :mod:`combprune.solvers._l0_refine`) while one improves.
+   :mod:`combprune.solvers._kernels.refine`) while one improves.
 
 Rounds repeat from the back-solved point while a round lowers Q (at most ``max_rounds``).
 Every iterate's support is an output of the ILP projection (or the start's feasible support),
@@ -36,23 +36,17 @@ import numpy as np
 
 from combprune.params import ArrayLike, Boolean, InstanceOf, Interval, Options
 from combprune.problems import L0Regression
-from combprune.problems.l0_regression import flop_total
+from combprune.problems.budget import flop_total
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
-from ._l0_core import (
-    L0Data,
-    check_positive_float,
-    check_positive_int,
-    default_support,
-    final_objective,
-    make_projector,
-    scale_invariant,
-    warm_start_weights,
-)
-from ._l0_engine import InnerIHT
-from ._l0_refine import refine_support
-from .backsolve import ridge_solve_on_support
+from ._kernels.iht_engine import InnerIHT, run_inner
+from ._kernels.l0_data import L0Data, final_objective, scale_invariant
+from ._kernels.l0_family import start_weights
+from ._kernels.options import check_positive_float, check_positive_int
+from ._kernels.projections import make_projector
+from ._kernels.refine import refine_support
+from ._kernels.ridge import solve_with_factor
 
 __all__ = ["dfo"]
 
@@ -100,10 +94,7 @@ def dfo(
     tol = check_positive_float("tol", tol, allow_zero=True)
     data = L0Data(problem)
     proj = make_projector(data)
-    if warm_start is None:
-        w = np.where(default_support(problem, data), data.w_bar, 0.0)
-    else:
-        w = warm_start_weights(problem, warm_start)
+    w = start_weights(problem, data, warm_start)
     e = data.residual(w)
     f = data.objective(w, e)
     history.record(f)
@@ -121,31 +112,20 @@ def dfo(
     while not converged and rounds < max_rounds and it < max_iter and not deadline.expired():
         rounds += 1
         inner = InnerIHT(data.op, data.b, data.w_bar, data.ridge, proj, 0.0, w, w != 0, e=e, line_search=(step == "line_search"), lipschitz=L)
-        slow = 0
-        while it < max_iter and not deadline.expired():
-            f_old = inner.f
-            tau, _ = inner.step()
-            if tau == 0.0:
-                break
-            it += 1
-            record(inner.f, inner.w != 0)
-            if f_old - inner.f <= tol * max(abs(inner.f), 1e-300):
-                slow += 1
-                if slow >= 3:
-                    break
-            else:
-                slow = 0
+        # projected steps on all columns (no active set, no stabilisation back-solve)
+        _, steps, _ = run_inner(inner, deadline=deadline, max_iter=max_iter - it, tol=tol, refresh_every=None,
+                                on_iterate=lambda fv: record(fv, inner.w != 0))
+        it += len(steps)
         L = inner.L
         inner.refresh()
         T = inner.w != 0
-        state: dict = {}
-        w_new, e_new = ridge_solve_on_support(data.op.A, data.b, data.w_bar, data.ridge, T, return_residual=True, state=state)
+        w_new, e_new, factor = solve_with_factor(data.op, data.b, data.w_bar, data.ridge, T)
         f_new = data.objective(w_new, e_new)
         record(f_new, w_new != 0)
         if refine and not deadline.expired():
             # projected steps judged by their back-solved objective (FALCON's "project, then
             # back-solve"), evaluated with low-rank updates of the n x n Gram
-            ro = refine_support(data, w_new, proj, deadline=deadline, factor=state or None, keep_iterates=True)
+            ro = refine_support(data, w_new, proj, deadline=deadline, factor=factor, keep_iterates=True)
             for S in ro.iterates:
                 iterates.append({"nnz": int(S.sum()), "flops": None if costs is None else flop_total(costs, S), "objective": None})
             if ro.objective <= f_new:

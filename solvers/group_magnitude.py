@@ -16,68 +16,20 @@ rows of the dense weights):
   FLOP-aware magnitude pruning solves the same ILP per weight.)
 
 Refit: ``W_S = K_SS^{-1} (K W_hat)_S`` with ``K = H + ridge I``, by Cholesky in float64
-(:mod:`._structured_linalg`); with ``ridge = 0`` a singular ``K_SS`` raises a ``ValueError``
+(:mod:`._kernels.structured`); with ``ridge = 0`` a singular ``K_SS`` raises a ``ValueError``
 naming ``ridge``.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from combprune import backend
 from combprune.params import Boolean
 from combprune.problems import StructuredMIQP
-from combprune.problems.l0_regression import within_budget
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
-from ._structured_linalg import Budget, ScaledSystem, structured_result
-from ._structured_linalg import refit as refit_support
+from ._kernels.structured import group_magnitude_result
 
-__all__ = ["group_magnitude", "magnitude_support"]
-
-
-def _greedy_fill(order: np.ndarray, budget: Budget, n_groups: int) -> np.ndarray:
-    keep = np.zeros(n_groups, dtype=bool)
-    count, used = 0, 0.0
-    for g in order:
-        if budget.s is not None and count >= budget.s:
-            break
-        if budget.costs is None or within_budget(used + budget.costs[g], budget.cost_budget):
-            keep[g] = True
-            count += 1
-            used += 0.0 if budget.costs is None else budget.costs[g]
-    while not budget.feasible(keep):  # pragma: no cover - guards against summation-order rounding
-        keep[np.flatnonzero(keep)[-1]] = False
-    return keep
-
-
-def magnitude_support(values: np.ndarray, budget: Budget) -> np.ndarray:
-    """Kept groups (G,) bool by the rule in the module docstring for group values ``values``."""
-    n_groups = values.size
-    by_value = np.lexsort((np.arange(n_groups), -values))  # decreasing v, ties by index
-    if budget.costs is None:
-        keep = np.zeros(n_groups, dtype=bool)
-        keep[by_value[: min(budget.s, n_groups)]] = True
-        return keep
-    costs = budget.costs
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(costs > 0, values / np.where(costs > 0, costs, 1.0), np.inf)
-    by_ratio = np.lexsort((np.arange(n_groups), -values, -ratio))
-    a = _greedy_fill(by_ratio, budget, n_groups)
-    b = _greedy_fill(by_value, budget, n_groups)
-    return a if values[a].sum() >= values[b].sum() else b
-
-
-def group_values(problem: StructuredMIQP) -> np.ndarray:
-    """``v_g = ||W_hat_g||_F^2`` per group (float64)."""
-    W = backend.to_numpy(problem.W_hat).astype(np.float64)
-    return np.bincount(problem.group_index, weights=np.einsum("ij,ij->i", W, W), minlength=problem.n_groups)
-
-
-#: Conservative seconds per floating-point operation of the dense linear algebra, used to skip
-#: uninterruptible factorisations that would overrun a time limit.
-SECONDS_PER_FLOP = 2e-9
+__all__ = ["group_magnitude"]
 
 
 @register_solver(
@@ -99,21 +51,4 @@ def group_magnitude(problem: StructuredMIQP, *, deadline: Deadline, seed: int | 
     """
     if not isinstance(refit, bool):
         raise TypeError(f"refit: expected a bool, got {refit!r}")
-    values = group_values(problem)
-    keep = magnitude_support(values, Budget.from_problem(problem))
-    rows = problem.rows_of(keep)
-    r = int(rows.sum())
-    # the refit (a Cholesky of the kept block plus products with H) cannot be interrupted:
-    # skipped when it would not end before the deadline (the masked W_hat is returned)
-    skipped = refit and deadline.remaining() <= SECONDS_PER_FLOP * (r**3 / 3 + 2 * problem.d**2 * problem.m)
-    refit = refit and not skipped
-    if refit:
-        system = ScaledSystem.from_problem(problem)
-        W = system.unscale(refit_support(system, rows))
-    else:
-        W = np.where(rows[:, None], backend.to_numpy(problem.W_hat).astype(np.float64), 0.0)
-    status = Status.TIME_LIMIT if skipped or deadline.expired() else Status.FEASIBLE
-    result = structured_result(problem, W, keep, status, iterations=1, info={"values": values, "refit": refit})
-    result.history = [(deadline.elapsed(), result.objective)]
-    return result
-
+    return group_magnitude_result(problem, deadline, refit=refit)

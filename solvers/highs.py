@@ -47,7 +47,7 @@ from combprune.problems import FlopNnzILP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
-from ._exact import greedy_ilp, ilp_bound_and_proof, ilp_lp_certificate, ilp_point, scaled_data, weak_dual_bound
+from ._kernels.exact import greedy_ilp, ilp_bound_and_proof, ilp_lp_certificate, ilp_point, scaled_data, weak_dual_bound
 
 __all__ = ["LPRelaxation", "solve_lp_relaxation", "highs"]
 

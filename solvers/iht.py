@@ -4,7 +4,7 @@ r"""``iht``: iterative hard thresholding for ``L0Regression`` (CHITA's IHT).
 step, never a p x p matrix), ``P`` the top-k projection or, under a FLOP budget, FALCON's
 Lemma 1 projection (the FLOP-NNZ ILP with values ``u^2``, dual-sort's integer solution).
 
-* Step size: the exact piecewise-quadratic line search of :mod:`combprune.solvers._l0_engine`
+* Step size: the exact piecewise-quadratic line search of :mod:`combprune.solvers._kernels.iht_engine`
   (first-piece minimiser when no support change precedes it, otherwise a search over the
   breakpoints with exact minimisation on each candidate support; fallback ``1/L`` with
   ``L = sigma_max(A)^2 + ridge`` by power iteration). ``line_search=False`` uses ``1/L``
@@ -29,108 +29,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 
 from combprune.params import ArrayLike, Boolean, InstanceOf, Interval, Options
 from combprune.problems import L0Regression
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
-from ._l0_core import (
-    L0Data,
-    check_positive_float,
-    check_positive_int,
-    default_support,
-    final_objective,
-    make_projector,
-    scale_invariant,
-    warm_start_weights,
-)
-from ._l0_engine import IHTOutcome, iht_active_set, polish_on_support
-from .backsolve import ridge_solve_on_support
+from ._kernels.l0_data import L0Data, final_objective, scale_invariant
+from ._kernels.l0_family import BACKSOLVE_MODES, check_active_factor, check_backsolve, run_iht, start_weights
+from ._kernels.options import check_positive_float, check_positive_int
 
-__all__ = ["iht", "run_iht"]
-
-
-def check_active_factor(active_factor: Any) -> float | None:
-    if active_factor is None:
-        return None
-    v = check_positive_float("active_factor", active_factor)
-    if v < 1.0:
-        raise ValueError(f"active_factor: expected None or a number >= 1 (candidate set = factor * k), got {active_factor!r}")
-    return v
-
-
-BACKSOLVE_MODES = ("exact", "cg", "auto", "none")
-
-
-def check_backsolve(backsolve: Any) -> str:
-    if backsolve is True:
-        return "exact"
-    if backsolve is False or backsolve is None:
-        return "none"
-    if backsolve not in BACKSOLVE_MODES:
-        raise ValueError(f"backsolve: expected a bool or one of {BACKSOLVE_MODES}, got {backsolve!r}")
-    return backsolve
-
-
-def final_backsolve(
-    data: L0Data, w: np.ndarray, mode: str, *, deadline: Deadline, active_idx: np.ndarray | None = None, active_op: Any = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Back-solve on ``supp(w)``: ``"exact"`` (direct, Woodbury when |S| > n), ``"cg"``
-    (conjugate gradients from ``w``), ``"auto"`` (exact when ``min(n, |S|) <= 1500``, else cg:
-    the direct n x n Gram costs ~2 n^2 |S| flops at BLAS-3 speed, CG ~60 memory-bound passes).
-    Columns come from the active block when the support lies in it."""
-    mask = w != 0
-    s = int(mask.sum())
-    if mode == "auto":
-        mode = "exact" if min(data.n, s) <= 1500 else "cg"
-    if mode == "cg":
-        return polish_on_support(data, w, deadline=deadline, active_idx=active_idx, active_op=active_op)
-    S = np.flatnonzero(mask)
-    if active_idx is not None and active_op is not None and active_op is not data.op and np.all(np.isin(S, active_idx, assume_unique=True)):
-        local = np.zeros(active_idx.size, dtype=bool)
-        local[np.searchsorted(active_idx, S)] = True
-        wC, e = ridge_solve_on_support(active_op.A, data.b, data.w_bar[active_idx], data.ridge, local, return_residual=True, max_gather_fraction=1.0)
-        out = np.zeros(data.p)
-        out[active_idx] = wC
-        return out, e
-    return ridge_solve_on_support(data.op.A, data.b, data.w_bar, data.ridge, mask, return_residual=True)
-
-
-def run_iht(
-    problem: L0Regression,
-    data: L0Data,
-    w0: np.ndarray,
-    *,
-    deadline: Deadline,
-    history: History,
-    active_factor: float | None,
-    max_iter: int,
-    max_outer: int,
-    tol: float,
-    line_search: bool,
-    backsolve: str,
-    stable_iters: int | None = 4,
-) -> tuple[np.ndarray, float, np.ndarray, IHTOutcome, float | None]:
-    """IHT (+ final back-solve, ``backsolve`` a mode of :func:`final_backsolve`) from host
-    weights ``w0``; returns (weights, objective, residual, IHT outcome, back-solved objective)."""
-    proj = make_projector(data)
-    out = iht_active_set(
-        data, w0, proj, deadline=deadline, history=history, active_factor=active_factor,
-        max_iter=max_iter, max_outer=max_outer, tol=tol, line_search=line_search, stable_iters=stable_iters,
-    )
-    w, f, e = out.w, out.objective, out.residual
-    f_bs = None
-    if out.backsolved:
-        f_bs = f
-    elif backsolve != "none" and out.w.any():
-        w_bs, e_bs = final_backsolve(data, out.w, backsolve, deadline=deadline, active_idx=out.active_idx, active_op=out.active_op)
-        f_bs = data.objective(w_bs, e_bs)
-        history.record(f_bs)
-        if f_bs <= f:
-            w, f, e = w_bs, f_bs, e_bs
-    return w, f, e, out, f_bs
+__all__ = ["iht"]
 
 
 @register_solver(
@@ -176,10 +85,7 @@ def iht(
     max_outer = check_positive_int("max_outer", max_outer)
     tol = check_positive_float("tol", tol, allow_zero=True)
     data = L0Data(problem)
-    if warm_start is None:
-        w0 = np.where(default_support(problem, data), data.w_bar, 0.0)
-    else:
-        w0 = warm_start_weights(problem, warm_start)
+    w0 = start_weights(problem, data, warm_start)
     mode = check_backsolve(backsolve)
     w, _, e, out, f_bs = run_iht(
         problem, data, w0, deadline=deadline, history=history, active_factor=af, max_iter=max_iter,

@@ -36,9 +36,9 @@ from combprune.problems import LayerwiseL0
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
-from ._layerwise_core import dense_f64, finish, lower_bound, pattern_mask, refit, single_thread
-from ._layerwise_exact import solve_exact
-from .sparsegpt import sparsegpt_weights
+from ._kernels.layerwise import dense_f64, finish, lower_bound, pattern_mask, refit, single_thread
+from ._kernels.layerwise_exact import solve_exact
+from ._kernels.obs_sweep import sparsegpt_weights
 
 __all__ = ["layerwise", "layerwise_exact"]
 

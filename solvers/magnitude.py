@@ -38,47 +38,11 @@ from combprune.problems import FlopNnzILP, L0Regression, LayerwiseL0
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
-from ._layerwise_core import magnitude_layerwise
-from .dual_sort import _greedy_fill, solve_flop_nnz_lp
+from ._kernels.layerwise import magnitude_layerwise
+from ._kernels.flop_nnz import solve_flop_nnz_lp
+from ._kernels.selection import greedy_fill, per_layer_budgets, topk_mask
 
 __all__ = ["topk_mask", "per_layer_budgets", "magnitude"]
-
-
-def topk_mask(scores: np.ndarray, k: int) -> np.ndarray:
-    """Boolean mask of the k largest ``scores`` (ties to the smaller index), O(p).
-
-    ``scores`` is a 1-D NumPy array; ``0 <= k``; k >= p keeps everything.
-    """
-    scores = np.asarray(scores)
-    p = scores.shape[0]
-    mask = np.zeros(p, dtype=bool)
-    if k <= 0:
-        return mask
-    if k >= p:
-        mask[:] = True
-        return mask
-    thr = np.partition(scores, p - k)[p - k]  # the k-th largest
-    above = scores > thr
-    mask |= above
-    need = k - int(np.count_nonzero(above))
-    if need > 0:
-        mask[np.flatnonzero(scores == thr)[:need]] = True
-    return mask
-
-
-def per_layer_budgets(sizes: np.ndarray, k: int) -> np.ndarray:
-    """Largest-remainder split of k over layers proportional to their sizes (sums to k)."""
-    sizes = np.asarray(sizes, dtype=np.int64)
-    p = int(sizes.sum())
-    quota = sizes * (k / p) if p else np.zeros_like(sizes, dtype=np.float64)
-    base = np.minimum(np.floor(quota).astype(np.int64), sizes)
-    rest = k - int(base.sum())
-    if rest > 0:
-        order = np.lexsort((np.arange(sizes.size), -(quota - base)))
-        room = sizes[order] - base[order]
-        order = order[room > 0]
-        base[order[:rest]] += 1
-    return base
 
 
 def _check_layers(layers: Any, p: int) -> np.ndarray:
@@ -148,7 +112,7 @@ def _ilp(problem: FlopNnzILP, per_layer: bool, layers: Any) -> Result:
     v = backend.to_numpy(problem.values).astype(np.float64)
     f = backend.to_numpy(problem.costs).astype(np.float64)
     support = np.zeros(problem.p, dtype=bool)
-    _greedy_fill(v, f, support, problem.k, float(problem.flop_budget))
+    greedy_fill(v, f, support, problem.k, float(problem.flop_budget))
     x = backend.from_numpy(support.astype(np.float64), like=problem.values, keep_dtype=True)
     return Result(x=x, support=support, objective=problem.objective(x), status=Status.FEASIBLE,
                   info={"mode": "value_greedy"})

@@ -3,7 +3,7 @@ r"""``osscar``: OSSCAR's backward elimination + swap local search for ``Structur
 Problem (docs/formulations/structured_miqp.md). With ``K = H + ridge I`` and ``G = K W_hat``, keeping the row set ``S`` (a
 union of groups) the best weights are ``W_S = K_SS^{-1} G_S`` and the objective is
 ``f(S) = 1/2 tr(W_hat^T K W_hat) - 1/2 tr(G_S^T K_SS^{-1} G_S)``. All work is done in float64 on
-the Jacobi-scaled system of :mod:`._structured_linalg` (unit-diagonal ``K``; values unchanged).
+the Jacobi-scaled system of :mod:`._kernels.structured` (unit-diagonal ``K``; values unchanged).
 
 Phase 1, backward elimination (from all groups). With ``A = K_SS^{-1}`` and ``W = W_S`` the
 current optimal weights, removing a group ``g`` raises the objective by exactly its group-OBS
@@ -69,25 +69,29 @@ import scipy.linalg
 from combprune import backend
 from combprune.params import Boolean, Interval
 from combprune.problems import StructuredMIQP
-from combprune.problems.l0_regression import FLOP_RTOL, within_budget
+from combprune.problems.budget import Budget
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
-from ._structured_linalg import (
-    Budget,
+from ._kernels.exact import structured_refit
+from ._kernels.linalg import chol_solve, cholesky, rank_update
+from ._kernels.linalg import spd_inverse as pd_inverse
+from ._kernels.structured import (
+    SECONDS_PER_FLOP,
     ScaledSystem,
     SizeBatches,
     block_quadratic,
     block_quadratic_gram,
     gather_blocks,
     gather_rows,
-    rank_update,
+    group_magnitude_result,
+    group_values,
+    magnitude_support,
     refit,
     spd_inverse,
     structured_result,
     support_objective,
 )
-from .group_magnitude import SECONDS_PER_FLOP, group_magnitude, group_values, magnitude_support
 
 __all__ = ["osscar"]
 
@@ -98,11 +102,9 @@ ADD_TOL = 1e-10
 
 
 def _pd_inverse(M: np.ndarray) -> np.ndarray:
-    """Inverse of a small SPD block (Cholesky); ``LinAlgError`` if not positive definite."""
-    c = scipy.linalg.cho_factor(0.5 * (M + M.T), lower=True, check_finite=False)
-    if float(np.min(np.abs(np.diag(c[0])))) ** 2 <= ADD_TOL:
-        raise np.linalg.LinAlgError("block is numerically singular")
-    return scipy.linalg.cho_solve(c, np.eye(M.shape[0]), check_finite=False)
+    """Inverse of a small SPD block (the kernel's ``potrf`` + ``potri``); ``LinAlgError`` if not
+    positive definite with pivots ``L_ii^2 > ADD_TOL``."""
+    return pd_inverse(M, symmetrize=True, min_pivot=ADD_TOL)
 
 
 def _select_removals(costs: np.ndarray, alive: np.ndarray, budget: Budget, limit: int) -> np.ndarray:
@@ -110,19 +112,18 @@ def _select_removals(costs: np.ndarray, alive: np.ndarray, budget: Budget, limit
     ids = np.flatnonzero(alive)
     if budget.costs is not None:
         used = budget.total_cost(alive)
-        if not within_budget(used, budget.cost_budget):
+        if not budget.fits_cost(used):
             c = budget.costs[ids]
             cand = ids[c > 0]
             score = costs[cand] / budget.costs[cand]
             order = cand[np.lexsort((cand, score))]
             freed = np.cumsum(budget.costs[order])
-            slack = FLOP_RTOL * max(abs(budget.cost_budget), 1.0)
-            enough = used - freed <= budget.cost_budget + slack  # within_budget, vectorised
+            enough = used - freed <= budget.cost_limit  # Budget.fits_cost, vectorised
             n = int(np.argmax(enough)) + 1 if enough.any() else order.size
             return order[: min(n, limit)]
-    if budget.s is not None and ids.size > budget.s:
+    if budget.count is not None and ids.size > budget.count:
         order = ids[np.lexsort((ids, costs[ids]))]
-        return order[: min(limit, ids.size - budget.s)]
+        return order[: min(limit, ids.size - budget.count)]
     return np.zeros(0, dtype=np.int64)
 
 
@@ -160,10 +161,11 @@ class _Elimination:
         """Remove ``groups`` jointly: exact rank-|T| downdate of ``A`` and ``W``."""
         idx = self.pos[self.system.rows_of(groups)]
         n = self.A.shape[0]
-        c = scipy.linalg.cho_factor(self.A[np.ix_(idx, idx)], lower=True, check_finite=False)
         U = self.A[:, idx]
         W_t = self.W[idx]
-        Z = scipy.linalg.cho_solve(c, np.hstack([U.T, W_t]), check_finite=False)
+        Z = chol_solve(self.A[np.ix_(idx, idx)], 0.0, np.hstack([U.T, W_t]))
+        if Z is None:
+            raise np.linalg.LinAlgError("eliminated block is not positive definite")
         self.obj += 0.5 * float(np.sum(W_t * Z[:, n:]))
         rank_update(self.A, U, Z[:, :n].T)
         self.W -= U @ Z[:, n:]
@@ -335,13 +337,10 @@ class _SweepState:
         t = self.T[np.ix_(ra, rg)]
         M = self.T[np.ix_(ra, ra)] + t @ N_inv @ t.T
         Y_a = self.Y[ra] + t @ NY
-        try:
-            L = scipy.linalg.cholesky(0.5 * (M + M.T), lower=True, check_finite=False)
-            if float(np.min(np.diag(L))) ** 2 > ADD_TOL:
-                Z = scipy.linalg.solve_triangular(L, Y_a, lower=True, check_finite=False)
-                return 0.5 * float(np.sum(Z * Z))
-        except np.linalg.LinAlgError:
-            pass
+        L = cholesky(M, symmetrize=True)
+        if L is not None and float(np.min(np.diag(L))) ** 2 > ADD_TOL:
+            Z = scipy.linalg.solve_triangular(L, Y_a, lower=True, check_finite=False)
+            return 0.5 * float(np.sum(Z * Z))
         q, ok = block_quadratic(M[None], Y_a[None], ADD_TOL)
         return 0.5 * float(q[0]) if ok[0] else -np.inf
 
@@ -550,7 +549,7 @@ def _osscar_search(
     if not isinstance(compare_magnitude, bool):
         raise TypeError(f"compare_magnitude: expected a bool, got {compare_magnitude!r}")
     system = ScaledSystem.from_problem(problem)
-    budget = Budget.from_problem(problem)
+    budget = problem.budget
     batches = SizeBatches(system.rows)
     n_groups, d = system.n_groups, system.d
     per_round = groups_per_round or max(1, math.ceil(n_groups / 128))
@@ -661,7 +660,7 @@ def osscar(problem: StructuredMIQP, **kwargs: Any) -> Result:
     d, m = problem.d, problem.m
     if deadline.remaining() < SECONDS_PER_FLOP * (d**3 + 2 * d * d * m):
         # the initial d x d inverse alone would overrun the limit: the group-magnitude point
-        res = group_magnitude(problem, deadline=deadline)
+        res = group_magnitude_result(problem, deadline)
         res.status = Status.TIME_LIMIT
         res.info.update(fallback="group-magnitude (no time for the elimination)", phase_timed_out="elimination")
         return res
@@ -678,10 +677,8 @@ def osscar(problem: StructuredMIQP, **kwargs: Any) -> Result:
         # ridge > 0 but K numerically singular at float64 precision (a ridge tiny next to H):
         # the group-magnitude support with the exact (SVD least-squares) refit, never an error
         logger.warning("osscar: %s; returning the group-magnitude support with an exact refit", exc)
-        from ._exact import structured_refit
-
         deadline = kwargs["deadline"]
-        sel = magnitude_support(group_values(problem), Budget.from_problem(problem))
+        sel = magnitude_support(group_values(problem), problem.budget)
         W = structured_refit(problem, sel)
         x = backend.from_numpy(W, like=problem.W_hat, keep_dtype=True)
         objective = problem.objective(x)

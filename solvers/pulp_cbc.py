@@ -10,7 +10,7 @@ and reads its summary: ``Result - Optimal solution found`` (then ``bound = objec
 ``Result - Stopped on time limit`` with ``Upper bound: ...`` (CBC's best bound for this
 maximisation) and its gap. If CBC stops on the time limit with a point worse than a greedy
 fill (by value, by value per FLOP), the greedy point is returned. Binary values are rounded to exact 0/1 (with the repair of
-:mod:`combprune.solvers._exact` if rounding ever broke a budget, status then ``feasible``).
+:mod:`combprune.solvers._kernels.exact` if rounding ever broke a budget, status then ``feasible``).
 
 Options: ``gap_rel`` (CBC's relative gap, default 0), ``threads`` (CBC threads, default 1),
 ``presolve`` (CBC presolve on/off, default CBC's). ``iterations`` = enumerated B&B nodes.
@@ -35,7 +35,7 @@ from combprune.problems import FlopNnzILP
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result, Status
 
-from ._exact import greedy_ilp, ilp_bound_and_proof, ilp_lp_certificate, ilp_point, scaled_data
+from ._kernels.exact import greedy_ilp, ilp_bound_and_proof, ilp_lp_certificate, ilp_point, scaled_data
 
 __all__ = ["pulp_cbc", "parse_cbc_log"]
 

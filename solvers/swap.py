@@ -98,7 +98,7 @@ Public entry points
 depth=4, breadth=4, max_swaps=None, refactor_every=None, tol=1e-10, final_solve=True,
 data=None) -> SwapOutcome``: improve a feasible support (boolean mask or indices; ValueError
 if infeasible); returns host float64 weights (exact ridge least squares on the final support
-through ``backsolve.ridge_solve_on_support``), the support, Q, the counts of moves and the
+through the back-solve kernel ``ridge_solve_on_support``), the support, Q, the counts of moves and the
 history. This is the function other solvers call as a final stage (e.g. after CHITA's IHT).
 The registered solver ``swap`` wraps it: ``combprune.solve(problem, "swap", warm_start=...)``
 with a Result, a weight vector or a boolean support (default: magnitude / FLOP-aware
@@ -113,17 +113,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 
-from combprune import backend
 from combprune.params import ArrayLike, InstanceOf, Interval
 from combprune.problems import L0Regression
-from combprune.problems.l0_regression import FLOP_RTOL, flop_total
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
-from ._l0_core import ColumnOperator, L0Data, check_positive_int, default_support, final_objective, scale_invariant, support_mask, to_host64
-from .backsolve import ridge_solve_on_support
+from ._kernels.columns import ColumnOperator, to_host64
+from ._kernels.l0_data import L0Data, final_objective, scale_invariant
+from ._kernels.linalg import spd_inverse
+from ._kernels.options import check_positive_int
+from ._kernels.ridge import ridge_solve_on_support
+from ._kernels.warm_start import support_mask, warm_start_support
 
 logger = logging.getLogger(__name__)
 
@@ -142,22 +143,6 @@ _POOL_REUSE = 8
 # ----------------------------------------------------------------------------------------------
 # Dense helpers
 # ----------------------------------------------------------------------------------------------
-def _spd_inverse(M: np.ndarray) -> np.ndarray:
-    """Inverse of a symmetric positive definite matrix through Cholesky (eigen fallback)."""
-    if M.shape[0] == 0:
-        return np.zeros((0, 0))
-    # Cholesky, triangular inverse, product (LAPACK's potri is much slower multithreaded).
-    L, info = scipy.linalg.lapack.dpotrf(M, lower=1, clean=1)
-    if info == 0:
-        Linv, info = scipy.linalg.lapack.dtrtri(L, lower=1)
-    if info == 0:
-        inv = Linv.T @ Linv
-    else:  # rounding made M indefinite: eigenvalue inverse with a floor
-        vals, vecs = np.linalg.eigh(0.5 * (M + M.T))
-        floor = max(vals.max(), 1e-300) * 1e-14
-        inv = (vecs / np.maximum(vals, floor)) @ vecs.T
-        inv = 0.5 * (inv + inv.T)
-    return inv
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,7 +241,7 @@ class SupportModel:
             AS = np.asarray(AS, dtype=np.float64)  # at most (n + slack) x n
             G = AS @ AS.T
             G[np.diag_indices_from(G)] += self.lam
-            self.Ginv = _spd_inverse(G)
+            self.Ginv = spd_inverse(G, on_fail="eig")
             self.Kinv = None
         else:
             self.mode = "woodbury"
@@ -265,7 +250,7 @@ class SupportModel:
             for lo, hi, blk in self._blocks():
                 K += blk.T @ blk
             K[np.diag_indices_from(K)] += self.lam
-            self.Kinv = _spd_inverse(K)
+            self.Kinv = spd_inverse(K, on_fail="eig")
             self.Ginv = None
             for lo, hi, blk in self._blocks():
                 self.d[lo:hi] = (1.0 - np.einsum("ij,ij->i", blk @ self.Kinv, blk)) / self.lam
@@ -459,8 +444,9 @@ class _Search:
 
     def __init__(self, data: L0Data, mask: np.ndarray, candidates: int, drop_candidates: int, tol: float) -> None:
         self.data, self.op = data, data.op
-        self.k, self.costs, self.budget = data.k, data.costs, data.flop_budget
-        self.slack = 0.5 * FLOP_RTOL * max(abs(self.budget), 1.0) if self.budget is not None else 0.0
+        self.k, self.costs, self.budget = data.k, data.costs, data.budget
+        # half the slack of the budget rule: a margin for the running cost sums of the moves
+        self.slack = 0.5 * self.budget.slack
         self.candidates, self.drop_candidates, self.tol = candidates, drop_candidates, tol
         self.col_sq = self.op.col_sqnorms()
         self.in_S = mask.copy()
@@ -500,7 +486,7 @@ class _Search:
         outside = np.flatnonzero(~self.in_S if frozen is None else ~(self.in_S | frozen))
         idxS = model.support_idx
         fS = costs[idxS] if costs is not None else None
-        room = (self.budget - flop_total(costs, self.in_S) + self.slack) if costs is not None else math.inf
+        room = (self.budget.cost_budget - self.budget.total_cost(self.in_S) + self.slack) if costs is not None else math.inf
         if costs is not None:  # outside coordinates that fit after some swap or as an addition
             outside = outside[costs[outside] <= room + (fS.max() if m else 0.0)]
         if outside.size == 0 or k == 0 or (m == 0 and not can_add):
@@ -793,33 +779,6 @@ def _rmatmat(op: ColumnOperator, U: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Warm starts and the registered solver
 # ----------------------------------------------------------------------------------------------
-def _warm_start(problem: L0Regression, data: L0Data, warm_start: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """(support mask, weights or None) from a Result, a weight vector, a boolean mask, or None."""
-    if warm_start is None:
-        return support_mask(problem, default_support(problem, data), "warm_start"), None
-    if isinstance(warm_start, Result):
-        if warm_start.x is None:
-            raise ValueError(f"warm_start: the Result has no solution (status {warm_start.status.value})")
-        x = to_host64(warm_start.x)
-        if x.shape != (problem.p,):
-            raise ValueError(f"warm_start: the Result's x has shape {x.shape}, expected ({problem.p},)")
-        mask = x != 0
-        if warm_start.support.shape == (problem.p,) and int((mask | warm_start.support).sum()) <= problem.k:
-            mask = mask | warm_start.support
-        return support_mask(problem, mask, "warm_start"), x
-    if backend.is_array(warm_start) or isinstance(warm_start, (list, tuple)):
-        arr = backend.to_numpy(warm_start) if backend.is_array(warm_start) else np.asarray(warm_start)
-        if arr.shape != (problem.p,):
-            raise ValueError(f"warm_start: expected shape ({problem.p},) (weights or boolean support), got {arr.shape}")
-        if arr.dtype == bool:
-            return support_mask(problem, arr, "warm_start"), None
-        if arr.dtype.kind not in "fiu":
-            raise ValueError(f"warm_start: expected float weights or a boolean support, got dtype {arr.dtype}")
-        x = arr.astype(np.float64)
-        if not np.all(np.isfinite(x)):
-            raise ValueError("warm_start: weights contain NaN or Inf")
-        return support_mask(problem, x != 0, "warm_start"), x
-    raise TypeError(f"warm_start: expected a Result, a weight vector, a boolean support or None, got {type(warm_start).__name__}")
 
 
 @register_solver(
@@ -868,7 +827,7 @@ def swap(
     The search is deterministic (``seed`` is accepted and unused). Status ``feasible`` (``time_limit`` when the deadline stopped it).
     """
     data = L0Data(problem)
-    mask, x0 = _warm_start(problem, data, warm_start)
+    mask, x0 = warm_start_support(problem, data, warm_start)
     outcome = swap_search(
         problem, mask, deadline=deadline, candidates=candidates, drop_candidates=drop_candidates,
         depth=depth, breadth=breadth, max_swaps=max_swaps, refactor_every=refactor_every, tol=tol, data=data,

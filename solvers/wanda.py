@@ -18,7 +18,7 @@ from combprune.problems import LayerwiseL0
 from combprune.registry import register_solver
 from combprune.result import Deadline, Result
 
-from ._layerwise_core import dense_f64, finish, lower_bound, pattern_mask
+from ._kernels.layerwise import dense_f64, finish, lower_bound, pattern_mask
 
 __all__ = ["wanda", "wanda_mask"]
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import combprune as cp
 from combprune.problems import random_l0_regression
-from combprune.solvers import backsolve as backsolve_module
+from combprune.solvers._kernels import ridge as backsolve_module  # the back-solve kernel (constants patched below)
 from combprune.solvers.backsolve import ridge_solve_on_support
 
 
@@ -260,7 +260,7 @@ def test_cg_is_exact_property(n, extra, ridge, design, seed):
 
 
 def test_threaded_gather_equals_take(monkeypatch):
-    from combprune.solvers._l0_core import ColumnOperator
+    from combprune.solvers._kernels.columns import ColumnOperator
 
     monkeypatch.setattr(backsolve_module, "_GATHER_THREADED_BYTES", 0)
     rng = np.random.default_rng(0)

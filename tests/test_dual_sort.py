@@ -12,7 +12,7 @@ from combprune.backend import cupy_available
 from combprune.problems import FlopNnzILP
 from combprune.problems.generators import random_flop_ilp
 from combprune.result import Status
-from combprune.solvers import dual_sort as ds
+from combprune.solvers._kernels import flop_nnz as ds  # the algorithm (its constants are patched below)
 from combprune.solvers.dual_sort import DualSortSolution, flop_nnz_select, solve_flop_nnz_lp
 
 highspy = pytest.importorskip("highspy")

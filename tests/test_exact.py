@@ -147,7 +147,7 @@ def test_ilp_time_limit_returns_feasible_point(name):
 @settings(max_examples=60, deadline=None)
 @given(problem=ilp_instances())
 def test_greedy_start_point_is_feasible(problem):
-    from combprune.solvers._exact import greedy_ilp
+    from combprune.solvers._kernels.exact import greedy_ilp
 
     z = greedy_ilp(problem).astype(float)
     assert problem.check(z) == []
@@ -157,7 +157,7 @@ def test_greedy_start_point_is_feasible(problem):
 @pytest.mark.parametrize("name", ILP_SOLVERS)
 def test_time_limited_ilp_is_at_least_greedy(name):
     _skip_missing(name)
-    from combprune.solvers._exact import greedy_ilp
+    from combprune.solvers._kernels.exact import greedy_ilp
 
     problem = _hard_knapsack(4000, seed=1)
     res = cp.solve(problem, name, time_limit=0.2)

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 import combprune as cp
 from combprune.problems import random_l0_regression
 from combprune.result import Deadline
-from combprune.solvers._l0_core import L0Data, make_projector
-from combprune.solvers._l0_engine import InnerIHT, first_breakpoint
+from combprune.solvers._kernels.l0_data import L0Data
+from combprune.solvers._kernels.projections import make_projector
+from combprune.solvers._kernels.iht_engine import InnerIHT, first_breakpoint
 
 pytest.importorskip("combprune.solvers.dual_sort")
 
@@ -238,7 +239,7 @@ def test_cupy_inputs():  # pragma: no cover - GPU only
 @pytest.mark.parametrize("n, p, k, ridge", [(20, 300, 60, 0.1), (40, 120, 20, 0.5), (20, 100, 40, 0.0)])
 def test_support_refinement_monotone_and_feasible(flops, n, p, k, ridge):
     from combprune.result import Deadline
-    from combprune.solvers._l0_refine import refine_support
+    from combprune.solvers._kernels.refine import refine_support
 
     kw = {"flop_layers": 4, "flop_fraction": 0.3} if flops else {}
     prob = random_l0_regression(n, p, k, ridge=ridge, seed=n + p, **kw)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import combprune as cp
 from combprune.problems import LayerwiseL0, load_problem
-from combprune.solvers._layerwise_core import dense_f64, refit
+from combprune.solvers._kernels.layerwise import dense_f64, refit
 
 HEURISTICS = ("magnitude", "wanda", "sparsegpt", "layerwise")
 

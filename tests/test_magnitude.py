@@ -11,7 +11,7 @@ import combprune
 from combprune.problems import FlopNnzILP, L0Regression
 from combprune.problems.generators import random_flop_ilp, random_l0_regression
 from combprune.result import Status
-from combprune.solvers import dual_sort
+from combprune.solvers._kernels import flop_nnz as dual_sort  # the algorithm (its constants are patched below)
 from combprune.solvers.dual_sort import solve_flop_nnz_lp
 from combprune.solvers.magnitude import per_layer_budgets, topk_mask
 

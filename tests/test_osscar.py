@@ -19,7 +19,7 @@ from combprune.problems import StructuredMIQP
 from combprune.problems.generators import random_structured
 from combprune.registry import get_solver, list_solvers
 from combprune.result import Status
-from combprune.solvers import _structured_linalg as sl
+from combprune.solvers._kernels import structured as sl
 from combprune.solvers import osscar as osscar_mod
 
 REL = 1e-9

@@ -14,7 +14,7 @@ from combprune.problems import L0Regression
 from combprune.problems.generators import random_l0_regression
 from combprune.registry import get_solver, UnknownSolverError
 from combprune.result import Deadline
-from combprune.solvers._l0_core import ColumnOperator
+from combprune.solvers._kernels.columns import ColumnOperator
 from combprune.solvers.backsolve import ridge_solve_on_support
 from combprune.solvers.swap import SupportModel, swap_search
 
@@ -307,7 +307,8 @@ def test_warm_start_forms_agree():
 
 
 def test_default_warm_start_is_magnitude():
-    from combprune.solvers._l0_core import L0Data, default_support
+    from combprune.solvers._kernels.l0_data import L0Data
+    from combprune.solvers._kernels.projections import default_support
 
     for flops in (None, 3):
         prob = random_l0_regression(20, 25, 6, ridge=0.1, flop_layers=flops, flop_fraction=0.3, seed=8)

@@ -390,6 +390,8 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
     members = _block_params(ctx, a, b)
     lo = int(ctx.offsets[members[0][0]])
     costs = ctx.costs[a:b]
+    # the layer (prunable parameter) of each coordinate, numbered within the block
+    layer = np.searchsorted(ctx.offsets, np.arange(a, b), side="right") - 1 - members[0][0]
     n = sum(bt.size for bt in ctx.batches)
 
     def gradients(weights_block: np.ndarray) -> np.ndarray:
@@ -418,7 +420,8 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
         wb = np.asarray(weights, dtype=np.float64)
         A = gradients(wb)
         flop = {} if F_t is None else {"flop_costs": costs, "flop_budget": float(F_t)}
-        return _problems.L0Regression.from_gradients(A, wb.astype(A.dtype), int(k_t), l2=cfg.l2, first_order=cfg.first_order, **flop)
+        return _problems.L0Regression.from_gradients(A, wb.astype(A.dtype), int(k_t), l2=cfg.l2, first_order=cfg.first_order,
+                                                     layer=layer, **flop)
 
     w_start = w_all[a:b].detach().cpu().double().numpy()
     if stages == 1:
@@ -504,10 +507,11 @@ def _apply_and_report(ctx: _Context, new_w: np.ndarray, *, apply: str, method: s
     # Effective FLOPs of the report are computed per layer (dense/params x kept); check them
     # against the per-weight costs used by the solver (same numbers, exact fsum).
     if F is not None:
-        from combprune.problems.l0_regression import flop_total, within_budget
+        from combprune.problems.budget import Budget
 
-        total = flop_total(ctx.costs, new_w != 0)
-        if not within_budget(total, F):
+        budget = Budget(None, ctx.costs, float(F))
+        total = budget.total_cost(new_w != 0)
+        if not budget.fits_cost(total):
             raise BudgetError(f"flops: {total:.17g} FLOPs kept > budget {F:.17g}")
     report.info["objective"] = solves[0].objective if len(solves) == 1 else None
     return report

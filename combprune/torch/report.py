@@ -159,7 +159,7 @@ class PruneReport:
         NNZ: ``kept <= k`` exactly (integers). FLOPs: ``effective_flops <= flop_limit`` up to a
         relative 1e-12 (summation-order slack only, as in the formulations).
         """
-        from combprune.problems.l0_regression import within_budget
+        from combprune.problems.budget import within_budget
 
         out = []
         if self.k is not None and self.kept > self.k:

@@ -22,20 +22,16 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
-from threadpoolctl import threadpool_limits
 
 from combprune import backend
 from combprune.problems import LayerwiseL0
 from combprune.result import Result, Status
 
+from .linalg import single_thread
+from .selection import topk_mask
+
 __all__ = ["dense_f64", "pattern_mask", "column_budgets", "topk_columns", "refit", "lower_bound",
            "finish", "magnitude_layerwise", "single_thread"]
-
-
-def single_thread():
-    """BLAS/LAPACK on one thread: on a loaded machine a spinning OpenBLAS pool makes the many
-    small factorisations of :func:`refit` up to 100x slower (threadpoolctl is a core dependency)."""
-    return threadpool_limits(1, user_api="blas")
 
 
 def dense_f64(problem: LayerwiseL0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,8 +69,6 @@ def pattern_mask(problem: LayerwiseL0, scores: np.ndarray, *, per_output: bool =
     if problem.k is not None:
         if per_output:
             return topk_columns(scores, column_budgets(problem.k, m))
-        from .magnitude import topk_mask  # O(dm) selection; imported here as magnitude imports this module
-
         return topk_mask(scores.reshape(-1), problem.k).reshape(d, m)
     if problem.k_col is not None:
         return topk_columns(scores, np.full(m, problem.k_col))

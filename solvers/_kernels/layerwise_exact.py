@@ -24,7 +24,7 @@ from combprune.problems import L0Regression, LayerwiseL0
 from combprune.registry import get_solver
 from combprune.result import Deadline, Result, Status
 
-from ._layerwise_core import dense_f64, finish, pattern_mask, refit
+from .layerwise import dense_f64, finish, pattern_mask, refit
 
 __all__ = ["solve_exact"]
 

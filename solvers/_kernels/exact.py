@@ -22,43 +22,25 @@ import numpy as np
 
 from combprune import backend
 from combprune.problems import FlopNnzILP, L0Regression, StructuredMIQP
-from combprune.problems.l0_regression import flop_total, within_budget
+from combprune.problems.budget import flop_total, within_budget
 
-from .dual_sort import solve_flop_nnz_lp
+from .flop_nnz import solve_flop_nnz_lp
+from .selection import greedy_mask
 
-__all__ = ["scaled_data", "greedy_mask", "greedy_ilp", "round_selection", "ilp_point", "pow2_above", "exact_lstsq", "cast_point", "l0_refit", "structured_refit",
+__all__ = ["scaled_data", "greedy_ilp", "round_selection", "ilp_point", "pow2_above", "exact_lstsq", "cast_point", "l0_refit", "structured_refit",
            "weak_dual_bound", "ilp_lp_certificate", "ilp_bound_and_proof"]
-
-
-def greedy_mask(scores: np.ndarray, k: int | None, costs: np.ndarray | None, budget: float | None,
-                order: np.ndarray | None = None) -> np.ndarray:
-    """Take coordinates in decreasing ``scores`` (or the given ``order``), skipping those that no
-    longer fit the count ``k`` or the cost ``budget``; always feasible (``within_budget``)."""
-    mask = np.zeros(scores.size, dtype=bool)
-    used, count = 0.0, 0
-    for i in (np.argsort(-scores, kind="stable") if order is None else order):
-        if k is not None and count >= k:
-            break
-        c = 0.0 if costs is None else float(costs[i])
-        if costs is not None and used + c > budget:
-            continue
-        mask[i] = True
-        used += c
-        count += 1
-    if costs is not None and not within_budget(flop_total(costs, mask), budget):  # pragma: no cover - fp drift
-        return np.zeros(scores.size, dtype=bool)
-    return mask
 
 
 def greedy_ilp(problem: FlopNnzILP) -> np.ndarray:
     """The better of two greedy fills of a ``FlopNnzILP``: by value and by value per FLOP."""
     v = backend.to_numpy(problem.values).astype(np.float64)
     f = backend.to_numpy(problem.costs).astype(np.float64)
-    by_value = greedy_mask(v, problem.k, f, problem.flop_budget)
+    budget = problem.budget
+    by_value = greedy_mask(budget, np.argsort(-v, kind="stable"))
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(f > 0, v / np.where(f > 0, f, 1.0), np.inf)
     order = np.lexsort((-v, -ratio))  # ratio first, then value (zero-cost coordinates first)
-    by_ratio = greedy_mask(v, problem.k, f, problem.flop_budget, order=order)
+    by_ratio = greedy_mask(budget, order)
     return by_value if v[by_value].sum() >= v[by_ratio].sum() else by_ratio
 
 

@@ -66,7 +66,12 @@ import numpy as np
 
 from combprune.result import Deadline, History
 
-from ._l0_core import ACTIVE_FRACTION, GATHER_FRACTION, ColumnOperator, L0Data, Projector, vdot
+from .columns import ACTIVE_FRACTION, GATHER_FRACTION, ColumnOperator
+from .l0_data import L0Data
+from .linalg import vdot
+from .projections import Projector
+from .ridge import ridge_solve_on_support, solve_with_factor
+from .support_factor import SupportFactor
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +91,7 @@ class IHTOutcome:
     active_idx: np.ndarray | None = None
     active_op: ColumnOperator | None = None
     backsolved: bool = False
-    factor: dict | None = None
+    factor: SupportFactor | None = None
 
 
 def power_lipschitz(op: ColumnOperator, ridge: float, iters: int = 30, seed: int = 0) -> float:
@@ -156,7 +161,7 @@ class InnerIHT:
         self.fallbacks = 0
         self.at_solution = False  # True while w is the exact least squares on its support
         self.solved: tuple | None = None
-        self.factor: dict | None = None  # K, r0, y of the last Woodbury back-solve
+        self.factor: SupportFactor | None = None  # of the last Woodbury back-solve
         self.last_g: np.ndarray | None = None
         # conjugate-gradient memory on a fixed support (Polak-Ribiere+, restarted on change)
         self.cg = True
@@ -166,19 +171,14 @@ class InnerIHT:
 
     def solve_on_support(self) -> bool:
         """Replace the iterate by the exact ridge least squares on its support (if better)."""
-        from .backsolve import ridge_solve_on_support
-
         mask = self.w != 0
         if not mask.any():
             return False
-        state: dict = {}
-        w, e = ridge_solve_on_support(
-            self.op.A, self.b, self.w_bar, self.ridge, mask, return_residual=True, max_gather_fraction=self.gather_fraction, state=state
-        )
+        w, e, factor = solve_with_factor(self.op, self.b, self.w_bar, self.ridge, mask, max_gather_fraction=self.gather_fraction)
         f = self.value(w, e)
         if not f <= self.f:
             return False
-        self.factor = state or None
+        self.factor = factor
         self.w, self.e, self.f = w, e, f
         self.mask = w != 0
         self._prev_T = None
@@ -341,12 +341,16 @@ def run_inner(
     max_iter: int,
     tol: float,
     patience: int = 3,
-    refresh_every: int = 25,
+    refresh_every: int | None = 25,
     on_iterate: Callable[[float], None] | None = None,
     stable_iters: int | None = None,
 ) -> tuple[int, list[float], bool]:
     """Iterate until ``patience`` consecutive steps decrease Q by less than ``tol * |Q|``
-    (or a step cannot decrease Q at all).
+    (or a step cannot decrease Q at all). The one stopping loop of the L0 family.
+
+    ``refresh_every``: the residual is recomputed exactly every that many steps (None:
+    never, the carried residual only). ``on_iterate(f)`` is called after every step that
+    moved (and after a stabilisation back-solve).
 
     ``stable_iters``: once the support has not changed for that many consecutive steps, the
     weights are set to the exact ridge least squares on it (a back-solve on the current
@@ -363,12 +367,12 @@ def run_inner(
         f_old = inner.f
         tau, changed = inner.step()
         it += 1
-        if (it % refresh_every) == 0:
+        if refresh_every is not None and (it % refresh_every) == 0:
             inner.refresh()
         if tau > 0:
             steps.append(tau)
-        if on_iterate is not None:
-            on_iterate(inner.f)
+            if on_iterate is not None:
+                on_iterate(inner.f)
         if tau == 0.0:
             converged = True
             break
@@ -532,8 +536,6 @@ def polish_on_support(
     elif S.size * data.n * data.op.itemsize <= GATHER_FRACTION * data.op.nbytes:
         opS = data.op.sub(S)
     else:  # too large to gather: the direct back-solve streams A_S in chunks
-        from .backsolve import ridge_solve_on_support
-
         return ridge_solve_on_support(data.op.A, data.b, data.w_bar, data.ridge, w != 0, return_residual=True)
     const = 0.5 * data.ridge * float(data.wbar_sq.sum() - data.wbar_sq[S].sum())
     inner = InnerIHT(opS, data.b, data.w_bar[S], data.ridge, Projector(S.size), max(const, 0.0), w[S], np.ones(S.size, bool))

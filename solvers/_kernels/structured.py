@@ -35,12 +35,15 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
-from scipy.linalg import blas, lapack
 
 from combprune import backend
 from combprune.problems import StructuredMIQP
-from combprune.problems.l0_regression import FLOP_RTOL, within_budget
-from combprune.result import Result, Status
+from combprune.problems.budget import Budget
+from combprune.result import Deadline, Result, Status
+
+from . import linalg
+from .linalg import rank_update
+from .selection import greedy_mask
 
 __all__ = [
     "SINGULAR_PIVOT",
@@ -55,8 +58,10 @@ __all__ = [
     "gather_rows",
     "rank_update",
     "SizeBatches",
-    "Budget",
     "structured_result",
+    "group_values",
+    "magnitude_support",
+    "SECONDS_PER_FLOP",
 ]
 
 #: With ``ridge = 0``, a scaled Cholesky pivot ``L_ii^2`` below this (``K~`` has a unit
@@ -78,12 +83,11 @@ def cholesky(K: np.ndarray, ridge: float) -> np.ndarray:
     Raises a ``ValueError`` naming ``ridge`` when ``K`` is not (numerically) positive definite:
     LAPACK's ``potrf`` fails, or, with ``ridge = 0``, a pivot ``L_ii^2 < SINGULAR_PIVOT``.
     """
-    n = K.shape[0]
-    if n == 0:
+    if K.shape[0] == 0:
         return np.zeros((0, 0))
-    L, info = lapack.dpotrf(K, lower=1, clean=1, overwrite_a=0)
-    if info != 0:
-        raise _singular_error(ridge, f"Cholesky failed at pivot {info}")
+    L = linalg.cholesky(K)
+    if L is None:
+        raise _singular_error(ridge, "Cholesky failed")
     if ridge == 0.0:
         pivot = float(np.min(np.diag(L)) ** 2)
         if pivot < SINGULAR_PIVOT:
@@ -91,36 +95,17 @@ def cholesky(K: np.ndarray, ridge: float) -> np.ndarray:
     return L
 
 
-def rank_update(T: np.ndarray, U: np.ndarray, V: np.ndarray) -> None:
-    """In place ``T -= U V^T`` (BLAS ``dgemm`` on ``T``'s memory, no d x d temporary).
-
-    ``T`` is a C-contiguous float64 (n, n) array, ``U`` and ``V`` are (n, r).
-    """
-    if T.size == 0 or U.shape[1] == 0:
-        return
-    if T.flags.c_contiguous and T.dtype == np.float64:
-        # T^T is Fortran-ordered: T^T -= V U^T  <=>  T -= U V^T.
-        out = blas.dgemm(alpha=-1.0, a=V, b=U, trans_b=1, beta=1.0, c=T.T, overwrite_c=1)
-        if np.shares_memory(out, T):
-            return
-    T -= U @ V.T  # pragma: no cover - non-contiguous fallback
-
-
 def spd_inverse(K: np.ndarray, ridge: float) -> np.ndarray:
-    """Inverse of a scaled SPD block through Cholesky (``potrf`` + ``potri``), symmetrised.
+    """Inverse of a scaled SPD block (:func:`~.linalg.spd_inverse`, ``potrf`` + ``potri``), symmetric.
 
     Costs ``2/3 n^3`` flops; the only full inverse the solvers ever form (at the start and at
-    the periodic refreshes), never one per candidate.
+    the periodic refreshes), never one per candidate. Singular blocks raise like :func:`cholesky`.
     """
-    n = K.shape[0]
-    if n == 0:
-        return np.zeros((0, 0))
-    L = cholesky(K, ridge)
-    inv, info = lapack.dpotri(L, lower=1, overwrite_c=1)
-    if info != 0:  # pragma: no cover - potrf succeeded, so potri cannot fail
-        raise _singular_error(ridge, f"potri failed ({info})")
-    low = np.tril(inv)
-    return low + np.tril(low, -1).T
+    inv = linalg.spd_inverse(K, on_fail="none", min_pivot=SINGULAR_PIVOT if ridge == 0.0 else 0.0)
+    if inv is None:
+        cholesky(K, ridge)  # raises the error naming ridge
+        raise _singular_error(ridge, "potri failed")  # pragma: no cover - potrf succeeded
+    return inv
 
 
 @dataclass
@@ -289,41 +274,6 @@ def gather_rows(Y: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return Y[rows]
 
 
-@dataclass
-class Budget:
-    """The count budget ``s`` and/or the cost budget ``sum_{g kept} c_g <= C`` of a problem."""
-
-    s: int | None
-    costs: np.ndarray | None
-    cost_budget: float | None
-
-    @classmethod
-    def from_problem(cls, problem: StructuredMIQP) -> "Budget":
-        costs = None if problem.group_costs is None else backend.to_numpy(problem.group_costs).astype(np.float64)
-        return cls(problem.s, costs, problem.cost_budget)
-
-    def total_cost(self, keep: np.ndarray) -> float:
-        return 0.0 if self.costs is None else math.fsum(self.costs[keep].tolist())
-
-    def feasible(self, keep: np.ndarray) -> bool:
-        """Same rule as ``StructuredMIQP.check`` (``within_budget`` slack for costs)."""
-        if self.s is not None and int(keep.sum()) > self.s:
-            return False
-        if self.costs is not None and not within_budget(self.total_cost(keep), self.cost_budget):
-            return False
-        return True
-
-    def addable(self, keep: np.ndarray) -> np.ndarray:
-        """(G,) bool: the groups not in ``keep`` that could each be added alone, feasibly."""
-        out = ~keep
-        if self.s is not None and int(keep.sum()) >= self.s:
-            out[:] = False
-        if self.costs is not None:
-            used = self.total_cost(keep)
-            out &= used + self.costs <= self.cost_budget + FLOP_RTOL * max(abs(self.cost_budget), 1.0)
-        return out
-
-
 def structured_result(
     problem: StructuredMIQP,
     W: np.ndarray,
@@ -346,3 +296,67 @@ def structured_result(
         history=list(history or []),
         info=dict(info or {}),
     )
+
+
+refit_rows = refit
+
+
+def group_values(problem: StructuredMIQP) -> np.ndarray:
+    """``v_g = ||W_hat_g||_F^2`` per group (float64)."""
+    W = backend.to_numpy(problem.W_hat).astype(np.float64)
+    return np.bincount(problem.group_index, weights=np.einsum("ij,ij->i", W, W), minlength=problem.n_groups)
+
+
+def magnitude_support(values: np.ndarray, budget: Budget) -> np.ndarray:
+    """Kept groups (G,) bool of structured magnitude pruning for group values ``values``.
+
+    Count budget only: the ``s`` largest values (ties to the smaller group). With costs: the
+    better (larger total value) of two greedy fills (:func:`~.selection.greedy_mask`, up to the
+    budget's slack), by value per cost and by value (docs/solvers/osscar.md).
+    """
+    n_groups = values.size
+    by_value = np.lexsort((np.arange(n_groups), -values))  # decreasing v, ties by index
+    if budget.costs is None:
+        keep = np.zeros(n_groups, dtype=bool)
+        keep[by_value[: min(budget.count, n_groups)]] = True
+        return keep
+    costs = budget.costs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(costs > 0, values / np.where(costs > 0, costs, 1.0), np.inf)
+    by_ratio = np.lexsort((np.arange(n_groups), -values, -ratio))
+    a = greedy_mask(budget, by_ratio, slack=True)
+    b = greedy_mask(budget, by_value, slack=True)
+    return a if values[a].sum() >= values[b].sum() else b
+
+
+#: Conservative seconds per floating-point operation of the dense linear algebra, used to skip
+#: uninterruptible factorisations that would overrun a time limit.
+SECONDS_PER_FLOP = 2e-9
+
+
+def group_magnitude_result(problem: StructuredMIQP, deadline: Deadline, *, refit: bool = True) -> Result:
+    """Structured magnitude pruning (:func:`magnitude_support`) with an optional exact refit.
+
+    ``iterations`` is 1; ``info["values"]`` holds the group values ``||W_hat_g||_F^2``.
+    Status ``feasible`` (``time_limit`` if the deadline had passed by the end). The refit is
+    skipped (``info["refit"] = False``) when its estimated cost, ``SECONDS_PER_FLOP`` per
+    flop, exceeds the time left. The solver ``group-magnitude``, and osscar's fallback.
+    """
+    values = group_values(problem)
+    keep = magnitude_support(values, problem.budget)
+    rows = problem.rows_of(keep)
+    r = int(rows.sum())
+    # the refit (a Cholesky of the kept block plus products with H) cannot be interrupted:
+    # skipped when it would not end before the deadline (the masked W_hat is returned)
+    skipped = refit and deadline.remaining() <= SECONDS_PER_FLOP * (r**3 / 3 + 2 * problem.d**2 * problem.m)
+    do_refit = refit and not skipped
+    if do_refit:
+        system = ScaledSystem.from_problem(problem)
+        W = system.unscale(refit_rows(system, rows))
+    else:
+        W = np.where(rows[:, None], backend.to_numpy(problem.W_hat).astype(np.float64), 0.0)
+    status = Status.TIME_LIMIT if skipped or deadline.expired() else Status.FEASIBLE
+    result = structured_result(problem, W, keep, status, iterations=1, info={"values": values, "refit": do_refit})
+    result.history = [(deadline.elapsed(), result.objective)]
+    return result
+

@@ -33,12 +33,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 
 from combprune.result import Deadline, History
 
-from ._l0_core import L0Data, Projector, _single_thread, gram_rows, vdot
-from ._l0_engine import first_breakpoint
+from .iht_engine import first_breakpoint
+from .l0_data import L0Data
+from .projections import Projector
+from .ridge import ridge_solve_on_support
+from .support_factor import SupportFactor
 
 logger = logging.getLogger(__name__)
 
@@ -56,17 +58,6 @@ class RefineOutcome:
     iterates: list[np.ndarray] = field(default_factory=list)
 
 
-def _chol_solve(K: np.ndarray, ridge: float, r0: np.ndarray) -> np.ndarray | None:
-    M = K.copy()
-    M[np.diag_indices_from(M)] += ridge
-    try:
-        with _single_thread():
-            c = scipy.linalg.cho_factor(M, lower=True, check_finite=False)
-            return scipy.linalg.cho_solve(c, r0, check_finite=False)
-    except np.linalg.LinAlgError:
-        return None
-
-
 def refine_support(
     data: L0Data,
     w: np.ndarray,
@@ -74,7 +65,7 @@ def refine_support(
     *,
     deadline: Deadline,
     history: History | None = None,
-    factor: dict | None = None,
+    factor: SupportFactor | None = None,
     max_moves: int = 200,
     refresh_every: int = 10,
     tol: float = 1e-12,
@@ -83,10 +74,10 @@ def refine_support(
     active_op: Any = None,
 ) -> RefineOutcome:
     """Improve the back-solved point ``w`` (host float64, feasible) by back-solve-evaluated
-    projected steps. ``factor``: ``K``, ``r0``, ``y`` of ``w``'s Woodbury back-solve when
-    known (saves one Gram). ``active_idx`` / ``active_op``: an active block holding the
-    support; moves are first searched on it (cheaper passes), then on all columns.
-    Never increases Q; every iterate is feasible."""
+    projected steps. ``factor``: the :class:`~.support_factor.SupportFactor` of ``w``'s
+    Woodbury back-solve when known (saves one Gram). ``active_idx`` / ``active_op``: an active
+    block holding the support; moves are first searched on it (cheaper passes), then on all
+    columns. Never increases Q; every iterate is feasible."""
     op, b, wbar, ridge, n = data.op, data.b, data.w_bar, data.ridge, data.n
     S = w != 0
     s = int(S.sum())
@@ -99,36 +90,24 @@ def refine_support(
     if not woodbury:
         return _refine_direct(data, w, proj, out, deadline=deadline, history=history, max_moves=max_moves, tol=tol, keep_iterates=keep_iterates)
     idx = np.flatnonzero(S)
-    if factor is not None and {"K", "r0", "y"} <= set(factor):
-        K, r0, y = factor["K"], factor["r0"], factor["y"]
-    else:
-        AS = op.sub(idx)
-        K = AS.gram_rows()
-        r0 = b - AS.matvec(wbar[idx])
-        y = _chol_solve(K, ridge, r0)
-        if y is None:
-            return out
-    f = 0.5 * ridge * (wbar_sq_total - float(data.wbar_sq[idx].sum())) + 0.5 * ridge * vdot(r0, y)
-    state = [f, S, K, r0, y, None]  # f, support, K, r0, y, z = A^T y (None: stale)
+    fac = factor.on(S) if factor is not None else SupportFactor.fresh(op, b, wbar, ridge, S)
+    if fac is None:
+        return out
+    fac.with_objective(data.wbar_sq, wbar_sq_total)
+    moves = _WoodburyMoves(data, out, deadline=deadline, history=history, max_moves=max_moves, refresh_every=refresh_every,
+                           tol=tol, keep_iterates=keep_iterates)
     if active_idx is not None and active_op is not None and active_op is not op and np.all(np.isin(idx, active_idx, assume_unique=True)):
         # first on the active block (cheaper passes), then confirm on all columns
         C = active_idx
-        local = [state[0], S[C], K, r0, y, None]
-        _woodbury_moves(active_op, b, wbar[C], data.wbar_sq[C], wbar_sq_total, ridge, proj.restrict(C), local, out,
-                        deadline=deadline, history=history, max_moves=max_moves, refresh_every=refresh_every, tol=tol,
-                        keep_iterates=keep_iterates, embed=C, p=data.p)
+        local = moves.run(active_op, wbar[C], data.wbar_sq[C], proj.restrict(C), fac.on(S[C]), embed=C)
         S_full = np.zeros(data.p, dtype=bool)
-        S_full[C[local[1]]] = True
-        state = [local[0], S_full, local[2], local[3], local[4], None]
-    _woodbury_moves(op, b, wbar, data.wbar_sq, wbar_sq_total, ridge, proj, state, out, deadline=deadline, history=history,
-                    max_moves=max_moves, refresh_every=refresh_every, tol=tol, keep_iterates=keep_iterates, embed=None, p=data.p)
-    f, S, K, r0, y, z_of_y = state
+        S_full[C[local.support]] = True
+        fac = local.on(S_full)
+    fac = moves.run(op, wbar, data.wbar_sq, proj, fac, embed=None)
     if out.moves == 0:
         return out
     # weights of the final support, w_S = w_bar_S + (A^T y)_S, and their exact objective
-    if z_of_y is None:
-        z_of_y = op.rmatvec(y)
-    w_new = np.where(S, wbar + z_of_y, 0.0)
+    w_new = fac.refit(op, wbar)
     e_new = data.residual(w_new)
     f_new = data.objective(w_new, e_new)
     if f_new <= out.objective:
@@ -136,78 +115,71 @@ def refine_support(
     return out
 
 
-def _woodbury_moves(op, b, wbar, wbar_sq, wbar_sq_total, ridge, proj, state, out, *, deadline, history, max_moves,
-                    refresh_every, tol, keep_iterates, embed, p) -> None:
-    """The move loop of :func:`refine_support` on the columns of ``op`` (all of A, or an active
-    block whose global indices are ``embed``); updates ``state`` in place."""
-    f, S, K, r0, y, z_of_y = state
-    s = int(S.sum())
-    since_refresh = 0
-    moves0 = out.moves
-    while out.moves < max_moves and not deadline.expired():
-        z = op.rmatvec(y)
-        z_of_y = z
-        v = wbar + z
-        best = None
-        seen: list[np.ndarray] = []
-        for c in LADDER:
-            T = proj.support(np.where(S, v, c * v))
-            if any(np.array_equal(T, t) for t in seen) or np.array_equal(T, S):
-                continue
-            seen.append(T)
-            add, drop = np.flatnonzero(T & ~S), np.flatnonzero(S & ~T)
-            out.trials += 1
-            if add.size + drop.size > max(1, s // 8):
-                continue  # a large change is a poor step here (and would need a fresh Gram)
-            K_T = K.copy()
-            r0_T = r0.copy()
-            with _single_thread():
-                if add.size:
-                    Aa = np.asarray(op._out(op.take(add)))
-                    K_T += Aa @ Aa.T
-                    r0_T -= Aa @ wbar[add]
-                if drop.size:
-                    Ad = np.asarray(op._out(op.take(drop)))
-                    K_T -= Ad @ Ad.T
-                    r0_T += Ad @ wbar[drop]
-            y_T = _chol_solve(K_T, ridge, r0_T)
-            if y_T is None:
-                continue
-            f_T = 0.5 * ridge * (wbar_sq_total - float(wbar_sq[T].sum())) + 0.5 * ridge * vdot(r0_T, y_T)
-            if best is None or f_T < best[0]:
-                best = (f_T, T, K_T, r0_T, y_T)
-        if best is None or not best[0] < f - tol * max(abs(f), 1e-300):
-            break
-        f, S, K, r0, y = best[0], best[1], best[2], best[3], best[4]
-        z_of_y = None
-        out.moves += 1
-        since_refresh += 1
-        if since_refresh >= refresh_every:  # drift control: exact Gram of the current support
-            idx = np.flatnonzero(S)
-            AS = op.sub(idx)
-            K = AS.gram_rows()
-            r0 = b - AS.matvec(wbar[idx])
-            y_new = _chol_solve(K, ridge, r0)
-            if y_new is not None:
-                y = y_new
-                f = 0.5 * ridge * (wbar_sq_total - float(wbar_sq[idx].sum())) + 0.5 * ridge * vdot(r0, y)
-            since_refresh = 0
-        if history is not None:
-            history.record(f)
-        if keep_iterates:
-            if embed is None:
-                out.iterates.append(S.copy())
-            else:
-                full = np.zeros(p, dtype=bool)
-                full[embed[S]] = True
-                out.iterates.append(full)
-    state[:] = [f, S, K, r0, y, z_of_y]
+@dataclass
+class _WoodburyMoves:
+    """The move loop of :func:`refine_support` (Woodbury regime), shared by the active-block
+    pass and the all-columns pass."""
+
+    data: L0Data
+    out: RefineOutcome
+    deadline: Deadline
+    history: History | None
+    max_moves: int
+    refresh_every: int
+    tol: float
+    keep_iterates: bool
+
+    def run(self, op: Any, wbar: np.ndarray, wbar_sq: np.ndarray, proj: Projector, fac: SupportFactor,
+            embed: np.ndarray | None) -> SupportFactor:
+        """Moves on the columns of ``op`` (all of A, or an active block whose global indices are
+        ``embed``) from the factor ``fac``; returns the factor of the support reached."""
+        out, data = self.out, self.data
+        wbar_sq_total = float(data.wbar_sq.sum())
+        s = int(fac.support.sum())
+        since_refresh = 0
+        while out.moves < self.max_moves and not self.deadline.expired():
+            v = wbar + fac.dual_weights(op)
+            best: SupportFactor | None = None
+            seen: list[np.ndarray] = []
+            for c in LADDER:
+                T = proj.support(np.where(fac.support, v, c * v))
+                if any(np.array_equal(T, t) for t in seen) or np.array_equal(T, fac.support):
+                    continue
+                seen.append(T)
+                out.trials += 1
+                if int(np.count_nonzero(T != fac.support)) > max(1, s // 8):
+                    continue  # a large change is a poor step here (and would need a fresh Gram)
+                trial = fac.moved(op, wbar, T)
+                if trial is None:
+                    continue
+                trial.with_objective(wbar_sq, wbar_sq_total)
+                if best is None or trial.objective < best.objective:
+                    best = trial
+            f = fac.objective
+            if best is None or not best.objective < f - self.tol * max(abs(f), 1e-300):
+                break
+            fac = best
+            out.moves += 1
+            since_refresh += 1
+            if since_refresh >= self.refresh_every:  # drift control: exact Gram of the current support
+                fresh = SupportFactor.fresh(op, data.b, wbar, data.ridge, fac.support)
+                if fresh is not None:
+                    fac = fresh.with_objective(wbar_sq, wbar_sq_total)
+                since_refresh = 0
+            if self.history is not None:
+                self.history.record(fac.objective)
+            if self.keep_iterates:
+                if embed is None:
+                    out.iterates.append(fac.support.copy())
+                else:
+                    full = np.zeros(data.p, dtype=bool)
+                    full[embed[fac.support]] = True
+                    out.iterates.append(full)
+        return fac
 
 
 def _refine_direct(data, w, proj, out, *, deadline, history, max_moves, tol, keep_iterates) -> RefineOutcome:
     """Same search with a direct back-solve per trial (|S| <= n or ridge = 0)."""
-    from .backsolve import ridge_solve_on_support
-
     op, b, wbar, ridge = data.op, data.b, data.w_bar, data.ridge
     e, f = out.residual, out.objective
     while out.moves < max_moves and not deadline.expired():
