@@ -93,7 +93,8 @@ def test_layerwise_methods_run_block_by_block_through_the_pruner():
     model = transformers.BertModel(cfg).eval()
     ids = torch.randint(0, 50, (16, 8))
     report = cpt.Pruner("sparsegpt", pattern="2:4", progress=False).prune(model, {"input_ids": ids})
-    assert isinstance(report, cpt.SequentialReport) and report.sparsity == pytest.approx(0.5)
+    assert isinstance(report, cpt.PruneReport) and report.sparsity == pytest.approx(0.5) and len(report.blocks) == 2
+    assert isinstance(report, cpt.SequentialReport)  # the former name still works
     weight = model.encoder.layer[0].intermediate.dense.weight.detach()
     assert torch.all((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) <= 2)  # 2 of every 4 inputs per output
     assert cpt.resolve_method("wanda").kind == "layerwise"

@@ -37,7 +37,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             model = _model()
             report = cpt.prune_sequential(model, _batches(), method=method, sparsity=0.5, progress=False)
             torch.save({"state": model.state_dict(), "ranks": [r.rank for r in report.layers],
-                        "samples": report.calibration_samples}, os.path.join(out_dir, f"{method}-rank{rank}.pt"))
+                        "samples": report.info["calibration_samples"]}, os.path.join(out_dir, f"{method}-rank{rank}.pt"))
     finally:
         tdist.destroy_process_group()
 
