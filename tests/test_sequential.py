@@ -216,3 +216,30 @@ def test_disk_offload_failure_restores_the_dense_model(tmp_path, monkeypatch):
         cpt.prune_sequential(model, token_batches(), sparsity=0.5, method="wanda", progress=False,
                              offload="disk", offload_dir=str(tmp_path))
     assert all(torch.equal(before[k], v) for k, v in weights(model).items())
+
+
+def test_nm_group_not_dividing_a_later_layer_is_refused_before_anything_changes(monkeypatch):
+    import combprune.torch.sequential as seq
+
+    stack = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 4))  # 4 divides 8 but not 6
+    before = weights(stack)
+    solved = []
+    monkeypatch.setattr(seq._LayerStep, "_solve", lambda *a, **k: solved.append(1))
+    with pytest.raises(ValueError, match="^pattern: group size m=4 does not divide the input size 6 of 1"):
+        cpt.prune_sequential(stack, torch.randn(8, 8), pattern="2:4", blocks=list(stack), progress=False)
+    assert not solved and all(torch.equal(before[k], v) for k, v in weights(stack).items())
+
+
+def test_mixed_or_missing_devices_name_the_argument():
+    model = tiny_bert()
+    model.encoder.layer[1].output.dense.weight = nn.Parameter(torch.empty(16, 32, device="meta"))
+    with pytest.raises(ValueError, match="^model: parameters are on several devices"):
+        cpt.prune_sequential(model, token_batches(), sparsity=0.5, progress=False)
+    model = tiny_bert()
+    before = weights(model)
+    with pytest.raises(ValueError, match="^device"):
+        cpt.prune_sequential(model, token_batches(), sparsity=0.5, device="gpu0", progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="^device: 'cuda' was requested but CUDA is not available"):
+            cpt.prune_sequential(model, token_batches(), sparsity=0.5, device="cuda", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in weights(model).items())

@@ -284,8 +284,12 @@ def prune_sequential(
                               time_limit=time_limit)
         pattern_text = f"groups={step.setup.sparsity}"
     home = model_device(model)
-    work = torch.device(device) if device is not None else home
+    work = _work_device(device, home)
     block_list = find_blocks(model, blocks)
+    names = {id(m): n for n, m in model.named_modules()}
+    prefixes = [f"{names[id(b)]}." if names.get(id(b)) else "" for b in block_list]
+    if kind == "layerwise" and step.kind == "nm":
+        _check_nm(step.value, block_list, prefixes)
     dist = Dist.current()
     batches = collect(calibration, n_samples, home)[dist.rank::dist.world]
     if not batches:
@@ -295,8 +299,6 @@ def prune_sequential(
                          apply=apply)
     report.info.update(pattern=pattern_text, world_size=dist.world, engine="sequential",
                        calibration_samples=dist.total(sum(b.size for b in batches)), ridge=ridge)
-    names = {id(m): n for n, m in model.named_modules()}
-    prefixes = [f"{names[id(b)]}." if names.get(id(b)) else "" for b in block_list]
     backup = _Backup()
     if kind == "structured":
         _check_units_in_blocks(step, prefixes)
@@ -317,6 +319,30 @@ def prune_sequential(
     report.time = time.perf_counter() - start
     logger.info("%s", report)
     return report
+
+
+def _work_device(device: Any, home: torch.device) -> torch.device:
+    """The device blocks are processed on (``device`` or the model's); errors name ``device``."""
+    if device is None:
+        return home
+    try:
+        work = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda:0', got {device!r}") from exc
+    if work.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} was requested but CUDA is not available")
+    return work
+
+
+def _check_nm(value: str, block_list: list[nn.Module], prefixes: list[str]) -> None:
+    """Every linear layer's input size must be a multiple of m (checked before anything changes)."""
+    group = parse_nm(value)[1]
+    for block, prefix in zip(block_list, prefixes):
+        for name, layer in linear_layers(block):
+            d = weight_matrix(layer).shape[0]
+            if d % group:
+                raise ValueError(f"pattern: group size m={group} does not divide the input size {d} of {prefix}{name}; "
+                                 f"choose m dividing every layer's input size")
 
 
 def _block_index(name: str, block_of: dict[str, int]) -> int | None:
