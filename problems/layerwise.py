@@ -14,7 +14,7 @@ from combprune._validation import check_array, check_int, check_scalar
 from ._base import Problem
 from .structured import osscar_default_ridge
 
-__all__ = ["LayerwiseL0", "parse_nm"]
+__all__ = ["LayerwiseL0", "parse_nm", "reconstruction_error"]
 
 #: Relative tolerance of the positive semi-definiteness check of H (eigenvalues >= -tol * d * max|H|).
 PSD_RTOL = 1e-9
@@ -34,6 +34,17 @@ def parse_nm(nm: Any, name: str = "nm") -> tuple[int, int]:
     m = check_int(name, nm[1], low=1, high=2**31)
     n = check_int(name, nm[0], low=0, high=m)
     return n, m
+
+
+def reconstruction_error(H: Any, W_hat: Any, W: Any) -> float:
+    """``||X (W - W_hat)||_F^2 / ||X W_hat||_F^2 = tr(D^T H D) / tr(W_hat^T H W_hat)`` with
+    ``H = X^T X`` and ``D = W - W_hat`` (float64; 0 when ``X W_hat = 0``). Shared by the
+    unstructured and structured layer problems (the ridge is left out)."""
+    H = backend.to_numpy(H).astype(np.float64)
+    W_hat = backend.to_numpy(W_hat).astype(np.float64).reshape(H.shape[0], -1)
+    D = backend.to_numpy(W).astype(np.float64).reshape(W_hat.shape) - W_hat
+    den = float(np.sum(W_hat * (H @ W_hat)))
+    return float(np.sum(D * (H @ D))) / den if den > 0 else 0.0
 
 
 class LayerwiseL0(Problem):
@@ -218,12 +229,7 @@ class LayerwiseL0(Problem):
 
     def relative_error(self, W: Any) -> float:
         """``||X (W - W_hat)||_F^2 / ||X W_hat||_F^2`` (the ridge left out; 0 when X W_hat = 0)."""
-        W = self._as_matrix(W).astype(np.float64)
-        H = backend.to_numpy(self.H).astype(np.float64)
-        W_hat = backend.to_numpy(self.W_hat).astype(np.float64)
-        D = W - W_hat
-        den = float(np.sum(W_hat * (H @ W_hat)))
-        return float(np.sum(D * (H @ D))) / den if den > 0 else 0.0
+        return reconstruction_error(self.H, self.W_hat, self._as_matrix(W))
 
     def check(self, W: Any) -> list[str]:
         """Violated constraints of ``W`` (empty when feasible)."""

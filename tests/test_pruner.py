@@ -93,7 +93,8 @@ def test_layerwise_methods_run_block_by_block_through_the_pruner():
     model = transformers.BertModel(cfg).eval()
     ids = torch.randint(0, 50, (16, 8))
     report = cpt.Pruner("sparsegpt", pattern="2:4", progress=False).prune(model, {"input_ids": ids})
-    assert isinstance(report, cpt.SequentialReport) and report.sparsity == pytest.approx(0.5)
+    assert isinstance(report, cpt.PruneReport) and report.sparsity == pytest.approx(0.5) and len(report.blocks) == 2
+    assert isinstance(report, cpt.SequentialReport)  # the former name still works
     weight = model.encoder.layer[0].intermediate.dense.weight.detach()
     assert torch.all((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) <= 2)  # 2 of every 4 inputs per output
     assert cpt.resolve_method("wanda").kind == "layerwise"
@@ -111,3 +112,27 @@ def test_bfloat16_models_are_pruned_in_float64_and_written_back_in_bfloat16(meth
     report = cpt.prune(model, (X.to(torch.bfloat16), y), method=method, sparsity=0.5, l2=1e-3, first_order=False, progress=False)
     assert report.sparsity >= 0.5
     assert model[0].weight.dtype == torch.bfloat16 and int((model[0].weight == 0).sum()) > 0
+
+
+def test_flat_loss_warns_and_points_to_the_layerwise_methods(caplog):
+    """Zero per-sample gradients (a loss that ignores the model) are said, not passed over."""
+    X, y = data()
+    with caplog.at_level("WARNING", logger="combprune.torch.prune"):
+        report = cpt.prune(mlp(), (X, y), method="chita", sparsity=0.5, l2=1e-3, first_order=False, progress=False,
+                           loss_fn=lambda out, t: (0.0 * out).sum())
+    warned = [r.getMessage() for r in caplog.records if "near) zero" in r.getMessage()]
+    assert len(warned) == 1 and "method='layerwise'" in warned[0]
+    assert report.info["gradients_degenerate"] is True
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="combprune.torch.prune"):
+        report = cpt.prune(mlp(), (X, y), method="chita", sparsity=0.5, l2=1e-3, first_order=False, progress=False)
+    assert report.info["gradients_degenerate"] is False and not any("near) zero" in r.getMessage() for r in caplog.records)
+
+
+def test_calibration_without_targets_points_to_the_layerwise_methods():
+    X, _ = data()
+    model = mlp()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="^calibration: .*method='layerwise'"):
+        cpt.prune(model, X, method="chita", sparsity=0.5, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

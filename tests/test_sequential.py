@@ -54,10 +54,12 @@ def test_blocks_found_and_every_linear_pruned(build, path):
     assert len(rep.blocks) == 2
     assert len(rep.layers) == (6 if build is tiny_bert else 4 if build is tiny_gpt2 else 7) * 2
     for row in rep.layers:
-        layer = model.get_submodule(f"{path}.{row.block}.{row.name}")
-        assert int((layer.weight != 0).sum()) == row.nnz <= row.d_in * row.d_out - (row.d_in * row.d_out) // 2
-        assert 0 <= row.relative_error < 1
-    assert rep.sparsity >= 0.5 and rep.peak_memory_bytes > 0 and "method=sparsegpt" in str(rep).split("\n")[0]
+        assert row.name.startswith(f"{path}.{row.block}.")
+        layer = model.get_submodule(row.name.rsplit(".", 1)[0])
+        assert int((layer.weight != 0).sum()) == row.nnz <= row.params - row.params // 2
+        assert 0 <= row.relative_error < 1 and row.dense_flops > 0 and row.rank == 0
+    assert isinstance(rep, cpt.PruneReport) and not rep.budget_violations() and rep.k == rep.kept
+    assert rep.sparsity >= 0.5 and rep.peak_memory_bytes > 0 and rep.method == "sparsegpt" and "rel. error" in str(rep)
 
 
 def test_statistics_are_the_layer_inputs_after_earlier_blocks_are_pruned():
@@ -79,7 +81,7 @@ def test_statistics_are_the_layer_inputs_after_earlier_blocks_are_pruned():
     prob = LayerwiseL0.from_activations(X, dense_q.T.double().numpy(), k=16 * 16 // 2, ridge=0.0)
     expect = cp.solve(prob, "wanda").x
     np.testing.assert_allclose(layer.weight.detach().T.double().numpy(), expect, rtol=1e-6, atol=1e-7)
-    row = next(r for r in rep.layers if r.block == 1 and r.name == "attention.self.query")
+    row = next(r for r in rep.layers if r.name == "encoder.layer.1.attention.self.query.weight")
     assert row.relative_error == pytest.approx(prob.relative_error(expect), rel=1e-6)
 
 
@@ -139,7 +141,7 @@ def test_failure_midway_restores_the_pruned_blocks(monkeypatch):
     before = weights(model)
     import combprune.torch.sequential as seq
 
-    real = seq._solve_layer
+    real = seq._LayerStep._solve
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -148,7 +150,7 @@ def test_failure_midway_restores_the_pruned_blocks(monkeypatch):
             raise RuntimeError("solver crashed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(seq, "_solve_layer", failing)
+    monkeypatch.setattr(seq._LayerStep, "_solve", failing)
     with pytest.raises(RuntimeError, match="solver crashed"):
         cpt.prune_sequential(model, token_batches(), sparsity=0.5, method="wanda", progress=False)
     after = weights(model)
@@ -168,8 +170,10 @@ def test_calibration_too_short_and_empty():
 def test_report_serialises():
     rep = cpt.prune_sequential(tiny_gpt2(), token_batches(1), method="magnitude", sparsity=0.5, progress=False)
     out = rep.to_dict()
-    assert out["method"] == "magnitude" and len(out["layers"]) == 8 and out["sparsity"] >= 0.5
-    assert out["calibration_samples"] == 4
+    assert out["method"] == "magnitude" and len(out["layers"]) == 8 and out["totals"]["sparsity"] >= 0.5
+    assert out["info"]["calibration_samples"] == 4 and len(out["blocks"]) == 2 and out["peak_memory_bytes"] > 0
+    assert all(row["relative_error"] is not None and row["block"] in (0, 1) for row in out["layers"])
+    assert "block" in rep.to_csv().splitlines()[0]
 
 
 def test_disk_offload_gives_the_same_model_and_frees_idle_blocks(tmp_path):
@@ -199,7 +203,7 @@ def test_disk_offload_failure_restores_the_dense_model(tmp_path, monkeypatch):
     model = tiny_bert()
     before = weights(model)
     calls = {"n": 0}
-    real = seq._solve_layer
+    real = seq._LayerStep._solve
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -207,8 +211,35 @@ def test_disk_offload_failure_restores_the_dense_model(tmp_path, monkeypatch):
             raise RuntimeError("solver crashed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(seq, "_solve_layer", failing)
+    monkeypatch.setattr(seq._LayerStep, "_solve", failing)
     with pytest.raises(RuntimeError, match="solver crashed"):
         cpt.prune_sequential(model, token_batches(), sparsity=0.5, method="wanda", progress=False,
                              offload="disk", offload_dir=str(tmp_path))
+    assert all(torch.equal(before[k], v) for k, v in weights(model).items())
+
+
+def test_nm_group_not_dividing_a_later_layer_is_refused_before_anything_changes(monkeypatch):
+    import combprune.torch.sequential as seq
+
+    stack = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 4))  # 4 divides 8 but not 6
+    before = weights(stack)
+    solved = []
+    monkeypatch.setattr(seq._LayerStep, "_solve", lambda *a, **k: solved.append(1))
+    with pytest.raises(ValueError, match="^pattern: group size m=4 does not divide the input size 6 of 1"):
+        cpt.prune_sequential(stack, torch.randn(8, 8), pattern="2:4", blocks=list(stack), progress=False)
+    assert not solved and all(torch.equal(before[k], v) for k, v in weights(stack).items())
+
+
+def test_mixed_or_missing_devices_name_the_argument():
+    model = tiny_bert()
+    model.encoder.layer[1].output.dense.weight = nn.Parameter(torch.empty(16, 32, device="meta"))
+    with pytest.raises(ValueError, match="^model: parameters are on several devices"):
+        cpt.prune_sequential(model, token_batches(), sparsity=0.5, progress=False)
+    model = tiny_bert()
+    before = weights(model)
+    with pytest.raises(ValueError, match="^device"):
+        cpt.prune_sequential(model, token_batches(), sparsity=0.5, device="gpu0", progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="^device: 'cuda' was requested but CUDA is not available"):
+            cpt.prune_sequential(model, token_batches(), sparsity=0.5, device="cuda", progress=False)
     assert all(torch.equal(before[k], v) for k, v in weights(model).items())

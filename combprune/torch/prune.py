@@ -210,6 +210,7 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
         report.info["auto"] = auto
     if need_grads:
         report.info["gradients"] = ctx.gradient_info.get("method", "vmap")
+        report.info["gradients_degenerate"] = bool(ctx.gradient_info.get("degenerate", False))
     report.check_budgets()
     return report
 
@@ -374,6 +375,27 @@ def _solve_gradient(ctx: _Context, cfg: "PruneConfig", k: int, F: float | None):
     return w_all.cpu().double().numpy(), solves, stage_records
 
 
+#: Per-sample gradients are "near zero" when their RMS is below this fraction of the weights' RMS:
+#: a unit gradient step would move the weights by less than 1e-8 of their size.
+DEGENERATE_GRADIENT_RTOL = 1e-8
+
+
+def _check_gradients(A: np.ndarray, w: np.ndarray, info: dict[str, Any]) -> None:
+    """Warn (once per call, recorded in ``info["degenerate"]``) when the per-sample gradients
+    are (near) zero: the Fisher term ``||A (w - w_bar)||^2`` then carries nothing and the
+    gradient-based methods reduce to their l2 term, i.e. to magnitude pruning."""
+    rms_a = float(np.sqrt(np.mean(np.square(A, dtype=np.float64)))) if A.size else 0.0
+    rms_w = float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) if w.size else 0.0
+    if rms_a > DEGENERATE_GRADIENT_RTOL * max(rms_w, np.finfo(np.float32).tiny) or info.get("degenerate"):
+        return
+    info["degenerate"] = True
+    logger.warning(
+        "calibration: the per-sample gradients are (near) zero (RMS %.3g against weights' RMS %.3g): the loss is flat "
+        "on these samples (saturated predictions, a constant loss_fn, or no real targets), so the gradient-based "
+        "methods reduce to magnitude pruning. Prune by layer-wise reconstruction from the inputs alone instead: "
+        "method='layerwise', 'sparsegpt' or 'wanda' (see docs/large_models.md).", rms_a, rms_w)
+
+
 def _block_params(ctx: _Context, a: int, b: int):
     """Parameters overlapping [a, b) and, for each, the slice of its flat values inside."""
     out = []
@@ -413,7 +435,9 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
                 ctx.model, ctx.params, ctx.batches, weights=w, wrt=wrt, loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size, progress=bar,
                 info=ctx.gradient_info,
             )
-        return G[:, a - lo : b - lo].detach().cpu().float().numpy()
+        A = G[:, a - lo : b - lo].detach().cpu().float().numpy()
+        _check_gradients(A, weights_block, ctx.gradient_info)
+        return A
 
     def build(weights: Any, k_t: int, F_t: float | None) -> _problems.L0Regression:
         """The local quadratic model at ``weights`` with budgets ``k_t`` / ``F_t``."""

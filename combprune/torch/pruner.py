@@ -26,7 +26,7 @@ from ._autotune import DEFAULT_HOLDOUT, DEFAULT_L2_GRID
 from .methods import Method, resolve_method
 from .prune import run
 from .report import PruneReport
-from .sequential import SequentialReport, prune_sequential
+from .sequential import prune_sequential
 
 __all__ = ["Pruner", "PruneConfig", "prune"]
 
@@ -121,6 +121,18 @@ class PruneConfig:
     ridge: float = 1e-2
     offload: str | None = None
     offload_dir: str | None = None
+    sequential: bool | None = None
+
+    @property
+    def runs_sequentially(self) -> bool:
+        """Whether the sequential engine runs this configuration: always for the layer-wise
+        methods; for the structured ones with ``sequential=True`` or when ``blocks`` or
+        ``offload`` is given (``sequential=None``)."""
+        if self.spec.kind == "layerwise":
+            return True
+        if self.sequential is None:
+            return self.spec.kind == "structured" and (self.blocks is not None or self.offload is not None)
+        return self.sequential
 
     @property
     def solver_name(self) -> str | None:
@@ -150,9 +162,18 @@ class PruneConfig:
             raise ValueError("flop_budget: structured methods take sparsity (fraction of groups removed per layer); a FLOP budget is not supported there")
         if a["pairs"] is not None and spec.kind != "structured":
             raise ValueError("pairs: producer/consumer pairs declare structured units; they need a structured method ('osscar', 'group-magnitude')")
-        layerwise_only = [n for n in ("pattern", "blocks", "offload", "offload_dir") if a[n] is not None]
-        if spec.kind != "layerwise" and layerwise_only:
-            raise ValueError(f"{layerwise_only[0]}: only the layer-wise methods ('layerwise', 'sparsegpt', 'wanda') take it")
+        if a["sequential"] is not None and not isinstance(a["sequential"], bool):
+            raise TypeError(f"sequential: expected True, False or None (automatic), got {a['sequential']!r}")
+        if a["sequential"] is False and spec.kind == "layerwise":
+            raise ValueError("sequential: the layer-wise methods always run block by block; leave sequential at None or True")
+        if a["sequential"] and spec.kind not in ("layerwise", "structured"):
+            raise ValueError(f"sequential: the sequential engine runs the layer-wise and structured methods, not {method!r}")
+        if a["pattern"] is not None and spec.kind != "layerwise":
+            raise ValueError("pattern: only the layer-wise methods ('layerwise', 'sparsegpt', 'wanda') take it")
+        block_only = [n for n in ("blocks", "offload", "offload_dir") if a[n] is not None]
+        if block_only and (spec.kind not in ("layerwise", "structured") or a["sequential"] is False):
+            raise ValueError(f"{block_only[0]}: only the sequential engine (layer-wise methods, structured methods with "
+                             "sequential=True) takes it")
         if spec.kind == "layerwise" and a["apply"] != "mask":
             raise ValueError("apply: the layer-wise methods write the pruned weights in place (zeros included); leave apply at its default")
         if a["apply"] not in APPLY_MODES:
@@ -202,7 +223,7 @@ class PruneConfig:
             max_memory=_positive_int("max_memory", a["max_memory"]), chunk_size=_positive_int("chunk_size", a["chunk_size"]),
             device=a["device"], progress=a["progress"], pairs=None if a["pairs"] is None else tuple(tuple(p) for p in a["pairs"]),
             pattern=a["pattern"], granularity=a["granularity"], blocks=a["blocks"], ridge=a["ridge"], offload=a["offload"],
-            offload_dir=a["offload_dir"],
+            offload_dir=a["offload_dir"], sequential=a["sequential"],
         )
 
     def options(self) -> dict[str, Any]:
@@ -238,20 +259,24 @@ class Pruner:
     def method(self) -> str:
         return self.config.method
 
-    def prune(self, model: nn.Module, calibration: Any) -> PruneReport | SequentialReport:
+    def prune(self, model: nn.Module, calibration: Any) -> PruneReport:
         """Prune ``model`` in place; the model is restored exactly when anything fails.
 
-        Returns a :class:`PruneReport`, or for the layer-wise methods (run block by block by
-        :func:`combprune.torch.prune_sequential`) a :class:`SequentialReport`.
+        Returns a :class:`PruneReport`; when the sequential engine ran
+        (:func:`combprune.torch.prune_sequential`: the layer-wise methods, and the structured
+        ones with ``sequential=True``) it has per-block rows, the peak memory and the relative
+        reconstruction error of every layer.
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         c = self.config
-        if c.spec.kind == "layerwise":
+        if c.runs_sequentially:
+            structured = c.spec.kind == "structured"
             return prune_sequential(
                 model, calibration, method=c.solver_name, sparsity=c.sparsity, pattern=c.pattern, granularity=c.granularity,
                 blocks=c.blocks, ridge=c.ridge, device=c.device, n_samples=c.n_samples, time_limit=c.time_limit,
                 solver_options=dict(c.solver_options), offload=c.offload, offload_dir=c.offload_dir, progress=c.progress,
+                **(dict(targets=c.targets, ignore=c.ignore, pairs=c.pairs, apply=c.apply) if structured else {}),
             )
         return run(model, calibration, c)
 
@@ -313,7 +338,8 @@ def prune(
     ridge: float = 1e-2,
     offload: str | None = None,
     offload_dir: str | None = None,
-) -> PruneReport | SequentialReport:
+    sequential: bool | None = None,
+) -> PruneReport:
     """Prune ``model`` in place and return a :class:`PruneReport` (``Pruner(...).prune(...)``).
 
     Parameters
@@ -377,6 +403,11 @@ def prune(
         ``sparsity``, a count per ``"layer"`` or per ``"output"``, the repeated blocks, the ridge
         relative to ``mean(diag(X^T X))``, and disk offload of the blocks; see
         :func:`combprune.torch.prune_sequential` and ``docs/large_models.md``.
+    sequential : run on the sequential engine, one block at a time. ``None`` (automatic): always
+        for the layer-wise methods; for ``"osscar"`` / ``"group-magnitude"`` when ``blocks`` or
+        ``offload`` is given (``blocks``, ``offload``, ``ridge`` and ``device`` then apply to them
+        too), otherwise the whole-model structured path. ``True`` forces it for the structured
+        methods (their units must lie inside the blocks).
 
     Returns
     -------

@@ -20,7 +20,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["LayerReport", "PruneReport", "BudgetError"]
+__all__ = ["LayerReport", "BlockReport", "PruneReport", "BudgetError"]
 
 
 class BudgetError(RuntimeError):
@@ -48,6 +48,10 @@ class LayerReport:
         solve's time is reported in :attr:`PruneReport.time`).
     groups, groups_kept : for structured layers, the number of groups (neurons, channels,
         heads) before and after pruning; ``None`` for unstructured layers.
+    block : index of the block the layer belongs to (sequential engine), else ``None``.
+    relative_error : ``||X (W - W_hat)||^2 / ||X W_hat||^2`` on the calibration inputs the layer
+        saw (sequential engine: the layer's input in the already-pruned model), else ``None``.
+    rank : the ``torch.distributed`` rank that solved the layer (sequential engine), else ``None``.
     """
 
     name: str
@@ -65,10 +69,32 @@ class LayerReport:
     time: float = 0.0
     groups: int | None = None
     groups_kept: int | None = None
+    block: int | None = None
+    relative_error: float | None = None
+    rank: int | None = None
+
+    @property
+    def nnz(self) -> int:
+        """Nonzero weights kept (= ``kept``)."""
+        return self.kept
 
     def __post_init__(self) -> None:
         if self.kind not in ("unstructured", "structured"):
             raise ValueError(f"kind: expected 'unstructured' or 'structured', got {self.kind!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BlockReport:
+    """One block of the sequential engine: its index, layers solved, wall time (s) and the peak
+    memory (bytes, of kind :attr:`PruneReport.memory_kind`) measured after it."""
+
+    index: int
+    layers: int
+    time: float
+    peak_memory_bytes: int
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +132,10 @@ class PruneReport:
         (e.g. grouped-query attention heads for the structured methods); the budgets were met
         over the pruned layers only.
     info : free-form extras (options used, number of calibration samples, ...).
+    blocks : per-block rows of the sequential engine (:class:`BlockReport`), empty otherwise.
+    peak_memory_bytes : the largest peak over the blocks (sequential engine), else ``None``.
+    memory_kind : what the peak measures: ``"cpu_max_rss"`` (the process's max resident set
+        size) or ``"cuda_max_allocated"``.
     """
 
     layers: list[LayerReport]
@@ -120,6 +150,9 @@ class PruneReport:
     stages: list[dict[str, Any]] = field(default_factory=list)
     not_pruned: list[tuple[str, str]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    blocks: list[BlockReport] = field(default_factory=list)
+    peak_memory_bytes: int | None = None
+    memory_kind: str | None = None
 
     # Totals ---------------------------------------------------------------------------------
     @property
@@ -202,6 +235,9 @@ class PruneReport:
             "stages": self.stages,
             "not_pruned": [list(item) for item in self.not_pruned],
             "info": self.info,
+            "blocks": [b.to_dict() for b in self.blocks],
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "memory_kind": self.memory_kind,
         }
 
     def to_json(self, path: str | None = None, **kwargs: Any) -> str:
@@ -244,7 +280,12 @@ class PruneReport:
     # Display --------------------------------------------------------------------------------
     _COLUMNS = ("layer", "kind", "params", "kept", "sparsity", "dense FLOPs", "eff. FLOPs", "solver", "objective", "gap", "time [s]")
 
+    def _columns(self) -> list[str]:
+        extra = ["rel. error"] if any(lr.relative_error is not None for lr in self.layers) else []
+        return list(self._COLUMNS) + extra
+
     def _rows(self) -> list[list[str]]:
+        extra = len(self._columns()) > len(self._COLUMNS)
         rows = []
         for lr in self.layers:
             rows.append(
@@ -261,6 +302,7 @@ class PruneReport:
                     _fmt_num(lr.gap),
                     f"{lr.time:.3f}",
                 ]
+                + ([_fmt_num(lr.relative_error)] if extra else [])
             )
         return rows
 
@@ -277,7 +319,7 @@ class PruneReport:
             "",
             "",
             f"{self.time:.3f}",
-        ]
+        ] + [""] * (len(self._columns()) - len(self._COLUMNS))
 
     def _caption(self) -> str:
         req = []
@@ -292,6 +334,10 @@ class PruneReport:
             f"{' over the pruned layers only' if self.not_pruned else ''}. "
             f"{self.flop_unit} counted by torch.utils.flop_counter (FLOPs = 2 x MACs)."
         )
+        if self.blocks:
+            caption += (f" Sequential engine: {len(self.blocks)} blocks, peak memory "
+                        f"{(self.peak_memory_bytes or 0) / 2**20:.0f} MiB ({self.memory_kind}); per block: "
+                        + ", ".join(f"#{b.index} {b.time:.2f}s" for b in self.blocks) + ".")
         if self.not_pruned:
             caption += " Not pruned: " + "; ".join(f"{name} ({reason})" for name, reason in self.not_pruned) + "."
         return caption
@@ -299,7 +345,7 @@ class PruneReport:
     def table(self) -> str:
         """A plain-text table (one row per layer and a total)."""
         rows = self._rows() + [self._total_row()]
-        header = list(self._COLUMNS)
+        header = self._columns()
         widths = [max(len(header[j]), *(len(r[j]) for r in rows)) for j in range(len(header))]
 
         def line(cells: list[str]) -> str:
@@ -317,7 +363,7 @@ class PruneReport:
         from rich.table import Table
 
         table = Table(title=f"combprune.torch.prune: {self.method}", caption=self._caption(), show_footer=False)
-        for j, col in enumerate(self._COLUMNS):
+        for j, col in enumerate(self._columns()):
             table.add_column(col, justify="left" if j in (0, 1, 7) else "right")
         for row in self._rows():
             table.add_row(*row)

@@ -19,8 +19,14 @@ batches ``rank, rank + world, ...``, the H of every layer is all-reduced (sum), 
 block is solved on rank ``i % world`` and its weights are broadcast: every rank ends with the
 same weights. See ``docs/large_models.md``.
 
+The structured methods (``osscar``, ``group-magnitude``) run on the same loop: step 1-2 become
+one ``StructuredMIQP`` per FFN / attention-head unit of the block, in forward order
+(:mod:`combprune.torch._sequential_structured`); masks (or physical removal) are applied at the end.
+
 On any error the weights of the layers already pruned are restored (from a CPU copy) and the
-error is raised again: the model is unchanged.
+error is raised again: the model is unchanged. The result is a
+:class:`~combprune.torch.report.PruneReport` with per-block rows, the peak memory and the
+relative reconstruction error of every layer.
 """
 
 from __future__ import annotations
@@ -29,25 +35,27 @@ import logging
 import math
 import resource
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from combprune._table import text_table
 from combprune.api import solve
-from combprune.problems import LayerwiseL0
+from combprune.problems import LayerwiseL0, StructuredMIQP
 from combprune.problems.layerwise import parse_nm
+from combprune.registry import UnknownSolverError, get_solver
 
 from ._calibration import collect, model_device
 from ._sequential_blocks import (BlockInput, GramHooks, capture_block_inputs, find_blocks, linear_layers, run_block,
                                  set_weight_matrix, weight_matrix)
 from ._sequential_dist import Dist
 from ._sequential_offload import DiskOffload
-from .prune import k_from_sparsity
+from ._sequential_structured import StructuredStep
+from .prune import _apply_structured, k_from_sparsity
+from .report import BlockReport, LayerReport, PruneReport
+from .structured import KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -56,66 +64,10 @@ __all__ = ["prune_sequential", "SequentialReport", "SequentialLayerRow", "Sequen
 #: Method name -> registered solver of ``LayerwiseL0``.
 SEQUENTIAL_METHODS = {"layerwise": "layerwise", "sparsegpt": "sparsegpt", "wanda": "wanda", "magnitude": "magnitude"}
 
-
-@dataclass
-class SequentialLayerRow:
-    """One pruned layer: the solver's objective and the relative reconstruction error."""
-
-    block: int
-    name: str
-    d_in: int
-    d_out: int
-    nnz: int
-    sparsity: float
-    objective: float
-    bound: float | None
-    relative_error: float  # ||X (W - W_hat)||^2 / ||X W_hat||^2 on this block's calibration inputs
-    solve_time: float
-    rank: int
-
-
-@dataclass
-class SequentialBlockRow:
-    """One block: wall time and the peak memory after it (bytes)."""
-
-    index: int
-    layers: int
-    time: float
-    peak_memory_bytes: int
-
-
-@dataclass
-class SequentialReport:
-    """What :func:`prune_sequential` did: per-block and per-layer rows, peak memory."""
-
-    method: str
-    pattern: str
-    blocks: list[SequentialBlockRow] = field(default_factory=list)
-    layers: list[SequentialLayerRow] = field(default_factory=list)
-    time: float = 0.0
-    peak_memory_bytes: int = 0
-    memory_kind: str = "cpu_max_rss"
-    world_size: int = 1
-    calibration_samples: int = 0
-
-    @property
-    def sparsity(self) -> float:
-        """Fraction of the pruned layers' weights removed."""
-        total = sum(r.d_in * r.d_out for r in self.layers)
-        return 1.0 - sum(r.nnz for r in self.layers) / total if total else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["sparsity"] = self.sparsity
-        return out
-
-    def __str__(self) -> str:
-        rows = [[str(r.block), r.name, f"{r.d_in}x{r.d_out}", f"{r.sparsity:.3f}", f"{r.relative_error:.4g}",
-                 f"{r.solve_time:.2f}"] for r in self.layers]
-        head = (f"prune_sequential: method={self.method} pattern={self.pattern} sparsity={self.sparsity:.3f} "
-                f"blocks={len(self.blocks)} time={self.time:.1f}s peak={self.peak_memory_bytes / 2**20:.0f} MiB "
-                f"({self.memory_kind}) world={self.world_size}")
-        return head + "\n" + text_table(["block", "layer", "shape", "sparsity", "rel. error", "solve s"], rows)
+#: Former names of the report classes (the sequential engine returns a :class:`PruneReport`).
+SequentialReport = PruneReport
+SequentialLayerRow = LayerReport
+SequentialBlockRow = BlockReport
 
 
 def _pattern(sparsity: Any, pattern: Any, granularity: str) -> tuple[str, Any]:
@@ -131,22 +83,40 @@ def _pattern(sparsity: Any, pattern: Any, granularity: str) -> tuple[str, Any]:
     return granularity, float(sparsity)
 
 
-def _problem(H: np.ndarray, W_hat: np.ndarray, kind: str, value: Any, ridge: float) -> LayerwiseL0:
+def _problem(H: np.ndarray, W_hat: np.ndarray, kind: str, value: Any, ridge: float) -> tuple[LayerwiseL0, int]:
+    """The layer's problem and its largest number of nonzeros (the NNZ budget k)."""
     d, m = W_hat.shape
     lam = ridge * float(np.mean(np.diag(H)))
     if kind == "nm":
-        if d % parse_nm(value)[1]:
-            raise ValueError(f"pattern: group size {parse_nm(value)[1]} does not divide a layer's input size {d}")
-        return LayerwiseL0(H, W_hat, nm=value, ridge=lam)
+        n, group = parse_nm(value)
+        if d % group:
+            raise ValueError(f"pattern: group size {group} does not divide a layer's input size {d}")
+        return LayerwiseL0(H, W_hat, nm=value, ridge=lam), d // group * n * m
     if kind == "output":
-        return LayerwiseL0(H, W_hat, k_col=k_from_sparsity(value, d), ridge=lam)
-    return LayerwiseL0(H, W_hat, k=k_from_sparsity(value, d * m), ridge=lam)
+        k_col = k_from_sparsity(value, d)
+        return LayerwiseL0(H, W_hat, k_col=k_col, ridge=lam), k_col * m
+    k = k_from_sparsity(value, d * m)
+    return LayerwiseL0(H, W_hat, k=k, ridge=lam), k
 
 
 def _peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_max_rss"
+
+
+def _kind(method: Any) -> str:
+    """``"layerwise"`` for the LayerwiseL0 methods, ``"structured"`` for a StructuredMIQP solver."""
+    if method in SEQUENTIAL_METHODS:
+        return "layerwise"
+    try:
+        spec = get_solver(method) if isinstance(method, str) else None
+    except UnknownSolverError:
+        spec = None
+    if spec is not None and any(issubclass(StructuredMIQP, c) for c in spec.problems):
+        return "structured"
+    raise ValueError(f"method: expected one of {', '.join(SEQUENTIAL_METHODS)} (unstructured) or a StructuredMIQP "
+                     f"solver such as 'osscar', 'group-magnitude' (structured), got {method!r}")
 
 
 class _Backup:
@@ -164,12 +134,75 @@ class _Backup:
                 layer.weight.copy_(w.to(layer.weight.device))
 
 
+class _LayerStep:
+    """The unstructured layer-wise methods: every linear layer of a block from one statistics pass."""
+
+    def __init__(self, method: str, kind: str, value: Any, ridge: float, time_limit: float | None,
+                 solver_options: dict[str, Any] | None) -> None:
+        self.method, self.kind, self.value, self.ridge = method, kind, value, ridge
+        self.time_limit, self.solver_options = time_limit, solver_options
+        self.rows: list[LayerReport] = []
+        self.k = 0
+        self.samples = 1
+
+    def prepare(self, model: nn.Module, batches: list[Any]) -> None:
+        self.samples = max(1, sum(b.size for b in batches))
+
+    def prune_block(self, index: int, block: nn.Module, prefix: str, inputs: list[BlockInput], dist: Dist,
+                    keep_backup: Callable[[nn.Module], None]) -> int:
+        layers = linear_layers(block)
+        hooks = GramHooks(layers)
+        try:
+            for inp in inputs:
+                run_block(block, inp)
+        finally:
+            hooks.remove()
+        for i, (name, layer) in enumerate(layers):
+            if name not in hooks.H:
+                logger.warning("block %d: layer %s saw no input; left dense", index, name)
+                continue
+            H = dist.all_reduce(hooks.H[name])
+            owner = i % dist.world
+            row = None
+            W = torch.empty_like(weight_matrix(layer), dtype=torch.float64)
+            if owner == dist.rank:
+                row, W = self._solve(f"{prefix}{name}.weight", layer, H, hooks.rows[name] / self.samples)
+                row[0].block, row[0].rank = index, dist.rank
+            W = dist.broadcast(W, owner)
+            row, k = dist.broadcast_object(row, owner)
+            keep_backup(layer)
+            set_weight_matrix(layer, W)
+            self.rows.append(row)
+            self.k += k
+        return len(layers)
+
+    def _solve(self, name: str, layer: nn.Module, H: torch.Tensor, tokens: float) -> tuple[tuple[LayerReport, int], torch.Tensor]:
+        """Solve one layer: ``((report row, k), W)``; FLOPs = 2 x d_in x d_out per token."""
+        W_hat = weight_matrix(layer)
+        problem, k = _problem(H.cpu().numpy(), W_hat.to("cpu", torch.float64).numpy(), self.kind, self.value, self.ridge)
+        result = solve(problem, SEQUENTIAL_METHODS[self.method], time_limit=self.time_limit, **(self.solver_options or {}))
+        violations = problem.check(result.x)
+        if violations:  # never write an infeasible point into the model
+            raise RuntimeError(f"method: {self.method} returned an infeasible point for {name}: {violations[0]}")
+        W = torch.as_tensor(np.asarray(result.x), dtype=torch.float64).to(W_hat.device)
+        nnz, params = int(np.count_nonzero(result.x)), problem.d * problem.m
+        dense = 2.0 * params * tokens
+        row = LayerReport(name=name, kind="unstructured", params=params, kept=nnz, sparsity=1.0 - nnz / params,
+                          dense_flops=dense, effective_flops=dense * nnz / params, solver=self.method,
+                          objective=result.objective, bound=result.bound, gap=result.gap, time=result.time,
+                          relative_error=problem.relative_error(result.x))
+        return (row, k), W
+
+    def layer_reports(self, block_of: dict[str, int]) -> list[LayerReport]:
+        return self.rows
+
+
 def prune_sequential(
     model: nn.Module,
     calibration: Any,
     *,
     method: str = "layerwise",
-    sparsity: float | None = None,
+    sparsity: Any = None,
     pattern: str | tuple[int, int] | None = None,
     granularity: str = "layer",
     blocks: Any = None,
@@ -181,23 +214,33 @@ def prune_sequential(
     offload: str | None = None,
     offload_dir: str | None = None,
     progress: bool = True,
-) -> SequentialReport:
-    """Prune every linear layer of the repeated blocks of ``model``, one block at a time.
+    targets: Any = None,
+    ignore: Any = None,
+    kinds: Any = KINDS,
+    pairs: Any = None,
+    apply: str = "mask",
+) -> PruneReport:
+    """Prune the repeated blocks of ``model``, one block at a time.
 
     Parameters
     ----------
     model : a module made of repeated blocks (found from the module tree, see ``blocks``).
     calibration : batches as for :func:`combprune.torch.prune` (tensors, (inputs, targets),
         Hugging Face dicts); targets are ignored (reconstruction needs inputs only).
-    method : ``"layerwise"`` (default solver of LayerwiseL0), ``"sparsegpt"``, ``"wanda"`` or
-        ``"magnitude"``.
-    sparsity : fraction of each layer's weights removed (``k = p - ceil(sparsity p)``); or
-    pattern : ``"n:m"``, e.g. ``"2:4"`` (at most n of every m consecutive inputs of each output).
-    granularity : with ``sparsity``: ``"layer"`` (a count per layer) or ``"output"`` (the same
-        count for every output).
+    method : unstructured: ``"layerwise"`` (default solver of LayerwiseL0), ``"sparsegpt"``,
+        ``"wanda"`` or ``"magnitude"``; structured: ``"osscar"``, ``"group-magnitude"`` (or any
+        registered StructuredMIQP solver), pruning FFN neurons and attention heads.
+    sparsity : unstructured: fraction of each layer's weights removed (``k = p - ceil(sparsity p)``);
+        structured: fraction of the groups of each unit removed (a float or a dict by kind /
+        consumer name, as for :func:`combprune.torch.structured.prune_structured`).
+    pattern : unstructured only, instead of ``sparsity``: ``"n:m"``, e.g. ``"2:4"`` (at most n of
+        every m consecutive inputs of each output).
+    granularity : unstructured, with ``sparsity``: ``"layer"`` (a count per layer) or
+        ``"output"`` (the same count for every output).
     blocks : dotted path or ``nn.ModuleList`` of the blocks (default: ``model.layers``,
         ``decoder.layers``, ``encoder.layer``, ``transformer.h``, ...).
-    ridge : lam relative to ``mean(diag(H))`` (SparseGPT's damping, OSSCAR's ridge: 1e-2).
+    ridge : lam relative to ``mean(diag(H))`` (SparseGPT's damping, OSSCAR's ridge: 1e-2); for the
+        structured methods ``solver_options["ridge"]`` (absolute) takes precedence.
     device : where each block is processed (default: the model's device); other blocks stay put.
     n_samples : use at most this many calibration samples.
     time_limit : seconds per layer solve.
@@ -205,73 +248,149 @@ def prune_sequential(
     offload : ``None`` or ``"disk"``: blocks live in safetensors files (``offload_dir``, default a
         temporary directory) except during their turn; the model is whole again at the end.
     progress : a tqdm bar over the blocks.
+    targets, ignore, kinds, pairs : structured only: which units (by consumer layer), which kinds
+        (``"neuron"``, ``"head"``, ``"channel"``), explicit producer/consumer pairs.
+    apply : structured only: ``"mask"`` (torch pruning masks on consumers and producers),
+        ``"permanent"`` (zeros written) or ``"physical"`` (smaller layers); the unstructured
+        methods write the pruned weights (zeros included) in place.
+
+    Returns
+    -------
+    :class:`~combprune.torch.report.PruneReport` with one row per pruned weight (``block``,
+    ``relative_error``, ``rank`` filled in), ``blocks`` (time and peak memory per block) and
+    ``peak_memory_bytes``; ``info`` holds the pattern, world size and calibration samples.
     """
     start = time.perf_counter()
-    if method not in SEQUENTIAL_METHODS:
-        raise ValueError(f"method: expected one of {', '.join(SEQUENTIAL_METHODS)}, got {method!r}")
-    kind, value = _pattern(sparsity, pattern, granularity)
+    kind = _kind(method)
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not (ridge >= 0 and math.isfinite(ridge)):
         raise ValueError(f"ridge: expected a non-negative number, got {ridge!r}")
     if offload not in (None, "disk"):
         raise ValueError(f"offload: expected None or 'disk', got {offload!r}")
+    if kind == "layerwise":
+        value_kind, value = _pattern(sparsity, pattern, granularity)
+        step: Any = _LayerStep(method, value_kind, value, float(ridge), time_limit, solver_options)
+        pattern_text = f"{value_kind}={value}"
+        if apply != "mask":
+            raise ValueError("apply: the unstructured layer-wise methods write the pruned weights in place; leave apply='mask'")
+    else:
+        if pattern is not None:
+            raise ValueError(f"pattern: N:M patterns are unstructured; {method!r} prunes groups (give sparsity)")
+        if apply not in ("mask", "permanent", "physical"):
+            raise ValueError(f"apply: expected 'mask', 'permanent' or 'physical', got {apply!r}")
+        if sparsity is None:
+            raise ValueError(f"sparsity: {method!r} needs sparsity, the fraction of the groups of each unit removed")
+        step = StructuredStep(model, method=method, sparsity=sparsity, targets=targets,
+                              ignore=ignore, solver_options=solver_options, kinds=kinds, pairs=pairs, ridge=float(ridge),
+                              time_limit=time_limit)
+        pattern_text = f"groups={step.setup.sparsity}"
     home = model_device(model)
-    work = torch.device(device) if device is not None else home
+    work = _work_device(device, home)
     block_list = find_blocks(model, blocks)
+    names = {id(m): n for n, m in model.named_modules()}
+    prefixes = [f"{names[id(b)]}." if names.get(id(b)) else "" for b in block_list]
+    if kind == "layerwise" and step.kind == "nm":
+        _check_nm(step.value, block_list, prefixes)
     dist = Dist.current()
-    batches = collect(calibration, n_samples, home)
-    batches = batches[dist.rank::dist.world]
+    batches = collect(calibration, n_samples, home)[dist.rank::dist.world]
     if not batches:
         raise ValueError(f"calibration: {dist.world} ranks need at least {dist.world} calibration batches")
-    report = SequentialReport(method=method, pattern=f"{kind}={value}", world_size=dist.world,
-                              calibration_samples=dist.total(sum(b.size for b in batches)))
+    step.prepare(model, batches)
+    report = PruneReport(layers=[], method=method, sparsity_requested=sparsity if isinstance(sparsity, float) else None,
+                         apply=apply)
+    report.info.update(pattern=pattern_text, world_size=dist.world, engine="sequential",
+                       calibration_samples=dist.total(sum(b.size for b in batches)), ridge=ridge)
+    backup = _Backup()
+    if kind == "structured":
+        _check_units_in_blocks(step, prefixes)
+    _run_blocks(model, block_list, prefixes, batches, step, report, backup, work, dist, offload, offload_dir, progress)
+    block_of = {p[:-1]: i for i, p in enumerate(prefixes)}
+    report.layers = step.layer_reports({n: _block_index(n, block_of) for n in names.values()})
+    if kind == "structured":
+        try:
+            _apply_structured(model, step.setup.plan, apply)
+        except BaseException:
+            backup.restore()
+            raise
+        report.not_pruned = list(step.setup.plan.not_pruned)
+        report.info["structured_plan"] = step.setup.plan.to_dict()
+    else:
+        report.k = step.k
+    report.peak_memory_bytes = max((b.peak_memory_bytes for b in report.blocks), default=0)
+    report.time = time.perf_counter() - start
+    logger.info("%s", report)
+    return report
+
+
+def _work_device(device: Any, home: torch.device) -> torch.device:
+    """The device blocks are processed on (``device`` or the model's); errors name ``device``."""
+    if device is None:
+        return home
+    try:
+        work = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda:0', got {device!r}") from exc
+    if work.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} was requested but CUDA is not available")
+    return work
+
+
+def _check_nm(value: str, block_list: list[nn.Module], prefixes: list[str]) -> None:
+    """Every linear layer's input size must be a multiple of m (checked before anything changes)."""
+    group = parse_nm(value)[1]
+    for block, prefix in zip(block_list, prefixes):
+        for name, layer in linear_layers(block):
+            d = weight_matrix(layer).shape[0]
+            if d % group:
+                raise ValueError(f"pattern: group size m={group} does not divide the input size {d} of {prefix}{name}; "
+                                 f"choose m dividing every layer's input size")
+
+
+def _block_index(name: str, block_of: dict[str, int]) -> int | None:
+    """Index of the block containing module ``name`` (``None`` outside every block)."""
+    for prefix, index in block_of.items():
+        if name == prefix or name.startswith(prefix + ".") or not prefix:
+            return index
+    return None
+
+
+def _check_units_in_blocks(step: StructuredStep, prefixes: list[str]) -> None:
+    """Units outside every block are left dense (with a warning and a ``not_pruned`` entry)."""
+    outside = [u for u in step.setup.units if not any(u.consumer.startswith(p) for p in prefixes)]
+    for u in outside:
+        logger.warning("%s: outside the repeated blocks; not pruned by the sequential engine", u.consumer)
+        step.setup.plan.not_pruned.append((u.consumer, "outside the repeated blocks (sequential engine)"))
+
+
+def _run_blocks(model: nn.Module, block_list: list[nn.Module], prefixes: list[str], batches: list[Any], step: Any,
+                report: PruneReport, backup: _Backup, work: torch.device, dist: Dist, offload: str | None,
+                offload_dir: str | None, progress: bool) -> None:
+    """The engine's loop (module docstring): block-0 inputs once, then per block: load, prune
+    (``step.prune_block``), recompute the outputs, release. Restores the model on any error."""
     was_training = model.training
     model.eval()
-    backup = _Backup()
     disk = None
     try:
         with torch.no_grad():
             inputs = [inp.to(work) for inp in capture_block_inputs(model, block_list[0], batches)]
             if offload == "disk":
                 disk = DiskOffload(block_list, offload_dir)
-            bar = tqdm(block_list, desc="blocks", disable=not progress)
-            for index, block in enumerate(bar):
+            for index, block in enumerate(tqdm(block_list, desc="blocks", disable=not progress)):
                 t0 = time.perf_counter()
                 block_home = next((p.device for p in block.parameters()), work)
                 if disk is not None:
                     disk.load(index, work)
                 else:
                     block.to(work)
-                layers = linear_layers(block)
-                hooks = GramHooks(layers)
-                try:
-                    for inp in inputs:
-                        run_block(block, inp)
-                finally:
-                    hooks.remove()
-                for i, (name, layer) in enumerate(layers):
-                    if name not in hooks.H:
-                        logger.warning("block %d: layer %s saw no input; left dense", index, name)
-                        continue
-                    H = dist.all_reduce(hooks.H[name])
-                    owner = i % dist.world
-                    row = None
-                    W = torch.empty_like(weight_matrix(layer), dtype=torch.float64)
-                    if owner == dist.rank:
-                        row, W = _solve_layer(index, name, layer, H, kind, value, ridge, method, time_limit,
-                                              solver_options, dist.rank)
-                    W = dist.broadcast(W, owner)
-                    row = dist.broadcast_object(row, owner)
-                    if disk is None:  # with disk offload the dense block file is the backup
-                        backup.keep(layer)
-                    set_weight_matrix(layer, W)
-                    report.layers.append(row)
+                # with disk offload the dense block file is the backup (structured: consumers only, kept anyway)
+                keep = backup.keep if disk is None or isinstance(step, StructuredStep) else (lambda layer: None)
+                solved = step.prune_block(index, block, prefixes[index], inputs, dist, keep)
                 inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
                 peak, report.memory_kind = _peak_memory(work)
                 if disk is not None:
                     disk.release(index)
                 else:
                     block.to(block_home)
-                report.blocks.append(SequentialBlockRow(index, len(layers), time.perf_counter() - t0, peak))
+                report.blocks.append(BlockReport(index, solved, time.perf_counter() - t0, peak))
     except BaseException:
         if disk is not None:
             disk.finish(success=False)
@@ -281,26 +400,3 @@ def prune_sequential(
         model.train(was_training)
     if disk is not None:
         disk.finish(success=True)
-    report.peak_memory_bytes = max((b.peak_memory_bytes for b in report.blocks), default=0)
-    report.time = time.perf_counter() - start
-    logger.info("%s", report)
-    return report
-
-
-def _solve_layer(index: int, name: str, layer: nn.Module, H: torch.Tensor, kind: str, value: Any, ridge: float,
-                 method: str, time_limit: float | None, solver_options: dict[str, Any] | None,
-                 rank: int) -> tuple[SequentialLayerRow, torch.Tensor]:
-    W_hat = weight_matrix(layer)
-    H_np = H.cpu().numpy()
-    problem = _problem(H_np, W_hat.to("cpu", torch.float64).numpy(), kind, value, ridge)
-    result = solve(problem, SEQUENTIAL_METHODS[method], time_limit=time_limit, **(solver_options or {}))
-    violations = problem.check(result.x)
-    if violations:  # never write an infeasible point into the model
-        raise RuntimeError(f"method: {method} returned an infeasible point for {name}: {violations[0]}")
-    W = torch.as_tensor(np.asarray(result.x), dtype=torch.float64).to(W_hat.device)
-    nnz = int(np.count_nonzero(result.x))
-    row = SequentialLayerRow(block=index, name=name, d_in=problem.d, d_out=problem.m, nnz=nnz,
-                             sparsity=1.0 - nnz / (problem.d * problem.m), objective=result.objective,
-                             bound=result.bound, relative_error=problem.relative_error(result.x),
-                             solve_time=result.time, rank=rank)
-    return row, W

@@ -64,6 +64,8 @@ __all__ = [
     "unsupported_structures",
     "accumulate_gram",
     "layer_problem",
+    "layer_gram",
+    "StructuredSetup",
     "prune_structured",
     "KINDS",
 ]
@@ -628,50 +630,13 @@ def prune_structured(
     If anything fails, every weight written so far is restored and the exception re-raised:
     the model is left exactly as it was.
     """
-    import combprune
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    sparsity = _check_sparsity(sparsity)
-    kinds = tuple(kinds)
-    bad = [k for k in kinds if k not in KINDS]
-    if bad or not kinds:
-        raise ValueError(f"kinds: expected a non-empty subset of {KINDS}, got {kinds!r}")
-    options = dict(solver_options or {})
-    ridge = options.pop("ridge", None)
-    time_limit = options.pop("time_limit", None)
-    seed = options.pop("seed", None)
-    spec = combprune.get_solver(method)
-    if not any(issubclass(StructuredMIQP, cls) for cls in spec.problems):
-        raise ValueError(f"method: solver {method!r} does not solve StructuredMIQP")
-
-    device = _calibration.model_device(model)
-    modules = dict(model.named_modules())
-    for name, mod in modules.items():
-        if hasattr(mod, "weight_orig"):
-            raise ValueError(f"model: {name!r} carries a torch.nn.utils.prune mask; call prune.remove on it first")
-    units = [u for u in discover_units(model, pairs=pairs) if u.kind in kinds]
-    selected = {p.module_name for p in select_parameters(model, targets, ignore, types=(nn.Linear, nn.Conv2d))}
-    units = [u for u in units if u.consumer in selected]
-    if not units:
-        raise ValueError(f"targets: no structured unit of kinds {kinds} has its consumer layer selected by targets={targets!r}, ignore={ignore!r}")
-    batches = _calibration.collect(calibration, n_samples, device)
-    units = _forward_order(model, units, modules, batches[0])
-    plan = StructuredPlan(units, example=batches[0].slice(0, min(8, batches[0].size)).inputs)
-    plan.not_pruned = unsupported_structures(model, units) if pairs is None else []
-    for name, reason in plan.not_pruned:
-        logger.warning("%s: not pruned (%s)", name, reason)
-    touched = sorted({n for u in units for n in (u.consumer, *u.producers)}, key=list(modules).index)
-    owners: dict[int, list[str]] = {}
-    for name, mod in model.named_modules(remove_duplicate=False):
-        if isinstance(getattr(mod, "weight", None), nn.Parameter):
-            owners.setdefault(id(mod.weight), []).append(name)
-    for name in touched:
-        tied = owners.get(id(modules[name].weight), [])
-        if len(tied) > 1:  # masking one copy would untie it (or prune the other layer unseen)
-            raise ValueError(f"model: {' and '.join(map(repr, tied))} share one weight Parameter (tied weights); "
-                             f"untie them or leave {name!r} out with ignore=")
-    dense_flops = dict(zip(touched, layer_flops(model, [PrunableParam(n, "weight", modules[n]) for n in touched], batches[0])))
+    setup = StructuredSetup.build(model, method=method, sparsity=sparsity, targets=targets, ignore=ignore,
+                                  solver_options=solver_options, kinds=kinds, pairs=pairs)
+    batches = _calibration.collect(calibration, n_samples, _calibration.model_device(model))
+    setup.prepare(model, batches)
+    plan, modules = setup.plan, setup.modules
 
     from tqdm.auto import tqdm
 
@@ -680,27 +645,13 @@ def prune_structured(
     solved: dict[str, Any] = {}
     model.eval()
     try:
-        for unit in tqdm(units, desc=f"{method} layers", disable=not progress, leave=False):
+        for unit in tqdm(setup.units, desc=f"{method} layers", disable=not progress, leave=False):
             layer = modules[unit.consumer]
-            frac = _unit_sparsity(sparsity, unit)
-            n_remove = int(math.floor(frac * unit.n_groups + 1e-9))
-            s = unit.n_groups - n_remove
             t0 = time.perf_counter()
-            if n_remove == 0:
+            if setup.n_remove(unit) == 0:
                 plan.keep[unit.consumer] = np.ones(unit.n_groups, dtype=bool)
                 continue
-            H = _gram_of(model, layer, batches)
-            problem = layer_problem(unit, layer, H, s, ridge)
-            result = combprune.solve(problem, method, time_limit=time_limit, seed=seed, **options)
-            if result.x is None:
-                raise RuntimeError(f"{unit.consumer}: solver {method!r} returned no solution (status {result.status.value})")
-            violations = problem.check(result.x)
-            if violations:
-                raise RuntimeError(f"{unit.consumer}: solver {method!r} returned an infeasible point: {violations}")
-            W = torch.as_tensor(np.asarray(result.x, dtype=np.float64))
-            keep = problem.group_support(result.x)  # a selected group with all-zero weights counts as removed
-            if int(keep.sum()) < s:
-                logger.debug("%s: solver kept %d < s = %d nonzero groups", unit.consumer, int(keep.sum()), s)
+            W, keep, result = setup.solve_unit(unit, layer, _gram_of(model, layer, batches))
             originals.setdefault(unit.consumer, layer.weight.detach().clone())
             _set_weight_matrix(layer, W.to(layer.weight.device))
             plan.keep[unit.consumer] = keep
@@ -712,7 +663,108 @@ def prune_structured(
         raise
     finally:
         model.train(was_training)
-    return _reports(plan, modules, solved, dense_flops, method), plan
+    return _reports(plan, modules, solved, setup.dense_flops, method), plan
+
+
+@dataclass
+class StructuredSetup:
+    """The validated arguments, units and plan of one structured prune, shared by
+    :func:`prune_structured` (whole model) and the sequential engine (block by block,
+    :mod:`combprune.torch._sequential_structured`).
+
+    Build with :meth:`build` (validation only; the model is not run), then :meth:`prepare`
+    (forward order of the units, the plan, dense FLOPs: one forward pass of the first batch),
+    then :meth:`solve_unit` for each unit whose ``H = X^T X`` the caller accumulated.
+    """
+
+    method: str
+    sparsity: float | dict[str, float]
+    units: list[StructuredUnit]
+    ridge: float | None
+    time_limit: float | None
+    seed: int | None
+    options: dict[str, Any]
+    pairs: Any = None
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    plan: StructuredPlan | None = None
+    dense_flops: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, model: nn.Module, *, method: str, sparsity: Any, targets: Any, ignore: Any,
+              solver_options: Mapping[str, Any] | None, kinds: Iterable[str], pairs: Iterable[Any] | None) -> "StructuredSetup":
+        """Check every argument (errors name it) and discover the units to prune."""
+        import combprune
+
+        sparsity = _check_sparsity(sparsity)
+        kinds = tuple(kinds)
+        bad = [k for k in kinds if k not in KINDS]
+        if bad or not kinds:
+            raise ValueError(f"kinds: expected a non-empty subset of {KINDS}, got {kinds!r}")
+        options = dict(solver_options or {})
+        ridge = options.pop("ridge", None)
+        time_limit = options.pop("time_limit", None)
+        seed = options.pop("seed", None)
+        spec = combprune.get_solver(method)
+        if not any(issubclass(StructuredMIQP, cls_) for cls_ in spec.problems):
+            raise ValueError(f"method: solver {method!r} does not solve StructuredMIQP")
+        modules = dict(model.named_modules())
+        for name, mod in modules.items():
+            if hasattr(mod, "weight_orig"):
+                raise ValueError(f"model: {name!r} carries a torch.nn.utils.prune mask; call prune.remove on it first")
+        units = [u for u in discover_units(model, pairs=pairs) if u.kind in kinds]
+        selected = {p.module_name for p in select_parameters(model, targets, ignore, types=(nn.Linear, nn.Conv2d))}
+        units = [u for u in units if u.consumer in selected]
+        if not units:
+            raise ValueError(f"targets: no structured unit of kinds {kinds} has its consumer layer selected by targets={targets!r}, ignore={ignore!r}")
+        return cls(method, sparsity, units, ridge, time_limit, seed, options, pairs=pairs, modules=modules)
+
+    def prepare(self, model: nn.Module, batches: list[Any]) -> None:
+        """Forward order of the units, the plan (with unsupported structures), the tied-weight
+        check and the dense FLOPs of every touched layer, from one pass of ``batches[0]``."""
+        modules = self.modules
+        self.units = _forward_order(model, self.units, modules, batches[0])
+        plan = StructuredPlan(self.units, example=batches[0].slice(0, min(8, batches[0].size)).inputs)
+        plan.not_pruned = unsupported_structures(model, self.units) if self.pairs is None else []
+        for name, reason in plan.not_pruned:
+            logger.warning("%s: not pruned (%s)", name, reason)
+        touched = sorted({n for u in self.units for n in (u.consumer, *u.producers)}, key=list(modules).index)
+        owners: dict[int, list[str]] = {}
+        for name, mod in model.named_modules(remove_duplicate=False):
+            if isinstance(getattr(mod, "weight", None), nn.Parameter):
+                owners.setdefault(id(mod.weight), []).append(name)
+        for name in touched:
+            tied = owners.get(id(modules[name].weight), [])
+            if len(tied) > 1:  # masking one copy would untie it (or prune the other layer unseen)
+                raise ValueError(f"model: {' and '.join(map(repr, tied))} share one weight Parameter (tied weights); "
+                                 f"untie them or leave {name!r} out with ignore=")
+        params = [PrunableParam(n, "weight", modules[n]) for n in touched]
+        self.dense_flops = dict(zip(touched, layer_flops(model, params, batches[0])))
+        self.plan = plan
+
+    def n_remove(self, unit: StructuredUnit) -> int:
+        """Groups removed from ``unit``: ``floor(sparsity * G)``."""
+        return int(math.floor(_unit_sparsity(self.sparsity, unit) * unit.n_groups + 1e-9))
+
+    def solve_unit(self, unit: StructuredUnit, layer: nn.Module, H: torch.Tensor,
+                   ridge: float | None = None) -> tuple[torch.Tensor, np.ndarray, Any]:
+        """Solve the unit's :class:`StructuredMIQP` from its ``H``: ``(W, keep, result)`` with W
+        the (d x m) float64 reconstructed weights (removed rows zero) and ``keep`` the (G,) groups
+        kept. ``ridge`` overrides the setup's (absolute values; both ``None``: OSSCAR's default).
+        Raises ``RuntimeError`` when the solver returns no point or an infeasible one."""
+        import combprune
+
+        s = unit.n_groups - self.n_remove(unit)
+        problem = layer_problem(unit, layer, H, s, self.ridge if ridge is None else ridge)
+        result = combprune.solve(problem, self.method, time_limit=self.time_limit, seed=self.seed, **self.options)
+        if result.x is None:
+            raise RuntimeError(f"{unit.consumer}: solver {self.method!r} returned no solution (status {result.status.value})")
+        violations = problem.check(result.x)
+        if violations:
+            raise RuntimeError(f"{unit.consumer}: solver {self.method!r} returned an infeasible point: {violations}")
+        keep = problem.group_support(result.x)  # a selected group with all-zero weights counts as removed
+        if int(keep.sum()) < s:
+            logger.debug("%s: solver kept %d < s = %d nonzero groups", unit.consumer, int(keep.sum()), s)
+        return torch.as_tensor(np.asarray(result.x, dtype=np.float64)), keep, result
 
 
 def _reports(plan: StructuredPlan, modules: Mapping[str, nn.Module], solved: Mapping[str, Any], dense_flops: Mapping[str, float], method: str) -> list[LayerReport]:
@@ -774,10 +826,17 @@ def _forward_order(model: nn.Module, units: list[StructuredUnit], modules: Mappi
     return sorted(units, key=lambda u: calls[u.consumer][0])
 
 
-def _gram_of(model: nn.Module, layer: nn.Module, batches: list[Any]) -> tuple[torch.Tensor, int]:
-    """Run the calibration batches until ``layer`` and accumulate ``X^T X`` (float64) of its input.
+def _gram_of(model: nn.Module, layer: nn.Module, batches: list[Any]) -> torch.Tensor:
+    """Run the calibration batches through ``model`` until ``layer``; its input's ``X^T X``."""
+    return layer_gram(layer, [lambda b=b: _calibration.forward(model, b.inputs) for b in batches])
 
-    Returns the (d, d) float64 matrix ``H``.
+
+def layer_gram(layer: nn.Module, runs: Iterable[Any]) -> torch.Tensor:
+    """Call each of ``runs`` (zero-argument callables running part of a model) until ``layer``
+    and accumulate ``X^T X`` (float64) of its input; the rest of each run is skipped.
+
+    Returns the (d, d) float64 matrix ``H``. The whole-model path runs the model on each
+    calibration batch; the sequential engine runs one block on its captured inputs.
     """
     state: dict[str, Any] = {"H": None}
 
@@ -789,13 +848,12 @@ def _gram_of(model: nn.Module, layer: nn.Module, batches: list[Any]) -> tuple[to
     handle = layer.register_forward_pre_hook(hook)
     try:
         with torch.no_grad():
-            for batch in batches:
+            for run in runs:
                 try:
-                    _calibration.forward(model, batch.inputs)
+                    run()
                 except _StopForward:
                     continue
                 raise UnsupportedGraphError(f"{type(layer).__name__} layer was not called during the forward pass; cannot calibrate it")
     finally:
         handle.remove()
     return state["H"]
-

@@ -1,0 +1,224 @@
+"""Scale of the sequential engine: a >= 1B-parameter decoder on one CPU machine, and time against hidden size.
+
+Models are ``transformers.LlamaModel`` built from a config with random weights (no download):
+
+* **1B**: TinyLlama-1.1B's shape (hidden 2048, intermediate 5632, 22 layers, 32 heads, 4
+  key/value heads (GQA), vocabulary 32000; 1.03 B parameters without the LM head), float32,
+  pruned with ``method="wanda"`` at 50 % with ``offload="disk"`` (every block in a safetensors
+  file except during its turn). Reported: the model's size, the process's peak resident memory
+  (``ru_maxrss``, building the model included), the peak resident memory sampled every 0.1 s
+  during the block loop (blocks on disk), the time per block; then the time per block of
+  ``method="sparsegpt"`` on the first ``--sparsegpt-blocks`` blocks of the same model
+  (``blocks=`` a prefix of the decoder layers; the full run is extrapolated, and said so).
+* **growth**: hidden 256 / 512 / 1024 / 2048 (intermediate 2.75 x hidden, heads of size 64,
+  one block, vocabulary 1000): time of the block for ``wanda``, ``sparsegpt`` and (up to
+  hidden 1024, see ``LAYERWISE_MAX_HIDDEN``) ``layerwise``; the exponent a of
+  ``time ~ hidden^a`` fitted by least squares on the log-log points of each method.
+
+Calibration: ``--samples`` random token sequences of ``--seq`` tokens (timing and memory only;
+the quality of the prune on real weights is ``benchmarks/large_models.py``'s subject). Each
+measurement runs in its own subprocess (so each peak is its own) holding the CPU lock
+(``--lock``, released between measurements), with one torch / BLAS thread.
+
+    .venv/bin/python benchmarks/large_models_scale.py --lock /tmp/cpu.lock     # ~12 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import machine_info, save_results  # noqa: E402
+
+ONE_B = {"hidden": 2048, "intermediate": 5632, "layers": 22, "heads": 32, "kv_heads": 4, "vocab": 32000}
+GROWTH_HIDDEN = (256, 512, 1024, 2048)
+GROWTH_METHODS = ("wanda", "sparsegpt", "layerwise")
+#: layerwise (combprune's solver) takes ~14 s per block at hidden 512 on one thread and grows
+#: about as hidden^3: it is timed up to this size only (three points for its fit).
+LAYERWISE_MAX_HIDDEN = 1024
+
+
+@contextlib.contextmanager
+def cpu_lock(path: str | None):
+    """Hold ``flock(path)`` (the machine's shared CPU lock) for the duration."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class RssMonitor:
+    """Samples the resident set size every ``period`` seconds in a thread; ``peak`` is the largest."""
+
+    def __init__(self, period: float = 0.1) -> None:
+        self.period, self.peak, self._stop = period, rss_bytes(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __enter__(self) -> "RssMonitor":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+def build(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int, seq: int):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                                   num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                                   max_position_embeddings=max(seq, 128))
+    return transformers.LlamaModel(cfg).eval()
+
+
+def calibration(samples: int, seq: int, vocab: int) -> list[dict[str, Any]]:
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    return [{"input_ids": torch.randint(0, vocab, (1, seq), generator=g)} for _ in range(samples)]
+
+
+def job_one_b(args: argparse.Namespace) -> dict[str, Any]:
+    """The 1B model: wanda over every block with disk offload, then sparsegpt on a prefix of blocks."""
+    import combprune.torch as cpt
+
+    t0 = time.perf_counter()
+    model = build(**ONE_B, seq=args.seq)
+    build_s = time.perf_counter() - t0
+    params = sum(p.numel() for p in model.parameters())
+    size = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    rss_built = rss_bytes()
+    batches = calibration(args.samples, args.seq, ONE_B["vocab"])
+    with tempfile.TemporaryDirectory(dir=args.offload_dir) as tmp, RssMonitor() as mon:
+        rep = cpt.prune_sequential(model, batches, method="wanda", sparsity=0.5, offload="disk", offload_dir=tmp,
+                                   progress=False)
+    out = {"params": params, "model_bytes": size, "build_s": build_s, "rss_after_build_bytes": rss_built,
+           "wanda_loop_peak_rss_bytes": mon.peak, "wanda_total_s": rep.time,
+           "wanda_block_s": [b.time for b in rep.blocks], "wanda_sparsity": rep.sparsity}
+    blocks = list(model.layers[: args.sparsegpt_blocks])
+    rep = cpt.prune_sequential(model, batches, method="sparsegpt", sparsity=0.5, blocks=blocks, progress=False)
+    out["sparsegpt_block_s"] = [b.time for b in rep.blocks]
+    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return out
+
+
+def job_growth(args: argparse.Namespace) -> dict[str, Any]:
+    """One hidden size: time of one block for each method (no offload)."""
+    import combprune.torch as cpt
+
+    h = args.hidden
+    cfg = {"hidden": h, "intermediate": int(2.75 * h), "layers": 1, "heads": h // 64, "kv_heads": h // 64, "vocab": 1000}
+    batches = calibration(args.samples, args.seq, cfg["vocab"])
+    out: dict[str, Any] = {"hidden": h, "intermediate": cfg["intermediate"]}
+    for method in GROWTH_METHODS:
+        if method == "layerwise" and h > LAYERWISE_MAX_HIDDEN:
+            continue
+        model = build(**cfg, seq=args.seq)
+        rep = cpt.prune_sequential(model, batches, method=method, sparsity=0.5, progress=False)
+        out[f"{method}_block_s"] = sum(b.time for b in rep.blocks) / len(rep.blocks)
+        out[f"{method}_solve_s"] = sum(r.time for r in rep.layers) / len(rep.blocks)
+    return out
+
+
+def run_job(argv: list[str], lock: str | None) -> dict[str, Any]:
+    """Run ``--job ...`` in a fresh subprocess while holding the CPU lock; its JSON result."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with cpu_lock(lock):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"job {argv} failed:\n{proc.stderr[-4000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["job_wall_s"] = wall
+    print(out, flush=True)
+    return out
+
+
+def fit_exponent(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of log y against log x."""
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lock", default=None, help="flock this file around each measurement (e.g. /tmp/cpu.lock)")
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--sparsegpt-blocks", type=int, default=2)
+    ap.add_argument("--offload-dir", default=None)
+    ap.add_argument("--job", choices=("one_b", "growth"), default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--hidden", type=int, default=512, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.job is not None:
+        import torch
+
+        torch.set_num_threads(1)
+        print(json.dumps(job_one_b(args) if args.job == "one_b" else job_growth(args)))
+        return
+    common = ["--samples", str(args.samples), "--seq", str(args.seq), "--sparsegpt-blocks", str(args.sparsegpt_blocks)]
+    common += ["--offload-dir", args.offload_dir] if args.offload_dir else []
+    growth = [run_job(["--job", "growth", "--hidden", str(h), *common], args.lock) for h in GROWTH_HIDDEN]
+    one_b = run_job(["--job", "one_b", *common], args.lock)
+    rows = []
+    for g in growth:
+        rows.append({"model": f"hidden {g['hidden']} (1 block)", **{f"{m} s/block": g.get(f"{m}_block_s") for m in GROWTH_METHODS},
+                     **{f"{m} / wanda": g[f"{m}_block_s"] / g["wanda_block_s"] for m in GROWTH_METHODS[1:] if f"{m}_block_s" in g}})
+    exps = {m: fit_exponent([g["hidden"] for g in growth if f"{m}_block_s" in g],
+                            [g[f"{m}_block_s"] for g in growth if f"{m}_block_s" in g]) for m in GROWTH_METHODS}
+    rows.append({"model": "fitted exponent a (time ~ hidden^a)", **{f"{m} s/block": exps[m] for m in GROWTH_METHODS}})
+    gib = 2.0**30
+    wanda_block = sum(one_b["wanda_block_s"]) / len(one_b["wanda_block_s"])
+    sgpt_block = sum(one_b["sparsegpt_block_s"]) / len(one_b["sparsegpt_block_s"])
+    rows.append({"model": f"1B ({one_b['params'] / 1e9:.2f} B params, 22 blocks)", "wanda s/block": wanda_block,
+                 "sparsegpt s/block": sgpt_block, "sparsegpt / wanda": sgpt_block / wanda_block})
+    meta = {**machine_info(), "threads": 1, "calibration": f"{args.samples} random sequences x {args.seq} tokens",
+            "one_b_config": ONE_B, "one_b_params": one_b["params"], "model_GiB": one_b["model_bytes"] / gib,
+            "peak_rss_GiB (ru_maxrss, build included)": one_b["peak_rss_bytes"] / gib,
+            "peak_rss / model size": one_b["peak_rss_bytes"] / one_b["model_bytes"],
+            "wanda block-loop peak_rss_GiB (disk offload)": one_b["wanda_loop_peak_rss_bytes"] / gib,
+            "block-loop peak_rss / model size": one_b["wanda_loop_peak_rss_bytes"] / one_b["model_bytes"],
+            "wanda total_s (22 blocks, disk offload)": one_b["wanda_total_s"],
+            "sparsegpt blocks timed": args.sparsegpt_blocks,
+            "sparsegpt 22 blocks extrapolated_s": 22 * sgpt_block, "build_s": one_b["build_s"]}
+    md = save_results("large_models_scale", rows, meta)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "large_models_scale.json"), "w") as fh:
+        json.dump({"meta": meta, "rows": rows, "one_b": one_b, "growth": growth}, fh, indent=2)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+r"""Structured methods (``osscar``, ``group-magnitude``, any ``StructuredMIQP`` solver) on the
+sequential engine: FFN neurons and attention heads of each block, one block at a time.
+
+The units (producer -> consumer pairs), their forward order, the plan and the dense FLOPs come
+from :class:`combprune.torch.structured.StructuredSetup`, exactly as in the whole-model path
+(:func:`~combprune.torch.structured.prune_structured`). Inside block b the units whose consumer
+lies in the block are taken in forward order; for each, the block is run on its current inputs
+until the consumer (:func:`~combprune.torch.structured.layer_gram`), accumulating
+``H = X^T X`` (float64) of the consumer's input, and
+
+    minimize_W  1/2 tr((W - W_hat)^T (H + lam I)(W - W_hat))   s.t. at most s groups of rows nonzero
+
+(:class:`~combprune.problems.StructuredMIQP`, ``lam = ridge * mean(diag H)``) is solved and W
+written into the consumer; later units of the block therefore see the pruned earlier ones, as in
+OSSCAR. The block's outputs are then recomputed by the engine. For a model of one block this is
+the whole-model procedure step for step. With ``torch.distributed``, H is all-reduced and the
+unit is solved on rank ``i % world`` and broadcast (units of a block depend on each other, so
+ranks share the calibration work, not the solves). See ``docs/large_models.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from combprune.problems.layerwise import reconstruction_error
+
+from ._sequential_blocks import BlockInput, run_block
+from ._sequential_dist import Dist
+from .report import LayerReport
+from .structured import (KINDS, StructuredSetup, StructuredUnit, _reports, _set_weight_matrix, layer_gram,
+                         weight_matrix)
+
+__all__ = ["StructuredStep"]
+
+
+class StructuredStep:
+    """Prunes the structured units of one block at a time (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, *, method: str, sparsity: Any, targets: Any, ignore: Any,
+                 solver_options: dict[str, Any] | None, kinds: Iterable[str] = KINDS, pairs: Any = None,
+                 ridge: float = 1e-2, time_limit: float | None = None) -> None:
+        options = dict(solver_options or {})
+        if time_limit is not None:
+            options.setdefault("time_limit", time_limit)
+        self.setup = StructuredSetup.build(model, method=method, sparsity=sparsity, targets=targets, ignore=ignore,
+                                           solver_options=options, kinds=kinds, pairs=pairs)
+        self.relative_ridge = None if self.setup.ridge is not None else float(ridge)
+        self.solved: dict[str, Any] = {}
+        self.extra: dict[str, tuple[int, float, int]] = {}  # consumer -> (block, relative error, rank)
+
+    def prepare(self, model: nn.Module, batches: list[Any]) -> None:
+        """Forward order, plan and dense FLOPs from one pass of the first batch (whole model)."""
+        self.setup.prepare(model, batches)
+
+    def units_of(self, prefix: str) -> list[StructuredUnit]:
+        return [u for u in self.setup.units if u.consumer.startswith(prefix)]
+
+    def prune_block(self, index: int, block: nn.Module, prefix: str, inputs: list[BlockInput], dist: Dist,
+                    keep_backup: Callable[[nn.Module], None]) -> int:
+        """Prune every unit of the block in forward order; returns the number of units solved."""
+        setup, plan = self.setup, self.setup.plan
+        done = 0
+        for i, unit in enumerate(self.units_of(prefix)):
+            layer = setup.modules[unit.consumer]
+            t0 = time.perf_counter()
+            if setup.n_remove(unit) == 0:
+                plan.keep[unit.consumer] = np.ones(unit.n_groups, dtype=bool)
+                continue
+            H = dist.all_reduce(layer_gram(layer, [lambda inp=inp: run_block(block, inp) for inp in inputs]))
+            owner = i % dist.world
+            W = torch.empty(weight_matrix(layer).shape, dtype=torch.float64)
+            keep_result = None
+            if owner == dist.rank:
+                ridge = None if self.relative_ridge is None else self.relative_ridge * float(torch.diagonal(H).mean())
+                W, keep, result = setup.solve_unit(unit, layer, H, ridge=ridge)
+                keep_result = (keep, result)
+            W = dist.broadcast(W, owner)
+            keep, result = dist.broadcast_object(keep_result, owner)
+            W_hat = weight_matrix(layer).detach().cpu().double()
+            keep_backup(layer)
+            _set_weight_matrix(layer, W.to(layer.weight.device))
+            plan.keep[unit.consumer] = keep
+            self.solved[unit.consumer] = (result, time.perf_counter() - t0)
+            self.extra[unit.consumer] = (index, reconstruction_error(H.cpu().numpy(), W_hat.numpy(), W.numpy()), owner)
+            done += 1
+        return done
+
+    def layer_reports(self, block_of: dict[str, int]) -> list[LayerReport]:
+        """The whole-model path's rows (consumers and producers), with block, error and rank."""
+        rows = _reports(self.setup.plan, self.setup.modules, self.solved, self.setup.dense_flops, self.setup.method)
+        for row in rows:
+            layer = row.name.rsplit(".", 1)[0]
+            row.block = block_of.get(layer)
+            if layer in self.extra:
+                row.block, row.relative_error, row.rank = self.extra[layer]
+        return rows
