@@ -41,17 +41,11 @@ from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
 from ._kernels.l0_data import L0Data, final_objective, scale_invariant
-from ._kernels.l0_family import BACKSOLVE_MODES, check_active_factor, check_backsolve, run_iht
+from ._kernels.l0_family import BACKSOLVE_MODES, L0Recipe, check_active_factor, check_backsolve, l0_round, named_start
 from ._kernels.options import check_positive_float, check_positive_int
-from ._kernels.projections import default_support, make_projector
-from ._kernels.refine import refine_support
-from ._kernels.ridge import ridge_solve_on_support
-from ._kernels.warm_start import warm_start_weights
+from ._kernels.projections import make_projector
 
 __all__ = ["chita"]
-
-_WARM = ("magnitude", "backsolve")
-
 
 #: ``swap="auto"`` runs the swap polish on problems with at most this many weights.
 SWAP_AUTO_MAX_P = 10_000
@@ -114,37 +108,17 @@ def chita(
         raise ValueError(f"swap_options: expected a dict of swap options, got {type(swap_options).__name__}")
     mode = check_backsolve(backsolve)
     data = L0Data(problem)
-    stages: list[dict[str, Any]] = []
-    if isinstance(warm_start, str):
-        if warm_start not in _WARM:
-            raise ValueError(f"warm_start: expected one of {_WARM}, a Result, weights or a support, got {warm_start!r}")
-        mask = default_support(problem, data)
-        w0 = np.where(mask, data.w_bar, 0.0)
-        if warm_start == "backsolve" and mask.any():
-            w0 = ridge_solve_on_support(data.op.A, data.b, data.w_bar, data.ridge, mask)
-        name = warm_start
-    else:
-        w0 = warm_start_weights(problem, warm_start)
-        name = "given"
+    w0, name = named_start(problem, data, warm_start)
     f0 = data.objective(w0)
     history.record(f0)
-    stages.append({"stage": f"warm start ({name})", "objective": f0, "time": deadline.elapsed()})
-    w, f, e, out, f_bs = run_iht(
-        problem, data, w0, deadline=deadline, history=history, active_factor=af, max_iter=max_iter,
-        max_outer=max_outer, tol=tol, line_search=True, backsolve=mode,
-        stable_iters=check_positive_int("stable_iters", stable_iters, allow_none=True),
+    recipe = L0Recipe(
+        active_factor=af, stable_iters=check_positive_int("stable_iters", stable_iters, allow_none=True), max_iter=max_iter,
+        max_outer=max_outer, tol=tol, backsolve=mode, refine=bool(refine),
     )
-    stages.append({"stage": "active-set IHT", "objective": out.objective, "iterations": out.iterations, "time": deadline.elapsed()})
-    if f_bs is not None:
-        stages.append({"stage": "backsolve", "objective": f_bs, "time": deadline.elapsed()})
-    if refine and not deadline.expired() and w.any():
-        ro = refine_support(
-            data, w, make_projector(data), deadline=deadline, history=history, factor=out.factor if out.backsolved else None,
-            active_idx=out.active_idx, active_op=out.active_op,
-        )
-        stages.append({"stage": "support refinement", "objective": ro.objective, "moves": ro.moves, "trials": ro.trials, "time": deadline.elapsed()})
-        if ro.objective <= f:
-            w, f, e = ro.w, ro.objective, ro.residual
+    stages: list[dict[str, Any]] = [{"stage": f"warm start ({name})", "objective": f0, "time": deadline.elapsed()}]
+    r = l0_round(data, w0, make_projector(data), recipe, deadline=deadline, history=history)
+    stages.extend(r.stages)
+    out, w, f, e = r.iht, r.w, r.f, r.e
     if f0 < f:
         w, f, e = w0, f0, None
     x, objective, support = final_objective(problem, data, w, e)

@@ -40,13 +40,10 @@ from combprune.problems.budget import flop_total
 from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
-from ._kernels.iht_engine import InnerIHT, run_inner
 from ._kernels.l0_data import L0Data, final_objective, scale_invariant
-from ._kernels.l0_family import start_weights
+from ._kernels.l0_family import FACTORED, L0Recipe, l0_round, start_weights
 from ._kernels.options import check_positive_float, check_positive_int
 from ._kernels.projections import make_projector
-from ._kernels.refine import refine_support
-from ._kernels.ridge import solve_with_factor
 
 __all__ = ["dfo"]
 
@@ -95,50 +92,37 @@ def dfo(
     data = L0Data(problem)
     proj = make_projector(data)
     w = start_weights(problem, data, warm_start)
-    e = data.residual(w)
-    f = data.objective(w, e)
+    f = data.objective(w)
     history.record(f)
     costs = data.costs
     iterates: list[dict[str, Any]] = []
 
-    def record(fv: float, supp: np.ndarray) -> None:
-        history.record(fv)
+    def record(fv: float | None, supp: np.ndarray) -> None:
+        if fv is not None:
+            history.record(fv)
         iterates.append({"nnz": int(supp.sum()), "flops": None if costs is None else flop_total(costs, supp), "objective": fv})
 
     record(f, w != 0)
+    # DFO's round: projected steps on all columns (no active set, no stabilisation back-solve,
+    # the carried residual only), the factored back-solve, then steps judged by their
+    # back-solved objective (FALCON's "project, then back-solve", low-rank Gram updates)
+    recipe = L0Recipe(line_search=(step == "line_search"), active_factor=None, stable_iters=None, refresh_every=None,
+                      max_outer=1, tol=tol, backsolve=FACTORED, refine=bool(refine), keep_iterates=True)
     it = rounds = 0
     L = None
     converged = data.k == 0
     while not converged and rounds < max_rounds and it < max_iter and not deadline.expired():
         rounds += 1
-        inner = InnerIHT(data.op, data.b, data.w_bar, data.ridge, proj, 0.0, w, w != 0, e=e, line_search=(step == "line_search"), lipschitz=L)
-        # projected steps on all columns (no active set, no stabilisation back-solve)
-        _, steps, _ = run_inner(inner, deadline=deadline, max_iter=max_iter - it, tol=tol, refresh_every=None,
-                                on_iterate=lambda fv: record(fv, inner.w != 0))
-        it += len(steps)
-        L = inner.L
-        inner.refresh()
-        T = inner.w != 0
-        w_new, e_new, factor = solve_with_factor(data.op, data.b, data.w_bar, data.ridge, T)
-        f_new = data.objective(w_new, e_new)
-        record(f_new, w_new != 0)
-        if refine and not deadline.expired():
-            # projected steps judged by their back-solved objective (FALCON's "project, then
-            # back-solve"), evaluated with low-rank updates of the n x n Gram
-            ro = refine_support(data, w_new, proj, deadline=deadline, factor=factor, keep_iterates=True)
-            for S in ro.iterates:
-                iterates.append({"nnz": int(S.sum()), "flops": None if costs is None else flop_total(costs, S), "objective": None})
-            if ro.objective <= f_new:
-                w_new, e_new, f_new = ro.w, ro.residual, ro.objective
-                record(f_new, w_new != 0)
-        if inner.f < f_new:  # keep the better of the IHT point and its back-solve
-            w_new, e_new, f_new = inner.w, inner.e, inner.f
-        if f - f_new <= tol * max(abs(f), 1e-300):
+        r = l0_round(data, w, proj, recipe.with_(max_iter=max_iter - it), deadline=deadline, history=history,
+                     on_iterate=record, lipschitz=L)
+        it += len(r.iht.steps)
+        L = r.iht.lipschitz
+        if f - r.f <= tol * max(abs(f), 1e-300):
             converged = True
-            if f_new < f:
-                w, e, f = w_new, e_new, f_new
+            if r.f < f:
+                w, f = r.w, r.f
             break
-        w, e, f = w_new, e_new, f_new
+        w, f = r.w, r.f
     x, objective, support = final_objective(problem, data, w)
     history.record(objective)
     status = Status.TIME_LIMIT if deadline.expired() and not converged else Status.FEASIBLE

@@ -36,7 +36,8 @@ from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
 from ._kernels.l0_data import L0Data, final_objective, scale_invariant
-from ._kernels.l0_family import BACKSOLVE_MODES, check_active_factor, check_backsolve, run_iht, start_weights
+from ._kernels.l0_family import BACKSOLVE_MODES, L0Recipe, check_active_factor, check_backsolve, l0_round, start_weights
+from ._kernels.projections import make_projector
 from ._kernels.options import check_positive_float, check_positive_int
 
 __all__ = ["iht"]
@@ -87,19 +88,20 @@ def iht(
     data = L0Data(problem)
     w0 = start_weights(problem, data, warm_start)
     mode = check_backsolve(backsolve)
-    w, _, e, out, f_bs = run_iht(
-        problem, data, w0, deadline=deadline, history=history, active_factor=af, max_iter=max_iter,
-        max_outer=max_outer, tol=tol, line_search=bool(line_search), backsolve=mode,
-        stable_iters=check_positive_int("stable_iters", stable_iters, allow_none=True),
+    recipe = L0Recipe(
+        line_search=bool(line_search), active_factor=af, stable_iters=check_positive_int("stable_iters", stable_iters, allow_none=True),
+        max_iter=max_iter, max_outer=max_outer, tol=tol, backsolve=mode,
     )
-    x, objective, support = final_objective(problem, data, w, e)
+    r = l0_round(data, w0, make_projector(data), recipe, deadline=deadline, history=history)
+    x, objective, support = final_objective(problem, data, r.w, r.e)
     history.record(objective)
     status = Status.TIME_LIMIT if deadline.expired() else Status.FEASIBLE
+    out = r.iht
     return Result(
         x=x, support=support, objective=objective, status=status, iterations=out.iterations,
         history=history.points,
         info={
             "outer": out.outer, "active_size": out.active_size, "iht_objective": out.objective,
-            "backsolve_objective": f_bs, "converged": out.converged, "fallback_steps": out.fallback_steps,
+            "backsolve_objective": r.backsolve_objective, "converged": out.converged, "fallback_steps": out.fallback_steps,
         },
     )

@@ -92,6 +92,7 @@ class IHTOutcome:
     active_op: ColumnOperator | None = None
     backsolved: bool = False
     factor: SupportFactor | None = None
+    lipschitz: float | None = None
 
 
 def power_lipschitz(op: ColumnOperator, ridge: float, iters: int = 30, seed: int = 0) -> float:
@@ -412,11 +413,17 @@ def iht_active_set(
     tol: float = 1e-7,
     line_search: bool = True,
     stable_iters: int | None = None,
+    refresh_every: int | None = 25,
+    lipschitz: float | None = None,
+    on_iterate: Callable[[float, np.ndarray], None] | None = None,
 ) -> IHTOutcome:
     """IHT from the feasible ``w0`` (host float64) with the active-set strategy of CHITA.
 
     ``active_factor=None`` runs on all columns (no gather). Records every iterate's objective in
-    ``history``. Returns the final iterate (not back-solved).
+    ``history`` (``on_iterate(f, support on the block)`` in its place when given).
+    ``refresh_every``, ``stable_iters``: see :func:`run_inner`; ``lipschitz``: a known
+    ``sigma_max(A)^2 + ridge`` (returned in ``IHTOutcome.lipschitz`` once computed).
+    Returns the final iterate (not back-solved).
     """
     op, b, ridge, p, k = data.op, data.b, data.ridge, data.p, data.k
     w = w0.copy()
@@ -434,7 +441,7 @@ def iht_active_set(
     C: np.ndarray | None = None
     tau_check = 0.0
     total_it = 0
-    record = history.record
+    out.lipschitz = lipschitz
     for outer in range(max_outer):
         if deadline.expired():
             out.timed_out = True
@@ -480,11 +487,16 @@ def iht_active_set(
         inner = InnerIHT(
             sub_op, b, data.w_bar[C_idx], ridge, proj.restrict(C_idx) if C_idx.size < p else proj,
             max(const, 0.0), w[C_idx], w[C_idx] != 0, e=e, line_search=line_search,
+            lipschitz=out.lipschitz if sub_op is op else None,  # L of all columns; a block's own L otherwise
             gather_fraction=GATHER_FRACTION if sub_op is op else 1.0,  # a support inside the block is <= ~half of it
         )
+        record = history.record if on_iterate is None else (lambda fv, inner=inner: on_iterate(fv, inner.w != 0))
         it, steps, conv = run_inner(
-            inner, deadline=deadline, max_iter=max(1, max_iter - total_it), tol=tol, on_iterate=record, stable_iters=stable_iters
+            inner, deadline=deadline, max_iter=max(1, max_iter - total_it), tol=tol, on_iterate=record, stable_iters=stable_iters,
+            refresh_every=refresh_every,
         )
+        if sub_op is op:
+            out.lipschitz = inner.L
         total_it += it
         inner.refresh()
         w = np.zeros(p)
