@@ -134,6 +134,13 @@ class _Backup:
                 layer.weight.copy_(w.to(layer.weight.device))
 
 
+def _relative_error(problem: LayerwiseL0, result: Any, W_hat: torch.Tensor, out_sq: float) -> float:
+    """See :meth:`_LayerStep._solve` (clamped at 0 against rounding in the subtraction)."""
+    D = np.asarray(result.x, dtype=np.float64) - W_hat.to("cpu", torch.float64).numpy()
+    num = 2.0 * float(result.objective) - problem.ridge * float(np.sum(D * D))
+    return max(num, 0.0) / out_sq if out_sq > 0 else 0.0
+
+
 class _LayerStep:
     """The unstructured layer-wise methods: every linear layer of a block from one statistics pass."""
 
@@ -165,8 +172,9 @@ class _LayerStep:
             owner = i % dist.world
             row = None
             W = torch.empty_like(weight_matrix(layer), dtype=torch.float64)
+            out_sq = float(dist.all_reduce(hooks.out_sq[name]))
             if owner == dist.rank:
-                row, W = self._solve(f"{prefix}{name}.weight", layer, H, hooks.rows[name] / self.samples)
+                row, W = self._solve(f"{prefix}{name}.weight", layer, H, hooks.rows[name] / self.samples, out_sq)
                 row[0].block, row[0].rank = index, dist.rank
             W = dist.broadcast(W, owner)
             row, k = dist.broadcast_object(row, owner)
@@ -176,8 +184,13 @@ class _LayerStep:
             self.k += k
         return len(layers)
 
-    def _solve(self, name: str, layer: nn.Module, H: torch.Tensor, tokens: float) -> tuple[tuple[LayerReport, int], torch.Tensor]:
-        """Solve one layer: ``((report row, k), W)``; FLOPs = 2 x d_in x d_out per token."""
+    def _solve(self, name: str, layer: nn.Module, H: torch.Tensor, tokens: float,
+               out_sq: float) -> tuple[tuple[LayerReport, int], torch.Tensor]:
+        """Solve one layer: ``((report row, k), W)``; FLOPs = 2 x d_in x d_out per token.
+
+        The relative error ``||X D||^2 / ||X W_hat||^2`` (``D = W - W_hat``) takes its numerator
+        from the objective, ``tr(D^T H D) = 2 objective - lam ||D||_F^2``, and its denominator
+        ``out_sq`` from the layer's dense outputs: no ``d^2 m`` product beyond the solver's."""
         W_hat = weight_matrix(layer)
         problem, k = _problem(H.cpu().numpy(), W_hat.to("cpu", torch.float64).numpy(), self.kind, self.value, self.ridge)
         result = solve(problem, SEQUENTIAL_METHODS[self.method], time_limit=self.time_limit, **(self.solver_options or {}))
@@ -190,7 +203,7 @@ class _LayerStep:
         row = LayerReport(name=name, kind="unstructured", params=params, kept=nnz, sparsity=1.0 - nnz / params,
                           dense_flops=dense, effective_flops=dense * nnz / params, solver=self.method,
                           objective=result.objective, bound=result.bound, gap=result.gap, time=result.time,
-                          relative_error=problem.relative_error(result.x))
+                          relative_error=_relative_error(problem, result, W_hat, out_sq))
         return (row, k), W
 
     def layer_reports(self, block_of: dict[str, int]) -> list[LayerReport]:
