@@ -146,12 +146,25 @@ def set_weight_matrix(layer: nn.Module, W: torch.Tensor) -> None:
 
 
 class GramHooks:
-    """Forward pre-hooks accumulating ``H = sum x^T x`` (float64) of every layer's input."""
+    """Forward pre-hooks accumulating ``H = sum x^T x`` (float64) of every layer's input, and
+    forward hooks accumulating ``out_sq = ||X W_hat||_F^2 = sum ||y - bias||^2`` (float64) of its
+    dense output (the denominator of the relative reconstruction error, at O(N m) cost)."""
 
     def __init__(self, layers: Sequence[tuple[str, nn.Module]]) -> None:
         self.H: dict[str, torch.Tensor] = {}
         self.rows: dict[str, int] = {}
+        self.out_sq: dict[str, torch.Tensor] = {}
         self._handles = [layer.register_forward_pre_hook(self._hook(name)) for name, layer in layers]
+        self._handles += [layer.register_forward_hook(self._out_hook(name)) for name, layer in layers]
+
+    def _out_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            y = out.detach().to(torch.float64)
+            if getattr(module, "bias", None) is not None:
+                y = y - module.bias.detach().to(torch.float64)
+            total = y.square().sum()
+            self.out_sq[name] = total if name not in self.out_sq else self.out_sq[name] + total
+        return hook
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:

@@ -20,6 +20,7 @@ ranks share the calibration work, not the solves). See ``docs/large_models.md``.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable, Iterable
 
@@ -31,11 +32,14 @@ from combprune.problems.layerwise import reconstruction_error
 
 from ._sequential_blocks import BlockInput, run_block
 from ._sequential_dist import Dist
-from .report import LayerReport
+from .prune import _apply_structured
+from .report import LayerReport, PruneReport
 from .structured import (KINDS, StructuredSetup, StructuredUnit, _reports, _set_weight_matrix, layer_gram,
                          weight_matrix)
 
 __all__ = ["StructuredStep"]
+
+logger = logging.getLogger(__name__)
 
 
 class StructuredStep:
@@ -43,19 +47,38 @@ class StructuredStep:
 
     def __init__(self, model: nn.Module, *, method: str, sparsity: Any, targets: Any, ignore: Any,
                  solver_options: dict[str, Any] | None, kinds: Iterable[str] = KINDS, pairs: Any = None,
-                 ridge: float = 1e-2, time_limit: float | None = None) -> None:
+                 ridge: float = 1e-2, time_limit: float | None = None, apply: str = "mask") -> None:
+        if apply not in ("mask", "permanent", "physical"):
+            raise ValueError(f"apply: expected 'mask', 'permanent' or 'physical', got {apply!r}")
+        if sparsity is None:
+            raise ValueError(f"sparsity: {method!r} needs sparsity, the fraction of the groups of each unit removed")
+        self.apply = apply
         options = dict(solver_options or {})
         if time_limit is not None:
             options.setdefault("time_limit", time_limit)
         self.setup = StructuredSetup.build(model, method=method, sparsity=sparsity, targets=targets, ignore=ignore,
                                            solver_options=options, kinds=kinds, pairs=pairs)
         self.relative_ridge = None if self.setup.ridge is not None else float(ridge)
+        self.pattern_text = f"groups={self.setup.sparsity}"
         self.solved: dict[str, Any] = {}
         self.extra: dict[str, tuple[int, float, int]] = {}  # consumer -> (block, relative error, rank)
 
     def prepare(self, model: nn.Module, batches: list[Any]) -> None:
         """Forward order, plan and dense FLOPs from one pass of the first batch (whole model)."""
         self.setup.prepare(model, batches)
+
+    def check_blocks(self, prefixes: list[str]) -> None:
+        """Units outside every block are left dense (a warning and a ``not_pruned`` entry)."""
+        for u in self.setup.units:
+            if not any(u.consumer.startswith(p) for p in prefixes):
+                logger.warning("%s: outside the repeated blocks; not pruned by the sequential engine", u.consumer)
+                self.setup.plan.not_pruned.append((u.consumer, "outside the repeated blocks (sequential engine)"))
+
+    def finish(self, model: nn.Module, report: PruneReport) -> None:
+        """Apply the plan (masks, zeros or physical removal) and record it in the report."""
+        _apply_structured(model, self.setup.plan, self.apply)
+        report.not_pruned = list(self.setup.plan.not_pruned)
+        report.info["structured_plan"] = self.setup.plan.to_dict()
 
     def units_of(self, prefix: str) -> list[StructuredUnit]:
         return [u for u in self.setup.units if u.consumer.startswith(prefix)]

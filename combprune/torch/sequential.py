@@ -53,7 +53,7 @@ from ._sequential_blocks import (BlockInput, GramHooks, capture_block_inputs, fi
 from ._sequential_dist import Dist
 from ._sequential_offload import DiskOffload
 from ._sequential_structured import StructuredStep
-from .prune import _apply_structured, k_from_sparsity
+from .prune import k_from_sparsity
 from .report import BlockReport, LayerReport, PruneReport
 from .structured import KINDS
 
@@ -134,6 +134,13 @@ class _Backup:
                 layer.weight.copy_(w.to(layer.weight.device))
 
 
+def _relative_error(problem: LayerwiseL0, result: Any, W_hat: torch.Tensor, out_sq: float) -> float:
+    """See :meth:`_LayerStep._solve` (clamped at 0 against rounding in the subtraction)."""
+    D = np.asarray(result.x, dtype=np.float64) - W_hat.to("cpu", torch.float64).numpy()
+    num = 2.0 * float(result.objective) - problem.ridge * float(np.sum(D * D))
+    return max(num, 0.0) / out_sq if out_sq > 0 else 0.0
+
+
 class _LayerStep:
     """The unstructured layer-wise methods: every linear layer of a block from one statistics pass."""
 
@@ -141,9 +148,25 @@ class _LayerStep:
                  solver_options: dict[str, Any] | None) -> None:
         self.method, self.kind, self.value, self.ridge = method, kind, value, ridge
         self.time_limit, self.solver_options = time_limit, solver_options
+        self.pattern_text = f"{kind}={value}"
         self.rows: list[LayerReport] = []
         self.k = 0
         self.samples = 1
+
+    @classmethod
+    def build(cls, method: str, sparsity: Any, pattern: Any, granularity: str, ridge: float, time_limit: float | None,
+              solver_options: dict[str, Any] | None, apply: str) -> "_LayerStep":
+        """Validate the unstructured budget (errors name the argument)."""
+        kind, value = _pattern(sparsity, pattern, granularity)
+        if apply != "mask":
+            raise ValueError("apply: the unstructured layer-wise methods write the pruned weights in place; leave apply='mask'")
+        return cls(method, kind, value, ridge, time_limit, solver_options)
+
+    def check_blocks(self, prefixes: list[str]) -> None:
+        """Every linear layer of the blocks is pruned: nothing to check."""
+
+    def finish(self, model: nn.Module, report: PruneReport) -> None:
+        report.k = self.k
 
     def prepare(self, model: nn.Module, batches: list[Any]) -> None:
         self.samples = max(1, sum(b.size for b in batches))
@@ -165,8 +188,9 @@ class _LayerStep:
             owner = i % dist.world
             row = None
             W = torch.empty_like(weight_matrix(layer), dtype=torch.float64)
+            out_sq = float(dist.all_reduce(hooks.out_sq[name]))
             if owner == dist.rank:
-                row, W = self._solve(f"{prefix}{name}.weight", layer, H, hooks.rows[name] / self.samples)
+                row, W = self._solve(f"{prefix}{name}.weight", layer, H, hooks.rows[name] / self.samples, out_sq)
                 row[0].block, row[0].rank = index, dist.rank
             W = dist.broadcast(W, owner)
             row, k = dist.broadcast_object(row, owner)
@@ -176,8 +200,13 @@ class _LayerStep:
             self.k += k
         return len(layers)
 
-    def _solve(self, name: str, layer: nn.Module, H: torch.Tensor, tokens: float) -> tuple[tuple[LayerReport, int], torch.Tensor]:
-        """Solve one layer: ``((report row, k), W)``; FLOPs = 2 x d_in x d_out per token."""
+    def _solve(self, name: str, layer: nn.Module, H: torch.Tensor, tokens: float,
+               out_sq: float) -> tuple[tuple[LayerReport, int], torch.Tensor]:
+        """Solve one layer: ``((report row, k), W)``; FLOPs = 2 x d_in x d_out per token.
+
+        The relative error ``||X D||^2 / ||X W_hat||^2`` (``D = W - W_hat``) takes its numerator
+        from the objective, ``tr(D^T H D) = 2 objective - lam ||D||_F^2``, and its denominator
+        ``out_sq`` from the layer's dense outputs: no ``d^2 m`` product beyond the solver's."""
         W_hat = weight_matrix(layer)
         problem, k = _problem(H.cpu().numpy(), W_hat.to("cpu", torch.float64).numpy(), self.kind, self.value, self.ridge)
         result = solve(problem, SEQUENTIAL_METHODS[self.method], time_limit=self.time_limit, **(self.solver_options or {}))
@@ -190,7 +219,7 @@ class _LayerStep:
         row = LayerReport(name=name, kind="unstructured", params=params, kept=nnz, sparsity=1.0 - nnz / params,
                           dense_flops=dense, effective_flops=dense * nnz / params, solver=self.method,
                           objective=result.objective, bound=result.bound, gap=result.gap, time=result.time,
-                          relative_error=problem.relative_error(result.x))
+                          relative_error=_relative_error(problem, result, W_hat, out_sq))
         return (row, k), W
 
     def layer_reports(self, block_of: dict[str, int]) -> list[LayerReport]:
@@ -267,29 +296,20 @@ def prune_sequential(
     if offload not in (None, "disk"):
         raise ValueError(f"offload: expected None or 'disk', got {offload!r}")
     if kind == "layerwise":
-        value_kind, value = _pattern(sparsity, pattern, granularity)
-        step: Any = _LayerStep(method, value_kind, value, float(ridge), time_limit, solver_options)
-        pattern_text = f"{value_kind}={value}"
-        if apply != "mask":
-            raise ValueError("apply: the unstructured layer-wise methods write the pruned weights in place; leave apply='mask'")
+        step: Any = _LayerStep.build(method, sparsity, pattern, granularity, float(ridge), time_limit, solver_options, apply)
     else:
         if pattern is not None:
             raise ValueError(f"pattern: N:M patterns are unstructured; {method!r} prunes groups (give sparsity)")
-        if apply not in ("mask", "permanent", "physical"):
-            raise ValueError(f"apply: expected 'mask', 'permanent' or 'physical', got {apply!r}")
-        if sparsity is None:
-            raise ValueError(f"sparsity: {method!r} needs sparsity, the fraction of the groups of each unit removed")
-        step = StructuredStep(model, method=method, sparsity=sparsity, targets=targets,
-                              ignore=ignore, solver_options=solver_options, kinds=kinds, pairs=pairs, ridge=float(ridge),
-                              time_limit=time_limit)
-        pattern_text = f"groups={step.setup.sparsity}"
+        step = StructuredStep(model, method=method, sparsity=sparsity, targets=targets, ignore=ignore,
+                              solver_options=solver_options, kinds=kinds, pairs=pairs, ridge=float(ridge),
+                              time_limit=time_limit, apply=apply)
     home = model_device(model)
     work = _work_device(device, home)
     block_list = find_blocks(model, blocks)
     names = {id(m): n for n, m in model.named_modules()}
     prefixes = [f"{names[id(b)]}." if names.get(id(b)) else "" for b in block_list]
     if kind == "layerwise" and step.kind == "nm":
-        _check_nm(step.value, block_list, prefixes)
+        _check_nm(step.value, block_list, prefixes)  # before anything changes
     dist = Dist.current()
     batches = collect(calibration, n_samples, home)[dist.rank::dist.world]
     if not batches:
@@ -297,24 +317,18 @@ def prune_sequential(
     step.prepare(model, batches)
     report = PruneReport(layers=[], method=method, sparsity_requested=sparsity if isinstance(sparsity, float) else None,
                          apply=apply)
-    report.info.update(pattern=pattern_text, world_size=dist.world, engine="sequential",
+    report.info.update(pattern=step.pattern_text, world_size=dist.world, engine="sequential",
                        calibration_samples=dist.total(sum(b.size for b in batches)), ridge=ridge)
     backup = _Backup()
-    if kind == "structured":
-        _check_units_in_blocks(step, prefixes)
+    step.check_blocks(prefixes)
     _run_blocks(model, block_list, prefixes, batches, step, report, backup, work, dist, offload, offload_dir, progress)
     block_of = {p[:-1]: i for i, p in enumerate(prefixes)}
     report.layers = step.layer_reports({n: _block_index(n, block_of) for n in names.values()})
-    if kind == "structured":
-        try:
-            _apply_structured(model, step.setup.plan, apply)
-        except BaseException:
-            backup.restore()
-            raise
-        report.not_pruned = list(step.setup.plan.not_pruned)
-        report.info["structured_plan"] = step.setup.plan.to_dict()
-    else:
-        report.k = step.k
+    try:
+        step.finish(model, report)
+    except BaseException:
+        backup.restore()
+        raise
     report.peak_memory_bytes = max((b.peak_memory_bytes for b in report.blocks), default=0)
     report.time = time.perf_counter() - start
     logger.info("%s", report)
@@ -351,14 +365,6 @@ def _block_index(name: str, block_of: dict[str, int]) -> int | None:
         if name == prefix or name.startswith(prefix + ".") or not prefix:
             return index
     return None
-
-
-def _check_units_in_blocks(step: StructuredStep, prefixes: list[str]) -> None:
-    """Units outside every block are left dense (with a warning and a ``not_pruned`` entry)."""
-    outside = [u for u in step.setup.units if not any(u.consumer.startswith(p) for p in prefixes)]
-    for u in outside:
-        logger.warning("%s: outside the repeated blocks; not pruned by the sequential engine", u.consumer)
-        step.setup.plan.not_pruned.append((u.consumer, "outside the repeated blocks (sequential engine)"))
 
 
 def _run_blocks(model: nn.Module, block_list: list[nn.Module], prefixes: list[str], batches: list[Any], step: Any,
