@@ -136,7 +136,7 @@ def test_structured_prune_of_a_gqa_llama_prunes_heads_and_what_is_left_alone_is_
     model = transformers.LlamaModel(cfg).eval()
     ids = torch.randint(0, 50, (4, 8))
     report = cpt.prune(model, {"input_ids": ids}, method="osscar", sparsity=0.5, progress=False)
-    assert report.not_pruned == [] and "over the pruned layers only" not in str(report)
+    assert report.not_pruned == [] and "over the pruned units only" not in str(report)
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "down_proj"} <= {layer.name.split(".")[-2] for layer in report.layers}
     # GPT-2 cross-attention (q_attn + c_attn) is not recognised: listed with the reason
     gcfg = transformers.GPT2Config(n_embd=16, n_head=2, n_layer=1, vocab_size=30, n_positions=16, add_cross_attention=True, bos_token_id=0, eos_token_id=0)
@@ -144,7 +144,7 @@ def test_structured_prune_of_a_gqa_llama_prunes_heads_and_what_is_left_alone_is_
     report = cpt.prune(gpt2, {"input_ids": torch.randint(0, 30, (4, 8))}, method="osscar", sparsity=0.5, progress=False)
     assert [name for name, _ in report.not_pruned] == ["h.0.crossattention"]
     assert "cross-attention" in report.not_pruned[0][1]
-    assert "Not pruned: h.0.crossattention" in str(report) and "over the pruned layers only" in str(report)
+    assert "Not pruned: h.0.crossattention" in str(report) and "Budget met over the pruned units only" in str(report)
 
 
 def test_structured_pairs_reach_prune_and_unstructured_methods_refuse_them():

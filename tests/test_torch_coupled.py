@@ -300,3 +300,32 @@ def test_gpt2_and_llama_report_nothing_left_out():
         report = cpt.prune(model, [{"input_ids": _ids()}], method=METHOD, sparsity=0.25, apply="physical", progress=False)
         assert report.not_pruned == []
         assert {"head", "neuron"} <= {u["kind"] for u in report.info["structured_plan"]["units"]}
+
+
+def test_impossible_structured_requests_fail_before_anything_changes():
+    import combprune.torch as cpt
+
+    model = FanOut().eval()
+    before = _hash(model)
+    with pytest.raises(ValueError, match="sparsity: key 'head' matches no prunable unit"):
+        cpt.prune(model, torch.randn(8, 5), method=METHOD, sparsity={"head": 0.5}, progress=False)
+    with pytest.raises(ValueError, match="sparsity: key 'fc9' matches no prunable unit"):
+        prune_structured(model, torch.randn(8, 5), method="bruteforce", sparsity={"fc9": 0.5}, progress=False)
+    assert _hash(model) == before
+    with pytest.raises(ValueError, match="gqa"):
+        cpt.Pruner("osscar", sparsity=0.5, gqa="heads")
+    with pytest.raises(ValueError, match="gqa"):
+        cpt.Pruner("magnitude", sparsity=0.5, gqa="query")
+
+
+def test_structured_report_says_what_the_fraction_counts():
+    import combprune.torch as cpt
+
+    model = _llama(heads=8, kv=2)
+    report = cpt.prune(model, [{"input_ids": _ids()}], method=METHOD, sparsity={"head": 0.5, "neuron": 0.25}, gqa="query", apply="physical", progress=False)
+    assert report.info["structures"] == {"head": {"groups": 16, "removed": 8}, "neuron": {"groups": 24, "removed": 6}}
+    params = report.info["model_params"]
+    assert params["after"] == sum(p.numel() for p in model.parameters()) < params["before"]
+    text = str(report)
+    assert "of the groups removed per unit (a fraction of structures, not of parameters)" in text
+    assert "heads 8/16" in text and "k=None" not in text and "Not pruned" not in text

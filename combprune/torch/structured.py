@@ -684,6 +684,23 @@ def _unit_sparsity(sparsity: float | Mapping[str, float], unit: StructuredUnit) 
     return 0.0
 
 
+def _check_sparsity_keys(sparsity: float | Mapping[str, float], units: list[StructuredUnit], not_pruned: list[tuple[str, str]]) -> None:
+    """A key of a ``sparsity`` dict that matches no prunable unit (a kind the model has none of,
+    e.g. heads of attention modules left alone, or a consumer name / regex that matches none)
+    makes the request impossible: ``ValueError`` naming the key and what was left alone, before
+    anything changes."""
+    if not isinstance(sparsity, Mapping):
+        return
+    for key, value in sparsity.items():
+        if value == 0 or any(key == u.kind or key == u.consumer or re.fullmatch(key, u.consumer) for u in units):
+            continue
+        left = "; ".join(f"{name} ({reason})" for name, reason in not_pruned)
+        raise ValueError(
+            f"sparsity: key {key!r} matches no prunable unit (kinds {sorted({u.kind for u in units})}, consumers such as "
+            f"{units[0].consumer!r})" + (f"; not pruned: {left}" if left else "")
+        )
+
+
 def _check_sparsity(sparsity: Any) -> float | dict[str, float]:
     items = sparsity.items() if isinstance(sparsity, Mapping) else [("sparsity", sparsity)]
     for key, value in items:
@@ -775,15 +792,17 @@ def prune_structured(
     for name, mod in modules.items():
         if hasattr(mod, "weight_orig"):
             raise ValueError(f"model: {name!r} carries a torch.nn.utils.prune mask; call prune.remove on it first")
-    units = [u for u in discover_units(model, pairs=pairs, gqa=gqa) if u.kind in kinds]
+    found = discover_units(model, pairs=pairs, gqa=gqa)
+    not_pruned = unsupported_structures(model, found) if pairs is None else []
     selected = {p.module_name for p in select_parameters(model, targets, ignore, types=(nn.Linear, nn.Conv2d))}
-    units = [u for u in units if u.consumer in selected]
+    units = [u for u in found if u.kind in kinds and all(c in selected for c in u.consumers)]
     if not units:
         raise ValueError(f"targets: no structured unit of kinds {kinds} has its consumer layer selected by targets={targets!r}, ignore={ignore!r}")
+    _check_sparsity_keys(sparsity, units, not_pruned)
     batches = _calibration.collect(calibration, n_samples, device)
     units = _forward_order(model, units, modules, batches[0])
     plan = StructuredPlan(units, example=batches[0].slice(0, min(8, batches[0].size)).inputs)
-    plan.not_pruned = unsupported_structures(model, units) if pairs is None else []
+    plan.not_pruned = not_pruned
     for name, reason in plan.not_pruned:
         logger.warning("%s: not pruned (%s)", name, reason)
     touched = sorted({n for u in units for n in (*u.consumers, *u.producers, *u.norms) if _has_matrix(modules[n])}, key=list(modules).index)
