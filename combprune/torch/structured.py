@@ -16,6 +16,11 @@ kind           producer -> consumer               group = rows of the consumer's
                                                   attention output projection (Hugging Face)
 =============  =================================  ==========================================
 
+Grouped-query attention and GPT-2's fused attention / Conv1D MLP are recognised by
+:mod:`combprune.torch._groups`; a unit read by several consumers (a fan-out), or whose groups
+must be kept equally in blocks (GQA query heads), is optimised through the reductions of
+:mod:`combprune.torch._coupled` (the objective is the sum of the consumers' objectives).
+
 For each unit, in forward order, the consumer's calibration input X (N x d; for a convolution
 the im2col patches, N = samples x output positions; for a Linear applied to sequences, N =
 samples x tokens) is accumulated as ``H = X^T X`` in float64 with a forward pre-hook, and
