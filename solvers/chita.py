@@ -41,7 +41,7 @@ from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
 from ._kernels.l0_data import L0Data, final_objective, scale_invariant
-from ._kernels.l0_family import BACKSOLVE_MODES, L0Recipe, check_active_factor, check_backsolve, l0_round, named_start
+from ._kernels.l0_family import BACKSOLVE_MODES, NAMED_STARTS, L0Recipe, check_active_factor, check_backsolve, l0_round, named_start
 from ._kernels.options import check_positive_float, check_positive_int
 from ._kernels.projections import make_projector
 
@@ -57,7 +57,7 @@ SWAP_AUTO_MAX_P = 10_000
     exact=False,
     description="CHITA: magnitude warm start, active-set IHT with exact line search, back-solve (+ optional swaps).",
     params={
-        "warm_start": [Options(_WARM), InstanceOf(Result), ArrayLike()],
+        "warm_start": [Options(NAMED_STARTS), InstanceOf(Result), ArrayLike()],
         "active_factor": [None, Interval(float, 1, None)],
         "max_iter": Interval(int, 1, None),
         "max_outer": Interval(int, 1, None),

@@ -64,16 +64,27 @@ def test_bert_heads_and_neurons_masked_block_by_block(method):
     assert torch.isfinite(out).all()
 
 
-def test_gqa_llama_prunes_ffn_neurons_and_reports_the_attention_left_alone():
+@pytest.mark.parametrize("gqa", ["kv", "query"])
+def test_gqa_llama_prunes_ffn_neurons_and_grouped_query_heads(gqa):
+    """4 query heads of size 4 sharing 2 KV heads: "kv" removes one KV head with its 2 query
+    heads, "query" one query head inside each KV group (the KV projections stay whole)."""
     model = tiny_llama()
-    rep = cpt.prune(model, batches(), method="osscar", sparsity=0.5, sequential=True, progress=False)
+    rep = cpt.prune(model, batches(), method="osscar", sparsity=0.5, sequential=True, progress=False, gqa=gqa)
     for layer in model.layers:
         neurons = removed_groups(layer.mlp.down_proj.weight_mask, 1)
         assert neurons.sum() == 12
         for proj in (layer.mlp.gate_proj, layer.mlp.up_proj):
             assert torch.equal((proj.weight_mask == 0).all(dim=1), torch.as_tensor(neurons))
-        assert not hasattr(layer.self_attn.o_proj, "weight_mask")  # GQA heads are not pruned
-    assert len(rep.not_pruned) == 2 and "grouped-query" in rep.not_pruned[0][1]
+        heads = removed_groups(layer.self_attn.o_proj.weight_mask, 4)
+        assert heads.sum() == 2
+        assert torch.equal((layer.self_attn.q_proj.weight_mask == 0).all(dim=1), torch.as_tensor(np.repeat(heads, 4)))
+        kv_removed = (layer.self_attn.k_proj.weight_mask == 0).all(dim=1) if hasattr(layer.self_attn.k_proj, "weight_mask") else torch.zeros(8, dtype=torch.bool)
+        if gqa == "kv":
+            assert heads.tolist() in ([True, True, False, False], [False, False, True, True])
+            assert torch.equal(kv_removed, torch.as_tensor(np.repeat(heads[::2], 4)))
+        else:
+            assert heads[:2].sum() == 1 and heads[2:].sum() == 1 and not kv_removed.any()
+    assert rep.not_pruned == []
     assert torch.isfinite(model(**batches(1, seed=5)[0]).last_hidden_state).all()
 
 

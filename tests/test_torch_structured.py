@@ -319,12 +319,22 @@ def test_output_check_undoes_removal_of_a_non_matching_graph():
     assert _hash(model) == before and model.fc1.out_features == 6 and model.fc2.in_features == 6
 
 
+class FusedNoHeadCount(nn.Module):
+    """A fused q|k|v projection with no head count on the module: not analysable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c_attn = nn.Linear(8, 24)
+        self.c_proj = nn.Linear(8, 8)
+
+    def forward(self, x):
+        q, k, v = self.c_attn(x).split(8, dim=-1)
+        return self.c_proj(torch.softmax(q @ k.transpose(-1, -2), -1) @ v)
+
+
 def test_unsupported_hf_attention_raises():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPT2Config(n_embd=16, n_head=2, n_layer=1, vocab_size=30, n_positions=16)
-    gpt2 = transformers.GPT2Model(cfg)
-    with pytest.raises(UnsupportedGraphError):
-        discover_units(gpt2)
+    with pytest.raises(UnsupportedGraphError, match="no prunable producer"):
+        discover_units(FusedNoHeadCount())
 
 
 def test_bad_arguments():
@@ -503,11 +513,14 @@ def _hf_case(name: str):
     if name == "opt":
         cfg = transformers.OPTConfig(vocab_size=40, hidden_size=16, num_attention_heads=4, ffn_dim=12, num_hidden_layers=2, max_position_embeddings=20, word_embed_proj_dim=16)
         return transformers.OPTForCausalLM(cfg), [{"input_ids": ids}], lambda m, x: m(input_ids=ids).logits, ("head", "neuron")
+    if name == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=40, n_embd=16, n_head=4, n_layer=2, n_positions=20, bos_token_id=0, eos_token_id=0)
+        return transformers.GPT2LMHeadModel(cfg), [{"input_ids": ids}], lambda m, x: m(input_ids=ids).logits, ("head", "neuron")
     cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=16, num_attention_heads=4, num_key_value_heads=2, intermediate_size=12, num_hidden_layers=2, max_position_embeddings=20)
-    return transformers.LlamaForCausalLM(cfg), [{"input_ids": ids}], lambda m, x: m(input_ids=ids).logits, ("neuron",)
+    return transformers.LlamaForCausalLM(cfg), [{"input_ids": ids}], lambda m, x: m(input_ids=ids).logits, ("head", "neuron")
 
 
-@pytest.mark.parametrize("name", ["vit", "opt", "llama"])
+@pytest.mark.parametrize("name", ["vit", "opt", "llama", "gpt2"])
 def test_physical_projection_style_hf_models(tmp_path, name):
     model, calib, call, kinds = _hf_case(name)
     model.eval()

@@ -47,7 +47,7 @@ class StructuredStep:
 
     def __init__(self, model: nn.Module, *, method: str, sparsity: Any, targets: Any, ignore: Any,
                  solver_options: dict[str, Any] | None, kinds: Iterable[str] = KINDS, pairs: Any = None,
-                 ridge: float = 1e-2, time_limit: float | None = None, apply: str = "mask") -> None:
+                 ridge: float = 1e-2, time_limit: float | None = None, apply: str = "mask", gqa: str = "kv") -> None:
         if apply not in ("mask", "permanent", "physical"):
             raise ValueError(f"apply: expected 'mask', 'permanent' or 'physical', got {apply!r}")
         if sparsity is None:
@@ -57,7 +57,7 @@ class StructuredStep:
         if time_limit is not None:
             options.setdefault("time_limit", time_limit)
         self.setup = StructuredSetup.build(model, method=method, sparsity=sparsity, targets=targets, ignore=ignore,
-                                           solver_options=options, kinds=kinds, pairs=pairs)
+                                           solver_options=options, kinds=kinds, pairs=pairs, gqa=gqa)
         self.relative_ridge = None if self.setup.ridge is not None else float(ridge)
         self.pattern_text = f"groups={self.setup.sparsity}"
         self.solved: dict[str, Any] = {}
@@ -89,27 +89,29 @@ class StructuredStep:
         setup, plan = self.setup, self.setup.plan
         done = 0
         for i, unit in enumerate(self.units_of(prefix)):
-            layer = setup.modules[unit.consumer]
+            layers = [setup.modules[name] for name in unit.consumers]
             t0 = time.perf_counter()
             if setup.n_remove(unit) == 0:
                 plan.keep[unit.consumer] = np.ones(unit.n_groups, dtype=bool)
                 continue
-            H = dist.all_reduce(layer_gram(layer, [lambda inp=inp: run_block(block, inp) for inp in inputs]))
+            grams = [dist.all_reduce(layer_gram(layer, [lambda inp=inp: run_block(block, inp) for inp in inputs])) for layer in layers]
             owner = i % dist.world
-            W = torch.empty(weight_matrix(layer).shape, dtype=torch.float64)
+            Ws = [torch.empty(weight_matrix(layer).shape, dtype=torch.float64) for layer in layers]
             keep_result = None
             if owner == dist.rank:
+                H = grams[0]
                 ridge = None if self.relative_ridge is None else self.relative_ridge * float(torch.diagonal(H).mean())
-                W, keep, result = setup.solve_unit(unit, layer, H, ridge=ridge)
+                Ws, keep, result = setup.solve_unit(unit, layers, grams, ridge=ridge)
                 keep_result = (keep, result)
-            W = dist.broadcast(W, owner)
+            Ws = [dist.broadcast(W, owner) for W in Ws]
             keep, result = dist.broadcast_object(keep_result, owner)
-            W_hat = weight_matrix(layer).detach().cpu().double()
-            keep_backup(layer)
-            _set_weight_matrix(layer, W.to(layer.weight.device))
+            for name, layer, H, W in zip(unit.consumers, layers, grams, Ws):
+                W_hat = weight_matrix(layer).detach().cpu().double()
+                keep_backup(layer)
+                _set_weight_matrix(layer, W.to(layer.weight.device))
+                self.extra[name] = (index, reconstruction_error(H.cpu().numpy(), W_hat.numpy(), W.numpy()), owner)
             plan.keep[unit.consumer] = keep
             self.solved[unit.consumer] = (result, time.perf_counter() - t0)
-            self.extra[unit.consumer] = (index, reconstruction_error(H.cpu().numpy(), W_hat.numpy(), W.numpy()), owner)
             done += 1
         return done
 

@@ -38,7 +38,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from .structured import StructuredPlan, _in_features, _out_features, head_attrs
+from ._select import is_hf_conv1d
+from .structured import StructuredPlan, StructuredUnit, _in_features, _out_features, head_attrs
 
 logger = logging.getLogger(__name__)
 
@@ -85,27 +86,7 @@ def remove_pruned(model: nn.Module, plan: StructuredPlan, *, check: bool = True,
         for name in (u.consumer, *u.producers, *u.norms) + ((u.attention,) if u.attention else ()):
             if name not in modules:
                 raise ValueError(f"plan: unit {u.consumer!r} names {name!r}, which {type(model).__name__} does not have")
-        cons = modules[u.consumer]
-        expected = u.n_groups * u.features_per_group
-        sizes = {u.consumer: _in_features(cons)} | {p: _out_features(modules[p]) for p in u.producers}
-        sizes |= {n: modules[n].num_features for n in u.norms}
-        wrong = {k: v for k, v in sizes.items() if v != expected}
-        if wrong:
-            raise ValueError(f"plan: unit {u.consumer!r} expects {expected} features but the model has {wrong} (already removed?)")
-        keep = np.asarray(plan.keep[u.consumer], dtype=bool)
-        if keep.shape != (u.n_groups,) or not keep.any():
-            raise ValueError(f"plan: unit {u.consumer!r} must keep at least one of its {u.n_groups} groups")
-        dropped = np.ones(expected, dtype=bool)
-        dropped[u.features_of(keep)] = False
-        cols = _effective_weight(cons)[:, torch.as_tensor(dropped, device=cons.weight.device)]
-        if torch.count_nonzero(cols):
-            raise ValueError(
-                f"plan: {u.consumer!r} has nonzero weights on removed groups; removing them would change the outputs "
-                "(was the model modified after prune_structured?)"
-            )
-        if u.attention is not None:
-            if head_attrs(modules[u.attention]) != (u.n_groups, u.features_per_group):
-                raise ValueError(f"plan: {u.attention!r} does not have {u.n_groups} heads of size {u.features_per_group}")
+        _check_unit(u, plan.keep[u.consumer], modules)
 
     out_keep, in_keep = plan.feature_keep(modules)
     updates: list[tuple[nn.Module, dict[str, Any], dict[str, Any], dict[str, Any]]] = []
@@ -119,9 +100,12 @@ def remove_pruned(model: nn.Module, plan: StructuredPlan, *, check: bool = True,
         if u.attention is not None:
             n = int(np.sum(plan.keep[u.consumer]))
             att = modules[u.attention]
-            attrs = {a: n for a in ("num_attention_heads", "num_heads") if isinstance(getattr(att, a, None), int)}
-            if isinstance(getattr(att, "all_head_size", None), int):
-                attrs["all_head_size"] = n * u.features_per_group
+            if u.attention_attrs:
+                attrs = u.attention_values(n)
+            else:
+                attrs = {a: n for a in ("num_attention_heads", "num_heads") if isinstance(getattr(att, a, None), int)}
+                if isinstance(getattr(att, "all_head_size", None), int):
+                    attrs["all_head_size"] = n * u.features_per_group
             attention_updates.append((att, attrs))
 
     reference = _outputs(model, plan.example) if check and plan.example is not None else None
@@ -157,6 +141,46 @@ def remove_pruned(model: nn.Module, plan: StructuredPlan, *, check: bool = True,
         setattr(model.config, STRUCTURE_KEY, merged)
     logger.info("removed %d structured units physically", len(plan.pruned_units))
     return model
+
+
+def _check_unit(u: StructuredUnit, keep: Any, modules: Mapping[str, nn.Module]) -> None:
+    """Raise ``ValueError`` unless the model still has the sizes ``u`` expects, ``keep`` keeps
+    at least one group (per block for ``even_blocks``, equally many) and every consumer's
+    weights on the removed groups are zero."""
+    expected = u.n_groups * u.features_per_group
+    sizes = {c: (_in_features(modules[c]), expected) for c in u.consumers}
+    for name in u.producers + u.norms:
+        mod = modules[name]
+        have = mod.num_features if isinstance(mod, nn.modules.batchnorm._BatchNorm) else _out_features(mod)
+        sizes[name] = (have, u.producer_size(name))
+    wrong = {k: v[0] for k, v in sizes.items() if v[0] != v[1]}
+    if wrong:
+        raise ValueError(f"plan: unit {u.consumer!r} expects {expected} features but the model has {wrong} (already removed?)")
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (u.n_groups,) or not keep.any():
+        raise ValueError(f"plan: unit {u.consumer!r} must keep at least one of its {u.n_groups} groups")
+    if u.even_blocks and len(set(keep.reshape(u.even_blocks, -1).sum(axis=1).tolist())) != 1:
+        raise ValueError(f"plan: unit {u.consumer!r} must keep equally many groups in each of its {u.even_blocks} blocks")
+    dropped = np.ones(expected, dtype=bool)
+    dropped[u.features_of(keep)] = False
+    for name in u.consumers:
+        cons = modules[name]
+        mask = torch.as_tensor(dropped, device=cons.weight.device)
+        w = _effective_weight(cons)
+        if torch.count_nonzero(w[mask] if is_hf_conv1d(cons) else w[:, mask]):
+            raise ValueError(
+                f"plan: {name!r} has nonzero weights on removed groups; removing them would change the outputs "
+                "(was the model modified after prune_structured?)"
+            )
+    if u.attention is None:
+        return
+    att = modules[u.attention]
+    if u.attention_attrs:
+        current = {a: getattr(att, a, None) for a, _ in u.attention_attrs}
+        if current != u.attention_values(u.n_groups):
+            raise ValueError(f"plan: {u.attention!r} has {current}, expected {u.attention_values(u.n_groups)}")
+    elif head_attrs(att) != (u.n_groups, u.features_per_group):
+        raise ValueError(f"plan: {u.attention!r} does not have {u.n_groups} heads of size {u.features_per_group}")
 
 
 def _outputs(model: nn.Module, example: Any) -> torch.Tensor:
@@ -216,19 +240,27 @@ def _shrunk(name: str, mod: nn.Module, rows: torch.Tensor | None, cols: torch.Te
                 buffers[bname] = b[rows].clone()
         attrs["num_features"] = int(rows.numel())
         return mod, params, buffers, attrs
-    if not isinstance(mod, (nn.Linear, nn.Conv2d)):
-        raise ValueError(f"plan: cannot shrink {name!r} of type {type(mod).__name__} (Linear, Conv2d, BatchNorm only)")
+    conv1d = is_hf_conv1d(mod)
+    if not isinstance(mod, (nn.Linear, nn.Conv2d)) and not conv1d:
+        raise ValueError(f"plan: cannot shrink {name!r} of type {type(mod).__name__} (Linear, Conv1D, Conv2d, BatchNorm only)")
     w = _effective_weight(mod)
+    w = w.T if conv1d else w  # (out, in, ...) from here on
     bias = None if mod.bias is None else mod.bias.detach()
     if rows is not None:
         w = w[rows]
         bias = None if bias is None else bias[rows]
     if cols is not None:
         w = w[:, cols]
-    params["weight"] = _param_like(getattr(mod, "weight_orig", mod.weight), w)
+    params["weight"] = _param_like(getattr(mod, "weight_orig", mod.weight), w.T if conv1d else w)
     params["bias"] = _param_like(getattr(mod, "bias_orig", mod.bias), bias)
-    if isinstance(mod, nn.Linear):
+    if conv1d:
+        attrs.update(nf=int(w.shape[0]))
+    elif isinstance(mod, nn.Linear):
         attrs.update(out_features=int(w.shape[0]), in_features=int(w.shape[1]))
+    elif mod.groups > 1:  # depthwise: one filter per channel
+        if cols is not None:
+            raise ValueError(f"plan: depthwise convolution {name!r} cannot be a consumer")
+        attrs.update(out_channels=int(w.shape[0]), in_channels=int(w.shape[0]), groups=int(w.shape[0]))
     else:
         attrs.update(out_channels=int(w.shape[0]), in_channels=int(w.shape[1]))
     return mod, params, buffers, attrs
@@ -270,10 +302,12 @@ def _structure_record(model: nn.Module, modules: Mapping[str, nn.Module], names:
 
 
 def _shape_entry(mod: nn.Module) -> dict[str, Any]:
+    if is_hf_conv1d(mod):
+        return {"type": "Conv1D", "in_features": int(mod.weight.shape[0]), "out_features": mod.nf, "bias": mod.bias is not None}
     if isinstance(mod, nn.Linear):
         return {"type": "Linear", "in_features": mod.in_features, "out_features": mod.out_features, "bias": mod.bias is not None}
     if isinstance(mod, nn.Conv2d):
-        return {"type": "Conv2d", "in_channels": mod.in_channels, "out_channels": mod.out_channels, "bias": mod.bias is not None}
+        return {"type": "Conv2d", "in_channels": mod.in_channels, "out_channels": mod.out_channels, "groups": mod.groups, "bias": mod.bias is not None}
     if isinstance(mod, nn.modules.batchnorm._BatchNorm):
         return {"type": type(mod).__name__, "num_features": mod.num_features}
     raise ValueError(f"cannot record the shape of {type(mod).__name__}")
@@ -294,8 +328,12 @@ def apply_structure(model: nn.Module, structure: Mapping[str, Any]) -> nn.Module
             shape = (entry["out_features"], entry["in_features"])
             mod.in_features, mod.out_features = entry["in_features"], entry["out_features"]
             out = entry["out_features"]
+        elif entry["type"] == "Conv1D":
+            shape = (entry["in_features"], entry["out_features"])
+            mod.nf = out = entry["out_features"]
         elif entry["type"] == "Conv2d":
-            shape = (entry["out_channels"], entry["in_channels"], *mod.kernel_size)
+            mod.groups = entry.get("groups", 1)
+            shape = (entry["out_channels"], entry["in_channels"] // mod.groups, *mod.kernel_size)
             mod.in_channels, mod.out_channels = entry["in_channels"], entry["out_channels"]
             out = entry["out_channels"]
         else:

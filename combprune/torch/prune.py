@@ -36,7 +36,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
@@ -546,16 +546,26 @@ def _prune_structured(model: nn.Module, calibration: Any, cfg: "PruneConfig") ->
     from . import structured as _structured
 
     solver = cfg.spec.solver or cfg.method
+    params_before = sum(p.numel() for p in model.parameters())
     layers, plan = _structured.prune_structured(
         model, calibration, method=solver, sparsity=cfg.sparsity, targets=cfg.targets, ignore=cfg.ignore,
         n_samples=cfg.n_samples, solver_options=dict(cfg.solver_options), progress=cfg.progress, pairs=cfg.pairs,
+        gqa=cfg.gqa,
     )
     _apply_structured(model, plan, cfg.apply)
-    report = PruneReport(layers=list(layers), method=cfg.method, sparsity_requested=cfg.sparsity, apply=cfg.apply)
+    requested = dict(cfg.sparsity) if isinstance(cfg.sparsity, Mapping) else cfg.sparsity
+    report = PruneReport(layers=list(layers), method=cfg.method, sparsity_requested=requested, apply=cfg.apply)
     report.not_pruned = list(plan.not_pruned)
+    structures: dict[str, dict[str, int]] = {}
+    for unit in plan.units:
+        entry = structures.setdefault(unit.kind, {"groups": 0, "removed": 0})
+        entry["groups"] += unit.n_groups
+        entry["removed"] += unit.n_groups - int(plan.keep[unit.consumer].sum()) if unit.consumer in plan.keep else 0
     report.info.update(
         structured_plan=plan.to_dict(), solver=solver, solver_options=dict(cfg.solver_options),
-        budget_scope="fraction of groups removed in each recognised unit (the units listed in the report)",
+        budget_scope="fraction of groups (structures) removed in each recognised unit (the units listed in the report)",
+        structures=structures,
+        model_params={"before": params_before, "after": sum(p.numel() for p in model.parameters()) if cfg.apply == "physical" else None},
     )
     return report
 

@@ -115,6 +115,7 @@ class PruneConfig:
     device: torch.device | str | None = None
     progress: bool = True
     pairs: Any = None
+    gqa: str = "kv"
     pattern: str | None = None
     granularity: str = "layer"
     blocks: Any = None
@@ -152,7 +153,12 @@ class PruneConfig:
         if not isinstance(a["structured"], bool):
             raise TypeError(f"structured: expected True or False, got {a['structured']!r}")
         spec = resolve_method(method, a["structured"])
-        sparsity = _fraction("sparsity", a["sparsity"], low_open=False, high_open=True)
+        if isinstance(a["sparsity"], Mapping) and spec.kind == "structured":  # per kind / consumer fractions
+            from .structured import _check_sparsity
+
+            sparsity = MappingProxyType(_check_sparsity(a["sparsity"]))
+        else:
+            sparsity = _fraction("sparsity", a["sparsity"], low_open=False, high_open=True)
         flop_budget = _fraction("flop_budget", a["flop_budget"], low_open=True, high_open=False)
         if sparsity is None and flop_budget is None and not (spec.kind == "layerwise" and a["pattern"] is not None):
             raise ValueError("sparsity: give sparsity (fraction removed) and/or flop_budget (fraction of FLOPs kept)")
@@ -162,6 +168,10 @@ class PruneConfig:
             raise ValueError("flop_budget: structured methods take sparsity (fraction of groups removed per layer); a FLOP budget is not supported there")
         if a["pairs"] is not None and spec.kind != "structured":
             raise ValueError("pairs: producer/consumer pairs declare structured units; they need a structured method ('osscar', 'group-magnitude')")
+        if a["gqa"] not in ("kv", "query"):
+            raise ValueError(f"gqa: expected 'kv' (KV heads with their query heads) or 'query' (query heads evenly per KV head), got {a['gqa']!r}")
+        if a["gqa"] != "kv" and spec.kind != "structured":
+            raise ValueError("gqa: grouped-query attention heads are pruned by the structured methods ('osscar', 'group-magnitude')")
         if a["sequential"] is not None and not isinstance(a["sequential"], bool):
             raise TypeError(f"sequential: expected True, False or None (automatic), got {a['sequential']!r}")
         if a["sequential"] is False and spec.kind == "layerwise":
@@ -221,7 +231,8 @@ class PruneConfig:
             first_order=a["first_order"], holdout=holdout, l2_grid=l2_grid,
             solver=a["solver"], solver_options=MappingProxyType(dict(options)), time_limit=time_limit, seed=a["seed"], apply=a["apply"],
             max_memory=_positive_int("max_memory", a["max_memory"]), chunk_size=_positive_int("chunk_size", a["chunk_size"]),
-            device=a["device"], progress=a["progress"], pairs=None if a["pairs"] is None else tuple(tuple(p) for p in a["pairs"]),
+            device=a["device"], progress=a["progress"], gqa=a["gqa"],
+            pairs=None if a["pairs"] is None else tuple(tuple(p) if not isinstance(p[-1], (list, tuple)) else (*p[:-1], tuple(p[-1])) for p in a["pairs"]),
             pattern=a["pattern"], granularity=a["granularity"], blocks=a["blocks"], ridge=a["ridge"], offload=a["offload"],
             offload_dir=a["offload_dir"], sequential=a["sequential"],
         )
@@ -276,7 +287,7 @@ class Pruner:
                 model, calibration, method=c.solver_name, sparsity=c.sparsity, pattern=c.pattern, granularity=c.granularity,
                 blocks=c.blocks, ridge=c.ridge, device=c.device, n_samples=c.n_samples, time_limit=c.time_limit,
                 solver_options=dict(c.solver_options), offload=c.offload, offload_dir=c.offload_dir, progress=c.progress,
-                **(dict(targets=c.targets, ignore=c.ignore, pairs=c.pairs, apply=c.apply) if structured else {}),
+                **(dict(targets=c.targets, ignore=c.ignore, pairs=c.pairs, apply=c.apply, gqa=c.gqa) if structured else {}),
             )
         return run(model, calibration, c)
 
@@ -332,6 +343,7 @@ def prune(
     device: torch.device | str | None = None,
     progress: bool = True,
     pairs: Sequence[Sequence[str]] | None = None,
+    gqa: str = "kv",
     pattern: str | None = None,
     granularity: str = "layer",
     blocks: Any = None,
@@ -353,7 +365,9 @@ def prune(
         ``"sparsegpt"``, ``"wanda"``, or the name of any registered ``L0Regression`` solver
         (e.g. ``"iht"``, ``"backsolve"``, ``"swap"``; gradient based), ``FlopNnzILP`` solver
         (magnitude based, values ``w^2``) or ``LayerwiseL0`` solver (block by block).
-    sparsity : fraction of the prunable weights removed, in ``[0, 1)``.
+    sparsity : fraction of the prunable weights removed, in ``[0, 1)``; for the structured
+        methods the fraction of **groups** (neurons, channels, heads) removed in each unit, or a
+        dict ``{kind or consumer name or regex: fraction}`` (:func:`~combprune.torch.structured.prune_structured`).
     flop_budget : fraction of the model's dense FLOPs kept, in ``(0, 1]``. At least one of
         ``sparsity`` / ``flop_budget`` is required; both may be given.
     targets, ignore : which weights are prunable (see :func:`combprune.torch.select_parameters`;
@@ -397,7 +411,11 @@ def prune(
     device : expected device of the model (a ``ValueError`` when the model is elsewhere).
     progress : show tqdm progress bars (samples, stages, blocks, layers).
     pairs : structured methods: declare the units as ``(producer, [batchnorm, ...,] consumer)``
-        module names instead of discovering them (for models torch.fx cannot trace).
+        module names instead of discovering them (for models torch.fx cannot trace); the
+        consumer may be a tuple of layers reading the same features.
+    gqa : structured methods on grouped-query attention: ``"kv"`` removes KV heads with their
+        query heads, ``"query"`` removes query heads, equally many in every KV group
+        (``docs/structured_pruning.md``).
     pattern, granularity, blocks, ridge, offload, offload_dir : the layer-wise methods
         (``"layerwise"``, ``"sparsegpt"``, ``"wanda"``): an ``"n:m"`` pattern instead of
         ``sparsity``, a count per ``"layer"`` or per ``"output"``, the repeated blocks, the ridge

@@ -322,9 +322,11 @@ class PruneReport:
         ] + [""] * (len(self._columns()) - len(self._COLUMNS))
 
     def _caption(self) -> str:
+        if "structures" in self.info:
+            return self._structured_caption()
         req = []
         if self.sparsity_requested is not None:
-            req.append(f"sparsity {self.sparsity_requested:g} (k={self.k})")
+            req.append(f"sparsity {self.sparsity_requested:g}" + (f" (k={self.k})" if self.k is not None else ""))
         if self.flop_budget_requested is not None:
             req.append(f"FLOPs kept {self.flop_budget_requested:g} (F={self.flop_limit:.6g})")
         met = "met" if not self.budget_violations() else "NOT met"
@@ -340,6 +342,27 @@ class PruneReport:
                         + ", ".join(f"#{b.index} {b.time:.2f}s" for b in self.blocks) + ".")
         if self.not_pruned:
             caption += " Not pruned: " + "; ".join(f"{name} ({reason})" for name, reason in self.not_pruned) + "."
+        return caption
+
+    def _structured_caption(self) -> str:
+        """Structured methods: the request is a fraction of the groups (structures) removed per
+        unit; the reached counts per kind, the weights and FLOPs of the touched layers, the whole
+        model's parameters, and what was left alone."""
+        req = self.sparsity_requested
+        req_text = f"{req:g}" if isinstance(req, (int, float)) else str(req)
+        groups = ", ".join(f"{kind}s {v['removed']}/{v['groups']}" for kind, v in self.info["structures"].items())
+        caption = (
+            f"{self.method}: requested {req_text} of the groups removed per unit (a fraction of structures, not of "
+            f"parameters); removed {groups}. Touched layers: {self.sparsity:.4f} of their weights removed, "
+            f"{self.flop_unit} kept {self.flop_fraction:.4f}"
+        )
+        params = self.info.get("model_params") or {}
+        if params.get("before"):
+            after = params.get("after")
+            caption += f"; model parameters {params['before']:,}" + (f" -> {after:,} ({after / params['before']:.4f})" if after else " (masked)")
+        caption += "."
+        if self.not_pruned:
+            caption += " Budget met over the pruned units only. Not pruned: " + "; ".join(f"{name} ({reason})" for name, reason in self.not_pruned) + "."
         return caption
 
     def table(self) -> str:

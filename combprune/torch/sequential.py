@@ -248,6 +248,7 @@ def prune_sequential(
     kinds: Any = KINDS,
     pairs: Any = None,
     apply: str = "mask",
+    gqa: str = "kv",
 ) -> PruneReport:
     """Prune the repeated blocks of ``model``, one block at a time.
 
@@ -282,6 +283,9 @@ def prune_sequential(
     apply : structured only: ``"mask"`` (torch pruning masks on consumers and producers),
         ``"permanent"`` (zeros written) or ``"physical"`` (smaller layers); the unstructured
         methods write the pruned weights (zeros included) in place.
+    gqa : structured only: grouped-query attention heads, ``"kv"`` (a KV head with its query
+        heads) or ``"query"`` (query heads evenly per KV head), as for
+        :func:`combprune.torch.structured.prune_structured`.
 
     Returns
     -------
@@ -302,7 +306,7 @@ def prune_sequential(
             raise ValueError(f"pattern: N:M patterns are unstructured; {method!r} prunes groups (give sparsity)")
         step = StructuredStep(model, method=method, sparsity=sparsity, targets=targets, ignore=ignore,
                               solver_options=solver_options, kinds=kinds, pairs=pairs, ridge=float(ridge),
-                              time_limit=time_limit, apply=apply)
+                              time_limit=time_limit, apply=apply, gqa=gqa)
     home = model_device(model)
     work = _work_device(device, home)
     block_list = find_blocks(model, blocks)

@@ -16,6 +16,11 @@ kind           producer -> consumer               group = rows of the consumer's
                                                   attention output projection (Hugging Face)
 =============  =================================  ==========================================
 
+Grouped-query attention and GPT-2's fused attention / Conv1D MLP are recognised by
+:mod:`combprune.torch._groups`; a unit read by several consumers (a fan-out), or whose groups
+must be kept equally in blocks (GQA query heads), is optimised through the reductions of
+:mod:`combprune.torch._coupled` (the objective is the sum of the consumers' objectives).
+
 For each unit, in forward order, the consumer's calibration input X (N x d; for a convolution
 the im2col patches, N = samples x output positions; for a Linear applied to sequences, N =
 samples x tokens) is accumulated as ``H = X^T X`` in float64 with a forward pre-hook, and
@@ -40,7 +45,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,9 +54,9 @@ from torch import nn
 
 from combprune.problems import StructuredMIQP, osscar_default_ridge
 
-from . import _calibration
+from . import _calibration, _coupled
 from ._flops import layer_flops
-from ._select import PrunableParam, select_parameters
+from ._select import PrunableParam, is_hf_conv1d, select_parameters
 from .report import LayerReport
 
 logger = logging.getLogger(__name__)
@@ -116,10 +121,51 @@ class StructuredUnit:
     attention: str | None = None
     n_groups: int = 0
     features_per_group: int = 1
+    #: producers whose output features are not ``features_per_group`` consecutive features per
+    #: group: ``(name, features per group, segments)``; the kept output features are
+    #: ``tile(repeat(keep, features per group), segments)`` (GQA key/value projections: one
+    #: ``head_dim`` per KV head; GPT-2's fused ``c_attn``: 3 segments q | k | v). See
+    #: :mod:`combprune.torch._groups`.
+    layout: tuple[tuple[str, int, int], ...] = ()
+    #: further consumers reading the same groups (each with its own input X); the optimisation
+    #: sums their reconstruction objectives (:mod:`combprune.torch._coupled`).
+    extra_consumers: tuple[str, ...] = ()
+    #: attributes of ``attention`` set by physical removal to ``factor x`` the kept groups (per
+    #: block when ``even_blocks``); when empty: ``num_attention_heads`` / ``num_heads`` and
+    #: ``all_head_size`` (BERT style).
+    attention_attrs: tuple[tuple[str, int], ...] = ()
+    #: when > 0, the groups form this many blocks of consecutive groups and every block keeps
+    #: the same number of groups (GQA query heads inside each KV group).
+    even_blocks: int = 0
+
+    def attention_values(self, n_kept: int) -> dict[str, int]:
+        """``attention_attrs`` evaluated for ``n_kept`` kept groups."""
+        per = n_kept // max(self.even_blocks, 1)
+        return {attr: per * factor for attr, factor in self.attention_attrs}
 
     @property
     def name(self) -> str:
         return self.consumer
+
+    @property
+    def consumers(self) -> tuple[str, ...]:
+        """Every layer whose input groups are optimised: ``consumer`` first."""
+        return (self.consumer, *self.extra_consumers)
+
+    def producer_features_of(self, producer: str, keep: np.ndarray) -> np.ndarray:
+        """Indices of the output features of ``producer`` (or a norm) that stay for ``keep``."""
+        keep = np.asarray(keep, dtype=bool)
+        for name, per_group, segments in self.layout:
+            if name == producer:
+                return np.flatnonzero(np.tile(np.repeat(keep, per_group), segments))
+        return self.features_of(keep)
+
+    def producer_size(self, producer: str) -> int:
+        """Number of output features of ``producer`` the unit expects."""
+        for name, per_group, segments in self.layout:
+            if name == producer:
+                return self.n_groups * per_group * segments
+        return self.n_groups * self.features_per_group
 
     def features_of(self, keep: np.ndarray) -> np.ndarray:
         """Indices of the consumer input features of the kept groups (``keep``: (G,) bool)."""
@@ -135,6 +181,10 @@ class StructuredUnit:
             "attention": self.attention,
             "n_groups": self.n_groups,
             "features_per_group": self.features_per_group,
+            "layout": [list(x) for x in self.layout],
+            "extra_consumers": list(self.extra_consumers),
+            "attention_attrs": [list(x) for x in self.attention_attrs],
+            "even_blocks": self.even_blocks,
         }
 
 
@@ -170,10 +220,14 @@ class StructuredPlan:
         out_keep: dict[str, np.ndarray] = {}
         in_keep: dict[str, np.ndarray] = {}
         for u in self.pruned_units:
-            feats = np.zeros(_in_features(modules[u.consumer]), dtype=bool)
-            feats[u.features_of(self.keep[u.consumer])] = True
-            in_keep[u.consumer] = feats
+            keep = self.keep[u.consumer]
+            for name in u.consumers:
+                feats = np.zeros(_in_features(modules[name]), dtype=bool)
+                feats[u.features_of(keep)] = True
+                in_keep[name] = feats
             for name in u.producers + u.norms:
+                feats = np.zeros(u.producer_size(name), dtype=bool)
+                feats[u.producer_features_of(name, keep)] = True
                 out_keep[name] = feats
         return out_keep, in_keep
 
@@ -191,14 +245,15 @@ class StructuredPlan:
         out: dict[str, torch.Tensor] = {}
         for name in set(out_keep) | set(in_keep):
             layer = modules[name]
-            if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+            if not isinstance(layer, (nn.Linear, nn.Conv2d)) and not is_hf_conv1d(layer):
                 continue  # BatchNorm: nothing to mask
             weight = layer.weight
             mask = torch.ones_like(weight)
+            view = mask.T if is_hf_conv1d(layer) else mask  # Conv1D stores (in, out)
             if name in out_keep:
-                mask[torch.as_tensor(~out_keep[name], device=weight.device)] = 0
+                view[torch.as_tensor(~out_keep[name], device=weight.device)] = 0
             if name in in_keep:
-                mask[:, torch.as_tensor(~in_keep[name], device=weight.device)] = 0
+                view[:, torch.as_tensor(~in_keep[name], device=weight.device)] = 0
             out[name] = mask
         return out
 
@@ -213,10 +268,14 @@ class StructuredPlan:
 # Discovery of producer/consumer units
 # ---------------------------------------------------------------------------------------------
 def _in_features(layer: nn.Module) -> int:
+    if is_hf_conv1d(layer):
+        return int(layer.weight.shape[0])
     return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
 
 
 def _out_features(layer: nn.Module) -> int:
+    if is_hf_conv1d(layer):
+        return int(layer.weight.shape[1])
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
@@ -344,62 +403,115 @@ def _fx_units(model: nn.Module) -> list[StructuredUnit]:
             consumer_type, bn_type = nn.Conv2d, nn.BatchNorm2d
         else:
             continue
-        norms: list[str] = []
-        cur = node
-        while True:
-            users = list(cur.users)
-            if len(users) != 1:
-                break
-            nxt = users[0]
-            if nxt.op == "call_module" and calls[nxt.target] == 1:
-                mod = modules[nxt.target]
-                if isinstance(mod, consumer_type) and (consumer_type is nn.Linear or _is_plain_conv(mod)):
-                    if _in_features(mod) == _out_features(prod) and nxt.args[:1] == (cur,) and len(nxt.args) == 1 and not nxt.kwargs:
-                        units.append(StructuredUnit(
-                            "neuron" if consumer_type is nn.Linear else "channel",
-                            nxt.target, (node.target,), tuple(norms), n_groups=_out_features(prod),
-                        ))
-                    break
-                if isinstance(mod, bn_type) and mod.num_features == _out_features(prod):
-                    norms.append(nxt.target)
-                    cur = nxt
-                    continue
-            if _is_elementwise(nxt, modules, cur):
+        unit = _follow_chain(node, prod, consumer_type, bn_type, modules, calls)
+        if unit is not None:
+            units.append(unit)
+    return units
+
+
+def _is_consumer_node(node: Any, cur: Any, prod: nn.Module, consumer_type: type, modules: Mapping[str, nn.Module], calls: Mapping[str, int]) -> bool:
+    """``node`` calls a Linear (plain Conv2d) once per forward pass on ``cur`` alone, reading
+    all of ``prod``'s features."""
+    if node.op != "call_module" or calls[node.target] != 1:
+        return False
+    mod = modules[node.target]
+    return (
+        isinstance(mod, consumer_type) and (consumer_type is nn.Linear or _is_plain_conv(mod))
+        and _in_features(mod) == _out_features(prod) and node.args == (cur,) and not node.kwargs
+    )
+
+
+def _is_depthwise(mod: nn.Module, channels: int) -> bool:
+    """A depthwise Conv2d on ``channels`` channels (one filter per channel): per-channel."""
+    return isinstance(mod, nn.Conv2d) and mod.groups == mod.in_channels == mod.out_channels == channels and mod.padding_mode == "zeros"
+
+
+def _follow_chain(node: Any, prod: nn.Module, consumer_type: type, bn_type: type, modules: Mapping[str, nn.Module], calls: Mapping[str, int]) -> StructuredUnit | None:
+    """Follow ``prod``'s output through per-feature operations (element-wise, BatchNorm,
+    depthwise convolutions) to its consumer(s): one consumer, or several that all read the same
+    value (a fan-out: one unit whose objective sums theirs). Any other reader: ``None``."""
+    norms: list[str] = []
+    cur = node
+    n = _out_features(prod)
+    kind = "neuron" if consumer_type is nn.Linear else "channel"
+    while True:
+        users = list(cur.users)
+        if len(users) > 1:
+            if all(_is_consumer_node(u, cur, prod, consumer_type, modules, calls) for u in users):
+                names = [u.target for u in users]
+                return StructuredUnit(kind, names[0], (node.target,), tuple(norms), n_groups=n, extra_consumers=tuple(names[1:]))
+            return None
+        if not users:
+            return None
+        nxt = users[0]
+        if _is_consumer_node(nxt, cur, prod, consumer_type, modules, calls):
+            return StructuredUnit(kind, nxt.target, (node.target,), tuple(norms), n_groups=n)
+        if nxt.op == "call_module" and calls[nxt.target] == 1 and nxt.args[:1] == (cur,):
+            mod = modules[nxt.target]
+            if (isinstance(mod, bn_type) and mod.num_features == n) or (consumer_type is nn.Conv2d and _is_depthwise(mod, n) and len(nxt.args) == 1):
+                norms.append(nxt.target)
                 cur = nxt
                 continue
-            break
-    return units
+            if isinstance(mod, (nn.Linear, nn.Conv2d)):
+                return None
+        if _is_elementwise(nxt, modules, cur):
+            cur = nxt
+            continue
+        return None
+
+
+def _has_matrix(mod: nn.Module) -> bool:
+    """Layers with a weight matrix that structured pruning slices (not norms)."""
+    return isinstance(mod, (nn.Linear, nn.Conv2d)) or is_hf_conv1d(mod)
 
 
 def _is_plain_conv(mod: nn.Module) -> bool:
     return isinstance(mod, nn.Conv2d) and mod.groups == 1 and mod.padding_mode == "zeros"
 
 
+def _is_linear_like(mod: nn.Module) -> bool:
+    return isinstance(mod, nn.Linear) or is_hf_conv1d(mod)
+
+
 def _declared_units(model: nn.Module, pairs: Iterable[Any]) -> list[StructuredUnit]:
+    """Units declared as ``(producer, [norm or depthwise conv, ...,] consumer)``; the consumer
+    may be a tuple of layers that all read the features (a coupled unit)."""
     modules = dict(model.named_modules())
     units = []
     for pair in pairs:
-        if not isinstance(pair, (tuple, list)) or len(pair) < 2 or not all(isinstance(p, str) for p in pair):
-            raise ValueError(f"pairs: each pair is (producer, [batchnorm, ...,] consumer) module names, got {pair!r}")
-        for p in pair:
+        ok = isinstance(pair, (tuple, list)) and len(pair) >= 2 and all(isinstance(p, str) for p in pair[:-1])
+        last = pair[-1] if ok else None
+        consumers = (last,) if isinstance(last, str) else tuple(last) if isinstance(last, (tuple, list)) else ()
+        if not ok or not consumers or not all(isinstance(c, str) for c in consumers) or len(set(consumers)) != len(consumers):
+            raise ValueError(
+                f"pairs: each pair is (producer, [batchnorm, ...,] consumer) module names (the consumer may be a tuple "
+                f"of distinct names), got {pair!r}"
+            )
+        for p in (*pair[:-1], *consumers):
             if p not in modules:
                 raise ValueError(f"pairs: {type(model).__name__} has no module named {p!r}")
-        prod, cons, norms = modules[pair[0]], modules[pair[-1]], pair[1:-1]
-        if isinstance(prod, nn.Linear) and isinstance(cons, nn.Linear):
+        prod, norms = modules[pair[0]], pair[1:-1]
+        if _is_linear_like(prod) and all(_is_linear_like(modules[c]) for c in consumers):
             kind, bn = "neuron", nn.BatchNorm1d
-        elif _is_plain_conv(prod) and _is_plain_conv(cons):
+        elif _is_plain_conv(prod) and all(_is_plain_conv(modules[c]) for c in consumers):
             kind, bn = "channel", nn.BatchNorm2d
         else:
             raise UnsupportedGraphError(
-                f"pairs: {pair!r}: supported pairs are Linear -> Linear and Conv2d -> Conv2d (groups=1, zero padding), "
-                f"got {type(prod).__name__} -> {type(cons).__name__}"
+                f"pairs: {pair!r}: supported pairs are Linear -> Linear (or Hugging Face Conv1D) and Conv2d -> Conv2d "
+                f"(groups=1, zero padding), got {type(prod).__name__} -> {', '.join(type(modules[c]).__name__ for c in consumers)}"
             )
-        if _in_features(cons) != _out_features(prod):
-            raise ValueError(f"pairs: {pair!r}: producer has {_out_features(prod)} outputs but consumer {_in_features(cons)} inputs")
-        for n in norms:
-            if not isinstance(modules[n], bn) or modules[n].num_features != _out_features(prod):
-                raise UnsupportedGraphError(f"pairs: {pair!r}: {n!r} must be a {bn.__name__} with {_out_features(prod)} features")
-        units.append(StructuredUnit(kind, pair[-1], (pair[0],), tuple(norms), n_groups=_out_features(prod)))
+        n = _out_features(prod)
+        for c in consumers:
+            if _in_features(modules[c]) != n:
+                raise ValueError(f"pairs: {pair!r}: producer has {n} outputs but consumer {c!r} {_in_features(modules[c])} inputs")
+        for name in norms:
+            mod = modules[name]
+            if not ((isinstance(mod, bn) and mod.num_features == n) or (kind == "channel" and _is_depthwise(mod, n))):
+                raise UnsupportedGraphError(
+                    f"pairs: {pair!r}: {name!r} must be a {bn.__name__} with {n} features"
+                    + (f" or a depthwise Conv2d on {n} channels" if kind == "channel" else "")
+                )
+        units.append(StructuredUnit(kind, consumers[0], (pair[0],), tuple(norms), n_groups=n, extra_consumers=consumers[1:]))
     return units
 
 
@@ -417,18 +529,22 @@ def unsupported_structures(model: nn.Module, units: Iterable[StructuredUnit]) ->
     Structured pruning only touches what it recognises; this lists what it leaves alone so that
     the report (and a log warning) can say so instead of passing over it silently.
     """
-    covered = {u.attention for u in units if u.kind == "head"} | {u.attention.rsplit(".", 1)[0] for u in units if u.kind == "head" and u.attention}
+    from ._groups import covered_attention
+
+    covered = covered_attention(units)
     out: list[tuple[str, str]] = []
     for name, mod in _attention_modules(model):
         if name in covered:
             continue
         children = dict(mod.named_children())
-        if "c_attn" in children:
-            reason = "fused q/k/v projection (GPT-2 Conv1D c_attn): heads are not pruned"
+        if "q_attn" in children:
+            reason = "GPT-2 cross-attention (separate q_attn, fused k/v c_attn): heads are not pruned"
+        elif "c_attn" in children:
+            reason = "fused q/k/v projection without matching num_heads / head_dim / split_size: heads are not pruned"
         elif "k_proj" in children and isinstance(children["k_proj"], nn.Linear) and isinstance(children.get("q_proj"), nn.Linear) and (
             children["k_proj"].out_features != children["q_proj"].out_features
         ):
-            reason = "grouped-query attention (fewer key/value heads than query heads): heads are not pruned"
+            reason = "grouped-query attention without an integer head_dim or with inconsistent shapes: heads are not pruned"
         elif head_attrs(mod) == (None, None):
             reason = "number of heads / head size not found on the module (read from the config): heads are not pruned"
         else:
@@ -437,19 +553,25 @@ def unsupported_structures(model: nn.Module, units: Iterable[StructuredUnit]) ->
     return out
 
 
-def discover_units(model: nn.Module, *, pairs: Iterable[Any] | None = None) -> list[StructuredUnit]:
+def discover_units(model: nn.Module, *, pairs: Iterable[Any] | None = None, gqa: str = "kv") -> list[StructuredUnit]:
     """All structured pruning units of ``model`` (in module registration order).
 
     ``pairs`` declares units explicitly as ``(producer, [batchnorm, ...,] consumer)`` module
     names (the caller vouches that only per-feature operations sit between them). Otherwise:
     Hugging Face BERT-family blocks are recognised by their module structure, and any other
-    model is traced with :mod:`torch.fx`. Raises :class:`UnsupportedGraphError` when nothing
-    safe is found.
+    model is traced with :mod:`torch.fx`. Grouped-query attention and GPT-2's fused attention
+    and MLP are found by :mod:`combprune.torch._groups` (``gqa``: ``"kv"`` prunes KV heads with
+    their query heads, ``"query"`` query heads evenly inside each KV group). Raises
+    :class:`UnsupportedGraphError` when nothing safe is found.
     """
+    from ._groups import GQA_MODES, coupled_hf_units
+
+    if gqa not in GQA_MODES:
+        raise ValueError(f"gqa: expected one of {GQA_MODES}, got {gqa!r}")
     if pairs is not None:
         units = _declared_units(model, pairs)
     else:
-        units = _hf_units(model)
+        units = _hf_units(model) + coupled_hf_units(model, gqa)
         if not units:
             units = _fx_units(model)
     if not units:
@@ -460,7 +582,7 @@ def discover_units(model: nn.Module, *, pairs: Iterable[Any] | None = None) -> l
             "q_proj/k_proj/v_proj and equal head counts (ViT, CLIP, OPT), plus their FFN neurons); "
             "declare pairs explicitly with pairs=[(producer, consumer), ...]"
         )
-    consumers = [u.consumer for u in units]
+    consumers = [c for u in units for c in u.consumers]
     if len(set(consumers)) != len(consumers):
         raise UnsupportedGraphError(f"model: a layer is the consumer of several units ({consumers})")
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
@@ -491,8 +613,8 @@ def layer_rows(layer: nn.Module, x: torch.Tensor, *, max_rows: int = 65536) -> I
     ``(samples x output positions, C_in * kh * kw)``, channel-major like
     ``weight.reshape(C_out, -1)``; unfolded a few samples at a time to bound memory.
     """
-    if isinstance(layer, nn.Linear):
-        rows = x.reshape(-1, layer.in_features)
+    if isinstance(layer, nn.Linear) or is_hf_conv1d(layer):
+        rows = x.reshape(-1, _in_features(layer))
         for start in range(0, rows.shape[0], max_rows):
             yield rows[start : start + max_rows]
         return
@@ -524,18 +646,21 @@ def accumulate_gram(H: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
 def weight_matrix(layer: nn.Module) -> torch.Tensor:
     """``W_hat`` (d x m): the layer's weight with input features as rows (Conv: im2col rows)."""
     w = layer.weight.detach()
+    if is_hf_conv1d(layer):  # stored (in, out) already
+        return w
     return w.reshape(w.shape[0], -1).T if not isinstance(layer, nn.Linear) else w.T
 
 
 def _set_weight_matrix(layer: nn.Module, W: torch.Tensor) -> None:
     with torch.no_grad():
-        layer.weight.copy_(W.T.reshape(layer.weight.shape).to(layer.weight.dtype))
+        value = W if is_hf_conv1d(layer) else W.T.reshape(layer.weight.shape)
+        layer.weight.copy_(value.to(layer.weight.dtype))
 
 
 def group_labels(unit: StructuredUnit, layer: nn.Module) -> np.ndarray:
     """(d,) group of each input row of the consumer: features of one group are consecutive; a
     conv input channel owns ``kh * kw`` consecutive im2col rows."""
-    per_feature = 1 if isinstance(layer, nn.Linear) else int(np.prod(layer.kernel_size))
+    per_feature = int(np.prod(layer.kernel_size)) if isinstance(layer, nn.Conv2d) else 1
     return np.repeat(np.arange(unit.n_groups), unit.features_per_group * per_feature)
 
 
@@ -566,6 +691,23 @@ def _unit_sparsity(sparsity: float | Mapping[str, float], unit: StructuredUnit) 
     return 0.0
 
 
+def _check_sparsity_keys(sparsity: float | Mapping[str, float], units: list[StructuredUnit], not_pruned: list[tuple[str, str]]) -> None:
+    """A key of a ``sparsity`` dict that matches no prunable unit (a kind the model has none of,
+    e.g. heads of attention modules left alone, or a consumer name / regex that matches none)
+    makes the request impossible: ``ValueError`` naming the key and what was left alone, before
+    anything changes."""
+    if not isinstance(sparsity, Mapping):
+        return
+    for key, value in sparsity.items():
+        if value == 0 or any(key == u.kind or key == u.consumer or re.fullmatch(key, u.consumer) for u in units):
+            continue
+        left = "; ".join(f"{name} ({reason})" for name, reason in not_pruned)
+        raise ValueError(
+            f"sparsity: key {key!r} matches no prunable unit (kinds {sorted({u.kind for u in units})}, consumers such as "
+            f"{units[0].consumer!r})" + (f"; not pruned: {left}" if left else "")
+        )
+
+
 def _check_sparsity(sparsity: Any) -> float | dict[str, float]:
     items = sparsity.items() if isinstance(sparsity, Mapping) else [("sparsity", sparsity)]
     for key, value in items:
@@ -587,6 +729,7 @@ def prune_structured(
     progress: bool = True,
     kinds: Iterable[str] = KINDS,
     pairs: Iterable[Any] | None = None,
+    gqa: str = "kv",
 ) -> tuple[list[LayerReport], StructuredPlan]:
     """Layer-wise structured pruning of ``model`` in place (OSSCAR's procedure).
 
@@ -615,7 +758,11 @@ def prune_structured(
     progress : a tqdm bar over units.
     kinds : unit kinds to prune (subset of ``("neuron", "channel", "head")``).
     pairs : declare units explicitly as ``(producer, [batchnorm, ...,] consumer)`` module names
-        instead of discovering them (:func:`discover_units`).
+        instead of discovering them (:func:`discover_units`); the consumer may be a tuple of
+        layers reading the same features (their objectives are summed).
+    gqa : grouped-query attention: ``"kv"`` (a group is a KV head with its query heads) or
+        ``"query"`` (query heads, the same number kept in every KV group); see
+        :mod:`combprune.torch._groups`.
 
     Returns
     -------
@@ -633,7 +780,7 @@ def prune_structured(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     setup = StructuredSetup.build(model, method=method, sparsity=sparsity, targets=targets, ignore=ignore,
-                                  solver_options=solver_options, kinds=kinds, pairs=pairs)
+                                  solver_options=solver_options, kinds=kinds, pairs=pairs, gqa=gqa)
     batches = _calibration.collect(calibration, n_samples, _calibration.model_device(model))
     setup.prepare(model, batches)
     plan, modules = setup.plan, setup.modules
@@ -646,14 +793,16 @@ def prune_structured(
     model.eval()
     try:
         for unit in tqdm(setup.units, desc=f"{method} layers", disable=not progress, leave=False):
-            layer = modules[unit.consumer]
             t0 = time.perf_counter()
             if setup.n_remove(unit) == 0:
                 plan.keep[unit.consumer] = np.ones(unit.n_groups, dtype=bool)
                 continue
-            W, keep, result = setup.solve_unit(unit, layer, _gram_of(model, layer, batches))
-            originals.setdefault(unit.consumer, layer.weight.detach().clone())
-            _set_weight_matrix(layer, W.to(layer.weight.device))
+            layers = [modules[n] for n in unit.consumers]
+            grams = [_gram_of(model, layers[0], batches)] if len(layers) == 1 else _coupled.grams_of(model, layers, batches, layer_rows, accumulate_gram)
+            Ws, keep, result = setup.solve_unit(unit, layers, grams)
+            for name, layer, W in zip(unit.consumers, layers, Ws):
+                originals.setdefault(name, layer.weight.detach().clone())
+                _set_weight_matrix(layer, W.to(layer.weight.device))
             plan.keep[unit.consumer] = keep
             solved[unit.consumer] = (result, time.perf_counter() - t0)
     except BaseException:
@@ -686,12 +835,14 @@ class StructuredSetup:
     options: dict[str, Any]
     pairs: Any = None
     modules: dict[str, nn.Module] = field(default_factory=dict)
+    not_pruned: list[tuple[str, str]] = field(default_factory=list)
     plan: StructuredPlan | None = None
     dense_flops: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def build(cls, model: nn.Module, *, method: str, sparsity: Any, targets: Any, ignore: Any,
-              solver_options: Mapping[str, Any] | None, kinds: Iterable[str], pairs: Iterable[Any] | None) -> "StructuredSetup":
+              solver_options: Mapping[str, Any] | None, kinds: Iterable[str], pairs: Iterable[Any] | None,
+              gqa: str = "kv") -> "StructuredSetup":
         """Check every argument (errors name it) and discover the units to prune."""
         import combprune
 
@@ -711,12 +862,14 @@ class StructuredSetup:
         for name, mod in modules.items():
             if hasattr(mod, "weight_orig"):
                 raise ValueError(f"model: {name!r} carries a torch.nn.utils.prune mask; call prune.remove on it first")
-        units = [u for u in discover_units(model, pairs=pairs) if u.kind in kinds]
+        found = discover_units(model, pairs=pairs, gqa=gqa)
+        not_pruned = unsupported_structures(model, found) if pairs is None else []
         selected = {p.module_name for p in select_parameters(model, targets, ignore, types=(nn.Linear, nn.Conv2d))}
-        units = [u for u in units if u.consumer in selected]
+        units = [u for u in found if u.kind in kinds and all(c in selected for c in u.consumers)]
         if not units:
             raise ValueError(f"targets: no structured unit of kinds {kinds} has its consumer layer selected by targets={targets!r}, ignore={ignore!r}")
-        return cls(method, sparsity, units, ridge, time_limit, seed, options, pairs=pairs, modules=modules)
+        _check_sparsity_keys(sparsity, units, not_pruned)
+        return cls(method, sparsity, units, ridge, time_limit, seed, options, pairs=pairs, modules=modules, not_pruned=not_pruned)
 
     def prepare(self, model: nn.Module, batches: list[Any]) -> None:
         """Forward order of the units, the plan (with unsupported structures), the tied-weight
@@ -724,10 +877,11 @@ class StructuredSetup:
         modules = self.modules
         self.units = _forward_order(model, self.units, modules, batches[0])
         plan = StructuredPlan(self.units, example=batches[0].slice(0, min(8, batches[0].size)).inputs)
-        plan.not_pruned = unsupported_structures(model, self.units) if self.pairs is None else []
+        plan.not_pruned = list(self.not_pruned)
         for name, reason in plan.not_pruned:
             logger.warning("%s: not pruned (%s)", name, reason)
-        touched = sorted({n for u in self.units for n in (u.consumer, *u.producers)}, key=list(modules).index)
+        touched = sorted({n for u in self.units for n in (*u.consumers, *u.producers, *u.norms) if _has_matrix(modules[n])},
+                         key=list(modules).index)
         owners: dict[int, list[str]] = {}
         for name, mod in model.named_modules(remove_duplicate=False):
             if isinstance(getattr(mod, "weight", None), nn.Parameter):
@@ -742,29 +896,43 @@ class StructuredSetup:
         self.plan = plan
 
     def n_remove(self, unit: StructuredUnit) -> int:
-        """Groups removed from ``unit``: ``floor(sparsity * G)``."""
-        return int(math.floor(_unit_sparsity(self.sparsity, unit) * unit.n_groups + 1e-9))
+        """Groups removed from ``unit``: ``floor(sparsity * G)``, rounded down to a multiple of
+        ``unit.even_blocks`` when every block must keep the same number (GQA query heads)."""
+        blocks = max(unit.even_blocks, 1)
+        return blocks * int(math.floor(_unit_sparsity(self.sparsity, unit) * (unit.n_groups // blocks) + 1e-9))
 
-    def solve_unit(self, unit: StructuredUnit, layer: nn.Module, H: torch.Tensor,
-                   ridge: float | None = None) -> tuple[torch.Tensor, np.ndarray, Any]:
-        """Solve the unit's :class:`StructuredMIQP` from its ``H``: ``(W, keep, result)`` with W
-        the (d x m) float64 reconstructed weights (removed rows zero) and ``keep`` the (G,) groups
-        kept. ``ridge`` overrides the setup's (absolute values; both ``None``: OSSCAR's default).
-        Raises ``RuntimeError`` when the solver returns no point or an infeasible one."""
+    def solve_unit(self, unit: StructuredUnit, layers: Sequence[nn.Module], grams: Sequence[torch.Tensor],
+                   ridge: float | None = None) -> tuple[list[torch.Tensor], np.ndarray, Any]:
+        """Solve the unit's selection from each consumer's ``H``: ``(Ws, keep, result)`` with one
+        (d x m) float64 reconstructed weight per consumer (removed rows zero) and ``keep`` the
+        (G,) groups kept. Several consumers are stacked into one :class:`StructuredMIQP` whose
+        objective is the sum of theirs (:mod:`combprune.torch._coupled`). ``ridge`` overrides the
+        setup's (absolute values; both ``None``: OSSCAR's default). Raises ``RuntimeError`` when
+        the solver returns no point or an infeasible one."""
         import combprune
 
         s = unit.n_groups - self.n_remove(unit)
-        problem = layer_problem(unit, layer, H, s, self.ridge if ridge is None else ridge)
-        result = combprune.solve(problem, self.method, time_limit=self.time_limit, seed=self.seed, **self.options)
-        if result.x is None:
-            raise RuntimeError(f"{unit.consumer}: solver {self.method!r} returned no solution (status {result.status.value})")
-        violations = problem.check(result.x)
-        if violations:
-            raise RuntimeError(f"{unit.consumer}: solver {self.method!r} returned an infeasible point: {violations}")
-        keep = problem.group_support(result.x)  # a selected group with all-zero weights counts as removed
+        parts = [layer_problem(unit, layer, H, s, self.ridge if ridge is None else ridge) for layer, H in zip(layers, grams)]
+        problem = _coupled.stack_problems(parts)  # one consumer: parts[0] itself
+
+        def solve(p: StructuredMIQP) -> Any:
+            res = combprune.solve(p, self.method, time_limit=self.time_limit, seed=self.seed, **self.options)
+            if res.x is None:
+                raise RuntimeError(f"{unit.consumer}: solver {self.method!r} returned no solution (status {res.status.value})")
+            violations = p.check(res.x)
+            if violations:
+                raise RuntimeError(f"{unit.consumer}: solver {self.method!r} returned an infeasible point: {violations}")
+            return res
+
+        if unit.even_blocks:
+            result, keep = _coupled.solve_even_blocks(problem, unit.even_blocks, s // unit.even_blocks, solve)
+        else:
+            result = solve(problem)
+            keep = problem.group_support(result.x)  # a selected group with all-zero weights counts as removed
         if int(keep.sum()) < s:
             logger.debug("%s: solver kept %d < s = %d nonzero groups", unit.consumer, int(keep.sum()), s)
-        return torch.as_tensor(np.asarray(result.x, dtype=np.float64)), keep, result
+        Ws = [torch.as_tensor(np.asarray(W, dtype=np.float64)) for W in _coupled.split_solution(result.x, parts)]
+        return Ws, keep, result
 
 
 def _reports(plan: StructuredPlan, modules: Mapping[str, nn.Module], solved: Mapping[str, Any], dense_flops: Mapping[str, float], method: str) -> list[LayerReport]:
@@ -772,16 +940,19 @@ def _reports(plan: StructuredPlan, modules: Mapping[str, nn.Module], solved: Map
     physical removal keeps: ``kept = kept output features x kept input features x kernel``."""
     out_keep, in_keep = plan.feature_keep(modules)
     reports = []
-    names = [n for n in set(out_keep) | set(in_keep) if isinstance(modules[n], (nn.Linear, nn.Conv2d))]
+    names = [n for n in set(out_keep) | set(in_keep) if _has_matrix(modules[n])]
     for name in sorted(names, key=list(modules).index):
         layer = modules[name]
         n_out, n_in = _out_features(layer), _in_features(layer)
         k_out = int(out_keep[name].sum()) if name in out_keep else n_out
         k_in = int(in_keep[name].sum()) if name in in_keep else n_in
         params = layer.weight.numel()
-        kept = params // (n_out * n_in) * k_out * k_in
+        if getattr(layer, "groups", 1) > 1:  # depthwise: each output channel reads its own input channel
+            kept = params // n_out * k_out
+        else:
+            kept = params // (n_out * n_in) * k_out * k_in
         dense = dense_flops[name]
-        unit = next((u for u in plan.units if u.consumer == name), None) or next(u for u in plan.units if name in u.producers)
+        unit = next(u for u in plan.units if name in (*u.consumers, *u.producers, *u.norms))
         result, elapsed = solved.get(name, (None, 0.0))
         reports.append(LayerReport(
             name=f"{name}.weight", kind="structured", params=params, kept=kept, sparsity=1.0 - kept / params,
@@ -799,7 +970,7 @@ def _forward_order(model: nn.Module, units: list[StructuredUnit], modules: Mappi
     Raises :class:`UnsupportedGraphError` when a consumer is never called or called more than
     once per forward pass (a shared layer has no single input X to reconstruct).
     """
-    calls: dict[str, list[int]] = {u.consumer: [] for u in units}
+    calls: dict[str, list[int]] = {c: [] for u in units for c in u.consumers}
     counter = [0]
     handles = []
     for name in calls:
@@ -823,7 +994,7 @@ def _forward_order(model: nn.Module, units: list[StructuredUnit], modules: Mappi
             raise UnsupportedGraphError(
                 f"{name}: called {len(seen)} times in one forward pass; structured pruning needs each consumer layer called exactly once"
             )
-    return sorted(units, key=lambda u: calls[u.consumer][0])
+    return sorted(units, key=lambda u: min(calls[c][0] for c in u.consumers))
 
 
 def _gram_of(model: nn.Module, layer: nn.Module, batches: list[Any]) -> torch.Tensor:

