@@ -122,7 +122,7 @@ def main() -> None:
     ap.add_argument("--after", required=True)
     args = ap.parse_args()
     rows = rows_of(args.before, args.after)
-    meta = {"before": "parent of the kernel refactor (4f113e6)", "after": "the kernel refactor (7a9edea)",
+    meta = {"before": "parent of the kernel refactor (4f113e6)", "after": "the kernel refactor (daf8fdd)",
             "commands": "chita.py --quick; swap.py --quick --time-limit 10; ilp.py --quick --repeat 2; structured.py --quick",
             "threads": "OMP/OPENBLAS/MKL_NUM_THREADS=1", "note": "time ratios compare two runs on a shared machine"}
     print(save_results("kernels_before_after", rows, meta))
