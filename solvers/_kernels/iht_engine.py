@@ -423,7 +423,8 @@ def iht_active_set(
     ``history`` (``on_iterate(f, support on the block)`` in its place when given).
     ``refresh_every``, ``stable_iters``: see :func:`run_inner`; ``lipschitz``: a known
     ``sigma_max(A)^2 + ridge`` (returned in ``IHTOutcome.lipschitz`` once computed).
-    Returns the final iterate (not back-solved).
+    Returns the final iterate (not back-solved). (Long for a reason: one loop carries the
+    iterate, its residual and the active set between rounds; its parts are helpers.)
     """
     op, b, ridge, p, k = data.op, data.b, data.ridge, data.p, data.k
     w = w0.copy()
@@ -452,30 +453,10 @@ def iht_active_set(
         else:
             g_full = op.rmatvec(e) + ridge * (w - data.w_bar)
             if C is None:
-                C = mask.copy()
-                room = m - int(C.sum())
-                outside = np.flatnonzero(~C)
-                if room > 0 and outside.size:
-                    # half by the full gradient (what an IHT step would pick), half by |w_bar|
-                    # (the weights next in line after the magnitude cut)
-                    for score, quota in ((np.abs(g_full), (room + 1) // 2), (np.abs(data.w_bar), room)):
-                        out_idx = np.flatnonzero(~C)
-                        quota = min(quota, m - int(C.sum()), out_idx.size)
-                        if quota <= 0:
-                            continue
-                        sc = score[out_idx]
-                        pick = out_idx[np.argpartition(-sc, quota - 1)[:quota]] if quota < out_idx.size else out_idx
-                        C[pick] = True
+                C = _initial_candidates(mask, m, g_full, data.w_bar)
             else:
-                if tau_check <= 0:
-                    out.converged = True
-                    break
-                # coordinates a full projected step would select, over the range of steps the
-                # line search explores (tau_check = largest accepted step, up to 16x that)
-                new = np.zeros(p, dtype=bool)
-                for j in range(5):
-                    new |= proj.support(w - tau_check * 2.0**j * g_full) & ~C
-                if not new.any():
+                new = _entering(w, g_full, C, proj, tau_check) if tau_check > 0 else None
+                if new is None or not new.any():
                     out.converged = True
                     break
                 C = C | new
@@ -522,6 +503,33 @@ def iht_active_set(
     out.timed_out = out.timed_out or deadline.expired()
     return out
 
+
+
+def _initial_candidates(mask: np.ndarray, m: int, g_full: np.ndarray, w_bar: np.ndarray) -> np.ndarray:
+    """The first active set: the support plus ~``m - |S|`` outside coordinates, half by the full
+    gradient (what an IHT step would pick), half by ``|w_bar|`` (next in line after the cut)."""
+    C = mask.copy()
+    room = m - int(C.sum())
+    if room <= 0 or C.all():
+        return C
+    for score, quota in ((np.abs(g_full), (room + 1) // 2), (np.abs(w_bar), room)):
+        out_idx = np.flatnonzero(~C)
+        quota = min(quota, m - int(C.sum()), out_idx.size)
+        if quota <= 0:
+            continue
+        sc = score[out_idx]
+        pick = out_idx[np.argpartition(-sc, quota - 1)[:quota]] if quota < out_idx.size else out_idx
+        C[pick] = True
+    return C
+
+
+def _entering(w: np.ndarray, g_full: np.ndarray, C: np.ndarray, proj: Projector, tau: float) -> np.ndarray:
+    """Coordinates outside ``C`` that a full projected step would select, over the range of
+    steps the line search explores (``tau`` = the largest accepted step, up to 16x that)."""
+    new = np.zeros(w.size, dtype=bool)
+    for j in range(5):
+        new |= proj.support(w - tau * 2.0**j * g_full) & ~C
+    return new
 
 
 def polish_on_support(

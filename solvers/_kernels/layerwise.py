@@ -21,13 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 
 from combprune import backend
 from combprune.problems import LayerwiseL0
 from combprune.result import Result, Status
 
-from .linalg import single_thread
+from .linalg import chol_solve, single_thread
 from .selection import topk_mask
 
 __all__ = ["dense_f64", "pattern_mask", "column_budgets", "topk_columns", "refit", "lower_bound",
@@ -95,8 +94,10 @@ def _refit_into(W: np.ndarray, K: np.ndarray, G: np.ndarray, mask: np.ndarray) -
         if S.size == 0:
             continue
         cols = np.flatnonzero(inverse == u)
-        factor = scipy.linalg.cho_factor(K[np.ix_(S, S)], lower=True, check_finite=False)
-        W[np.ix_(S, cols)] = scipy.linalg.cho_solve(factor, G[np.ix_(S, cols)], check_finite=False)
+        sol = chol_solve(K[np.ix_(S, S)], 0.0, G[np.ix_(S, cols)])
+        if sol is None:
+            raise np.linalg.LinAlgError("refit: K_SS is not positive definite")
+        W[np.ix_(S, cols)] = sol
 
 
 def lower_bound(problem: LayerwiseL0, W_hat: np.ndarray) -> float:

@@ -236,7 +236,8 @@ def _solve_exact(
     (|S| > n, ridge > 0; None otherwise): ``K = A_S A_S^T``, ``r0 = b - A_S w_bar_S`` and
     ``y = (K + ridge I)^{-1} r0`` (so ``w_S = w_bar_S + A_S^T y``); it implies the direct solve.
     ``method``: how the gathered Woodbury system is solved (module docstring); ``info`` (a
-    dict) receives ``method`` and, for CG, ``cg_iterations``."""
+    dict) receives ``method`` and, for CG, ``cg_iterations``. (Long for a reason: the three
+    regimes, primal, gathered Woodbury and chunked Woodbury, share the gather and the factor.)"""
     n = op.n
     s = idx.size
     if s == 0:

@@ -29,7 +29,6 @@ rank-deficient ``H`` (N < d samples, duplicated or dead features), :func:`choles
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 

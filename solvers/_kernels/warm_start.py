@@ -54,26 +54,48 @@ def support_mask(problem: L0Regression, support: Any, name: str = "support", *, 
     return mask
 
 
-def warm_start_weights(problem: L0Regression, warm_start: Any, name: str = "warm_start") -> np.ndarray:
-    """Host float64 weights from a Result, a weight vector or a boolean support (-> w_bar on it)."""
+def _parse(problem: L0Regression, warm_start: Any, name: str, *, result_support: bool,
+           other: type[Exception]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(mask, weights or None) of a Result, a weight vector or a boolean mask (not yet checked
+    against the budgets). ``result_support``: a Result's ``support`` is added to its nonzeros
+    when the count still holds; ``other``: the error for inputs that are neither (TypeError,
+    or ValueError after an ``np.asarray`` attempt)."""
+    p = problem.p
     if isinstance(warm_start, Result):
         if warm_start.x is None:
             raise ValueError(f"{name}: the Result has no solution (status {warm_start.status.value})")
-        w = to_host64(warm_start.x)
+        x = to_host64(warm_start.x)
+        if x.shape != (p,):
+            raise ValueError(f"{name}: the Result's x has shape {x.shape}, expected ({p},)")
+        mask = x != 0
+        if result_support and warm_start.support.shape == (p,) and int((mask | warm_start.support).sum()) <= problem.k:
+            mask = mask | warm_start.support
     else:
-        arr = backend.to_numpy(warm_start) if backend.is_array(warm_start) else np.asarray(warm_start)
+        if backend.is_array(warm_start) or isinstance(warm_start, (list, tuple)):
+            arr = backend.to_numpy(warm_start) if backend.is_array(warm_start) else np.asarray(warm_start)
+        elif other is TypeError:
+            raise TypeError(f"{name}: expected a Result, a weight vector, a boolean support or None, got {type(warm_start).__name__}")
+        else:
+            arr = np.asarray(warm_start)
         if arr.dtype == bool:
-            mask = support_mask(problem, arr, name)
-            return np.where(mask, to_host64(problem.w_bar), 0.0)
+            return arr, None
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"{name}: expected a Result, weights or a boolean support, got dtype {arr.dtype}")
-        w = arr.astype(np.float64)
-    if w.shape != (problem.p,):
-        raise ValueError(f"{name}: expected shape ({problem.p},), got {w.shape}")
-    if not np.all(np.isfinite(w)):
+        if arr.shape != (p,):
+            raise ValueError(f"{name}: expected shape ({p},) (weights or boolean support), got {arr.shape}")
+        x = arr.astype(np.float64)
+        mask = x != 0
+    if not np.all(np.isfinite(x)):
         raise ValueError(f"{name}: contains NaN or Inf")
-    support_mask(problem, w != 0, name)
-    return w
+    return mask, x
+
+
+def warm_start_weights(problem: L0Regression, warm_start: Any, name: str = "warm_start") -> np.ndarray:
+    """Host float64 weights from a Result, a weight vector or a boolean support (-> w_bar on it);
+    ``ValueError`` naming ``name`` when invalid or over a budget."""
+    mask, x = _parse(problem, warm_start, name, result_support=False, other=ValueError)
+    mask = support_mask(problem, mask, name)
+    return np.where(mask, to_host64(problem.w_bar), 0.0) if x is None else x
 
 
 def warm_start_support(problem: L0Regression, data: L0Data, warm_start: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -82,26 +104,5 @@ def warm_start_support(problem: L0Regression, data: L0Data, warm_start: Any) -> 
     nonzeros when both budgets still hold."""
     if warm_start is None:
         return support_mask(problem, default_support(problem, data), "warm_start"), None
-    if isinstance(warm_start, Result):
-        if warm_start.x is None:
-            raise ValueError(f"warm_start: the Result has no solution (status {warm_start.status.value})")
-        x = to_host64(warm_start.x)
-        if x.shape != (problem.p,):
-            raise ValueError(f"warm_start: the Result's x has shape {x.shape}, expected ({problem.p},)")
-        mask = x != 0
-        if warm_start.support.shape == (problem.p,) and int((mask | warm_start.support).sum()) <= problem.k:
-            mask = mask | warm_start.support
-        return support_mask(problem, mask, "warm_start"), x
-    if backend.is_array(warm_start) or isinstance(warm_start, (list, tuple)):
-        arr = backend.to_numpy(warm_start) if backend.is_array(warm_start) else np.asarray(warm_start)
-        if arr.shape != (problem.p,):
-            raise ValueError(f"warm_start: expected shape ({problem.p},) (weights or boolean support), got {arr.shape}")
-        if arr.dtype == bool:
-            return support_mask(problem, arr, "warm_start"), None
-        if arr.dtype.kind not in "fiu":
-            raise ValueError(f"warm_start: expected float weights or a boolean support, got dtype {arr.dtype}")
-        x = arr.astype(np.float64)
-        if not np.all(np.isfinite(x)):
-            raise ValueError("warm_start: weights contain NaN or Inf")
-        return support_mask(problem, x != 0, "warm_start"), x
-    raise TypeError(f"warm_start: expected a Result, a weight vector, a boolean support or None, got {type(warm_start).__name__}")
+    mask, x = _parse(problem, warm_start, "warm_start", result_support=True, other=TypeError)
+    return support_mask(problem, mask, "warm_start"), x
