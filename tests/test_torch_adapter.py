@@ -486,3 +486,18 @@ def test_single_dict_batch_is_one_batch_not_its_keys():
     batches = collect(batch, None, torch.device("cpu"))
     assert len(batches) == 1 and isinstance(batches[0].inputs, dict)
     assert torch.equal(batches[0].inputs["x"], batch["x"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 30), st.integers(0, 30), st.integers(1, 7))
+def test_per_sample_gradients_columns_are_a_slice_of_the_matrix(lo, width, chunk):
+    """``columns`` keeps a slice of the wrt weights' gradients, whatever the chunking of the samples."""
+    model = tiny_mlp()
+    X, y = data((3,), n=6)
+    params = select_parameters(model)
+    batches = collect((X, y), None, torch.device("cpu"))
+    full = per_sample_gradients(model, params, batches)
+    lo = min(lo, full.shape[1])
+    hi = min(full.shape[1], lo + width)
+    part = per_sample_gradients(model, params, batches, columns=(lo, hi), chunk_size=chunk)
+    torch.testing.assert_close(part, full[:, lo:hi])

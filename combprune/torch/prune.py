@@ -467,16 +467,23 @@ def _block_params(ctx: _Context, a: int, b: int):
 
 
 def _gradients(ctx: _Context, cfg: "PruneConfig", w: torch.Tensor, a: int, b: int, batches: list[Batch]) -> np.ndarray:
-    """Per-sample gradients (n x (b-a), float32) of ``batches`` for the coordinates [a, b) at the flat weights ``w``."""
+    """Per-sample gradients (n x (b-a), float32) of ``batches`` for the coordinates [a, b) at the flat weights ``w``.
+
+    The matrix is filled in place; samples are differentiated in chunks whose gradients of the
+    block's layers take at most a quarter of ``max_memory``, so the peak of the gradient path
+    stays near ``max_memory`` (the matrix) plus that chunk.
+    """
     members = _block_params(ctx, a, b)
     lo = int(ctx.offsets[members[0][0]])
+    width = int(ctx.offsets[members[-1][0] + 1]) - lo
+    chunk = max(1, min(cfg.chunk_size, cfg.max_memory // (4 * 4 * max(1, width))))
     n = sum(bt.size for bt in batches)
     with ctx.bar(total=n, desc="per-sample gradients", unit="sample") as bar:
         G = per_sample_gradients(
-            ctx.model, ctx.params, batches, weights=w, wrt=[j for j, _, _ in members], loss_fn=cfg.loss_fn,
-            chunk_size=cfg.chunk_size, progress=bar, info=ctx.gradient_info,
+            ctx.model, ctx.params, batches, weights=w, wrt=[j for j, _, _ in members], columns=(a - lo, b - lo), loss_fn=cfg.loss_fn,
+            chunk_size=chunk, progress=bar, info=ctx.gradient_info,
         )
-    return G[:, a - lo : b - lo].detach().cpu().float().numpy()
+    return G.detach().cpu().numpy()
 
 
 def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int, b: int, k: int, F: float | None):

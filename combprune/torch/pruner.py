@@ -105,7 +105,7 @@ class PruneConfig:
     first_order: bool | str | None = None
     holdout: float = DEFAULT_HOLDOUT
     l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
-    auto_stages: str = "once"
+    auto_stages: str = "per-stage"
     fresh_samples: bool = False
     solver: str | None = None
     solver_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -305,7 +305,7 @@ def prune(
     first_order: bool | str | None = None,
     holdout: float = DEFAULT_HOLDOUT,
     l2_grid: Sequence[float] = DEFAULT_L2_GRID,
-    auto_stages: str = "once",
+    auto_stages: str = "per-stage",
     fresh_samples: bool = False,
     solver: str | None = None,
     solver_options: dict[str, Any] | None = None,
@@ -365,9 +365,10 @@ def prune(
         (``False`` when it cannot choose).
     holdout : fraction of the calibration samples held back by the automatic choices.
     l2_grid : candidate ridges of ``l2="auto"``, relative to the Fisher's mean diagonal.
-    auto_stages : multi-stage methods with ``l2="auto"``: ``"once"`` (choose at the final budget,
-        then use the values at every stage) or ``"per-stage"`` (every stage chooses its ``l2``
-        on the held-back samples; the first stage also ``first_order``).
+    auto_stages : multi-stage methods with ``l2="auto"``: ``"per-stage"`` (default: every stage
+        chooses its ``l2`` on the held-back samples, the first stage also ``first_order``) or
+        ``"once"`` (choose one-shot at the final budget, then use the values at every stage);
+        measured in ``benchmarks/results/auto_l2.md``.
     fresh_samples : multi-stage methods: when the calibration data holds more than
         ``n_samples`` samples, stage t linearises on the t-th subset of ``n_samples`` samples
         (in turn) instead of the same ones (as the CHITA paper's code does).
