@@ -222,15 +222,20 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
         report.info["auto"] = auto
     if need_grads:
         report.info["gradients"] = ctx.gradient_info.get("method", "vmap")
-        same = bool(np.array_equal(new_w != 0, _magnitude_support(ctx, cfg, k, F)))
-        report.info["same_support_as_magnitude"] = same
-        if same:
-            logger.warning(
-                "prune %s: the solution keeps exactly magnitude pruning's support (l2=%g dominates the Fisher; a smaller l2, "
-                "or l2='auto', lets the gradients matter)", cfg.method, cfg.l2,
-            )
+        report.info["same_support_as_magnitude"] = _same_as_magnitude(ctx, cfg, new_w, k, F)
     report.check_budgets()
     return report
+
+
+def _same_as_magnitude(ctx: "_Context", cfg: "PruneConfig", new_w: np.ndarray, k: int, F: float | None) -> bool:
+    """Whether ``new_w`` keeps exactly magnitude pruning's support (logged as a warning when it does)."""
+    same = bool(np.array_equal(new_w != 0, _magnitude_support(ctx, cfg, k, F)))
+    if same:
+        logger.warning(
+            "prune %s: the solution keeps exactly magnitude pruning's support (only the kept values differ); a ridge that "
+            "dominates the Fisher makes this certain: l2='auto' sizes it against the Fisher (l2 was %g)", cfg.method, cfg.l2,
+        )
+    return same
 
 
 def _magnitude_support(ctx: "_Context", cfg: "PruneConfig", k: int, F: float | None) -> np.ndarray:
