@@ -38,6 +38,15 @@ import combprune.torch as cpt  # noqa: E402
 MB = 1024**2
 
 
+def minilm():
+    """(tokenizer, all-MiniLM-L6-v2 encoder in eval mode), offline from the model package; one torch thread."""
+    import transformers
+
+    torch.set_num_threads(1)
+    path = model_dir()
+    return transformers.AutoTokenizer.from_pretrained(path), transformers.AutoModel.from_pretrained(path).eval()
+
+
 class Pooled(torch.nn.Module):
     """Sentence embedding (mean pooling over the attention mask) projected to 8 logits."""
 
@@ -81,12 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets-mb", default="64,256,1024")
     ap.add_argument("--name", default="gradient_memory")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    import transformers
-
-    path = model_dir()
-    tok = transformers.AutoTokenizer.from_pretrained(path)
-    dense = Pooled(transformers.AutoModel.from_pretrained(path).eval())
+    tok, encoder = minilm()
+    dense = Pooled(encoder)
     sentences = stdlib_sentences(args.n_calib)
     labels = torch.randint(0, 8, (args.n_calib,), generator=torch.Generator().manual_seed(1))
     batches = []

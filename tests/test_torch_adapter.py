@@ -220,8 +220,9 @@ def test_flop_magnitude_budgets_exact(fb):
 def test_blocks_when_memory_is_small():
     model = tiny_mlp()
     X, y = data((3,), n=8)
-    # room for 8 x 5 floats: two blocks (layer 0 split, then the rest)
-    report = cpt.prune(model, (X, y), method="bruteforce", sparsity=0.4, max_memory=8 * 5 * 4, progress=False)
+    # room for 5 columns of 8 floats (twice, for the solver's copy) plus their working vectors:
+    # blocks of 5 weights (layer 0 split, then the rest)
+    report = cpt.prune(model, (X, y), method="bruteforce", sparsity=0.4, max_memory=5 * (2 * 8 * 4 + 128), progress=False)
     assert report.kept <= report.k == 6
     assert len({(lr.objective) for lr in report.layers}) >= 1
 

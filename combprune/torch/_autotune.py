@@ -5,31 +5,30 @@ what matters is its size against the curvature ``A^T A / n`` (the empirical Fish
 diagonal ``phi = ||A||_F^2 / (n p)`` varies by orders of magnitude between models (about 5e-3
 on an MNIST MLP, 4e-7 on a sentence-embedding transformer). A fixed ``l2`` is therefore either
 negligible or dominant depending on the model, and in the second case CHITA silently becomes
-magnitude pruning. The automatic choice is relative and validated:
+magnitude pruning. The automatic choice is relative and validated (``docs/torch_adapter.md``,
+"Automatic l2 and first_order"):
 
 1. hold back a fraction ``holdout`` of the calibration samples (a seeded random subset);
-2. estimate ``phi`` from the per-sample gradients of (at most 256 of) the other samples;
-3. for ``l2 = c * phi`` with ``c`` in ``l2_grid`` (default 100, 10, 1, 0.1: one decade apart,
-   from a ridge that nearly reproduces magnitude pruning down to one that barely regularises)
-   and every candidate first-order choice, solve the one-shot problem on the kept samples
-   (their per-sample gradients are computed once and reused; each solve is warm started from
-   the previous one) and evaluate the *true* loss of the pruned model on the held-back samples
-   with a forward pass. Along each first-order choice the walk down the grid stops as soon as
-   the held-back loss rises above the best seen (one candidate past the minimum), and goes on
-   a decade at a time past the grid's small end (down to ``MIN_RELATIVE_L2``) while it
-   still improves;
-4. keep the candidate with the lowest held-back loss. The pruning itself then runs with the
-   chosen values on all calibration samples (multi-stage methods follow the choice made at the
-   final budget at every stage).
+2. ``phi`` is the mean diagonal of the Fisher of the other (kept) samples;
+3. candidates ``l2 = c * phi``, ``c`` from ``l2_grid`` (default 100, 10, 1, 0.1, extended a
+   decade at a time down to ``MIN_RELATIVE_L2``), are solved on the kept samples and scored by
+   the *true* loss of the pruned model on the held-back samples (a forward pass). The grid is
+   walked (:func:`_bracket`): without the first-order term from ``c = 1`` toward smaller ridges
+   while the held-back loss improves, else toward larger ones; with it from the largest ridge
+   down. Each walk stops one candidate past its minimum; solves are warm started from the
+   neighbouring candidate;
+4. the candidate with the lowest held-back loss wins (:func:`search`).
 
-The chosen values, the held-back loss of every candidate and whether the chosen support equals
-magnitude pruning's are stored in ``report.info["auto"]``.
+The torch adapter (``combprune/torch/prune.py``) supplies the solves and the losses: once at
+the final budget (one-shot methods, ``auto_stages="once"``) or at every stage of a multi-stage
+method (``auto_stages="per-stage"``, the default), where later stages start the walk at the
+previous stage's relative ridge.
 
 Left at their defaults (``None``) the two options mean "auto when the calibration set can spare
 the held-back samples": with fewer than ``MIN_HELD_OUT / holdout`` samples the fixed values
 ``l2 = FALLBACK_L2`` and ``first_order = False`` are used instead, with a warning and the reason
-in ``report.info["auto"]``. Passing ``"auto"`` explicitly makes a too small calibration set an
-error that says how many samples are needed.
+in ``report.info["auto"]`` (:func:`fallback`). Passing ``"auto"`` explicitly makes a too small
+calibration set an error that says how many samples are needed.
 """
 
 from __future__ import annotations

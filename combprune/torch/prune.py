@@ -409,9 +409,19 @@ def _solve_magnitude(ctx: _Context, cfg: "PruneConfig", k: int, F: float | None)
 
 
 # Gradient-based methods ---------------------------------------------------------------------------
+#: Working bytes per weight of a block besides its gradient column: the solvers' float64
+#: vectors (weights, w_bar, gradient steps, supports, FLOP costs), about 16 of them.
+_COLUMN_BYTES = 128
+
+
 def _blocks(ctx: _Context, n: int, max_memory: int, itemsize: int) -> list[tuple[int, int]]:
-    """Contiguous coordinate ranges [start, stop) whose gradient block n x (stop-start) fits."""
-    cols = max(1, int(max_memory // max(1, n * itemsize)))
+    """Contiguous coordinate ranges [start, stop) whose whole gradient path fits ``max_memory``.
+
+    A block of c weights costs its gradient matrix (``n c itemsize`` bytes), room for one
+    working copy of it in the solver (a column subset, ``|A|``) and :data:`_COLUMN_BYTES` per
+    weight: ``c (2 n itemsize + _COLUMN_BYTES) <= max_memory``.
+    """
+    cols = max(1, int(max_memory // max(1, 2 * n * itemsize + _COLUMN_BYTES)))
     if ctx.p <= cols:
         return [(0, ctx.p)]
     blocks: list[tuple[int, int]] = []
