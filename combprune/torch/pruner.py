@@ -379,12 +379,14 @@ def prune(
     apply : ``"mask"`` (torch's ``weight_orig`` / ``weight_mask`` through
         ``torch.nn.utils.prune.custom_from_mask``), ``"permanent"`` (zeros written into the
         weights, no mask) or ``"physical"`` (structured only: a smaller dense model).
-    max_memory : bytes allowed for the gradient matrix A (n x p floats). Above it the weights
+    max_memory : bytes allowed for the gradient path of one block: its matrix A (n x c floats),
+        one working copy in the solver and ~128 bytes per weight (``docs/torch_adapter.md``,
+        "Blocks"); the per-sample gradients are computed in chunks sized to it. Above it the weights
         are split into blocks of whole layers (a layer larger than the limit is split into
         chunks) and each block is solved in turn, at the current weights, with its share of the
         budgets: the block's share of the global (FLOP-aware) magnitude solution
         (``k_b`` = its kept weights, ``F_b`` = their FLOPs), so the union meets both budgets.
-    chunk_size : samples per ``vmap`` chunk of the per-sample gradients.
+    chunk_size : most samples differentiated together (fewer when ``max_memory`` asks).
     device : expected device of the model (a ``ValueError`` when the model is elsewhere).
     progress : show tqdm progress bars (samples, stages, blocks, layers).
     pairs : structured methods: declare the units as ``(producer, [batchnorm, ...,] consumer)``
