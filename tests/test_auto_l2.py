@@ -174,3 +174,12 @@ def test_report_says_when_the_solution_is_magnitude_pruning(trained, digits, cap
     assert big.info["same_support_as_magnitude"] is True and "magnitude pruning's support" in caplog.text
     auto = cpt.prune(_clone(trained), (X[:200], y[:200]), method="chita", sparsity=0.8, progress=False)
     assert auto.info["same_support_as_magnitude"] is False
+
+
+def test_per_stage_falls_back_to_once_when_the_gradients_need_blocks(trained, digits, caplog):
+    X, y = digits
+    with caplog.at_level(logging.WARNING, logger="combprune.torch.prune"):
+        r = cpt.prune(_clone(trained), (X[:200], y[:200]), method="chita++", sparsity=0.8, stages=2, max_memory=400 * (2 * 200 * 4 + 128),
+                      progress=False)
+    assert r.info["auto"]["mode"] == "once" and "choosing once instead" in caplog.text
+    assert r.sparsity >= 0.8
