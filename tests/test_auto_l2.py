@@ -6,6 +6,8 @@ import logging
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
@@ -102,3 +104,82 @@ def test_flat_loss_is_an_error_that_points_to_layerwise_methods(digits):
     with pytest.raises(ValueError, match="gradients are zero"):
         cpt.prune(model, (X[:100], y[:100]), method="chita", sparsity=0.5, progress=False,
                   loss_fn=lambda out, t: 0.0 * out.sum())
+
+
+# The walk over the grid -----------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 9), st.data())
+def test_bracket_finds_the_minimum_of_a_unimodal_loss_in_few_steps(size, data):
+    from combprune.torch._autotune import _bracket
+
+    grid = [10.0 ** (2 - i) for i in range(size)]  # descending ridges
+    best = data.draw(st.integers(0, size - 1), label="minimum")
+    first = data.draw(st.integers(0, size - 1), label="start")
+    values = {c: abs(i - best) + 0.5 * (i > best) for i, c in enumerate(grid)}  # unimodal, asymmetric
+    seen: list[float] = []
+
+    def loss_at(c, warm_from):
+        assert warm_from is None or warm_from in seen  # warm starts come from evaluated points
+        if c not in seen:
+            seen.append(c)
+        return values[c]
+
+    _bracket(grid, first, loss_at)
+    assert grid[best] in seen
+    assert len(seen) <= abs(best - first) + 3
+
+
+def test_per_stage_choice_records_every_stage_and_once_does_not(trained, digits):
+    X, y = digits
+    calib = [(X[i : i + 100], y[i : i + 100]) for i in range(0, 300, 100)]
+    per = cpt.prune(_clone(trained), calib, method="chita++", sparsity=0.8, stages=3, progress=False)
+    assert per.info["auto"]["mode"] == "per-stage" and len(per.info["auto"]["stages"]) == 3
+    assert all("l2" in s and s["l2"] > 0 for s in per.stages)
+    assert per.info["l2"] == per.stages[-1]["l2"] and per.info["first_order"] == per.stages[-1]["first_order"]
+    for s in per.info["auto"]["stages"]:  # each stage keeps its own best candidate
+        assert s["l2"] == min(s["candidates"], key=lambda c: c["held_out_loss"])["l2"]
+    assert len({s["first_order"] for s in per.stages}) == 1  # chosen at the first stage, then kept
+    once = cpt.prune(_clone(trained), calib, method="chita++", sparsity=0.8, stages=3, auto_stages="once", progress=False)
+    assert once.info["auto"]["mode"] == "once" and "stages" not in once.info["auto"]
+    assert all("l2" not in s for s in once.stages)
+    assert per.sparsity >= 0.8 and once.sparsity >= 0.8
+
+
+def test_fresh_samples_use_every_whole_subset(trained, digits, caplog):
+    X, y = digits
+    calib = [(X[i : min(i + 100, 350)], y[i : min(i + 100, 350)]) for i in range(0, 350, 100)]  # 3.5 subsets of 100
+    r = cpt.prune(_clone(trained), calib, method="chita++", sparsity=0.7, stages=4, n_samples=100, fresh_samples=True, l2=1e-3,
+                  first_order=False, progress=False)
+    assert r.info["fresh_samples"] == 3 and r.info["n_samples"] == 100
+    same = cpt.prune(_clone(trained), calib, method="chita++", sparsity=0.7, stages=4, n_samples=100, l2=1e-3, first_order=False, progress=False)
+    assert same.info["fresh_samples"] is None
+    assert [s["objective"] for s in r.stages][1:] != [s["objective"] for s in same.stages][1:]
+    with caplog.at_level(logging.WARNING, logger="combprune.torch.prune"):
+        one = cpt.prune(_clone(trained), calib[:1], method="chita++", sparsity=0.7, stages=2, n_samples=100, fresh_samples=True,
+                        l2=1e-3, first_order=False, progress=False)
+    assert one.info["fresh_samples"] == 1 and "not two subsets" in caplog.text
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [({"auto_stages": "each"}, "auto_stages"), ({"fresh_samples": 1}, "fresh_samples"),
+                                              ({"fresh_samples": True, "n_samples": None}, "fresh_samples")])
+def test_bad_stage_options_name_the_argument(kwargs, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        cpt.Pruner("chita++", sparsity=0.5, **kwargs)
+
+
+def test_report_says_when_the_solution_is_magnitude_pruning(trained, digits, caplog):
+    X, y = digits
+    with caplog.at_level(logging.WARNING, logger="combprune.torch.prune"):
+        big = cpt.prune(_clone(trained), (X[:200], y[:200]), method="chita", sparsity=0.8, l2=1e6, first_order=False, progress=False)
+    assert big.info["same_support_as_magnitude"] is True and "magnitude pruning's support" in caplog.text
+    auto = cpt.prune(_clone(trained), (X[:200], y[:200]), method="chita", sparsity=0.8, progress=False)
+    assert auto.info["same_support_as_magnitude"] is False
+
+
+def test_per_stage_falls_back_to_once_when_the_gradients_need_blocks(trained, digits, caplog):
+    X, y = digits
+    with caplog.at_level(logging.WARNING, logger="combprune.torch.prune"):
+        r = cpt.prune(_clone(trained), (X[:200], y[:200]), method="chita++", sparsity=0.8, stages=2, max_memory=400 * (2 * 200 * 4 + 128),
+                      progress=False)
+    assert r.info["auto"]["mode"] == "once" and "choosing once instead" in caplog.text
+    assert r.sparsity >= 0.8

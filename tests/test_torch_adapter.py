@@ -220,8 +220,9 @@ def test_flop_magnitude_budgets_exact(fb):
 def test_blocks_when_memory_is_small():
     model = tiny_mlp()
     X, y = data((3,), n=8)
-    # room for 8 x 5 floats: two blocks (layer 0 split, then the rest)
-    report = cpt.prune(model, (X, y), method="bruteforce", sparsity=0.4, max_memory=8 * 5 * 4, progress=False)
+    # room for 5 columns of 8 floats (twice, for the solver's copy) plus their working vectors:
+    # blocks of 5 weights (layer 0 split, then the rest)
+    report = cpt.prune(model, (X, y), method="bruteforce", sparsity=0.4, max_memory=5 * (2 * 8 * 4 + 128), progress=False)
     assert report.kept <= report.k == 6
     assert len({(lr.objective) for lr in report.layers}) >= 1
 
@@ -486,3 +487,18 @@ def test_single_dict_batch_is_one_batch_not_its_keys():
     batches = collect(batch, None, torch.device("cpu"))
     assert len(batches) == 1 and isinstance(batches[0].inputs, dict)
     assert torch.equal(batches[0].inputs["x"], batch["x"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 30), st.integers(0, 30), st.integers(1, 7))
+def test_per_sample_gradients_columns_are_a_slice_of_the_matrix(lo, width, chunk):
+    """``columns`` keeps a slice of the wrt weights' gradients, whatever the chunking of the samples."""
+    model = tiny_mlp()
+    X, y = data((3,), n=6)
+    params = select_parameters(model)
+    batches = collect((X, y), None, torch.device("cpu"))
+    full = per_sample_gradients(model, params, batches)
+    lo = min(lo, full.shape[1])
+    hi = min(full.shape[1], lo + width)
+    part = per_sample_gradients(model, params, batches, columns=(lo, hi), chunk_size=chunk)
+    torch.testing.assert_close(part, full[:, lo:hi])

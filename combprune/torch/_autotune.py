@@ -5,31 +5,30 @@ what matters is its size against the curvature ``A^T A / n`` (the empirical Fish
 diagonal ``phi = ||A||_F^2 / (n p)`` varies by orders of magnitude between models (about 5e-3
 on an MNIST MLP, 4e-7 on a sentence-embedding transformer). A fixed ``l2`` is therefore either
 negligible or dominant depending on the model, and in the second case CHITA silently becomes
-magnitude pruning. The automatic choice is relative and validated:
+magnitude pruning. The automatic choice is relative and validated (``docs/torch_adapter.md``,
+"Automatic l2 and first_order"):
 
 1. hold back a fraction ``holdout`` of the calibration samples (a seeded random subset);
-2. estimate ``phi`` from the per-sample gradients of (at most 256 of) the other samples;
-3. for ``l2 = c * phi`` with ``c`` in ``l2_grid`` (default 100, 10, 1, 0.1: one decade apart,
-   from a ridge that nearly reproduces magnitude pruning down to one that barely regularises)
-   and every candidate first-order choice, solve the one-shot problem on the kept samples
-   (their per-sample gradients are computed once and reused; each solve is warm started from
-   the previous one) and evaluate the *true* loss of the pruned model on the held-back samples
-   with a forward pass. Along each first-order choice the walk down the grid stops as soon as
-   the held-back loss rises above the best seen (one candidate past the minimum), and goes on
-   a decade at a time past the grid's small end (down to ``MIN_RELATIVE_L2``) while it
-   still improves;
-4. keep the candidate with the lowest held-back loss. The pruning itself then runs with the
-   chosen values on all calibration samples (multi-stage methods follow the choice made at the
-   final budget at every stage).
+2. ``phi`` is the mean diagonal of the Fisher of the other (kept) samples;
+3. candidates ``l2 = c * phi``, ``c`` from ``l2_grid`` (default 100, 10, 1, 0.1, extended a
+   decade at a time down to ``MIN_RELATIVE_L2``), are solved on the kept samples and scored by
+   the *true* loss of the pruned model on the held-back samples (a forward pass). The grid is
+   walked (:func:`_bracket`): without the first-order term from ``c = 1`` toward smaller ridges
+   while the held-back loss improves, else toward larger ones; with it from the largest ridge
+   down. Each walk stops one candidate past its minimum; solves are warm started from the
+   neighbouring candidate;
+4. the candidate with the lowest held-back loss wins (:func:`search`).
 
-The chosen values, the held-back loss of every candidate and whether the chosen support equals
-magnitude pruning's are stored in ``report.info["auto"]``.
+The torch adapter (``combprune/torch/prune.py``) supplies the solves and the losses: once at
+the final budget (one-shot methods, ``auto_stages="once"``) or at every stage of a multi-stage
+method (``auto_stages="per-stage"``, the default), where later stages start the walk at the
+previous stage's relative ridge.
 
 Left at their defaults (``None``) the two options mean "auto when the calibration set can spare
 the held-back samples": with fewer than ``MIN_HELD_OUT / holdout`` samples the fixed values
 ``l2 = FALLBACK_L2`` and ``first_order = False`` are used instead, with a warning and the reason
-in ``report.info["auto"]``. Passing ``"auto"`` explicitly makes a too small calibration set an
-error that says how many samples are needed.
+in ``report.info["auto"]`` (:func:`fallback`). Passing ``"auto"`` explicitly makes a too small
+calibration set an error that says how many samples are needed.
 """
 
 from __future__ import annotations
@@ -52,7 +51,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_L2_GRID", "DEFAULT_HOLDOUT", "MIN_HELD_OUT", "FALLBACK_L2", "is_auto", "split_holdout", "fisher_scale", "held_out_loss", "choose",
+    "DEFAULT_L2_GRID", "AUTO_STAGES", "DEFAULT_HOLDOUT", "MIN_HELD_OUT", "FALLBACK_L2", "is_auto", "fallback", "select_samples", "split_holdout", "fisher_scale",
+    "gram_scale", "check_scale", "relative_grid", "held_out_loss", "search",
 ]
 
 #: Candidate ridges relative to the Fisher's mean diagonal.
@@ -60,6 +60,8 @@ DEFAULT_L2_GRID: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
 #: The walk down the grid continues past its small end (a decade at a time) while the
 #: held-back loss improves, down to this relative ridge.
 MIN_RELATIVE_L2 = 1e-3
+#: How multi-stage methods choose: once at the final budget, or at every stage.
+AUTO_STAGES: tuple[str, ...] = ("once", "per-stage")
 #: Fraction of the calibration samples held back to choose.
 DEFAULT_HOLDOUT = 0.2
 #: Fewest samples the choice needs on each side of the split.
@@ -70,7 +72,7 @@ FALLBACK_L2 = 1e-3
 _SCALE_SAMPLES = 256
 
 
-def _concat(batches: list[Batch], index: np.ndarray) -> list[Batch]:
+def select_samples(batches: list[Batch], index: np.ndarray) -> list[Batch]:
     """The samples ``index`` (positions in the concatenation of ``batches``) as batches."""
     out: list[Batch] = []
     start = 0
@@ -121,7 +123,7 @@ def split_holdout(batches: list[Batch], fraction: float, seed: int | None) -> tu
     n_held = int(round(fraction * n))
     order = np.random.default_rng(seed).permutation(n)
     held, kept = np.sort(order[:n_held]), np.sort(order[n_held:])
-    return _concat(batches, kept), _concat(batches, held)
+    return select_samples(batches, kept), select_samples(batches, held)
 
 
 def fisher_scale(model: torch.nn.Module, params: list, batches: list[Batch], *, loss_fn: Any, chunk_size: int, max_memory: int) -> float:
@@ -142,6 +144,12 @@ def fisher_scale(model: torch.nn.Module, params: list, batches: list[Batch], *, 
             total += float(torch.sum(G.detach().double() ** 2))
             seen += part.size
     return total / (seen * p) if seen and p else 0.0
+
+
+def gram_scale(G: np.ndarray) -> float:
+    """Mean diagonal ``||G||_F^2 / (n p)`` of the empirical Fisher of the gradient matrix ``G``."""
+    n, p = G.shape
+    return float(np.einsum("ij,ij->", G, G, dtype=np.float64)) / (n * p) if n and p else 0.0
 
 
 def held_out_loss(model: torch.nn.Module, params: list, batches: list[Batch], weights: np.ndarray, loss_fn: Any) -> float:
@@ -172,67 +180,119 @@ def _call(model: torch.nn.Module, overrides: dict[str, torch.Tensor], inputs: An
     return functional_call(model, overrides, (inputs,))
 
 
-def choose(
-    cfg: "PruneConfig",
-    model: torch.nn.Module,
-    params: list,
-    batches: list[Batch],
-    solve_one_shot: Callable[[list[Batch], "PruneConfig", np.ndarray | None], np.ndarray],
-    magnitude_support: np.ndarray,
-) -> tuple["PruneConfig", dict[str, Any]]:
-    """Resolve ``l2="auto"`` / ``first_order="auto"`` of ``cfg``; returns (concrete cfg, record).
+def fallback(cfg: "PruneConfig", n: int) -> tuple["PruneConfig", dict[str, Any]] | None:
+    """Fixed values when the defaults (``None``) cannot hold samples back; None otherwise.
 
-    ``solve_one_shot(batches, cfg, warm)`` prunes at the final budget on ``batches`` with a
-    concrete one-stage ``cfg`` (warm started from the flat weights ``warm`` when given) and
-    returns the flat weights. Along each first-order choice the ridges are tried from the largest
-    down, and the path stops once the held-back loss rises above its best; ``magnitude_support`` is the support
-    magnitude pruning would keep (for the report).
+    An explicit ``"auto"`` is never replaced: :func:`split_holdout` then raises instead.
     """
-    reason = _too_few(sum(b.size for b in batches), cfg.holdout)
-    if reason and cfg.l2 != "auto" and cfg.first_order != "auto":  # defaults: fall back, loudly
-        l2 = FALLBACK_L2 if cfg.l2 is None else cfg.l2
-        first_order = False if cfg.first_order is None else cfg.first_order
-        logger.warning("auto: %s; using l2=%g, first_order=%s", reason, l2, first_order)
-        return dataclasses.replace(cfg, l2=l2, first_order=first_order), {"skipped": reason, "l2": l2, "first_order": first_order}
-    kept, held = split_holdout(batches, cfg.holdout, cfg.seed)
-    scale = fisher_scale(model, params, kept, loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size, max_memory=cfg.max_memory)
+    reason = _too_few(n, cfg.holdout)
+    if not reason or cfg.l2 == "auto" or cfg.first_order == "auto":
+        return None
+    l2 = FALLBACK_L2 if cfg.l2 is None else cfg.l2
+    first_order = False if cfg.first_order is None else cfg.first_order
+    logger.warning("auto: %s; using l2=%g, first_order=%s", reason, l2, first_order)
+    return dataclasses.replace(cfg, l2=l2, first_order=first_order), {"skipped": reason, "l2": l2, "first_order": first_order}
+
+
+def check_scale(scale: float) -> float:
+    """``scale`` when it can anchor the grid; a ``ValueError`` naming ``l2`` when the loss is flat."""
     if not scale > 0 or not math.isfinite(scale):
         raise ValueError(
             "l2: the per-sample gradients are zero on the calibration data (the loss is flat there), so l2='auto' has no "
             "scale and CHITA/FALCON would reduce to magnitude pruning; check loss_fn/targets, or prune layer by layer from "
             "the inputs alone with method='layerwise', 'sparsegpt' or 'wanda'"
         )
-    relative = sorted(cfg.l2_grid, reverse=True) if is_auto(cfg.l2) else [float(cfg.l2) / scale]
+    return scale
+
+
+def relative_grid(grid: tuple[float, ...], extend: bool) -> list[float]:
+    """The grid from the largest ridge down, extended a decade at a time down to :data:`MIN_RELATIVE_L2`."""
+    out = sorted(set(float(c) for c in grid), reverse=True)
+    while extend and out[-1] / 10 >= MIN_RELATIVE_L2 * (1 - 1e-9):
+        out.append(out[-1] / 10)
+    return out
+
+
+def _bracket(grid: list[float], first: int, loss_at: Callable[[float, float | None], float]) -> None:
+    """Walk the descending ``grid`` from ``grid[first]`` to the held-back loss's first local minimum.
+
+    Steps go toward smaller ridges while the loss strictly decreases; when the first step down
+    does not improve, steps go toward larger ridges instead. ``loss_at(c, warm_from)``
+    evaluates (and records) relative ridge ``c``, warm started from the solution at
+    ``warm_from``. One candidate past the minimum is evaluated on each side explored, so a
+    unimodal loss costs (grid steps to the minimum) + 2 candidates.
+    """
+    i = first
+    current = loss_at(grid[i], None)
+    moved = False
+    while i + 1 < len(grid):
+        nxt = loss_at(grid[i + 1], grid[i])
+        if not nxt < current:
+            break
+        i, current, moved = i + 1, nxt, True
+    if moved:
+        return
+    i = first
+    while i > 0:
+        nxt = loss_at(grid[i - 1], grid[i])
+        if not nxt < current:
+            break
+        i, current = i - 1, nxt
+
+
+def search(
+    cfg: "PruneConfig",
+    scale: float,
+    solve_one_shot: Callable[["PruneConfig", np.ndarray | None], np.ndarray],
+    loss: Callable[[np.ndarray], float],
+    magnitude_support: np.ndarray | None,
+    *,
+    start: float | None = None,
+) -> tuple["PruneConfig", dict[str, Any], np.ndarray]:
+    """Resolve ``l2="auto"`` / ``first_order="auto"`` of ``cfg``: (concrete cfg, record, best candidate's weights).
+
+    ``solve_one_shot(cfg, warm)`` prunes at the final budget on the kept samples with a concrete
+    one-stage ``cfg`` (warm started from the flat weights ``warm`` when given); ``loss(w)`` is
+    the held-back loss of the flat weights ``w``. Without the first-order term the walk starts
+    at the grid value nearest 1 (the ridge nearest ``scale``) and goes down while the
+    held-back loss improves, else up; with it, it starts at the largest ridge and goes down
+    (the gradient term makes each solve a Newton-like step that needs damping: on MLPNet its
+    best ridge was 10-1000 x the Fisher scale, against 1e-3..100 without). See :func:`_bracket`.
+    ``start`` (a relative ridge, added to the grid when absent) replaces both starting points
+    (the per-stage choice starts at the previous stage's value). ``magnitude_support`` is the
+    support magnitude pruning keeps (for the report; None to skip the comparison).
+    """
+    auto_l2 = is_auto(cfg.l2)
+    grid = relative_grid(cfg.l2_grid, extend=True) if auto_l2 else [float(cfg.l2) / scale]
+    own = len(relative_grid(cfg.l2_grid, extend=False)) if auto_l2 else 1  # the grid's own values, then the extension
+    middle = min(range(min(own, len(grid))), key=lambda i: abs(math.log(grid[i])))
+    if start is not None and auto_l2:
+        grid = sorted(set(grid) | {float(start)}, reverse=True)
+        middle = grid.index(float(start))
     orders = [False, True] if is_auto(cfg.first_order) else [cfg.first_order]
     candidates: list[dict[str, Any]] = []
     for first_order in orders:
-        previous: np.ndarray | None = None
-        path: list[float] = []
-        walk = list(relative)
-        while walk:  # from the largest ridge (closest to magnitude pruning) down
-            c = walk.pop(0)
-            l2 = c * scale if is_auto(cfg.l2) else float(cfg.l2)
-            trial = dataclasses.replace(cfg, l2=l2, first_order=first_order, stages=1, schedule="poly")
-            w = solve_one_shot(kept, trial, previous)
-            loss = held_out_loss(model, params, held, w, cfg.loss_fn)
-            candidates.append({"l2": l2, "l2_relative": c, "first_order": first_order, "held_out_loss": loss, "support": w != 0})
-            logger.info("auto: l2=%.3g (%.3g x Fisher scale), first_order=%s: held-back loss %.6g", l2, c, first_order, loss)
-            path.append(loss)
-            if len(path) >= 2 and not path[-1] < min(path[:-1]):
-                break  # past the minimum along this path (the held-back loss is unimodal in l2 in practice)
-            if not walk and is_auto(cfg.l2) and c / 10 >= MIN_RELATIVE_L2:
-                walk.append(c / 10)  # still improving at the grid's small end: one decade further
-            previous = w
+        tried: dict[float, tuple[float, np.ndarray]] = {}
+
+        def loss_at(c: float, warm_from: float | None, first_order: bool = first_order, tried: dict = tried) -> float:
+            if c not in tried:
+                l2 = c * scale if auto_l2 else float(cfg.l2)
+                trial = dataclasses.replace(cfg, l2=l2, first_order=first_order, stages=1, schedule="poly")
+                w = solve_one_shot(trial, None if warm_from is None else tried[warm_from][1])
+                value = loss(w)
+                tried[c] = (value if math.isfinite(value) else math.inf, w)
+                candidates.append({"l2": l2, "l2_relative": c, "first_order": first_order, "held_out_loss": value, "weights": w})
+                logger.info("auto: l2=%.3g (%.3g x Fisher scale), first_order=%s: held-back loss %.6g", l2, c, first_order, value)
+            return tried[c][0]
+
+        _bracket(grid, 0 if first_order and start is None else middle, loss_at)
     finite = [c for c in candidates if math.isfinite(c["held_out_loss"])]
     if not finite:
         raise ValueError("l2: every candidate of l2='auto' gave a non-finite held-back loss; pass l2 and first_order explicitly")
     best = min(finite, key=lambda c: c["held_out_loss"])
-    same_as_magnitude = bool(np.array_equal(best["support"], magnitude_support))
-    if same_as_magnitude:
-        logger.warning("auto: the chosen solution keeps exactly magnitude pruning's support")
     record = {
         "l2": best["l2"], "first_order": best["first_order"], "fisher_scale": scale, "holdout": cfg.holdout,
-        "held_back_samples": sum(b.size for b in held), "same_support_as_magnitude": same_as_magnitude,
-        "candidates": [{k: v for k, v in c.items() if k != "support"} for c in candidates],
+        "candidate_same_support_as_magnitude": None if magnitude_support is None else bool(np.array_equal(best["weights"] != 0, magnitude_support)),
+        "candidates": [{k: v for k, v in c.items() if k != "weights"} for c in candidates],
     }
-    return dataclasses.replace(cfg, l2=best["l2"], first_order=best["first_order"]), record
+    return dataclasses.replace(cfg, l2=best["l2"], first_order=best["first_order"]), record, best["weights"]

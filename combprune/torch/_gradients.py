@@ -84,6 +84,7 @@ def per_sample_gradients(
     *,
     weights: torch.Tensor | None = None,
     wrt: list[int] | None = None,
+    columns: tuple[int, int] | None = None,
     loss_fn: LossFn | None = None,
     chunk_size: int = 128,
     dtype: torch.dtype = torch.float32,
@@ -100,9 +101,12 @@ def per_sample_gradients(
     weights : flat (p,) values of ``params`` at which to differentiate.
     wrt : indices into ``params`` of the weights to differentiate (default: all); the others
         are held at their values in ``weights``. The result has columns for ``wrt`` only.
+    columns : keep only the columns ``[start, stop)`` of the ``wrt`` weights (flattened in
+        order); default all.
     loss_fn : ``loss_fn(outputs, targets) -> mean loss``; default cross-entropy.
-    chunk_size : samples per ``vmap`` chunk (bounds peak memory: about
-        ``chunk_size x p`` floats of gradients plus activations).
+    chunk_size : samples differentiated together. Peak memory is the result (allocated once
+        and filled in place) plus about ``chunk_size`` x (the ``wrt`` weights) floats of
+        gradients and the activations of ``chunk_size`` samples.
     dtype : storage dtype of the result (float32 by default).
     progress : an optional tqdm bar advanced by the number of samples processed.
     info : an optional dict that receives ``"method"``: ``"vmap"`` or ``"per-sample loop"``.
@@ -110,11 +114,17 @@ def per_sample_gradients(
     loss_fn = loss_fn or default_loss
     if weights is None:
         weights = flat_weights(params)
+    batches = list(batches)
     overrides = param_overrides(params, weights.detach())
     chosen = params if wrt is None else [params[j] for j in wrt]
     names = _names(chosen)
     diff = {name: overrides[name] for name in names}
     fixed = {k: v for k, v in overrides.items() if k not in diff}
+    offsets = [0]
+    for p in chosen:
+        offsets.append(offsets[-1] + p.numel)
+    start, stop = columns if columns is not None else (0, offsets[-1])
+    out = torch.empty(sum(b.size for b in batches), stop - start, dtype=dtype, device=weights.device)
 
     def sample_loss(dparams: dict[str, torch.Tensor], inputs: Any, targets: Any) -> torch.Tensor:
         one = torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0) if isinstance(t, torch.Tensor) else t, inputs)
@@ -127,44 +137,44 @@ def per_sample_gradients(
             out = functional_call(model, {**dparams, **fixed}, (one,))
         return loss_fn(out, tgt)
 
+    def write(row: int, g: dict[str, torch.Tensor], rows: int) -> None:
+        """Copy the kept columns of the gradients ``g`` of ``rows`` samples into ``out[row:]``."""
+        for name, lo, hi in zip(names, offsets[:-1], offsets[1:]):
+            a, b = max(lo, start), min(hi, stop)
+            if a < b:
+                out[row : row + rows, a - start : b - start] = g[name].reshape(rows, -1)[:, a - lo : b - lo]
+
     grad_fn = grad(sample_loss)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    rows: list[torch.Tensor] = []
-    method = "vmap"
+    method, row = "vmap", 0
     try:
         for batch in batches:
-            g = None
-            if method == "vmap":
-                try:
-                    tdim = 0 if isinstance(batch.targets, torch.Tensor) else None
-                    g = vmap(grad_fn, in_dims=(None, 0, tdim), chunk_size=chunk_size)(diff, batch.inputs, batch.targets)
-                except RuntimeError as exc:
-                    if "vmap" not in str(exc):
-                        raise
-                    method = "per-sample loop"
-                    logger.warning(
-                        "per-sample gradients: vmap cannot run this model (data-dependent control flow, e.g. a padding check "
-                        "on attention_mask); computing them one sample at a time"
-                    )
-            if g is None:
-                g = _loop(grad_fn, diff, batch)
-            rows.append(torch.cat([g[name].reshape(batch.size, -1) for name in names], dim=1).to(dtype))
-            if progress is not None:
-                progress.update(batch.size)
+            for s in range(0, batch.size, chunk_size):
+                part = batch.slice(s, min(batch.size, s + chunk_size))
+                if method == "vmap":
+                    try:
+                        tdim = 0 if isinstance(part.targets, torch.Tensor) else None
+                        write(row, vmap(grad_fn, in_dims=(None, 0, tdim))(diff, part.inputs, part.targets), part.size)
+                    except RuntimeError as exc:
+                        if "vmap" not in str(exc):
+                            raise
+                        method = "per-sample loop"
+                        logger.warning(
+                            "per-sample gradients: vmap cannot run this model (data-dependent control flow, e.g. a padding "
+                            "check on attention_mask); computing them one sample at a time"
+                        )
+                if method != "vmap":
+                    for i in range(part.size):
+                        inputs = torch.utils._pytree.tree_map(lambda t: t[i] if isinstance(t, torch.Tensor) else t, part.inputs)
+                        target = part.targets[i] if isinstance(part.targets, torch.Tensor) else part.targets
+                        write(row + i, grad_fn(diff, inputs, target), 1)
+                row += part.size
+                if progress is not None:
+                    progress.update(part.size)
     finally:
         for m, mode in modes:
             m.training = mode
     if info is not None:
         info["method"] = method
-    return torch.cat(rows, dim=0)
-
-
-def _loop(grad_fn: Callable[..., dict[str, torch.Tensor]], diff: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
-    """``grad_fn`` applied to each sample of ``batch`` in turn, stacked like ``vmap``'s output."""
-    per_sample = []
-    for i in range(batch.size):
-        inputs = torch.utils._pytree.tree_map(lambda t: t[i] if isinstance(t, torch.Tensor) else t, batch.inputs)
-        target = batch.targets[i] if isinstance(batch.targets, torch.Tensor) else batch.targets
-        per_sample.append(grad_fn(diff, inputs, target))
-    return {name: torch.stack([g[name] for g in per_sample]) for name in diff}
+    return out

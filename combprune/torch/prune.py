@@ -170,9 +170,15 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     spec = cfg.spec
     params = select_parameters(model, cfg.targets, cfg.ignore)
     need_grads = spec.kind == "gradient"
-    batches = collect(calibration, cfg.n_samples, dev, need_targets=need_grads and cfg.loss_fn is None)
+    fresh = need_grads and cfg.stages > 1 and cfg.fresh_samples
+    pool_size = cfg.n_samples * cfg.stages if fresh else cfg.n_samples
+    batches = collect(calibration, pool_size, dev, need_targets=need_grads and cfg.loss_fn is None)
+    pool: list[list[Batch]] = []
+    if fresh:
+        batches, pool = _fresh_subsets(batches, cfg.n_samples)
     n = sum(b.size for b in batches)
     ctx = _Context(model, params, batches, dev, cfg.progress)
+    ctx.pool = pool
     k = ctx.p if cfg.sparsity is None else k_from_sparsity(cfg.sparsity, ctx.p)
     F = None
     if cfg.flop_budget is not None:
@@ -189,12 +195,18 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     )
     auto: dict[str, Any] | None = None
     if need_grads and (_autotune.is_auto(cfg.l2) or _autotune.is_auto(cfg.first_order)):
-        cfg, auto = _choose_auto(ctx, cfg, k, F)
+        cfg, auto, ctx = _choose_auto(ctx, cfg, k, F)
     if spec.kind == "magnitude":
         new_w, solves = _solve_magnitude(ctx, cfg, k, F)
         stage_records: list[dict[str, Any]] = []
     else:
-        new_w, solves, stage_records = _solve_gradient(ctx, cfg, k, F)
+        solve_cfg = cfg
+        if ctx.warm is not None:  # one-shot after l2="auto": start from the chosen candidate
+            solve_cfg = dataclasses.replace(cfg, solver_options=MappingProxyType({**cfg.solver_options, "warm_start": ctx.warm}))
+        new_w, solves, stage_records = _solve_gradient(ctx, solve_cfg, k, F)
+        if ctx.per_stage:  # report the last stage's values; every stage's choice under info["auto"]["stages"]
+            auto["stages"] = [{key: v for key, v in c.items() if key != "holdout"} for c in ctx.stage_choices]
+            cfg = dataclasses.replace(cfg, l2=ctx.stage_choices[-1]["l2"], first_order=ctx.stage_choices[-1]["first_order"])
     report = _apply_and_report(ctx, new_w, apply=cfg.apply, method=cfg.method, solves=solves, k=k if cfg.sparsity is not None else None, F=F)
     report.sparsity_requested, report.flop_budget_requested = cfg.sparsity, cfg.flop_budget
     report.stages = stage_records
@@ -202,7 +214,7 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     report.info.update(
         n_samples=n, l2=cfg.l2 if need_grads else None, first_order=cfg.first_order if need_grads else None,
         stages=cfg.stages if need_grads else 1, schedule=cfg.schedule if multi else None,
-        base_sparsity=cfg.base_sparsity if multi else None,
+        base_sparsity=cfg.base_sparsity if multi else None, fresh_samples=1 + len(ctx.pool) if multi and cfg.fresh_samples else None,
         solver=cfg.solver_name, solver_options=dict(cfg.solver_options), model_flops=ctx.model_flops, fixed_flops=ctx.fixed_flops,
         flop_unit="FLOPs (= 2 x MACs, torch.utils.flop_counter, per sample)",
     )
@@ -211,31 +223,93 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     if need_grads:
         report.info["gradients"] = ctx.gradient_info.get("method", "vmap")
         report.info["gradients_degenerate"] = bool(ctx.gradient_info.get("degenerate", False))
+        report.info["same_support_as_magnitude"] = _same_as_magnitude(ctx, cfg, new_w, k, F)
     report.check_budgets()
     return report
 
 
-def _choose_auto(ctx: "_Context", cfg: "PruneConfig", k: int, F: float | None) -> tuple["PruneConfig", dict[str, Any]]:
-    """Resolve ``l2="auto"`` / ``first_order="auto"`` on held-back samples (:mod:`._autotune`)."""
+def _same_as_magnitude(ctx: "_Context", cfg: "PruneConfig", new_w: np.ndarray, k: int, F: float | None) -> bool:
+    """Whether ``new_w`` keeps exactly magnitude pruning's support (logged as a warning when it does)."""
+    same = bool(np.array_equal(new_w != 0, _magnitude_support(ctx, cfg, k, F)))
+    if same:
+        logger.warning(
+            "prune %s: the solution keeps exactly magnitude pruning's support (only the kept values differ); a ridge that "
+            "dominates the Fisher makes this certain: l2='auto' sizes it against the Fisher (l2 was %g)", cfg.method, cfg.l2,
+        )
+    return same
+
+
+def _magnitude_support(ctx: "_Context", cfg: "PruneConfig", k: int, F: float | None) -> np.ndarray:
+    """The support magnitude pruning keeps under the same budgets (top-k, or FALCON's selection)."""
     w0 = ctx.w0.detach().cpu().double().numpy()
     if F is None:
-        magnitude = _topk_mask(np.abs(w0), k)
-    else:
-        magnitude, _ = _flop_magnitude_support(w0, ctx.costs, ctx.layer, k, F, solver=FLOP_SELECTION_SOLVER, options={}, time_limit=None, seed=cfg.seed)
-    fit: dict[int, _Context] = {}
+        return _topk_mask(np.abs(w0), k)
+    return _flop_magnitude_support(w0, ctx.costs, ctx.layer, k, F, solver=FLOP_SELECTION_SOLVER, options={}, time_limit=None, seed=cfg.seed)[0]
 
+
+def _choose_auto(ctx: "_Context", cfg: "PruneConfig", k: int, F: float | None) -> tuple["PruneConfig", dict[str, Any], "_Context"]:
+    """Resolve ``l2="auto"`` / ``first_order="auto"`` on held-back samples (:mod:`._autotune`).
+
+    Returns the concrete configuration, the record for the report and the context the pruning
+    then runs in: the same samples, kept ones first, with their per-sample gradients at the
+    starting weights already computed when they fit ``max_memory`` in one block (then they are
+    computed once for the scale, every candidate and the final run's first solve). With
+    ``auto_stages="per-stage"`` (multi-stage, one block) nothing is chosen here: the returned
+    context makes every stage choose (:func:`_stage_choice`).
+    """
+    n = sum(b.size for b in ctx.batches)
+    skipped = _autotune.fallback(cfg, n)
+    if skipped is not None:
+        return (*skipped, ctx)
+    kept, held = _autotune.split_holdout(ctx.batches, cfg.holdout, cfg.seed)
+    n_kept = sum(b.size for b in kept)
+    full = ctx.with_batches(kept + held, cache_gradients=True)
+    full.held, full.n_kept = held, n_kept
+    single = len(_blocks(full, n, cfg.max_memory, 4)) == 1
+    if cfg.auto_stages == "per-stage" and cfg.stages > 1:
+        if single:
+            full.per_stage = True
+            return cfg, {"mode": "per-stage", "holdout": cfg.holdout, "held_back_samples": n - n_kept}, full
+        logger.warning("auto_stages='per-stage' needs the gradients in one block (max_memory); choosing once instead")
+    fit = ctx.with_batches(kept, cache_gradients=True)
+    if single:
+        w0 = full.w0.detach().cpu().double().numpy()
+        G = _gradients(full, cfg, full.w0, 0, full.p, full.batches)
+        full.gradient_cache[(0, full.p, id(full.batches))] = (w0, G)
+        fit.gradient_cache[(0, fit.p, id(fit.batches))] = (w0, G[:n_kept])  # a view: the kept samples come first
+        scale = _autotune.gram_scale(G[:n_kept])
+    else:
+        scale = _autotune.fisher_scale(ctx.model, ctx.params, kept, loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size, max_memory=cfg.max_memory)
+    scale = _autotune.check_scale(scale)
     warm_startable = "warm_start" in get_solver(cfg.solver_name).options and "warm_start" not in cfg.solver_options
 
-    def one_shot(batches: list[Batch], trial: "PruneConfig", warm: np.ndarray | None) -> np.ndarray:
-        if id(batches) not in fit:  # one context (and one gradient cache) for all candidates
-            fit[id(batches)] = ctx.with_batches(batches, cache_gradients=True)
-        sub = fit[id(batches)]
-        if warm is not None and warm_startable and len(_blocks(sub, sum(b.size for b in batches), cfg.max_memory, 4)) == 1:
+    def one_shot(trial: "PruneConfig", warm: np.ndarray | None) -> np.ndarray:
+        if warm is not None and warm_startable and single:
             trial = dataclasses.replace(trial, solver_options=MappingProxyType({**trial.solver_options, "warm_start": warm}))
-        return _solve_gradient(sub, trial, k, F)[0]
+        return _solve_gradient(fit, trial, k, F)[0]
+
+    def loss(w: np.ndarray) -> float:
+        return _autotune.held_out_loss(ctx.model, ctx.params, held, w, cfg.loss_fn)
 
     with ctx.bar(total=None, desc="choosing l2 / first_order on held-back samples", unit="candidate"):
-        return _autotune.choose(cfg, ctx.model, ctx.params, ctx.batches, one_shot, magnitude)
+        cfg, record, best = _autotune.search(cfg, scale, one_shot, loss, _magnitude_support(ctx, cfg, k, F))
+    record.update(mode="once", held_back_samples=n - n_kept)
+    full.warm = best if warm_startable and single and cfg.stages == 1 else None
+    return cfg, record, full
+
+
+def _fresh_subsets(batches: list[Batch], n_samples: int) -> tuple[list[Batch], list[list[Batch]]]:
+    """``fresh_samples``: the first ``n_samples`` samples and the further whole subsets of that size."""
+    total = sum(b.size for b in batches)
+    m = total // n_samples
+    if m < 2:
+        logger.warning(
+            "fresh_samples: the calibration data holds %d samples, not two subsets of n_samples=%d; every stage uses the same", total, n_samples,
+        )
+    subsets = [_autotune.select_samples(batches, np.arange(j * n_samples, (j + 1) * n_samples)) for j in range(max(1, m))]
+    if m < 1:
+        subsets = [batches]
+    return subsets[0], subsets[1:]
 
 
 # Shared state of one call ----------------------------------------------------------------------
@@ -256,6 +330,19 @@ class _Context:
         self.layer = np.repeat(np.arange(len(params), dtype=np.int64), self.sizes)
         self.gradient_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None
         self.gradient_info: dict[str, Any] = {}
+        self.warm: np.ndarray | None = None  # start of the final one-shot solve (the chosen candidate)
+        self.held: list[Batch] | None = None  # held-back samples of the automatic choice
+        self.n_kept: int | None = None  # rows of ``batches`` not held back (they come first)
+        self.pool: list[list[Batch]] = []  # fresh calibration subsets of the later stages
+        self.per_stage = False  # auto_stages="per-stage": every stage chooses its l2
+        self.stage_choices: list[dict[str, Any]] = []
+
+    def stage_data(self, t: int) -> tuple[list[Batch], int]:
+        """(batches, rows not held back) of stage ``t``: the calibration samples, or fresh subsets in turn."""
+        subsets = [self.batches, *self.pool]
+        batches = subsets[t % len(subsets)]
+        n = sum(b.size for b in batches)
+        return batches, self.n_kept if batches is self.batches and self.n_kept is not None else n
 
     def with_batches(self, batches: list[Batch], *, cache_gradients: bool = False) -> "_Context":
         """The same model, weights and FLOP costs with other calibration batches.
@@ -323,9 +410,19 @@ def _solve_magnitude(ctx: _Context, cfg: "PruneConfig", k: int, F: float | None)
 
 
 # Gradient-based methods ---------------------------------------------------------------------------
+#: Working bytes per weight of a block besides its gradient column: the solvers' float64
+#: vectors (weights, w_bar, gradient steps, supports, FLOP costs), about 16 of them.
+_COLUMN_BYTES = 128
+
+
 def _blocks(ctx: _Context, n: int, max_memory: int, itemsize: int) -> list[tuple[int, int]]:
-    """Contiguous coordinate ranges [start, stop) whose gradient block n x (stop-start) fits."""
-    cols = max(1, int(max_memory // max(1, n * itemsize)))
+    """Contiguous coordinate ranges [start, stop) whose whole gradient path fits ``max_memory``.
+
+    A block of c weights costs its gradient matrix (``n c itemsize`` bytes), room for one
+    working copy of it in the solver (a column subset, ``|A|``) and :data:`_COLUMN_BYTES` per
+    weight: ``c (2 n itemsize + _COLUMN_BYTES) <= max_memory``.
+    """
+    cols = max(1, int(max_memory // max(1, 2 * n * itemsize + _COLUMN_BYTES)))
     if ctx.p <= cols:
         return [(0, ctx.p)]
     blocks: list[tuple[int, int]] = []
@@ -406,46 +503,65 @@ def _block_params(ctx: _Context, a: int, b: int):
     return out
 
 
-def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int, b: int, k: int, F: float | None):
-    """Solve the coordinates [a, b) (one- or multi-stage) with the rest of the weights fixed."""
-    solver, options, stages, schedule = cfg.solver_name, dict(cfg.solver_options), cfg.stages, cfg.schedule
+def _gradients(ctx: _Context, cfg: "PruneConfig", w: torch.Tensor, a: int, b: int, batches: list[Batch]) -> np.ndarray:
+    """Per-sample gradients (n x (b-a), float32) of ``batches`` for the coordinates [a, b) at the flat weights ``w``.
+
+    The matrix is filled in place; samples are differentiated in chunks whose gradients of the
+    block's layers take at most a quarter of ``max_memory``, so the peak of the gradient path
+    stays near ``max_memory`` (the matrix) plus that chunk.
+    """
     members = _block_params(ctx, a, b)
     lo = int(ctx.offsets[members[0][0]])
+    width = int(ctx.offsets[members[-1][0] + 1]) - lo
+    chunk = max(1, min(cfg.chunk_size, cfg.max_memory // (4 * 4 * max(1, width))))
+    n = sum(bt.size for bt in batches)
+    with ctx.bar(total=n, desc="per-sample gradients", unit="sample") as bar:
+        G = per_sample_gradients(
+            ctx.model, ctx.params, batches, weights=w, wrt=[j for j, _, _ in members], columns=(a - lo, b - lo), loss_fn=cfg.loss_fn,
+            chunk_size=chunk, progress=bar, info=ctx.gradient_info,
+        )
+    return G.detach().cpu().numpy()
+
+
+def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int, b: int, k: int, F: float | None):
+    """Solve the coordinates [a, b) (one- or multi-stage) with the rest of the weights fixed.
+
+    Stage t of a multi-stage run linearises on ``ctx.stage_data(t)`` (the calibration samples,
+    or with ``fresh_samples`` a fresh subset per stage) and, with ``auto_stages="per-stage"``,
+    chooses its own ``l2`` (:func:`_stage_choice`).
+    """
+    solver, options, stages, schedule = cfg.solver_name, dict(cfg.solver_options), cfg.stages, cfg.schedule
     costs = ctx.costs[a:b]
     # the layer (prunable parameter) of each coordinate, numbered within the block
+    members = _block_params(ctx, a, b)
     layer = np.searchsorted(ctx.offsets, np.arange(a, b), side="right") - 1 - members[0][0]
-    n = sum(bt.size for bt in ctx.batches)
 
-    def gradients(weights_block: np.ndarray) -> np.ndarray:
-        """Per-sample gradients (n x (b-a)) with the block set to ``weights_block``."""
-        cacheable = ctx.gradient_cache is not None and b - a == ctx.p  # never hold more than one block
-        if cacheable and (a, b) in ctx.gradient_cache and np.array_equal(ctx.gradient_cache[(a, b)][0], weights_block):
-            return ctx.gradient_cache[(a, b)][1]
-        G = _gradients_at(weights_block)
-        if cacheable:
-            ctx.gradient_cache[(a, b)] = (weights_block.copy(), G)
-        return G
-
-    def _gradients_at(weights_block: np.ndarray) -> np.ndarray:
+    def gradients(weights_block: np.ndarray, batches: list[Batch]) -> np.ndarray:
+        """Per-sample gradients (n x (b-a)) of ``batches`` with the block set to ``weights_block``."""
+        cache, key = ctx.gradient_cache, (a, b, id(batches))
+        cacheable = cache is not None and b - a == ctx.p  # never hold more than one matrix
+        if cacheable and key in cache and np.array_equal(cache[key][0], weights_block):
+            return cache[key][1]
         w = w_all.clone()
         w[a:b] = torch.as_tensor(weights_block, dtype=w.dtype, device=w.device)
-        wrt = [j for j, _, _ in members]
-        with ctx.bar(total=n, desc="per-sample gradients", unit="sample") as bar:
-            G = per_sample_gradients(
-                ctx.model, ctx.params, ctx.batches, weights=w, wrt=wrt, loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size, progress=bar,
-                info=ctx.gradient_info,
-            )
-        A = G[:, a - lo : b - lo].detach().cpu().float().numpy()
-        _check_gradients(A, weights_block, ctx.gradient_info)
-        return A
+        G = _gradients(ctx, cfg, w, a, b, batches)
+        _check_gradients(G, weights_block, ctx.gradient_info)
+        if cacheable:
+            cache.clear()
+            cache[key] = (weights_block.copy(), G)
+        return G
 
-    def build(weights: Any, k_t: int, F_t: float | None) -> _problems.L0Regression:
-        """The local quadratic model at ``weights`` with budgets ``k_t`` / ``F_t``."""
+    def build(weights: Any, k_t: int, F_t: float | None, t: int = 0) -> _problems.L0Regression:
+        """The local quadratic model at ``weights`` with budgets ``k_t`` / ``F_t`` (stage ``t``)."""
         wb = np.asarray(weights, dtype=np.float64)
-        A = gradients(wb)
+        batches, n_kept = ctx.stage_data(t)
+        A = gradients(wb, batches)
         flop = {} if F_t is None else {"flop_costs": costs, "flop_budget": float(F_t)}
-        return _problems.L0Regression.from_gradients(A, wb.astype(A.dtype), int(k_t), l2=cfg.l2, first_order=cfg.first_order,
-                                                     layer=layer, **flop)
+        l2, first_order = cfg.l2, cfg.first_order
+        if ctx.per_stage and stages > 1:
+            l2, first_order, record = _stage_choice(ctx, cfg, w_all, (a, b), A[:n_kept], wb, (k_t, flop), ctx.stage_choices)
+            ctx.stage_choices.append(record)
+        return _problems.L0Regression.from_gradients(A, wb.astype(A.dtype), int(k_t), l2=l2, first_order=first_order, layer=layer, **flop)
 
     w_start = w_all[a:b].detach().cpu().double().numpy()
     if stages == 1:
@@ -461,7 +577,7 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
     bar = ctx.bar(total=stages, desc=f"{solver} stages", unit="stage")
 
     def build_stage(weights: Any, k_t: int, F_t: float | None) -> _problems.L0Regression:
-        built.append(build(weights, k_t, F_t))
+        built.append(build(weights, k_t, F_t, len(built)))
         return built[-1]
 
     dense_b = math.fsum(costs.tolist())
@@ -482,7 +598,42 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
     if violations:
         raise PruningError(f"multi-stage {solver!r} returned an infeasible point: {'; '.join(violations)}")
     records = [{key: v for key, v in r.items() if key != "result"} for r in res.info.get("stages", [])]
+    for r, choice in zip(records, ctx.stage_choices if ctx.per_stage else []):
+        r.update(l2=choice["l2"], first_order=choice["first_order"])
     return x, res, records
+
+
+def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block: tuple[int, int], A_kept: np.ndarray, wb: np.ndarray,
+                  budget: tuple[int, dict[str, Any]], previous: list[dict[str, Any]]) -> tuple[float, bool, dict[str, Any]]:
+    """``auto_stages="per-stage"``: this stage's ``l2`` (and, at the first stage, ``first_order``).
+
+    Candidates are solved at the stage's budget on the kept rows ``A_kept`` (linearised at the
+    stage's weights ``wb``) and scored by the true loss of the held-back samples
+    (:func:`combprune.torch._autotune.search`). The first stage searches like the one-shot
+    choice; later stages keep the first stage's ``first_order`` and start the walk at the
+    previous stage's relative ridge (3 candidates when it is still the best).
+    """
+    a, b = block
+    k_t, flop = budget
+    warm_startable = "warm_start" in get_solver(cfg.solver_name).options and "warm_start" not in cfg.solver_options
+    scale = _autotune.check_scale(_autotune.gram_scale(A_kept))
+
+    def one_shot(trial: "PruneConfig", warm: np.ndarray | None) -> np.ndarray:
+        problem = _problems.L0Regression.from_gradients(A_kept, wb.astype(A_kept.dtype), int(k_t), l2=trial.l2, first_order=trial.first_order, **flop)
+        opts = dict(cfg.solver_options, **({"warm_start": warm} if warm is not None and warm_startable else {}))
+        res = solve(problem, cfg.solver_name, time_limit=cfg.time_limit, seed=cfg.seed, **opts)
+        return np.asarray(res.x, dtype=np.float64)
+
+    def loss(x: np.ndarray) -> float:
+        w = w_all.detach().cpu().double().numpy().copy()
+        w[a:b] = x
+        return _autotune.held_out_loss(ctx.model, ctx.params, ctx.held, w, cfg.loss_fn)
+
+    prev = previous[-1] if previous else None
+    trial = dataclasses.replace(cfg, first_order=prev["first_order"] if prev else cfg.first_order)
+    _, record, _ = _autotune.search(trial, scale, one_shot, loss, None, start=prev["l2_relative"] if prev else None)
+    record["l2_relative"] = record["l2"] / scale
+    return record["l2"], record["first_order"], record
 
 
 # Applying the result -------------------------------------------------------------------------------

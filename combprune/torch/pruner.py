@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._autotune import DEFAULT_HOLDOUT, DEFAULT_L2_GRID
+from ._autotune import AUTO_STAGES, DEFAULT_HOLDOUT, DEFAULT_L2_GRID
 from .methods import Method, resolve_method
 from .prune import run
 from .report import PruneReport
@@ -105,6 +105,8 @@ class PruneConfig:
     first_order: bool | str | None = None
     holdout: float = DEFAULT_HOLDOUT
     l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
+    auto_stages: str = "per-stage"
+    fresh_samples: bool = False
     solver: str | None = None
     solver_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     time_limit: float | None = None
@@ -212,6 +214,12 @@ class PruneConfig:
         if holdout is None or holdout > 0.5:
             raise ValueError(f"holdout: expected a fraction of the calibration samples in (0, 0.5], got {a['holdout']!r}")
         l2_grid = _grid(a["l2_grid"])
+        if a["auto_stages"] not in AUTO_STAGES:
+            raise ValueError(f"auto_stages: expected one of {', '.join(map(repr, AUTO_STAGES))}, got {a['auto_stages']!r}")
+        if not isinstance(a["fresh_samples"], bool):
+            raise TypeError(f"fresh_samples: expected True or False, got {a['fresh_samples']!r}")
+        if a["fresh_samples"] and a["n_samples"] is None:
+            raise ValueError("fresh_samples: fresh subsets per stage need a finite n_samples (the size of each subset)")
         options = a["solver_options"]
         if options is None:
             options = {}
@@ -228,7 +236,7 @@ class PruneConfig:
             method=method, spec=spec, sparsity=sparsity, flop_budget=flop_budget, targets=a["targets"], ignore=a["ignore"],
             n_samples=_positive_int("n_samples", a["n_samples"], allow_none=True), stages=stages, schedule=schedule,
             base_sparsity=base_sparsity, structured=a["structured"], loss_fn=a["loss_fn"], l2=l2 if l2 is None or l2 == "auto" else float(l2),
-            first_order=a["first_order"], holdout=holdout, l2_grid=l2_grid,
+            first_order=a["first_order"], holdout=holdout, l2_grid=l2_grid, auto_stages=a["auto_stages"], fresh_samples=a["fresh_samples"],
             solver=a["solver"], solver_options=MappingProxyType(dict(options)), time_limit=time_limit, seed=a["seed"], apply=a["apply"],
             max_memory=_positive_int("max_memory", a["max_memory"]), chunk_size=_positive_int("chunk_size", a["chunk_size"]),
             device=a["device"], progress=a["progress"], gqa=a["gqa"],
@@ -333,6 +341,8 @@ def prune(
     first_order: bool | str | None = None,
     holdout: float = DEFAULT_HOLDOUT,
     l2_grid: Sequence[float] = DEFAULT_L2_GRID,
+    auto_stages: str = "per-stage",
+    fresh_samples: bool = False,
     solver: str | None = None,
     solver_options: dict[str, Any] | None = None,
     time_limit: float | None = None,
@@ -395,6 +405,13 @@ def prune(
         (``False`` when it cannot choose).
     holdout : fraction of the calibration samples held back by the automatic choices.
     l2_grid : candidate ridges of ``l2="auto"``, relative to the Fisher's mean diagonal.
+    auto_stages : multi-stage methods with ``l2="auto"``: ``"per-stage"`` (default: every stage
+        chooses its ``l2`` on the held-back samples, the first stage also ``first_order``) or
+        ``"once"`` (choose one-shot at the final budget, then use the values at every stage);
+        measured in ``benchmarks/results/auto_l2.md``.
+    fresh_samples : multi-stage methods: when the calibration data holds more than
+        ``n_samples`` samples, stage t linearises on the t-th subset of ``n_samples`` samples
+        (in turn) instead of the same ones (as the CHITA paper's code does).
     solver : override the solver of the method (a registered name).
     solver_options : keyword options passed to the solver (its own names).
     time_limit : seconds per solve (the solver returns its best feasible point).
@@ -402,12 +419,14 @@ def prune(
     apply : ``"mask"`` (torch's ``weight_orig`` / ``weight_mask`` through
         ``torch.nn.utils.prune.custom_from_mask``), ``"permanent"`` (zeros written into the
         weights, no mask) or ``"physical"`` (structured only: a smaller dense model).
-    max_memory : bytes allowed for the gradient matrix A (n x p floats). Above it the weights
+    max_memory : bytes allowed for the gradient path of one block: its matrix A (n x c floats),
+        one working copy in the solver and ~128 bytes per weight (``docs/torch_adapter.md``,
+        "Blocks"); the per-sample gradients are computed in chunks sized to it. Above it the weights
         are split into blocks of whole layers (a layer larger than the limit is split into
         chunks) and each block is solved in turn, at the current weights, with its share of the
         budgets: the block's share of the global (FLOP-aware) magnitude solution
         (``k_b`` = its kept weights, ``F_b`` = their FLOPs), so the union meets both budgets.
-    chunk_size : samples per ``vmap`` chunk of the per-sample gradients.
+    chunk_size : most samples differentiated together (fewer when ``max_memory`` asks).
     device : expected device of the model (a ``ValueError`` when the model is elsewhere).
     progress : show tqdm progress bars (samples, stages, blocks, layers).
     pairs : structured methods: declare the units as ``(producer, [batchnorm, ...,] consumer)``
