@@ -167,6 +167,7 @@ class _LayerStep:
 
     def finish(self, model: nn.Module, report: PruneReport) -> None:
         report.k = self.k
+        report.info["flops"] = "2 x d_in x d_out per token of the calibration samples (per sample; FLOPs = 2 x MACs)"
 
     def prepare(self, model: nn.Module, batches: list[Any]) -> None:
         self.samples = max(1, sum(b.size for b in batches))
