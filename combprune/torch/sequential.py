@@ -167,6 +167,7 @@ class _LayerStep:
 
     def finish(self, model: nn.Module, report: PruneReport) -> None:
         report.k = self.k
+        report.info["flops"] = "2 x d_in x d_out per token of the calibration samples (per sample; FLOPs = 2 x MACs)"
 
     def prepare(self, model: nn.Module, batches: list[Any]) -> None:
         self.samples = max(1, sum(b.size for b in batches))
@@ -180,18 +181,22 @@ class _LayerStep:
                 run_block(block, inp)
         finally:
             hooks.remove()
-        for i, (name, layer) in enumerate(layers):
+        seen = [(i, name, layer) for i, (name, layer) in enumerate(layers) if name in hooks.H]
+        for name, _ in layers:
             if name not in hooks.H:
                 logger.warning("block %d: layer %s saw no input; left dense", index, name)
-                continue
-            H = dist.all_reduce(hooks.H[name])
+        # 1. statistics of every layer summed over ranks; 2. each rank solves its own layers (in
+        # parallel across ranks); 3. the results are broadcast and written in layer order
+        stats = {name: (dist.all_reduce(hooks.H[name]), float(dist.all_reduce(hooks.out_sq[name]))) for _, name, _ in seen}
+        mine: dict[str, Any] = {}
+        for i, name, layer in seen:
+            if i % dist.world == dist.rank:
+                H, out_sq = stats[name]
+                mine[name] = self._solve(f"{prefix}{name}.weight", layer, H, hooks.rows[name] / self.samples, out_sq)
+                mine[name][0][0].block, mine[name][0][0].rank = index, dist.rank
+        for i, name, layer in seen:
             owner = i % dist.world
-            row = None
-            W = torch.empty_like(weight_matrix(layer), dtype=torch.float64)
-            out_sq = float(dist.all_reduce(hooks.out_sq[name]))
-            if owner == dist.rank:
-                row, W = self._solve(f"{prefix}{name}.weight", layer, H, hooks.rows[name] / self.samples, out_sq)
-                row[0].block, row[0].rank = index, dist.rank
+            row, W = mine.get(name, (None, torch.empty_like(weight_matrix(layer), dtype=torch.float64)))
             W = dist.broadcast(W, owner)
             row, k = dist.broadcast_object(row, owner)
             keep_backup(layer)
