@@ -18,9 +18,8 @@ from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
 from ._kernels.l0_data import L0Data, final_objective, scale_invariant
-from ._kernels.options import check_positive_int
 from ._kernels.projections import default_support
-from ._kernels.ridge import METHODS, check_method, ridge_solve_on_support
+from ._kernels.ridge import METHODS, ridge_solve_on_support
 from ._kernels.warm_start import support_mask
 
 __all__ = ["ridge_solve_on_support", "backsolve", "METHODS"]
@@ -64,14 +63,10 @@ def backsolve(
     ``info["method"]`` (``"direct"`` or ``"cg"``, the one that produced the result) and, when CG
     ran, ``info["cg_iterations"]`` (``info["cg_fallback"]`` when it fell back to direct).
     """
-    check_method(method)
     history = History(deadline, "min")
     data = L0Data(problem)
-    if block_size is not None:
-        check_positive_int("block_size", block_size)
     if block_size is not None and blocks is not None:
         raise ValueError("block_size, blocks: give at most one of them")
-    sweeps = check_positive_int("sweeps", sweeps)
     mask = default_support(problem, data) if support is None else support_mask(problem, support, "support")
     solve_info: dict = {}
     w, e = ridge_solve_on_support(

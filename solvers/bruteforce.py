@@ -164,8 +164,6 @@ def _solve_structured(problem: StructuredMIQP, deadline: Deadline, max_subsets: 
 )
 def bruteforce(problem, *, deadline: Deadline, seed: int | None = None, max_subsets: int = DEFAULT_MAX_SUBSETS) -> Result:
     """Exact enumeration of maximal feasible supports; ``max_subsets`` caps the work."""
-    if isinstance(max_subsets, bool) or not isinstance(max_subsets, int) or max_subsets < 1:
-        raise ValueError(f"max_subsets: expected a positive integer, got {max_subsets!r}")
     if isinstance(problem, L0Regression):
         return _solve_l0(problem, deadline, max_subsets)
     if isinstance(problem, FlopNnzILP):

@@ -41,8 +41,7 @@ from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
 from ._kernels.l0_data import L0Data, final_objective, scale_invariant
-from ._kernels.l0_family import BACKSOLVE_MODES, NAMED_STARTS, L0Recipe, check_active_factor, check_backsolve, l0_round, named_start
-from ._kernels.options import check_positive_float, check_positive_int
+from ._kernels.l0_family import BACKSOLVE_MODES, NAMED_STARTS, L0Recipe, check_backsolve, l0_round, named_start
 from ._kernels.projections import make_projector
 
 __all__ = ["chita"]
@@ -96,23 +95,15 @@ def chita(
     passed to it).
     """
     history = History(deadline, "min")
-    af = check_active_factor(active_factor)
-    max_iter = check_positive_int("max_iter", max_iter)
-    max_outer = check_positive_int("max_outer", max_outer)
-    tol = check_positive_float("tol", tol, allow_zero=True)
     if swap == "auto":
         swap = problem.p <= SWAP_AUTO_MAX_P
-    elif not isinstance(swap, (bool, np.bool_)):
-        raise TypeError(f"swap: expected True, False or 'auto', got {swap!r}")
-    if swap_options is not None and not isinstance(swap_options, dict):
-        raise ValueError(f"swap_options: expected a dict of swap options, got {type(swap_options).__name__}")
     mode = check_backsolve(backsolve)
     data = L0Data(problem)
     w0, name = named_start(problem, data, warm_start)
     f0 = data.objective(w0)
     history.record(f0)
     recipe = L0Recipe(
-        active_factor=af, stable_iters=check_positive_int("stable_iters", stable_iters, allow_none=True), max_iter=max_iter,
+        active_factor=active_factor, stable_iters=stable_iters, max_iter=max_iter,
         max_outer=max_outer, tol=tol, backsolve=mode, refine=bool(refine),
     )
     stages: list[dict[str, Any]] = [{"stage": f"warm start ({name})", "objective": f0, "time": deadline.elapsed()}]

@@ -145,12 +145,6 @@ def structured_big_m(problem: StructuredMIQP) -> np.ndarray:
     return M * (1.0 + _SAFETY) + _SAFETY
 
 
-def _user_big_m(big_m: Any) -> float:
-    if isinstance(big_m, bool) or not isinstance(big_m, (int, float)) or not (big_m > 0 and math.isfinite(big_m)):
-        raise ValueError(f"big_m: expected a positive finite number or None, got {big_m!r}")
-    return float(big_m)
-
-
 def _import_cvxpy():
     try:
         import cvxpy as cp
@@ -346,7 +340,7 @@ def _solve_l0(original: L0Regression, deadline, seed, gap_rel, big_m, verbose, s
     if big_m is None:
         M, source = l0_big_m(problem), "proven"
     else:
-        M, source = np.full(problem.p, _user_big_m(big_m)), "user"
+        M, source = np.full(problem.p, float(big_m)), "user"
     w = cp.Variable(problem.p)
     z = cp.Variable(problem.p, boolean=True)
     r = cp.Variable(problem.n)
@@ -383,7 +377,7 @@ def _solve_structured(original: StructuredMIQP, deadline, seed, gap_rel, big_m, 
     if big_m is None:
         M, source = structured_big_m(problem), "proven"
     else:
-        M, source = np.full(W_hat.shape, _user_big_m(big_m)), "user"
+        M, source = np.full(W_hat.shape, float(big_m)), "user"
     evals, evecs = np.linalg.eigh(H)
     keep = evals > 1e-12 * max(float(evals[-1]), 1e-300)
     R = np.sqrt(evals[keep])[:, None] * evecs[:, keep].T  # H = R^T R up to the dropped null space
@@ -444,14 +438,6 @@ def cvxpy_scip(
     scip_params: dict[str, Any] | None = None,
 ) -> Result:
     """Big-M MIQP in cvxpy solved by SCIP (see the module docstring for the model and the big-M)."""
-    if isinstance(gap_rel, bool) or not isinstance(gap_rel, (int, float)) or not 0 <= gap_rel < 1:
-        raise ValueError(f"gap_rel: expected a number in [0, 1), got {gap_rel!r}")
-    if big_m is not None:
-        _user_big_m(big_m)
-    if scip_params is not None and not (isinstance(scip_params, dict) and all(isinstance(k, str) for k in scip_params)):
-        raise ValueError(f"scip_params: expected a dict of SCIP parameter names to values, got {scip_params!r}")
-    if not isinstance(verbose, bool):
-        raise ValueError(f"verbose: expected a bool, got {verbose!r}")
     if isinstance(problem, L0Regression):
         return _solve_l0(problem, deadline, seed, gap_rel, big_m, verbose, scip_params)
     if isinstance(problem, StructuredMIQP):

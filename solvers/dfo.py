@@ -42,7 +42,6 @@ from combprune.result import Deadline, History, Result, Status
 
 from ._kernels.l0_data import L0Data, final_objective, scale_invariant
 from ._kernels.l0_family import FACTORED, L0Recipe, l0_round, start_weights
-from ._kernels.options import check_positive_float, check_positive_int
 from ._kernels.projections import make_projector
 
 __all__ = ["dfo"]
@@ -84,11 +83,6 @@ def dfo(
     ``iterations`` = projected steps over all rounds; ``info["rounds"]``.
     """
     history = History(deadline, "min")
-    if step not in _STEPS:
-        raise ValueError(f"step: expected one of {_STEPS}, got {step!r}")
-    max_iter = check_positive_int("max_iter", max_iter)
-    max_rounds = check_positive_int("max_rounds", max_rounds)
-    tol = check_positive_float("tol", tol, allow_zero=True)
     data = L0Data(problem)
     proj = make_projector(data)
     w = start_weights(problem, data, warm_start)

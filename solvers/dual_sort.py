@@ -47,8 +47,6 @@ def dual_sort(problem: FlopNnzILP, *, deadline: Deadline, seed: int | None = Non
     ``path``, ``gap_abs``. ``iterations`` counts dual evaluations. Status ``optimal`` only when
     the integer value equals the LP bound (to 1e-12 relative), otherwise ``feasible``.
     """
-    if not isinstance(use_layers, bool):
-        raise ValueError(f"use_layers: expected a bool, got {use_layers!r}")
     layer = problem.layer if use_layers else None
     sol = solve_flop_nnz_lp(problem.values, problem.costs, problem.k, problem.flop_budget, layer, check_input=False,
                             auto_layers=use_layers)

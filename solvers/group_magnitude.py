@@ -49,6 +49,4 @@ def group_magnitude(problem: StructuredMIQP, *, deadline: Deadline, seed: int | 
     skipped (``info["refit"] = False``) when its estimated cost, ``SECONDS_PER_FLOP`` per
     flop, exceeds the time left.
     """
-    if not isinstance(refit, bool):
-        raise TypeError(f"refit: expected a bool, got {refit!r}")
     return group_magnitude_result(problem, deadline, refit=refit)

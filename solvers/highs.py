@@ -232,18 +232,8 @@ def highs(
     ``iterations`` = branch-and-bound nodes (MILP) or LP iterations (relaxation).
     """
     _check_problem(problem)
-    if isinstance(mip_rel_gap, bool) or not isinstance(mip_rel_gap, (int, float)) or not 0 <= mip_rel_gap < 1:
-        raise ValueError(f"mip_rel_gap: expected a number in [0, 1), got {mip_rel_gap!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads: expected a positive integer or None, got {threads!r}")
-    if lp_solver not in _LP_METHODS:
-        raise ValueError(f"lp_solver: expected one of {_LP_METHODS}, got {lp_solver!r}")
-    if presolve not in ("auto", "on", "off"):
-        raise ValueError(f"presolve: expected 'auto', 'on' or 'off', got {presolve!r}")
     if presolve == "auto":
         presolve = "on"  # HiGHS's own "auto" turns it off above 10 000 columns, ignoring time limits
-    if not isinstance(lp_relaxation, bool):
-        raise ValueError(f"lp_relaxation: expected a bool, got {lp_relaxation!r}")
     if lp_relaxation:
         return _lp_result(problem, deadline, lp_solver, threads)
 

@@ -36,9 +36,8 @@ from combprune.registry import register_solver
 from combprune.result import Deadline, History, Result, Status
 
 from ._kernels.l0_data import L0Data, final_objective, scale_invariant
-from ._kernels.l0_family import BACKSOLVE_MODES, L0Recipe, check_active_factor, check_backsolve, l0_round, start_weights
+from ._kernels.l0_family import BACKSOLVE_MODES, L0Recipe, check_backsolve, l0_round, start_weights
 from ._kernels.projections import make_projector
-from ._kernels.options import check_positive_float, check_positive_int
 
 __all__ = ["iht"]
 
@@ -81,15 +80,11 @@ def iht(
     decrease below which (3 times in a row) IHT stops on an active set.
     """
     history = History(deadline, "min")
-    af = check_active_factor(active_factor)
-    max_iter = check_positive_int("max_iter", max_iter)
-    max_outer = check_positive_int("max_outer", max_outer)
-    tol = check_positive_float("tol", tol, allow_zero=True)
     data = L0Data(problem)
     w0 = start_weights(problem, data, warm_start)
     mode = check_backsolve(backsolve)
     recipe = L0Recipe(
-        line_search=bool(line_search), active_factor=af, stable_iters=check_positive_int("stable_iters", stable_iters, allow_none=True),
+        line_search=line_search, active_factor=active_factor, stable_iters=stable_iters,
         max_iter=max_iter, max_outer=max_outer, tol=tol, backsolve=mode,
     )
     r = l0_round(data, w0, make_projector(data), recipe, deadline=deadline, history=history)

@@ -92,12 +92,6 @@ def pulp_cbc(
     """PuLP/CBC MILP for ``FlopNnzILP`` (see the module docstring for options and bound)."""
     if not isinstance(problem, FlopNnzILP):
         raise TypeError(f"problem: expected a FlopNnzILP, got {type(problem).__name__}")
-    if isinstance(gap_rel, bool) or not isinstance(gap_rel, (int, float)) or not 0 <= gap_rel < 1:
-        raise ValueError(f"gap_rel: expected a number in [0, 1), got {gap_rel!r}")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads: expected a positive integer, got {threads!r}")
-    if presolve is not None and not isinstance(presolve, bool):
-        raise ValueError(f"presolve: expected a bool or None, got {presolve!r}")
     try:
         import pulp
     except ImportError as exc:  # pragma: no cover - depends on the environment

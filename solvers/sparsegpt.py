@@ -8,7 +8,6 @@ See ``docs/solvers/sparsegpt.md``.
 
 from __future__ import annotations
 
-import numpy as np
 
 from combprune.params import Interval
 from combprune.problems import LayerwiseL0
@@ -41,10 +40,6 @@ def sparsegpt(problem: LayerwiseL0, *, deadline: Deadline, seed: int | None = No
     damp : extra damping relative to ``mean(diag(K))``; default 0 when ``H + ridge I`` is
         positive definite, the paper's 0.01 otherwise.
     """
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size: expected a positive integer, got {block_size!r}")
-    if damp is not None and not (isinstance(damp, (int, float)) and not isinstance(damp, bool) and 0 <= damp < np.inf):
-        raise ValueError(f"damp: expected a non-negative number or None, got {damp!r}")
     K, W_hat, _ = dense_f64(problem)
     with single_thread():
         W = sparsegpt_weights(problem, K, W_hat, block_size=int(block_size), damp=damp)

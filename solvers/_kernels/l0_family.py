@@ -39,24 +39,14 @@ from combprune.result import Deadline, History
 
 from .iht_engine import IHTOutcome, iht_active_set, polish_on_support
 from .l0_data import L0Data
-from .options import check_positive_float
 from .projections import Projector, default_support
 from .refine import RefineOutcome, refine_support
 from .ridge import ridge_solve_on_support, solve_with_factor
 from .support_factor import SupportFactor
 from .warm_start import warm_start_weights
 
-__all__ = ["BACKSOLVE_MODES", "L0Recipe", "RoundOutcome", "l0_round", "check_active_factor", "check_backsolve",
+__all__ = ["BACKSOLVE_MODES", "L0Recipe", "RoundOutcome", "l0_round", "check_backsolve",
            "final_backsolve", "start_weights", "named_start", "NAMED_STARTS"]
-
-
-def check_active_factor(active_factor: Any) -> float | None:
-    if active_factor is None:
-        return None
-    v = check_positive_float("active_factor", active_factor)
-    if v < 1.0:
-        raise ValueError(f"active_factor: expected None or a number >= 1 (candidate set = factor * k), got {active_factor!r}")
-    return v
 
 
 BACKSOLVE_MODES = ("exact", "cg", "auto", "none")
