@@ -34,6 +34,7 @@ from ._select import select_parameters
 from ._training import evaluate, train_epoch
 from .density_prune import check_density, prune_to_density
 from .learned_masks import LearnedMasks
+from .masking import mask_density
 from .post_training import PostTrainingConfig, SoftActivations, SoftSkips, post_train
 from .zero_init import zero_init_
 
@@ -60,10 +61,6 @@ class PipelineResult:
 
 
 _STAGES = ("pre-training", "pruning", "post-training")
-
-
-def _density(masks: dict[str, torch.Tensor]) -> float:
-    return sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
 
 
 def _nonneg_int(name: str, v: Any) -> int:
@@ -178,7 +175,7 @@ class SparseTrainingPipeline:
                 calibration=train_loader if self.method not in ("magnitude", "mask") else None,
                 warm_start=self.warm_start, targets=self.targets, ignore=self.ignore, progress=self.progress, **self.prune_options,
             )
-            row = {"stage": "pruning", "method": self.method, "density": _density(masks)}
+            row = {"stage": "pruning", "method": self.method, "density": mask_density(masks)}
             if val_loader is not None:
                 row["val_accuracy"] = evaluate(model, val_loader)
             record(row)
@@ -188,7 +185,7 @@ class SparseTrainingPipeline:
         if done < 2:
             post_train(model, masks, train_loader, self.post, val_loader=val_loader, progress=self.progress, on_epoch=lambda r: record({"stage": "post-training", **r}))
             self._save(2, model, history, scores, masks)
-        return PipelineResult(model=model, masks=masks, density=_density(masks), history=history, scores=scores)
+        return PipelineResult(model=model, masks=masks, density=mask_density(masks), history=history, scores=scores)
 
     # Checkpoints ----------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
