@@ -77,6 +77,12 @@ def test_pipeline_mask_guided_chita_warm_start_runs():
     ({"density": 0.1, "learned_masks": False, "prune_method": "mask"}, "prune_method"),
     ({"density": 0.1, "soft_activation_fraction": 1.5}, "soft_activation_fraction"),
     ({"density": 0.1, "mask_penalty": -1.0}, "mask_penalty"),
+    ({"density": -0.5}, "density"),
+    ({"density": 0.1, "pre_epochs": 2, "beta_epochs": 3}, "beta_epochs: the temperature schedule .* longer than the pre-training"),
+    ({"density": 0.1, "beta_epochs": 0}, "beta_epochs"),
+    ({"density": 0.1, "post_epochs": 2, "soft_skip_epochs": 3}, "soft_skip_epochs: the schedule .* longer than the post-training"),
+    ({"density": 0.1, "post_epochs": 2, "soft_activation_epochs": 5}, "soft_activation_epochs"),
+    ({"density": 0.1, "soft_activation_epochs": 1.5}, "soft_activation_epochs"),
 ])
 def test_bad_options_fail_before_training(options, match):
     train, _ = loaders()
@@ -91,8 +97,10 @@ def test_bad_models_and_options_fail_before_training():
     train, _ = loaders()
     with pytest.raises(TypeError, match="frobnicate"):
         cpt.run_pipeline(make(), train, density=0.1, frobnicate=1)
-    with pytest.raises(ValueError, match="targets"):
+    with pytest.raises(ValueError, match="model: no prunable layer"):
         cpt.run_pipeline(nn.Sequential(nn.Flatten()), train, density=0.1, soft_activation=None, soft_skip=False)
+    with pytest.raises(ValueError, match="^targets"):  # explicit targets matching nothing: named as such
+        cpt.run_pipeline(make(), train, density=0.1, targets=[r"nothing\.here"])
     conv = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
     w = conv[3].weight.detach().clone()
     with pytest.raises(ValueError, match="soft_skip"):  # 4 -> 4 channels, but the 3x3 kernel without padding shrinks 6x6 to 4x4

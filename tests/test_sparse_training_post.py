@@ -179,3 +179,14 @@ def test_post_train_bad_masks_leave_the_model_unchanged(masks):
         post_train(model, masks, toy_loader(), PostTrainingConfig(epochs=1), progress=False)
     assert list(model.state_dict()) == list(before) and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert isinstance(model[1], nn.ReLU) and not model[0]._forward_hooks
+
+
+def test_post_train_schedules_in_epochs():
+    torch.manual_seed(0)
+    model = make_mlp()
+    masks = prune_to_density(model, 0.5)
+    cfg = PostTrainingConfig(epochs=4, soft_skip_epochs=1, soft_activation_epochs=2, soft_skip_fraction=1.0, soft_activation_fraction=1.0)
+    assert cfg.fraction("soft_skip") == 0.25 and cfg.fraction("soft_activation") == 0.5
+    hist = post_train(model, masks, toy_loader(), cfg, progress=False)
+    assert [r["skip_alpha"] for r in hist] == [0.0] * 4  # decayed to 0 by the end of the first epoch
+    assert hist[0]["relu_weight"] == pytest.approx(0.5) and [r["relu_weight"] for r in hist[1:]] == [1.0] * 3

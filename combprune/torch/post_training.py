@@ -166,6 +166,15 @@ class PostTrainingConfig:
     soft_skip: bool = True
     skip_alpha: float = 0.3
     soft_skip_fraction: float = 0.5
+    soft_activation_epochs: int | None = None
+    soft_skip_epochs: int | None = None
+
+    def fraction(self, component: str) -> float:
+        """The fraction of the post-training over which ``component`` (``"soft_activation"`` or
+        ``"soft_skip"``) is annealed: ``<component>_epochs / epochs`` when given, else
+        ``<component>_fraction``."""
+        epochs = getattr(self, f"{component}_epochs")
+        return epochs / self.epochs if epochs is not None else getattr(self, f"{component}_fraction")
 
     def validate(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
@@ -180,6 +189,14 @@ class PostTrainingConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 1):
                 raise ValueError(f"{name}: a fraction of the post-training in (0, 1], got {v!r}")
+        for name in ("soft_activation_epochs", "soft_skip_epochs"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected a positive number of epochs, got {v!r}")
+            if v > self.epochs:
+                raise ValueError(f"{name}: the schedule ({v} epochs) is longer than the post-training (post_epochs={self.epochs})")
         if self.soft_activation not in (None, "silu", "softplus"):
             raise ValueError(f"soft_activation: expected None, 'silu' or 'softplus', got {self.soft_activation!r}")
 
@@ -229,9 +246,9 @@ def post_train(
             done = step + 1
             state["eps"] = cfg.label_smoothing * (1.0 - done / total) if cfg.anneal_label_smoothing else cfg.label_smoothing
             if acts is not None:
-                acts.set(ramp(done, total, cfg.soft_activation_fraction))
+                acts.set(ramp(done, total, cfg.fraction("soft_activation")))
             if skips is not None:
-                skips.alpha = cfg.skip_alpha * (1.0 - ramp(done, total, cfg.soft_skip_fraction))
+                skips.alpha = cfg.skip_alpha * (1.0 - ramp(done, total, cfg.fraction("soft_skip")))
 
         def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(out, y, label_smoothing=state["eps"])
