@@ -280,6 +280,9 @@ def merge() -> None:
             rows += part["rows"]
             meta.update({f"{arch} {k}": v for k, v in part["meta"].items() if k not in machine_info()})
     summary, ablation, timing = summarise(rows)
+    for arch in dict.fromkeys(r["arch"] for r in rows):
+        pre, post = ARCHS[arch]["epochs"]  # the default epochs (the ones the partial files state)
+        meta[f"{arch} training seconds (sum over every run)"] = round(sum(r["seconds_per_epoch"] * (pre + post) for r in rows if r["arch"] == arch), 1)
     meta["summary (mean ± std of the test accuracy over the seeds; pipeline_vs_GMP = ratio of the means)"] = "\n\n" + markdown_table(summary) + "\n"
     meta["ablation (first seed: the pipeline's test accuracy, then each ablation's difference to it)"] = "\n\n" + markdown_table(ablation) + "\n"
     meta["time per epoch (seconds, same run; ratios with / without the components)"] = "\n\n" + markdown_table(timing) + "\n"
@@ -334,7 +337,7 @@ def main(argv=None) -> None:
             "selection": "mask_penalty (lambda) per density by validation accuracy (first seed) from %s; all else fixed beforehand" % args.lambdas,
             "GMP": "GradualPruner magnitude (global), cubic schedule 0 -> 1 - density, events every half epoch from epoch 1 to epoch pre",
             "CHITA++": "cpt.prune chita++, 3 stages, 256 calibration samples, l2 0.01, sparsity = 1 - density, then fine-tuning",
-            "seconds (this chunk)": round(time.perf_counter() - t_start, 1),
+            "seconds (last chunk)": round(time.perf_counter() - t_start, 1),
         }
         save_results(f"pipeline_{args.arch}", old + rows, meta)
 

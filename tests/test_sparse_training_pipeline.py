@@ -60,6 +60,30 @@ def test_plain_arm_is_dense_training_magnitude_pruning_fine_tuning():
     assert res.history[1].get("beta") is None
 
 
+def test_pipeline_on_a_vgg_style_cnn_ends_with_a_plain_cnn():
+    """Convolutions with pooling between them: ZerO centre taps, learned masks on conv and linear
+    weights, projection skips (1x1 convolutions, a Linear after the flatten), SiLU -> ReLU."""
+
+    def make_cnn() -> nn.Sequential:
+        return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 10))
+
+    torch.manual_seed(0)
+    train, val = loaders()
+    model = make_cnn()
+    res = cpt.run_pipeline(model, train, density=0.3, val_loader=val, pre_epochs=2, post_epochs=2, progress=False)
+    assert set(res.masks) == {"1.weight", "4.weight", "8.weight"}
+    assert res.history[-1]["skip_alpha"] == 0.0 and res.history[-1]["relu_weight"] == 1.0
+    assert [type(m) for m in model] == [type(m) for m in make_cnn()]
+    fresh = make_cnn()
+    fresh.load_state_dict(model.state_dict())
+    x = next(iter(val))[0]
+    assert torch.equal(fresh(x), model(x))
+    for name, m in res.masks.items():
+        assert not model.get_parameter(name)[~m].any()
+    assert res.history[-1]["val_accuracy"] > 0.3  # 30 % of the weights of a tiny CNN after 4 epochs; chance 0.1
+
+
 def test_pipeline_mask_guided_chita_warm_start_runs():
     torch.manual_seed(0)
     train, _ = loaders()
