@@ -25,9 +25,11 @@ total number of epochs ``pre + post`` and the same SGD settings (lr 0.05, moment
 * ``CHITA++``: the plain arm with one-shot CHITA++ (``cpt.prune``, 3 stages, 256 calibration
   samples, l2 0.01) instead of magnitude pruning, then fine-tuning (first seed).
 
-Hyper-parameters: the learned-mask penalty ``lambda`` is chosen per architecture and density by
-validation accuracy (first seed, ``--lambdas``); everything else is fixed beforehand and stated in
-the result file. The test split is used for the reported accuracy only. Run each architecture
+Hyper-parameters: the learned-mask penalty ``lambda`` (``--lambdas``) and the post-training
+learning rate (``--post-lrs``) of the pipeline are chosen per architecture and density by
+validation accuracy (first seed); everything else is fixed beforehand and stated in the result
+file. ``--only-pipeline`` reruns the pipeline and its ablation with another grid, keeping the
+other arms of the file. The test split is used for the reported accuracy only. Run each architecture
 as its own job through the CPU lock, then merge:
 
     flock /tmp/cpu.lock .venv/bin/python benchmarks/pipeline.py --arch mlp
@@ -170,21 +172,25 @@ def run_gmp(arch: str, density: float, data, seed: int, epochs: tuple[int, int])
     }
 
 
-def run_density(arch: str, d: float, data: dict, seeds: list[int], lambdas: list[float], epochs: tuple[int, int], ablation: bool) -> list[dict]:
-    """Every arm at density ``d``: main arms on all seeds, selection, ablation and CHITA++ on the first."""
+def run_density(arch: str, d: float, data: dict, seeds: list[int], grid: list[dict], epochs: tuple[int, int], ablation: bool, baselines: bool = True) -> list[dict]:
+    """Every arm at density ``d``: main arms on all seeds; the pipeline's options chosen from
+    ``grid`` by validation accuracy on the first seed; ablation and CHITA++ on the first seed.
+    ``baselines=False``: only the pipeline and its ablation."""
     first = seeds[0]
     arm = lambda name, opts, seed=first: run_arm(arch, name, d, opts, data[seed], seed, epochs)  # noqa: E731
-    rows = [arm("plain", ARMS_OFF, seed) for seed in seeds]
-    rows += [run_gmp(arch, d, data[seed], seed, epochs) for seed in seeds]
-    cands = [dict(arm("pipeline", {"mask_penalty": lam}), mask_penalty=lam) for lam in lambdas]
-    best = max(cands, key=lambda r: r["val_accuracy"])  # lambda by validation accuracy (first seed)
-    lam = best["mask_penalty"]
-    best["lambda_candidates_val"] = " ".join(f"{c['mask_penalty']:g}:{c['val_accuracy']:.3f}" for c in cands)
+    rows = [arm("plain", ARMS_OFF, seed) for seed in seeds] if baselines else []
+    if baselines:
+        rows += [run_gmp(arch, d, data[seed], seed, epochs) for seed in seeds]
+    cands = [dict(arm("pipeline", opts), **opts) for opts in grid]
+    best = max(cands, key=lambda r: r["val_accuracy"])  # by validation accuracy (first seed)
+    chosen = {k: best[k] for k in grid[0]}
+    best["candidates_val"] = " ".join(",".join(f"{c[k]:g}" for k in grid[0]) + f":{c['val_accuracy']:.3f}" for c in cands)
     rows.append(best)
-    rows += [dict(arm("pipeline", {"mask_penalty": lam}, seed), mask_penalty=lam) for seed in seeds[1:]]
+    rows += [dict(arm("pipeline", chosen, seed), **chosen) for seed in seeds[1:]]
     if ablation:
-        rows += [dict(arm(name, {"mask_penalty": lam, **off}), mask_penalty=lam) for name, off in ABLATIONS.items()]
-    rows.append(arm("CHITA++", {**ARMS_OFF, **CHITA}))
+        rows += [dict(arm(name, {**chosen, **off}), **chosen) for name, off in ABLATIONS.items()]
+    if baselines:
+        rows.append(arm("CHITA++", {**ARMS_OFF, **CHITA}))
     return rows
 
 
@@ -297,6 +303,8 @@ def main(argv=None) -> None:
     ap.add_argument("--densities", type=float, nargs="+", default=[0.02, 0.01, 0.005, 0.003, 0.001])
     ap.add_argument("--epochs", type=int, nargs=2, default=None, help="pre post (default per architecture)")
     ap.add_argument("--lambdas", type=float, nargs="+", default=[1e-6, 1e-5])
+    ap.add_argument("--post-lrs", type=float, nargs="+", default=[0.05], help="the pipeline's post-training learning rates to choose from")
+    ap.add_argument("--only-pipeline", action="store_true", help="rerun only the pipeline and its ablation (other arms kept from the file)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="main arms; selection, ablation and CHITA++ on the first")
     ap.add_argument("--no-ablation", action="store_true")
     ap.add_argument("--ablation-densities", type=float, nargs="+", default=None, help="ablation at these densities only (default: all)")
@@ -318,13 +326,16 @@ def main(argv=None) -> None:
     old = []
     if not args.quick and os.path.exists(_partial(args.arch)):
         with open(_partial(args.arch)) as fh:  # keep the other densities of an earlier chunk
-            old = [r for r in json.load(fh)["rows"] if r["density"] not in args.densities and not (r["arm"] == "dense" and not args.no_dense)]
+            redone = ("pipeline", *ABLATIONS) if args.only_pipeline else None
+            old = [r for r in json.load(fh)["rows"] if not (r["arm"] == "dense" and not args.no_dense)
+                   and (r["density"] not in args.densities or (redone is not None and r["arm"] not in redone))]
     rows: list[dict] = [] if args.no_dense else [run_arm(args.arch, "dense", 1.0, ARMS_OFF, data[s], s, epochs) for s in args.seeds]
     n_params = sum(m.weight.numel() for m in ARCHS[args.arch]["build"]().modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
     t_start = time.perf_counter()
     for d in args.densities:
         ablate = not args.no_ablation and (args.ablation_densities is None or d in args.ablation_densities)
-        here = run_density(args.arch, d, data, args.seeds, args.lambdas, epochs, ablate)
+        grid = [{"mask_penalty": lam, "post_lr": lr} for lam in args.lambdas for lr in args.post_lrs]
+        here = run_density(args.arch, d, data, args.seeds, grid, epochs, ablate, baselines=not args.only_pipeline)
         rows += here
         print(f"{args.arch} density {d}: " + ", ".join(f"{r['arm']}[{r['seed']}] {r['test_accuracy']:.3f}" for r in here), flush=True)
         if args.quick:
@@ -334,7 +345,7 @@ def main(argv=None) -> None:
             "model": f"{ARCHS[args.arch]['label']} ReLU, {n_params} prunable weights (Linear and Conv2d weights; biases not pruned)",
             "epochs": f"{epochs[0]} pre-pruning + {epochs[1]} post-pruning (plain: dense training + fine-tuning; GMP: the same total)",
             "optimiser": "SGD lr 0.05 momentum 0.9, cosine per stage (GMP: over all epochs), batch 128",
-            "selection": "mask_penalty (lambda) per density by validation accuracy (first seed) from %s; all else fixed beforehand" % args.lambdas,
+            "selection": "pipeline: mask_penalty (lambda) from %s and post-training lr from %s, per density by validation accuracy (first seed); all else fixed beforehand" % (args.lambdas, args.post_lrs),
             "GMP": "GradualPruner magnitude (global), cubic schedule 0 -> 1 - density, events every half epoch from epoch 1 to epoch pre",
             "CHITA++": "cpt.prune chita++, 3 stages, 256 calibration samples, l2 0.01, sparsity = 1 - density, then fine-tuning",
             "seconds (last chunk)": round(time.perf_counter() - t_start, 1),
