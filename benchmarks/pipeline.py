@@ -225,19 +225,18 @@ def summarise(rows: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
             if ref and ab:
                 ablation.append({"arch": arch, "density": d, "pipeline": ref[0]["test_accuracy"],
                                  **{r["arm"]: r["test_accuracy"] - ref[0]["test_accuracy"] for r in ab}})
-        pipe = [r for r in mine if r["arm"] == "pipeline"]
-        nolm = [r for r in mine if r["arm"] == "no learned mask"]
-        plain = [r for r in mine if r["arm"] == "plain"]
-        if pipe and nolm and plain:
-            timing.append({
+        by = lambda name: [r for r in mine if r["arm"] == name]  # noqa: E731
+        pipe, plain = by("pipeline"), by("plain")
+        if pipe and by("no learned mask") and by("no soft skip") and by("no soft activation") and plain:
+            t = lambda rs, key: _mean_std(rs, key)[0]  # noqa: E731
+            timing.append({  # each ratio compares arms of one chunk (the pipeline and its ablation; GMP and plain)
                 "arch": arch,
-                "pre s/epoch, learned masks": _mean_std(pipe, "pre_s_per_epoch")[0],
-                "pre s/epoch, without": _mean_std(nolm, "pre_s_per_epoch")[0],
-                "learned masks ratio": _mean_std(pipe, "pre_s_per_epoch")[0] / _mean_std(nolm, "pre_s_per_epoch")[0],
-                "post s/epoch, soft components": _mean_std(pipe, "post_s_per_epoch")[0],
-                "post s/epoch, without (plain)": _mean_std(plain, "post_s_per_epoch")[0],
-                "soft components ratio": _mean_std(pipe, "post_s_per_epoch")[0] / _mean_std(plain, "post_s_per_epoch")[0],
-                "GMP s/epoch vs plain": _mean_std([r for r in mine if r["arm"] == "GMP"], "seconds_per_epoch")[0] / _mean_std(plain, "seconds_per_epoch")[0],
+                "pre s/epoch": t(pipe, "pre_s_per_epoch"),
+                "learned masks: with / without": t(pipe, "pre_s_per_epoch") / t(by("no learned mask"), "pre_s_per_epoch"),
+                "post s/epoch": t(pipe, "post_s_per_epoch"),
+                "soft skip: with / without": t(pipe, "post_s_per_epoch") / t(by("no soft skip"), "post_s_per_epoch"),
+                "soft activation: with / without": t(pipe, "post_s_per_epoch") / t(by("no soft activation"), "post_s_per_epoch"),
+                "GMP / plain (whole run)": t(by("GMP"), "seconds_per_epoch") / t(plain, "seconds_per_epoch"),
             })
     return summary, ablation, timing
 
