@@ -25,8 +25,8 @@ total number of epochs ``pre + post`` and the same SGD settings (lr 0.05, moment
 * ``CHITA++``: the plain arm with one-shot CHITA++ (``cpt.prune``, 3 stages, 256 calibration
   samples, l2 0.01) instead of magnitude pruning, then fine-tuning (first seed).
 
-Hyper-parameters: the learned-mask penalty ``lambda`` (``--lambdas``) and the post-training
-learning rate (``--post-lrs``) of the pipeline are chosen per architecture and density by
+Hyper-parameters: the learned-mask penalty ``lambda`` (``--lambdas``) and the pre- and
+post-training learning rates (``--lrs``, ``--post-lrs``) of the pipeline are chosen per architecture and density by
 validation accuracy (first seed); everything else is fixed beforehand and stated in the result
 file. ``--only-pipeline`` reruns the pipeline and its ablation with another grid, keeping the
 other arms of the file. The test split is used for the reported accuracy only. Run each architecture
@@ -302,6 +302,7 @@ def main(argv=None) -> None:
     ap.add_argument("--densities", type=float, nargs="+", default=[0.02, 0.01, 0.005, 0.003, 0.001])
     ap.add_argument("--epochs", type=int, nargs=2, default=None, help="pre post (default per architecture)")
     ap.add_argument("--lambdas", type=float, nargs="+", default=[1e-6, 1e-5])
+    ap.add_argument("--lrs", type=float, nargs="+", default=[0.05], help="the pipeline's pre-training learning rates to choose from")
     ap.add_argument("--post-lrs", type=float, nargs="+", default=[0.05], help="the pipeline's post-training learning rates to choose from")
     ap.add_argument("--only-pipeline", action="store_true", help="rerun only the pipeline and its ablation (other arms kept from the file)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="main arms; selection, ablation and CHITA++ on the first")
@@ -333,7 +334,7 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     for d in args.densities:
         ablate = not args.no_ablation and (args.ablation_densities is None or d in args.ablation_densities)
-        grid = [{"mask_penalty": lam, "post_lr": lr} for lam in args.lambdas for lr in args.post_lrs]
+        grid = [{"mask_penalty": lam, "lr": lr, "post_lr": plr} for lam in args.lambdas for lr in args.lrs for plr in args.post_lrs]
         here = run_density(args.arch, d, data, args.seeds, grid, epochs, ablate, baselines=not args.only_pipeline)
         rows += here
         print(f"{args.arch} density {d}: " + ", ".join(f"{r['arm']}[{r['seed']}] {r['test_accuracy']:.3f}" for r in here), flush=True)
@@ -344,7 +345,7 @@ def main(argv=None) -> None:
             "model": f"{ARCHS[args.arch]['label']} ReLU, {n_params} prunable weights (Linear and Conv2d weights; biases not pruned)",
             "epochs": f"{epochs[0]} pre-pruning + {epochs[1]} post-pruning (plain: dense training + fine-tuning; GMP: the same total)",
             "optimiser": "SGD lr 0.05 momentum 0.9, cosine per stage (GMP: over all epochs), batch 128",
-            "selection": "pipeline: mask_penalty (lambda) from %s and post-training lr from %s, per density by validation accuracy (first seed); all else fixed beforehand" % (args.lambdas, args.post_lrs),
+            "selection": "pipeline: mask_penalty (lambda) from %s, pre-training lr from %s and post-training lr from %s, per density by validation accuracy (first seed); all else fixed beforehand" % (args.lambdas, args.lrs, args.post_lrs),
             "GMP": "GradualPruner magnitude (global), cubic schedule 0 -> 1 - density, events every half epoch from epoch 1 to epoch pre",
             "CHITA++": "cpt.prune chita++, 3 stages, 256 calibration samples, l2 0.01, sparsity = 1 - density, then fine-tuning",
             "seconds (last chunk)": round(time.perf_counter() - t_start, 1),
