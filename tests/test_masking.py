@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from combprune.torch.masking import MaskedTraining, apply_masks, clear_optimizer_state, get_masks, masked_parameters, zero_pruned
+from combprune.torch.masking import MaskedTraining, apply_masks, clear_optimizer_state, get_masks, make_permanent, masked_parameters, parameter_order, zero_pruned
 
 OPTIMISERS = {
     "sgd-momentum-wd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=True),
@@ -196,3 +196,19 @@ def test_property_zeros_stay_zero_after_clearing_state(name, momentum, wd, keep,
         ctx.remove()
     vals = _pruned_values(model, masks)
     assert torch.equal(vals, torch.zeros_like(vals))
+
+
+def test_make_permanent_restores_plain_parameters_in_their_order():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    keys = list(model.state_dict())
+    order = parameter_order(model)
+    masks = _random_masks(model)
+    apply_masks(model, masks)
+    weights = {n: model.get_parameter(n.replace("weight", "weight_orig")) for n in masks}
+    assert make_permanent(model, order) == ["0.weight", "2.weight"]
+    assert list(model.state_dict()) == keys and not list(masked_parameters(model))
+    for name, m in masks.items():
+        assert model.get_parameter(name) is weights[name]  # same Parameter: optimisers keep working
+        assert not model.get_parameter(name)[~m].any()
+    assert make_permanent(model) == []

@@ -1,5 +1,5 @@
 """Sparse-training stages (docs/sparse_training.md): ZerO init, learned masks, pruning to a
-density, frozen masks and the soft post-training components."""
+density and the soft post-training components."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from scipy.linalg import hadamard
 from torch import nn
 
 from combprune.torch import k_from_sparsity
-from combprune.torch._frozen_mask import FrozenMask
 from combprune.torch._training import evaluate, train_epoch
 from combprune.torch.density_prune import prune_to_density
 from combprune.torch.learned_masks import LearnedMasks
@@ -165,47 +164,6 @@ def test_learned_masks_bad_input():
     LearnedMasks(model)
     with pytest.raises(ValueError, match="model"):
         LearnedMasks(model, targets=[r"0"])
-
-
-# Frozen masks ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make_opt", [
-    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3),
-    lambda ps: torch.optim.AdamW(ps, lr=0.01),
-])
-def test_frozen_mask_keeps_exact_zeros_through_training(make_opt):
-    torch.manual_seed(0)
-    model = mlp(6, 8, 3)
-    opt = make_opt(list(model.parameters()))
-    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
-    for _ in range(3):  # optimiser state before the mask is set
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    masks = {"0.weight": torch.rand(8, 6) < 0.3, "2.weight": torch.rand(3, 8) < 0.3}
-    fm = FrozenMask(model, masks)
-    fm.clear_state([opt])
-    w_before = model[0].weight.detach().clone()
-    for _ in range(10):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        assert not model[0].weight.grad[~masks["0.weight"]].any()
-        opt.step()
-        # exact zeros without re-zeroing: gradients and state are zero there
-        assert not model[0].weight[~masks["0.weight"]].any()
-        assert not model[2].weight[~masks["2.weight"]].any()
-    assert not torch.equal(model[0].weight, w_before)  # the kept weights trained
-    fm.remove()
-    assert math.isclose(fm.density(), (masks["0.weight"].sum() + masks["2.weight"].sum()).item() / 72)
-
-
-def test_frozen_mask_bad_input():
-    model = mlp(3, 2)
-    with pytest.raises(ValueError, match="masks"):
-        FrozenMask(model, {"nope.weight": torch.ones(2, 3, dtype=torch.bool)})
-    with pytest.raises(ValueError, match="masks"):
-        FrozenMask(model, {"0.weight": torch.ones(3, 3, dtype=torch.bool)})
-    with pytest.raises(ValueError, match="masks"):
-        FrozenMask(model, {})
 
 
 # Pruning to a density ----------------------------------------------------------------------------

@@ -60,6 +60,30 @@ def test_plain_arm_is_dense_training_magnitude_pruning_fine_tuning():
     assert res.history[1].get("beta") is None
 
 
+def test_pipeline_on_a_vgg_style_cnn_ends_with_a_plain_cnn():
+    """Convolutions with pooling between them: ZerO centre taps, learned masks on conv and linear
+    weights, projection skips (1x1 convolutions, a Linear after the flatten), SiLU -> ReLU."""
+
+    def make_cnn() -> nn.Sequential:
+        return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 10))
+
+    torch.manual_seed(0)
+    train, val = loaders()
+    model = make_cnn()
+    res = cpt.run_pipeline(model, train, density=0.3, val_loader=val, pre_epochs=2, post_epochs=2, progress=False)
+    assert set(res.masks) == {"1.weight", "4.weight", "8.weight"}
+    assert res.history[-1]["skip_alpha"] == 0.0 and res.history[-1]["relu_weight"] == 1.0
+    assert [type(m) for m in model] == [type(m) for m in make_cnn()]
+    fresh = make_cnn()
+    fresh.load_state_dict(model.state_dict())
+    x = next(iter(val))[0]
+    assert torch.equal(fresh(x), model(x))
+    for name, m in res.masks.items():
+        assert not model.get_parameter(name)[~m].any()
+    assert res.history[-1]["val_accuracy"] > 0.3  # 30 % of the weights of a tiny CNN after 4 epochs; chance 0.1
+
+
 def test_pipeline_mask_guided_chita_warm_start_runs():
     torch.manual_seed(0)
     train, _ = loaders()
@@ -77,6 +101,12 @@ def test_pipeline_mask_guided_chita_warm_start_runs():
     ({"density": 0.1, "learned_masks": False, "prune_method": "mask"}, "prune_method"),
     ({"density": 0.1, "soft_activation_fraction": 1.5}, "soft_activation_fraction"),
     ({"density": 0.1, "mask_penalty": -1.0}, "mask_penalty"),
+    ({"density": -0.5}, "density"),
+    ({"density": 0.1, "pre_epochs": 2, "beta_epochs": 3}, "beta_epochs: the temperature schedule .* longer than the pre-training"),
+    ({"density": 0.1, "beta_epochs": 0}, "beta_epochs"),
+    ({"density": 0.1, "post_epochs": 2, "soft_skip_epochs": 3}, "soft_skip_epochs: the schedule .* longer than the post-training"),
+    ({"density": 0.1, "post_epochs": 2, "soft_activation_epochs": 5}, "soft_activation_epochs"),
+    ({"density": 0.1, "soft_activation_epochs": 1.5}, "soft_activation_epochs"),
 ])
 def test_bad_options_fail_before_training(options, match):
     train, _ = loaders()
@@ -91,8 +121,10 @@ def test_bad_models_and_options_fail_before_training():
     train, _ = loaders()
     with pytest.raises(TypeError, match="frobnicate"):
         cpt.run_pipeline(make(), train, density=0.1, frobnicate=1)
-    with pytest.raises(ValueError, match="targets"):
+    with pytest.raises(ValueError, match="model: no prunable layer"):
         cpt.run_pipeline(nn.Sequential(nn.Flatten()), train, density=0.1, soft_activation=None, soft_skip=False)
+    with pytest.raises(ValueError, match="^targets"):  # explicit targets matching nothing: named as such
+        cpt.run_pipeline(make(), train, density=0.1, targets=[r"nothing\.here"])
     conv = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
     w = conv[3].weight.detach().clone()
     with pytest.raises(ValueError, match="soft_skip"):  # 4 -> 4 channels, but the 3x3 kernel without padding shrinks 6x6 to 4x4

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from combprune.torch.density_prune import prune_to_density
+from combprune.torch.masking import get_masks, masked_parameters
 from combprune.torch.post_training import PostTrainingConfig, SoftActivations, SoftReLU, SoftSkips, post_train, ramp
 
 torch.set_num_threads(1)
@@ -142,3 +143,50 @@ def test_post_train_small_cnn_with_identity_and_projection_skips():
     assert torch.equal(fresh(X), model(X))
     for name, m in masks.items():
         assert not model.get_parameter(name)[~m].any()
+
+
+def test_post_train_keeps_the_masks_with_the_shared_masking_mechanism():
+    """During post-training the masks live on the model as torch pruning masks (combprune.torch.masking,
+    as in gradual pruning): pruned entries of ``weight_orig`` are exact zeros after every epoch,
+    and the end leaves plain parameters."""
+    torch.manual_seed(1)
+    model = make_mlp()
+    masks = {"0.weight": torch.rand(16, 10) < 0.3, "2.weight": torch.rand(16, 16) < 0.3}
+    seen = []
+
+    def check(row):
+        assert get_masks(model).keys() == masks.keys()
+        for name, m in masks.items():
+            assert torch.equal(get_masks(model)[name], m)
+            orig = model.get_submodule(name.split(".")[0]).weight_orig
+            assert not orig[~m].any() and orig[m].abs().sum() > 0
+        seen.append(row["density"])
+
+    before = model[0].weight.detach().clone()
+    post_train(model, masks, toy_loader(), PostTrainingConfig(epochs=3, momentum=0.9, weight_decay=1e-3), progress=False, on_epoch=check)
+    assert len(seen) == 3 and seen[0] == (masks["0.weight"].sum() + masks["2.weight"].sum()).item() / 416
+    assert not list(masked_parameters(model)) and set(dict(model.named_parameters())) == set(dict(make_mlp().named_parameters()))
+    assert not torch.equal(model[0].weight[masks["0.weight"]], before[masks["0.weight"]])  # the kept weights trained
+    for name, m in masks.items():
+        assert not model.get_parameter(name)[~m].any()
+
+
+@pytest.mark.parametrize("masks", [{}, {"nope.weight": torch.ones(2, 3, dtype=torch.bool)}, {"0.weight": torch.ones(3, 3, dtype=torch.bool)}])
+def test_post_train_bad_masks_leave_the_model_unchanged(masks):
+    model = make_mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="masks"):
+        post_train(model, masks, toy_loader(), PostTrainingConfig(epochs=1), progress=False)
+    assert list(model.state_dict()) == list(before) and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert isinstance(model[1], nn.ReLU) and not model[0]._forward_hooks
+
+
+def test_post_train_schedules_in_epochs():
+    torch.manual_seed(0)
+    model = make_mlp()
+    masks = prune_to_density(model, 0.5)
+    cfg = PostTrainingConfig(epochs=4, soft_skip_epochs=1, soft_activation_epochs=2, soft_skip_fraction=1.0, soft_activation_fraction=1.0)
+    assert cfg.fraction("soft_skip") == 0.25 and cfg.fraction("soft_activation") == 0.5
+    hist = post_train(model, masks, toy_loader(), cfg, progress=False)
+    assert [r["skip_alpha"] for r in hist] == [0.0] * 4  # decayed to 0 by the end of the first epoch
+    assert hist[0]["relu_weight"] == pytest.approx(0.5) and [r["relu_weight"] for r in hist[1:]] == [1.0] * 3

@@ -12,7 +12,8 @@
   (top-k scores) to the solver as its warm start (single-stage gradient methods, one block).
 
 The zeros are written into the weights (no mask container) and the boolean masks returned, ready
-for :class:`combprune.torch._frozen_mask.FrozenMask`. See ``docs/sparse_training.md``.
+for :func:`combprune.torch.post_train` (which keeps them with :mod:`combprune.torch.masking`).
+See ``docs/sparse_training.md``.
 """
 
 from __future__ import annotations

@@ -40,12 +40,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 from tqdm.auto import tqdm
 
 from ._calibration import check_device, collect, forward
 from ._gradients import default_loss
-from .masking import MaskedTraining, apply_masks, base_optimizer, clear_optimizer_state, get_masks, masked_parameters, zero_pruned
+from .masking import MaskedTraining, apply_masks, base_optimizer, clear_optimizer_state, get_masks, make_permanent, masked_parameters, zero_pruned
 from .prune import PruningError, _Snapshot
 from .pruner import Pruner
 from .report import PruneReport
@@ -436,9 +435,7 @@ class GradualPruner:
             from .physical import remove_pruned
 
             remove_pruned(self.model, self._structured_plan())
-        for name, _, _ in list(masked_parameters(self.model)):
-            module_name, _, pname = name.rpartition(".")
-            torch_prune.remove(self.model.get_submodule(module_name) if module_name else self.model, pname)
+        make_permanent(self.model)
         self.detach()
         self._bar.close()
         return self.model

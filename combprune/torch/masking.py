@@ -21,7 +21,12 @@ exactly ``0.0`` after every ``optimizer.step()``:
 * :class:`MaskedTraining` hooks an optimiser: before each step the gradients of pruned entries
   are zeroed, after it ``weight_orig *= mask``. With the state cleared, SGD (momentum, weight
   decay) and Adam/AdamW already leave zeros at zero; the post-step multiplication makes it hold
-  for any optimiser.
+  for any optimiser;
+* :func:`make_permanent` ends it: ``weight = weight_orig * mask`` becomes a plain parameter again.
+
+This is the one mechanism of the project for training with fixed or changing masks: the gradual
+pruner (:mod:`.gradual`) and the sparse-training pipeline's post-pruning training
+(:mod:`.post_training`) both use it.
 
 Names are ``"<module>.<param>"`` (e.g. ``"fc1.weight"``), masks boolean tensors of the weight's
 shape (``True`` = kept). See ``docs/gradual_pruning.md``.
@@ -35,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-__all__ = ["masked_parameters", "get_masks", "apply_masks", "zero_pruned", "clear_optimizer_state", "MaskedTraining", "base_optimizer"]
+__all__ = ["masked_parameters", "get_masks", "apply_masks", "zero_pruned", "clear_optimizer_state", "MaskedTraining", "base_optimizer", "make_permanent", "parameter_order", "mask_density"]
 
 
 def masked_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, torch.Tensor]]:
@@ -92,6 +97,41 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
             orig = module._parameters[pname + "_orig"]
             orig.mul_(mask)
             setattr(module, pname, orig * module._buffers[pname + "_mask"])
+
+
+def parameter_order(model: nn.Module) -> dict[str, list[str]]:
+    """The registration order of each module's own parameters, ``{module name: [names]}``
+    (to give :func:`make_permanent`: torch's pruning re-registers ``weight`` after ``bias``)."""
+    return {name: list(module._parameters) for name, module in model.named_modules() if module._parameters}
+
+
+def make_permanent(model: nn.Module, order: Mapping[str, list[str]] | None = None) -> list[str]:
+    """Turn every torch pruning mask of ``model`` into zeros of a plain parameter.
+
+    :func:`torch.nn.utils.prune.remove` on each masked parameter: ``weight = weight_orig * mask``
+    becomes the ``weight`` Parameter (the same object as ``weight_orig``, so an optimiser holding
+    it keeps working), the mask buffer and the forward pre-hook go. With ``order`` (from
+    :func:`parameter_order` before the masks were applied) each module's parameters get their
+    original order back, so ``state_dict()`` and ``parameters()`` list them as before. Returns
+    the names made permanent.
+    """
+    names = [name for name, _, _ in masked_parameters(model)]
+    for name in names:
+        module_name, _, pname = name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        torch_prune.remove(module, pname)
+        wanted = (order or {}).get(module_name)
+        if wanted is not None and set(wanted) == set(module._parameters):
+            items = dict(module._parameters)
+            module._parameters.clear()
+            module._parameters.update((k, items[k]) for k in wanted)
+    return names
+
+
+def mask_density(masks: Mapping[str, torch.Tensor]) -> float:
+    """Fraction of the entries kept over all ``masks`` (``True`` / nonzero = kept)."""
+    kept = sum(int((m != 0).sum()) for m in masks.values())
+    return kept / max(1, sum(m.numel() for m in masks.values()))
 
 
 def zero_pruned(model: nn.Module, *, grads: bool = False) -> None:

@@ -5,7 +5,8 @@ Stages (each switchable; docs/sparse_training.md):
 1. ZerO initialisation (:func:`combprune.torch.zero_init_`);
 2. pre-pruning training, with Continuous-Sparsification learned masks
    (:class:`combprune.torch.LearnedMasks`): ``beta`` grows geometrically from 1 to ``beta_max``
-   over the ``pre_epochs`` epochs (factor ``beta_max ** (1 / pre_epochs)`` per epoch);
+   over ``beta_epochs`` epochs (default ``pre_epochs``; factor ``beta_max ** (1 / beta_epochs)``
+   per epoch);
 3. pruning to ``density`` (:func:`combprune.torch.prune_to_density`): mask-guided top-k scores by
    default with learned masks, magnitude otherwise, or any :func:`combprune.torch.prune` method;
 4. post-pruning training with the mask frozen, label smoothing, soft activations and soft skip
@@ -34,6 +35,7 @@ from ._select import select_parameters
 from ._training import evaluate, train_epoch
 from .density_prune import check_density, prune_to_density
 from .learned_masks import LearnedMasks
+from .masking import mask_density
 from .post_training import PostTrainingConfig, SoftActivations, SoftSkips, post_train
 from .zero_init import zero_init_
 
@@ -62,10 +64,6 @@ class PipelineResult:
 _STAGES = ("pre-training", "pruning", "post-training")
 
 
-def _density(masks: dict[str, torch.Tensor]) -> float:
-    return sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
-
-
 def _nonneg_int(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise ValueError(f"{name}: expected an integer >= 0, got {v!r}")
@@ -78,8 +76,8 @@ class SparseTrainingPipeline:
 
     ``density``: fraction of the prunable weights kept, in (0, 1]. Pre-training: ``pre_epochs``
     of SGD (``lr``, ``momentum``, ``weight_decay``, cosine learning rate). Learned masks:
-    ``mask_init`` (s_0), ``mask_penalty`` (lambda), ``beta_max``, ``score_lr`` (Adam on the
-    scores). Pruning: ``prune_method`` (``None``: ``"mask"`` with learned masks, else
+    ``mask_init`` (s_0), ``mask_penalty`` (lambda), ``beta_max`` (reached after ``beta_epochs``
+    epochs, default all of ``pre_epochs``), ``score_lr`` (Adam on the scores). Pruning: ``prune_method`` (``None``: ``"mask"`` with learned masks, else
     ``"magnitude"``), ``per_layer``, ``warm_start`` (``"scores"``: learned support as the solver's
     warm start), ``prune_options`` (to :func:`combprune.torch.prune`). Post-training: ``post``.
     ``checkpoint_dir``: save the state after each stage there and resume from it (:meth:`run`).
@@ -95,6 +93,7 @@ class SparseTrainingPipeline:
     mask_init: float = 0.5
     mask_penalty: float = 1e-5
     beta_max: float = 200.0
+    beta_epochs: int | None = None
     score_lr: float = 0.01
     prune_method: str | None = None
     per_layer: bool = False
@@ -123,6 +122,11 @@ class SparseTrainingPipeline:
             raise ValueError("pre_epochs: learned masks need at least one pre-training epoch")
         if self.learned_masks and self.beta_max < 1:
             raise ValueError(f"beta_max: must be >= 1 (beta starts at 1), got {self.beta_max!r}")
+        if self.beta_epochs is not None:
+            if isinstance(self.beta_epochs, bool) or not isinstance(self.beta_epochs, int) or self.beta_epochs < 1:
+                raise ValueError(f"beta_epochs: expected a positive number of epochs, got {self.beta_epochs!r}")
+            if self.beta_epochs > self.pre_epochs:
+                raise ValueError(f"beta_epochs: the temperature schedule ({self.beta_epochs} epochs) is longer than the pre-training (pre_epochs={self.pre_epochs})")
         if self.method == "mask" and not self.learned_masks:
             raise ValueError("prune_method: 'mask' needs learned_masks=True")
         if self.warm_start is not None and not self.learned_masks:
@@ -130,7 +134,12 @@ class SparseTrainingPipeline:
         if not isinstance(self.post, PostTrainingConfig):
             raise TypeError(f"post: expected a PostTrainingConfig, got {type(self.post).__name__}")
         self.post.validate()
-        select_parameters(model, self.targets, self.ignore)
+        try:
+            select_parameters(model, self.targets, self.ignore)
+        except ValueError as exc:
+            if self.targets is not None or self.ignore is not None:
+                raise
+            raise ValueError(f"model: no prunable layer to sparsify ({exc})") from None
         try:
             batch = next(iter(train_loader))
         except StopIteration:
@@ -178,7 +187,7 @@ class SparseTrainingPipeline:
                 calibration=train_loader if self.method not in ("magnitude", "mask") else None,
                 warm_start=self.warm_start, targets=self.targets, ignore=self.ignore, progress=self.progress, **self.prune_options,
             )
-            row = {"stage": "pruning", "method": self.method, "density": _density(masks)}
+            row = {"stage": "pruning", "method": self.method, "density": mask_density(masks)}
             if val_loader is not None:
                 row["val_accuracy"] = evaluate(model, val_loader)
             record(row)
@@ -188,7 +197,7 @@ class SparseTrainingPipeline:
         if done < 2:
             post_train(model, masks, train_loader, self.post, val_loader=val_loader, progress=self.progress, on_epoch=lambda r: record({"stage": "post-training", **r}))
             self._save(2, model, history, scores, masks)
-        return PipelineResult(model=model, masks=masks, density=_density(masks), history=history, scores=scores)
+        return PipelineResult(model=model, masks=masks, density=mask_density(masks), history=history, scores=scores)
 
     # Checkpoints ----------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
@@ -225,7 +234,7 @@ class SparseTrainingPipeline:
     def _pre_train(self, model: nn.Module, loader: Any, val_loader: Any, record: Callable[[dict[str, Any]], None]) -> dict[str, torch.Tensor] | None:
         lm = None
         if self.learned_masks:
-            growth = self.beta_max ** (1.0 / self.pre_epochs)
+            growth = self.beta_max ** (1.0 / (self.beta_epochs or self.pre_epochs))
             lm = LearnedMasks(model, init=self.mask_init, penalty=self.mask_penalty, beta=1.0, beta_growth=growth, beta_max=self.beta_max,
                               score_lr=self.score_lr, targets=self.targets, ignore=self.ignore)
         params = list(lm.model_parameters()) if lm else list(model.parameters())

@@ -14,7 +14,11 @@ final network is an ordinary one (docs/sparse_training.md):
   ``alpha`` decays linearly from ``alpha_0`` to 0 over a fraction of the post-training, after
   which the path is removed.
 
-Pruned weights stay exactly zero throughout (:class:`combprune.torch._frozen_mask.FrozenMask`).
+Pruned weights stay exactly zero throughout, with the project's one masking mechanism
+(:mod:`combprune.torch.masking`, shared with the gradual pruner): the masks are put on the model
+as torch pruning masks (:func:`~.masking.apply_masks`), :class:`~.masking.MaskedTraining` hooks
+zero the pruned gradients before and the pruned weights after each optimiser step, and
+:func:`~.masking.make_permanent` turns them back into plain parameters at the end.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._frozen_mask import FrozenMask
 from ._training import evaluate, train_epoch
+from .masking import MaskedTraining, apply_masks, get_masks, make_permanent, mask_density, parameter_order
 from .zero_init import zero_matrix
 
 logger = logging.getLogger(__name__)
@@ -162,6 +166,15 @@ class PostTrainingConfig:
     soft_skip: bool = True
     skip_alpha: float = 0.3
     soft_skip_fraction: float = 0.5
+    soft_activation_epochs: int | None = None
+    soft_skip_epochs: int | None = None
+
+    def fraction(self, component: str) -> float:
+        """The fraction of the post-training over which ``component`` (``"soft_activation"`` or
+        ``"soft_skip"``) is annealed: ``<component>_epochs / epochs`` when given, else
+        ``<component>_fraction``."""
+        epochs = getattr(self, f"{component}_epochs")
+        return epochs / self.epochs if epochs is not None else getattr(self, f"{component}_fraction")
 
     def validate(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
@@ -176,6 +189,14 @@ class PostTrainingConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 1):
                 raise ValueError(f"{name}: a fraction of the post-training in (0, 1], got {v!r}")
+        for name in ("soft_activation_epochs", "soft_skip_epochs"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected a positive number of epochs, got {v!r}")
+            if v > self.epochs:
+                raise ValueError(f"{name}: the schedule ({v} epochs) is longer than the post-training (post_epochs={self.epochs})")
         if self.soft_activation not in (None, "silu", "softplus"):
             raise ValueError(f"soft_activation: expected None, 'silu' or 'softplus', got {self.soft_activation!r}")
 
@@ -199,18 +220,25 @@ def post_train(
     """
     cfg = config or PostTrainingConfig()
     cfg.validate()
+    if not isinstance(masks, dict) or not masks:
+        raise ValueError("masks: expected a non-empty dict of weight name -> boolean mask")
     steps_per_epoch = len(train_loader)
     total = cfg.epochs * steps_per_epoch
-    frozen = FrozenMask(model, masks)
     acts = SoftActivations(model, cfg.soft_activation, softplus_beta=cfg.softplus_beta) if cfg.soft_activation else None
     skips = SoftSkips(model, alpha0=cfg.skip_alpha) if cfg.soft_skip else None
     history: list[dict[str, Any]] = []
+    masked, hooks = False, None
     try:
         if skips is not None:  # shape check before any training
             with torch.no_grad():
                 model(next(iter(train_loader))[0].to(next(model.parameters()).device))
+        order = parameter_order(model)
+        apply_masks(model, masks)  # checks every mask before changing the model
+        masked = True
+        density = mask_density(get_masks(model))
         params = list(model.parameters()) + (skips.parameters() if skips else [])
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        hooks = MaskedTraining(model, opt)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total))
         state = {"eps": cfg.label_smoothing}
 
@@ -218,21 +246,18 @@ def post_train(
             done = step + 1
             state["eps"] = cfg.label_smoothing * (1.0 - done / total) if cfg.anneal_label_smoothing else cfg.label_smoothing
             if acts is not None:
-                acts.set(ramp(done, total, cfg.soft_activation_fraction))
+                acts.set(ramp(done, total, cfg.fraction("soft_activation")))
             if skips is not None:
-                skips.alpha = cfg.skip_alpha * (1.0 - ramp(done, total, cfg.soft_skip_fraction))
-
-        def after(step: int) -> None:
-            frozen.apply_()
-            sched.step()
+                skips.alpha = cfg.skip_alpha * (1.0 - ramp(done, total, cfg.fraction("soft_skip")))
 
         def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(out, y, label_smoothing=state["eps"])
 
         step = 0
         for epoch in range(cfg.epochs):
-            row, step = train_epoch(model, train_loader, [opt], loss_fn, before_step=schedule, after_step=after, step=step, progress=progress, desc=f"post-training {epoch + 1}/{cfg.epochs}")
-            row = {"epoch": epoch + 1, **row, "density": frozen.density(), "label_smoothing": state["eps"],
+            row, step = train_epoch(model, train_loader, [opt], loss_fn, before_step=schedule, after_step=lambda s: sched.step(), step=step,
+                                    progress=progress, desc=f"post-training {epoch + 1}/{cfg.epochs}")
+            row = {"epoch": epoch + 1, **row, "density": density, "label_smoothing": state["eps"],
                    "relu_weight": acts.soft[0].t if acts else 1.0, "skip_alpha": skips.alpha if skips else 0.0}
             if val_loader is not None:
                 row["val_accuracy"] = evaluate(model, val_loader)
@@ -241,9 +266,12 @@ def post_train(
             if on_epoch is not None:
                 on_epoch(row)
     finally:
+        if hooks is not None:
+            hooks.remove()
         if acts is not None:
             acts.remove()
         if skips is not None:
             skips.remove()
-        frozen.remove()
+        if masked:
+            make_permanent(model, order)
     return history
