@@ -373,9 +373,10 @@ def _is_elementwise(node: Any, modules: Mapping[str, nn.Module], prev: Any) -> b
 
 
 def _fx_units(model: nn.Module) -> list[StructuredUnit]:
-    """Linear -> [elementwise | BN1d] -> Linear and Conv2d -> [elementwise | BN2d] -> Conv2d chains
-    found by :func:`torch.fx.symbolic_trace`; every intermediate value must have exactly one user
-    (a residual branch or any other reader of the features makes the pair unprunable)."""
+    """Linear -> [elementwise | BN1d] -> Linear and Conv2d -> [elementwise | BN2d | depthwise] ->
+    Conv2d chains found by :func:`torch.fx.symbolic_trace` (every intermediate value read only
+    by the next operation, or by several consumers at the end), plus the residual streams of
+    :mod:`combprune.torch._streams`; any other reader of the features makes them unprunable."""
     import torch.fx
 
     try:
@@ -404,7 +405,9 @@ def _fx_units(model: nn.Module) -> list[StructuredUnit]:
         unit = _follow_chain(node, prod, consumer_type, bn_type, modules, calls)
         if unit is not None:
             units.append(unit)
-    return units
+    from ._streams import stream_units
+
+    return units + stream_units(graph, modules, calls)
 
 
 def _is_consumer_node(node: Any, cur: Any, prod: nn.Module, consumer_type: type, modules: Mapping[str, nn.Module], calls: Mapping[str, int]) -> bool:
