@@ -423,3 +423,29 @@ class Concat(nn.Module):
 def test_blocked_streams_are_not_units():
     with pytest.raises(UnsupportedGraphError, match="no prunable producer"):
         discover_units(Concat())
+
+
+class LinearStream(nn.Module):
+    """h = fc0(x); h = h + fc2(gelu(fc1(h))); out = head(h): the stream of fc0 and fc2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc0, self.fc1, self.fc2, self.head = nn.Linear(4, 6), nn.Linear(6, 5), nn.Linear(5, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.fc0(x)
+        h = h + self.fc2(nn.functional.gelu(self.fc1(h)))
+        return self.head(h)
+
+
+def test_linear_residual_stream():
+    torch.manual_seed(3)
+    model = LinearStream().eval()
+    stream = next(u for u in discover_units(model) if len(u.producers) > 1)
+    assert (stream.kind, stream.producers, stream.consumers) == ("neuron", ("fc0", "fc2"), ("fc1", "head"))
+    x = torch.randn(30, 4)
+    _, plan = prune_structured(model, x, method="bruteforce", sparsity=0.5, progress=False)
+    masked = model(x)
+    remove_pruned(model, plan)
+    assert (model.fc0.out_features, model.fc2.out_features, model.fc1.in_features, model.head.in_features) == (3, 3, 3, 3)
+    torch.testing.assert_close(model(x), masked, atol=1e-5, rtol=1e-5)
