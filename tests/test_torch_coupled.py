@@ -449,3 +449,25 @@ def test_linear_residual_stream():
     remove_pruned(model, plan)
     assert (model.fc0.out_features, model.fc2.out_features, model.fc1.in_features, model.head.in_features) == (3, 3, 3, 3)
     torch.testing.assert_close(model(x), masked, atol=1e-5, rtol=1e-5)
+
+
+class Wrapper(nn.Module):
+    """An untraceable block inside a traceable model: the error names it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from test_torch_structured import Untraceable
+
+        self.pre = nn.Linear(4, 4)
+        self.body = nn.Sequential(Untraceable())
+
+    def forward(self, x):
+        return self.body(self.pre(x))
+
+
+def test_untraceable_model_error_names_the_module_and_the_way_out():
+    model = Wrapper()
+    before = _hash(model)
+    with pytest.raises(UnsupportedGraphError, match=r"innermost module that fails is 'body\.0'.*pairs="):
+        prune_structured(model, torch.randn(8, 4), method="bruteforce", progress=False)
+    assert _hash(model) == before
