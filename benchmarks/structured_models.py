@@ -97,8 +97,9 @@ def part_architectures(args: argparse.Namespace) -> list[dict]:
         rows.append({
             "model": name, "gqa": gqa if name.startswith("llama") else "-", "prune_s": seconds,
             "structures_removed": ", ".join(f"{k} {v['removed']}/{v['groups']}" for k, v in report.info["structures"].items()),
-            "not_pruned": len(report.not_pruned),
-            "params_ratio": _params(model) / before["params"], "flops_ratio": cpt.model_flops(model, probe) / before["flops"],
+            "not_pruned": len(report.not_pruned), "params_before": before["params"], "params_after": _params(model),
+            "params_ratio": _params(model) / before["params"], "flops_before": before["flops"],
+            "flops_ratio": cpt.model_flops(model, probe) / before["flops"],
             "latency_ratio": t_pruned / t_dense, "layer0_attention": _attention_shapes(model),
             "reload_s": reload_s, "reload_max_abs_diff": diff,
         })
@@ -118,7 +119,7 @@ def part_minilm(args: argparse.Namespace) -> list[dict]:
                for i in range(0, len(calib), 16)]
     ref = embed(dense, tok, held_out)
     t_dense, _ = timeit(lambda: embed(dense, tok, held_out), repeat=args.repeat)
-    n_dense = _params(dense)
+    n_dense, flops_dense = _params(dense), cpt.model_flops(dense, batches[0])
     rows = []
     for fraction in (0.25, 0.5):
         for method in ("osscar", "group-magnitude"):
@@ -132,7 +133,8 @@ def part_minilm(args: argparse.Namespace) -> list[dict]:
             rows.append({
                 "groups_removed": fraction, "method": method, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                 "structures_removed": ", ".join(f"{k} {v['removed']}/{v['groups']}" for k, v in report.info["structures"].items()),
-                "params_ratio": _params(model) / n_dense, "latency_ratio": t_pruned / t_dense, "prune_s": seconds,
+                "params_before": n_dense, "params_after": _params(model), "params_ratio": _params(model) / n_dense,
+                "flops_ratio": cpt.model_flops(model, batches[0]) / flops_dense, "latency_ratio": t_pruned / t_dense, "prune_s": seconds,
             })
             print(rows[-1], flush=True)
     return rows

@@ -329,3 +329,145 @@ def test_structured_report_says_what_the_fraction_counts():
     text = str(report)
     assert "of the groups removed per unit (a fraction of structures, not of parameters)" in text
     assert "heads 8/16" in text and "k=None" not in text and "Not pruned" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Residual streams (torch.fx channel spaces)
+# ---------------------------------------------------------------------------------------------
+class Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.down = None
+        if stride != 1 or c_in != c_out:
+            self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        identity = x if self.down is None else self.down(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class TinyResNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+        self.layer1 = nn.Sequential(Block(6, 6, 1), Block(6, 6, 1))
+        self.layer2 = nn.Sequential(Block(6, 8, 2))
+        self.avg = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.bn(self.stem(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avg(x), 1))
+
+
+def _resnet(seed: int = 0) -> TinyResNet:
+    torch.manual_seed(seed)
+    model = TinyResNet().train()
+    model(torch.randn(16, 3, 8, 8))
+    return model.eval()
+
+
+def test_residual_streams_are_units_with_every_writer_and_reader():
+    model = _resnet()
+    streams = [u for u in discover_units(model) if len(u.producers) > 1]
+    assert [(u.producers, u.norms, u.consumers) for u in streams] == [
+        (("stem", "layer1.0.conv2", "layer1.1.conv2"), ("bn", "layer1.0.bn2", "layer1.1.bn2"),
+         ("layer1.0.conv1", "layer1.1.conv1", "layer2.0.down.0", "layer2.0.conv1")),
+        (("layer2.0.down.0", "layer2.0.conv2"), ("layer2.0.down.1", "layer2.0.bn2"), ("fc",)),
+    ]
+    # the chains inside the blocks are units too; every layer consumes for one unit at most
+    chains = [u.consumer for u in discover_units(model) if len(u.producers) == 1]
+    assert chains == ["layer1.0.conv2", "layer1.1.conv2", "layer2.0.conv2"]
+
+
+@pytest.mark.parametrize("method", ["bruteforce", METHOD])
+def test_residual_stream_pruning_is_exact_physically(method):
+    model = _resnet(1)
+    x = torch.randn(12, 3, 8, 8)
+    reports, plan = prune_structured(model, x, method=method, sparsity=0.5, progress=False)
+    stream = next(u for u in plan.units if len(u.producers) == 3)
+    assert plan.keep[stream.consumer].sum() == 3
+    masked = model(x)
+    n_before = sum(p.numel() for p in model.parameters())
+    remove_pruned(model, plan)
+    assert model.stem.out_channels == 3 and model.layer1[1].conv2.out_channels == 3 and model.layer2[0].down[0].in_channels == 3
+    assert model.fc.in_features == 4 and model.layer2[0].down[1].num_features == 4
+    assert sum(p.numel() for p in model.parameters()) < n_before
+    torch.testing.assert_close(model(x), masked, atol=1e-5, rtol=1e-5)
+
+
+class Concat(nn.Module):
+    """The sum of two branches is concatenated: no stream unit (never a wrong one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 5), nn.Linear(4, 5), nn.Linear(10, 2)
+
+    def forward(self, x):
+        s = self.a(x) + self.b(x)
+        return self.c(torch.cat([s, s], dim=-1))
+
+
+def test_blocked_streams_are_not_units():
+    with pytest.raises(UnsupportedGraphError, match="no prunable producer"):
+        discover_units(Concat())
+
+
+class LinearStream(nn.Module):
+    """h = fc0(x); h = h + fc2(gelu(fc1(h))); out = head(h): the stream of fc0 and fc2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc0, self.fc1, self.fc2, self.head = nn.Linear(4, 6), nn.Linear(6, 5), nn.Linear(5, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.fc0(x)
+        h = h + self.fc2(nn.functional.gelu(self.fc1(h)))
+        return self.head(h)
+
+
+def test_linear_residual_stream():
+    torch.manual_seed(3)
+    model = LinearStream().eval()
+    stream = next(u for u in discover_units(model) if len(u.producers) > 1)
+    assert (stream.kind, stream.producers, stream.consumers) == ("neuron", ("fc0", "fc2"), ("fc1", "head"))
+    x = torch.randn(30, 4)
+    _, plan = prune_structured(model, x, method="bruteforce", sparsity=0.5, progress=False)
+    masked = model(x)
+    remove_pruned(model, plan)
+    assert (model.fc0.out_features, model.fc2.out_features, model.fc1.in_features, model.head.in_features) == (3, 3, 3, 3)
+    torch.testing.assert_close(model(x), masked, atol=1e-5, rtol=1e-5)
+
+
+class Wrapper(nn.Module):
+    """An untraceable block inside a traceable model: the error names it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from test_torch_structured import Untraceable
+
+        self.pre = nn.Linear(4, 4)
+        self.body = nn.Sequential(Untraceable())
+
+    def forward(self, x):
+        return self.body(self.pre(x))
+
+
+def test_untraceable_model_error_names_the_module_and_the_way_out():
+    model = Wrapper()
+    before = _hash(model)
+    with pytest.raises(UnsupportedGraphError, match=r"innermost module that fails is 'body\.0'.*pairs="):
+        prune_structured(model, torch.randn(8, 4), method="bruteforce", progress=False)
+    assert _hash(model) == before

@@ -60,12 +60,16 @@ def _param_like(old: nn.Parameter | None, value: torch.Tensor | None) -> nn.Para
     return nn.Parameter(value.contiguous().clone(), requires_grad=True if old is None else old.requires_grad)
 
 
-def remove_pruned(model: nn.Module, plan: StructuredPlan, *, check: bool = True, atol: float = 1e-5) -> nn.Module:
+def remove_pruned(model: nn.Module, plan: StructuredPlan, *, check: bool = True, atol: float = 1e-4) -> nn.Module:
     """Physically remove the groups that ``plan`` drops; returns ``model`` (changed in place).
 
     With ``check`` (default) and calibration inputs in ``plan.example`` (set by
     :func:`~combprune.torch.structured.prune_structured`), the model's outputs on them are
     compared before and after the removal; a difference above ``atol * max(1, max|output|)``
+    (default ``1e-4``: float32 kernels sum in a different order on the smaller shapes, e.g.
+    2.6e-5 relative on all-MiniLM-L6-v2 with a quarter of its heads and neurons removed, exactly
+    0 in float64; a forward pass that does not follow the recognised pattern changes the outputs
+    at the scale of the outputs)
     (an architecture whose forward pass does not follow the recognised pattern) undoes the
     removal and raises ``ValueError``.
 

@@ -375,17 +375,21 @@ def _is_elementwise(node: Any, modules: Mapping[str, nn.Module], prev: Any) -> b
 
 
 def _fx_units(model: nn.Module) -> list[StructuredUnit]:
-    """Linear -> [elementwise | BN1d] -> Linear and Conv2d -> [elementwise | BN2d] -> Conv2d chains
-    found by :func:`torch.fx.symbolic_trace`; every intermediate value must have exactly one user
-    (a residual branch or any other reader of the features makes the pair unprunable)."""
+    """Linear -> [elementwise | BN1d] -> Linear and Conv2d -> [elementwise | BN2d | depthwise] ->
+    Conv2d chains found by :func:`torch.fx.symbolic_trace` (every intermediate value read only
+    by the next operation, or by several consumers at the end), plus the residual streams of
+    :mod:`combprune.torch._streams`; any other reader of the features makes them unprunable."""
     import torch.fx
 
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as exc:  # noqa: BLE001 - any tracing failure means "cannot analyse"
+        where = _untraceable_module(model)
         raise UnsupportedGraphError(
             f"model: cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
-            "pass the producer/consumer pairs explicitly with pairs=[(producer, consumer), ...]"
+            + (f"the innermost module that fails is {where!r}; " if where else "the top-level forward itself fails; ")
+            + "make its forward traceable (no data-dependent control flow, see torch.fx.wrap) or pass the "
+            "producer/consumer pairs explicitly with pairs=[(producer, [norm, ...,] consumer), ...]"
         ) from exc
     modules = dict(model.named_modules())
     calls: dict[str, int] = {}
@@ -406,7 +410,9 @@ def _fx_units(model: nn.Module) -> list[StructuredUnit]:
         unit = _follow_chain(node, prod, consumer_type, bn_type, modules, calls)
         if unit is not None:
             units.append(unit)
-    return units
+    from ._streams import stream_units
+
+    return units + stream_units(graph, modules, calls)
 
 
 def _is_consumer_node(node: Any, cur: Any, prod: nn.Module, consumer_type: type, modules: Mapping[str, nn.Module], calls: Mapping[str, int]) -> bool:
@@ -458,6 +464,26 @@ def _follow_chain(node: Any, prod: nn.Module, consumer_type: type, bn_type: type
             cur = nxt
             continue
         return None
+
+
+def _untraceable_module(model: nn.Module) -> str | None:
+    """Name of the innermost submodule whose own forward torch.fx cannot trace (descending
+    through the first failing child at each level), or ``None`` when every child traces."""
+    import torch.fx
+
+    prefix, mod, found = "", model, None
+    while True:
+        for name, child in mod.named_children():
+            if not list(child.children()) and isinstance(child, (nn.Linear, nn.Conv2d, *ELEMENTWISE_MODULES)):
+                continue  # leaf layers are never traced into
+            try:
+                torch.fx.symbolic_trace(child)
+            except Exception:  # noqa: BLE001 - any failure marks the child
+                found = f"{prefix}{name}"
+                prefix, mod = f"{found}.", child
+                break
+        else:
+            return found
 
 
 def _has_matrix(mod: nn.Module) -> bool:
