@@ -526,6 +526,9 @@ def _osscar_search(
 ) -> Result:
     """OSSCAR's structured pruning search (see the module docstring for the maths).
 
+    Longer than 80 lines on purpose: the elimination rounds, the swap rounds and the deadline
+    checks share one factorisation state; the per-step maths lives in the structured kernels.
+
     Options
     -------
     groups_per_round : groups removed per elimination round (default ``ceil(G / 128)``).

@@ -635,6 +635,10 @@ def swap_search(
     Returns
     -------
     SwapOutcome with host float64 NumPy weights.
+
+    Longer than 80 lines on purpose: the search loop (candidate scoring, the depth/breadth
+    exchange, refactorisation and deadline checks) shares the support model's state; the
+    linear algebra is in the kernels.
     """
     if not isinstance(problem, L0Regression):
         raise TypeError(f"problem: swap_search needs an L0Regression, got {type(problem).__name__}")

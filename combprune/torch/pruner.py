@@ -144,7 +144,12 @@ class PruneConfig:
 
     @classmethod
     def build(cls, method: str = "chita", **kwargs: Any) -> "PruneConfig":
-        """Validate every argument once (errors name the argument) and return the config."""
+        """Validate every argument once (errors name the argument) and return the config.
+
+        Longer than 80 lines on purpose: one flat list of checks, one per argument, read top
+        to bottom like the parameter list it validates; splitting it would scatter the
+        cross-argument rules (method kind against budgets, sequential, gqa, pattern).
+        """
         names = {f.name for f in dataclasses.fields(cls)} - {"method", "spec"}
         unknown = sorted(set(kwargs) - names)
         if unknown:

@@ -20,8 +20,8 @@ import math
 
 import numpy as np
 
+from combprune.api import solve
 from combprune.problems import L0Regression, LayerwiseL0
-from combprune.registry import get_solver
 from combprune.result import Deadline, Result, Status
 
 from .layerwise import dense_f64, finish, pattern_mask, refit
@@ -40,7 +40,8 @@ def _column(R: np.ndarray, w_hat: np.ndarray, count: int, inner: str, deadline: 
     """(weights, bound, optimal) of one output column with at most ``count`` nonzeros."""
     prob = L0Regression(R, R @ w_hat, count)
     options = {"max_subsets": max_subsets} if inner == "bruteforce" else {}
-    res = get_solver(inner).func(prob, deadline=deadline, seed=seed, **options)
+    left = deadline.remaining()  # the inner solver runs through solve: its options and availability are checked
+    res = solve(prob, inner, time_limit=None if math.isinf(left) else max(left, 1e-3), seed=seed, **options)
     bound = res.bound if res.bound is not None else 0.0
     return np.asarray(res.x, dtype=np.float64), bound, res.status is Status.OPTIMAL
 
@@ -134,7 +135,6 @@ def solve_exact(problem: LayerwiseL0, *, deadline: Deadline, seed, inner: str, m
         if complete:
             result.bound, result.gap = result.objective, 0.0
         return result
-    get_solver(inner).ensure_available()
     R = _factor(K)
     if problem.k_col is not None:
         cols = [_column(R, W_hat[:, j], problem.k_col, inner, deadline, seed, max_subsets) for j in range(problem.m)]
