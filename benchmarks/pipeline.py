@@ -172,24 +172,25 @@ def run_gmp(arch: str, density: float, data, seed: int, epochs: tuple[int, int])
     }
 
 
-def run_density(arch: str, d: float, data: dict, seeds: list[int], grid: list[dict], epochs: tuple[int, int], ablation: bool, baselines: bool = True) -> list[dict]:
+def run_density(arch: str, d: float, data: dict, seeds: list[int], grid: list[dict], epochs: tuple[int, int], ablation: bool,
+                baselines: tuple[str, ...] = ("plain", "GMP", "CHITA++")) -> list[dict]:
     """Every arm at density ``d``: main arms on all seeds; the pipeline's options chosen from
     ``grid`` by validation accuracy on the first seed; ablation and CHITA++ on the first seed.
-    ``baselines=False``: only the pipeline and its ablation."""
+    ``baselines``: which of plain, GMP and CHITA++ to run besides the pipeline."""
     first = seeds[0]
     arm = lambda name, opts, seed=first: run_arm(arch, name, d, opts, data[seed], seed, epochs)  # noqa: E731
-    rows = [arm("plain", ARMS_OFF, seed) for seed in seeds] if baselines else []
-    if baselines:
+    rows = [arm("plain", ARMS_OFF, seed) for seed in seeds] if "plain" in baselines else []
+    if "GMP" in baselines:
         rows += [run_gmp(arch, d, data[seed], seed, epochs) for seed in seeds]
     cands = [dict(arm("pipeline", opts), **opts) for opts in grid]
     best = max(cands, key=lambda r: r["val_accuracy"])  # by validation accuracy (first seed)
     chosen = {k: best[k] for k in grid[0]}
-    best["candidates_val"] = " ".join(",".join(f"{c[k]:g}" for k in grid[0]) + f":{c['val_accuracy']:.3f}" for c in cands)
+    best["candidates_val"] = " ".join(",".join(f"{c[k]:g}" if isinstance(c[k], float) else str(c[k]) for k in grid[0]) + f":{c['val_accuracy']:.3f}" for c in cands)
     rows.append(best)
     rows += [dict(arm("pipeline", chosen, seed), **chosen) for seed in seeds[1:]]
     if ablation:
         rows += [dict(arm(name, {**chosen, **off}), **chosen) for name, off in ABLATIONS.items()]
-    if baselines:
+    if "CHITA++" in baselines:
         rows.append(arm("CHITA++", {**ARMS_OFF, **CHITA}))
     return rows
 
@@ -271,8 +272,8 @@ def plot(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _partial(arch: str) -> str:
-    return os.path.join(RESULTS_DIR, f"pipeline_{arch}.json")
+def _partial(arch: str, out: str | None = None) -> str:
+    return os.path.join(RESULTS_DIR, f"{out or 'pipeline_' + arch}.json")
 
 
 def merge() -> None:
@@ -306,6 +307,9 @@ def main(argv=None) -> None:
     ap.add_argument("--post-lrs", type=float, nargs="+", default=[0.05], help="the pipeline's post-training learning rates to choose from")
     ap.add_argument("--only-pipeline", action="store_true", help="rerun only the pipeline and its ablation (other arms kept from the file)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="main arms; selection, ablation and CHITA++ on the first")
+    ap.add_argument("--anneals", nargs="+", default=["epoch"], choices=["epoch", "step"], help="beta_anneal values to choose from (validation)")
+    ap.add_argument("--baselines", nargs="*", default=["plain", "GMP", "CHITA++"], choices=["plain", "GMP", "CHITA++"], help="baseline arms to run")
+    ap.add_argument("--out", default=None, help="result file name (default pipeline_<arch>; --merge reads the defaults only)")
     ap.add_argument("--no-ablation", action="store_true")
     ap.add_argument("--ablation-densities", type=float, nargs="+", default=None, help="ablation at these densities only (default: all)")
     ap.add_argument("--no-dense", action="store_true")
@@ -324,8 +328,8 @@ def main(argv=None) -> None:
     data = {seed: load(seed, 128) for seed in args.seeds}
     run_arm(args.arch, "warm-up", 0.5, ARMS_OFF, data[args.seeds[0]], args.seeds[0], (1, 1))  # untimed: first-call costs
     old = []
-    if not args.quick and os.path.exists(_partial(args.arch)):
-        with open(_partial(args.arch)) as fh:  # keep the other densities of an earlier chunk
+    if not args.quick and os.path.exists(_partial(args.arch, args.out)):
+        with open(_partial(args.arch, args.out)) as fh:  # keep the other densities of an earlier chunk
             redone = ("pipeline", *ABLATIONS) if args.only_pipeline else None
             old = [r for r in json.load(fh)["rows"] if not (r["arm"] == "dense" and not args.no_dense)
                    and (r["density"] not in args.densities or (redone is not None and r["arm"] not in redone))]
@@ -334,8 +338,9 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     for d in args.densities:
         ablate = not args.no_ablation and (args.ablation_densities is None or d in args.ablation_densities)
-        grid = [{"mask_penalty": lam, "lr": lr, "post_lr": plr} for lam in args.lambdas for lr in args.lrs for plr in args.post_lrs]
-        here = run_density(args.arch, d, data, args.seeds, grid, epochs, ablate, baselines=not args.only_pipeline)
+        grid = [{"mask_penalty": lam, "lr": lr, "post_lr": plr, "beta_anneal": an}
+                for lam in args.lambdas for lr in args.lrs for plr in args.post_lrs for an in args.anneals]
+        here = run_density(args.arch, d, data, args.seeds, grid, epochs, ablate, baselines=() if args.only_pipeline else tuple(args.baselines))
         rows += here
         print(f"{args.arch} density {d}: " + ", ".join(f"{r['arm']}[{r['seed']}] {r['test_accuracy']:.3f}" for r in here), flush=True)
         if args.quick:
@@ -345,12 +350,14 @@ def main(argv=None) -> None:
             "model": f"{ARCHS[args.arch]['label']} ReLU, {n_params} prunable weights (Linear and Conv2d weights; biases not pruned)",
             "epochs": f"{epochs[0]} pre-pruning + {epochs[1]} post-pruning (plain: dense training + fine-tuning; GMP: the same total)",
             "optimiser": "SGD lr 0.05 momentum 0.9, cosine per stage (GMP: over all epochs), batch 128",
-            "selection": "pipeline: mask_penalty (lambda) from %s, pre-training lr from %s and post-training lr from %s, per density by validation accuracy (first seed); all else fixed beforehand" % (args.lambdas, args.lrs, args.post_lrs),
+            "selection": "pipeline: mask_penalty (lambda) from %s, pre-training lr from %s, post-training lr from %s and beta annealing (per epoch / per step) from %s, per density by validation accuracy (first seed); all else fixed beforehand" % (args.lambdas, args.lrs, args.post_lrs, args.anneals),
+            "arms": "dense (%s), %s, pipeline" % ("no" if args.no_dense else "yes", ", ".join(args.baselines) if not args.only_pipeline else "none"),
             "GMP": "GradualPruner magnitude (global), cubic schedule 0 -> 1 - density, events every half epoch from epoch 1 to epoch pre",
             "CHITA++": "cpt.prune chita++, 3 stages, 256 calibration samples, l2 0.01, sparsity = 1 - density, then fine-tuning",
             "seconds (last chunk)": round(time.perf_counter() - t_start, 1),
         }
-        save_results(f"pipeline_{args.arch}", old + rows, meta)
+        meta["summary (mean ± std of the test accuracy over the seeds; pipeline_vs_GMP = ratio of the means)"] = "\n\n" + markdown_table(summarise(old + rows)[0]) + "\n"
+        save_results(args.out or f"pipeline_{args.arch}", old + rows, meta)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,26 @@ def test_learned_masks_gate_penalty_and_temperature():
     assert lm.density() == 1.0
 
 
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 60), beta0=st.floats(0.1, 5.0), beta_max=st.floats(5.0, 500.0))
+def test_learned_masks_step_annealing_follows_the_geometric_schedule(n, beta0, beta_max):
+    """anneal="step": beta_t = beta_0 g^t after t steps, beta_max after n steps, and the gates
+    use it; epoch_end changes nothing (and with anneal="epoch" step_end changes nothing)."""
+    growth = (beta_max / beta0) ** (1.0 / n)
+    lm = LearnedMasks(mlp(3, 2), beta=beta0, beta_growth=growth, beta_max=beta_max, anneal="step")
+    for t in range(1, n + 1):
+        beta = lm.step_end()
+        assert beta == pytest.approx(min(beta0 * growth**t, beta_max), rel=1e-9)
+        assert lm.epoch_end() == beta
+    assert lm.beta == beta_max  # exactly, after n steps
+    assert lm.step_end() == lm.beta <= beta_max  # capped
+    gate = lm._gates["0.weight"][2]
+    assert gate.beta == lm.beta
+    assert torch.allclose(gate.gate(), torch.sigmoid(lm.beta * gate.score))
+    per_epoch = LearnedMasks(mlp(3, 2), beta=beta0, beta_growth=growth, beta_max=beta_max)
+    assert per_epoch.step_end() == beta0 and per_epoch.epoch_end() == pytest.approx(min(beta0 * growth, beta_max))
+
+
 def test_learned_masks_penalty_drives_scores_negative_and_remove_bakes():
     torch.manual_seed(0)
     model = mlp(4, 3)
@@ -158,6 +178,8 @@ def test_learned_masks_bad_input():
         LearnedMasks(mlp(3, 2), penalty=-1.0)
     with pytest.raises(ValueError, match="beta_growth"):
         LearnedMasks(mlp(3, 2), beta_growth=0.5)
+    with pytest.raises(ValueError, match="anneal"):
+        LearnedMasks(mlp(3, 2), anneal="batch")
     with pytest.raises(ValueError, match="targets"):
         LearnedMasks(nn.Sequential(nn.ReLU()))
     model = mlp(3, 2)

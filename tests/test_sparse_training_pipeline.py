@@ -50,6 +50,22 @@ def test_full_pipeline_reaches_density_and_a_plain_accurate_model():
     assert not torch.nn.utils.parametrize.is_parametrized(model) and set(res.scores) == {"0.weight", "2.weight", "4.weight"}
 
 
+def test_step_annealing_reaches_beta_max_at_the_end_of_the_schedule():
+    """beta_anneal="step": beta grows after every optimisation step, geometrically from 1 to
+    beta_max over beta_epochs * steps per epoch, then stays there."""
+    torch.manual_seed(0)
+    train, val = loaders()
+    model = make()
+    res = cpt.run_pipeline(model, train, density=0.2, pre_epochs=3, beta_epochs=2, beta_anneal="step", post_epochs=1, beta_max=50.0,
+                           soft_skip=False, soft_activation=None, progress=False)
+    betas = [r["beta"] for r in res.history if r["stage"] == "pre-training"]  # recorded at each epoch's end
+    steps = len(train)
+    assert betas[0] == pytest.approx(50.0 ** (steps / (2 * steps)), rel=1e-9)
+    assert betas[1] == 50.0 and betas[2] == 50.0
+    p = sum(m.weight.numel() for m in model if isinstance(m, nn.Linear))
+    assert res.density == pytest.approx(cpt.k_from_sparsity(0.8, p) / p)
+
+
 def test_plain_arm_is_dense_training_magnitude_pruning_fine_tuning():
     torch.manual_seed(0)
     train, val = loaders()
@@ -104,6 +120,7 @@ def test_pipeline_mask_guided_chita_warm_start_runs():
     ({"density": -0.5}, "density"),
     ({"density": 0.1, "pre_epochs": 2, "beta_epochs": 3}, "beta_epochs: the temperature schedule .* longer than the pre-training"),
     ({"density": 0.1, "beta_epochs": 0}, "beta_epochs"),
+    ({"density": 0.1, "beta_anneal": "batch"}, "beta_anneal"),
     ({"density": 0.1, "post_epochs": 2, "soft_skip_epochs": 3}, "soft_skip_epochs: the schedule .* longer than the post-training"),
     ({"density": 0.1, "post_epochs": 2, "soft_activation_epochs": 5}, "soft_activation_epochs"),
     ({"density": 0.1, "soft_activation_epochs": 1.5}, "soft_activation_epochs"),

@@ -7,8 +7,10 @@ Every prunable weight ``w`` gets a score ``s`` and the network computes with the
     \\tilde w = w \\odot \\sigma(\\beta s), \\qquad
     \\mathcal L = \\mathcal L_{data}(\\tilde w) + \\lambda \\sum_i \\sigma(\\beta s_i),
 
-the temperature ``beta`` being multiplied by ``beta_growth`` at every epoch end, up to
-``beta_max`` (~200), so that the gate tends to the hard mask :math:`1[s > 0]`. The scores have
+the temperature ``beta`` being multiplied by ``beta_growth`` at every epoch end
+(``anneal="epoch"``, the paper's schedule) or after every optimisation step (``anneal="step"``:
+the same geometric curve in smaller steps, :math:`\beta_t = \beta_0 g^t`), up to ``beta_max``
+(~200), so that the gate tends to the hard mask :math:`1[s > 0]`. The scores have
 their own optimiser. The gate is a :mod:`torch.nn.utils.parametrize` parametrisation of each
 weight, so the user's model code is unchanged (``layer.weight`` is the gated weight) and
 :meth:`LearnedMasks.remove` gives back plain parameters. See ``docs/sparse_training.md``.
@@ -61,14 +63,17 @@ class LearnedMasks:
     init : initial score ``s_0`` (the gate starts at ``sigmoid(beta * s_0)``).
     penalty : ``lambda`` of the sparsity regulariser ``lambda * sum(sigmoid(beta * s))``.
     beta : initial temperature ``beta_0``.
-    beta_growth : factor applied to ``beta`` at every :meth:`epoch_end` (>= 1).
+    beta_growth : factor applied to ``beta`` at every :meth:`epoch_end` (``anneal="epoch"``) or
+        every :meth:`step_end` (``anneal="step"``); >= 1.
+    anneal : ``"epoch"`` or ``"step"``: when ``beta`` grows (a per-epoch jump rescales every
+        gate at once, which can destabilise SGD; per step spreads it; docs/sparse_training.md).
     beta_max : cap of ``beta``.
     score_optimizer : ``callable(params) -> torch.optim.Optimizer`` for the scores
         (default Adam, learning rate ``score_lr``).
     score_lr : learning rate of the default score optimiser.
 
     Usage: add :meth:`penalty` to the loss, step :attr:`optimizer` with the weights' optimiser,
-    call :meth:`epoch_end` after every epoch and :meth:`remove` at the end. Create the weights'
+    call :meth:`step_end` after every optimisation step and :meth:`epoch_end` after every epoch, and :meth:`remove` at the end. Create the weights'
     optimiser on :meth:`model_parameters` (the scores are parameters of the model while the
     gates are attached).
     """
@@ -82,6 +87,7 @@ class LearnedMasks:
         beta: float = 1.0,
         beta_growth: float = 1.5,
         beta_max: float = 200.0,
+        anneal: str = "epoch",
         score_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
         score_lr: float = 0.01,
         targets: Any = None,
@@ -93,6 +99,9 @@ class LearnedMasks:
         self.beta = _positive("beta", beta)
         self.beta_growth = _positive("beta_growth", beta_growth, minimum=1.0, strict=False)
         self.beta_max = _positive("beta_max", beta_max)
+        if anneal not in ("epoch", "step"):
+            raise ValueError(f"anneal: expected 'epoch' or 'step', got {anneal!r}")
+        self.anneal = anneal
         score_lr = _positive("score_lr", score_lr)
         for name, module in model.named_modules():
             if parametrize.is_parametrized(module, "weight"):
@@ -129,10 +138,23 @@ class LearnedMasks:
         self._check_attached()
         return self.lam * sum(g.gate().sum() for _, _, g in self._gates.values())
 
+    def step_end(self) -> float:
+        """With ``anneal="step"``: multiply ``beta`` by ``beta_growth`` (capped at ``beta_max``).
+        Returns the (new) ``beta``; with ``anneal="epoch"`` nothing changes."""
+        return self._grow() if self.anneal == "step" else self.beta
+
     def epoch_end(self) -> float:
-        """Multiply ``beta`` by ``beta_growth`` (capped at ``beta_max``); returns the new ``beta``."""
+        """With ``anneal="epoch"``: multiply ``beta`` by ``beta_growth`` (capped at ``beta_max``).
+        Returns the (new) ``beta``; with ``anneal="step"`` nothing changes."""
+        return self._grow() if self.anneal == "epoch" else self.beta
+
+    def _grow(self) -> float:
+        """``beta <- min(beta * growth, beta_max)``; within 1e-12 (relative) of ``beta_max`` it
+        snaps to it, so that ``growth = (beta_max / beta_0) ** (1 / n)`` ends exactly at ``beta_max``
+        after ``n`` steps despite rounding."""
         self._check_attached()
-        self.beta = min(self.beta * self.beta_growth, self.beta_max)
+        beta = self.beta * self.beta_growth
+        self.beta = self.beta_max if beta >= self.beta_max * (1.0 - 1e-12) else beta
         for _, _, g in self._gates.values():
             g.beta = self.beta
         return self.beta

@@ -6,7 +6,8 @@ Stages (each switchable; docs/sparse_training.md):
 2. pre-pruning training, with Continuous-Sparsification learned masks
    (:class:`combprune.torch.LearnedMasks`): ``beta`` grows geometrically from 1 to ``beta_max``
    over ``beta_epochs`` epochs (default ``pre_epochs``; factor ``beta_max ** (1 / beta_epochs)``
-   per epoch);
+   per epoch with ``beta_anneal="epoch"``, ``beta_max ** (1 / (beta_epochs * steps per epoch))``
+   per optimisation step with ``beta_anneal="step"``);
 3. pruning to ``density`` (:func:`combprune.torch.prune_to_density`): mask-guided top-k scores by
    default with learned masks, magnitude otherwise, or any :func:`combprune.torch.prune` method;
 4. post-pruning training with the mask frozen, label smoothing, soft activations and soft skip
@@ -77,7 +78,8 @@ class SparseTrainingPipeline:
     ``density``: fraction of the prunable weights kept, in (0, 1]. Pre-training: ``pre_epochs``
     of SGD (``lr``, ``momentum``, ``weight_decay``, cosine learning rate). Learned masks:
     ``mask_init`` (s_0), ``mask_penalty`` (lambda), ``beta_max`` (reached after ``beta_epochs``
-    epochs, default all of ``pre_epochs``), ``score_lr`` (Adam on the scores). Pruning: ``prune_method`` (``None``: ``"mask"`` with learned masks, else
+    epochs, default all of ``pre_epochs``), ``beta_anneal`` (``"epoch"`` or ``"step"``: when beta
+    grows), ``score_lr`` (Adam on the scores). Pruning: ``prune_method`` (``None``: ``"mask"`` with learned masks, else
     ``"magnitude"``), ``per_layer``, ``warm_start`` (``"scores"``: learned support as the solver's
     warm start), ``prune_options`` (to :func:`combprune.torch.prune`). Post-training: ``post``.
     ``checkpoint_dir``: save the state after each stage there and resume from it (:meth:`run`).
@@ -94,6 +96,7 @@ class SparseTrainingPipeline:
     mask_penalty: float = 1e-5
     beta_max: float = 200.0
     beta_epochs: int | None = None
+    beta_anneal: str = "epoch"
     score_lr: float = 0.01
     prune_method: str | None = None
     per_layer: bool = False
@@ -127,6 +130,8 @@ class SparseTrainingPipeline:
                 raise ValueError(f"beta_epochs: expected a positive number of epochs, got {self.beta_epochs!r}")
             if self.beta_epochs > self.pre_epochs:
                 raise ValueError(f"beta_epochs: the temperature schedule ({self.beta_epochs} epochs) is longer than the pre-training (pre_epochs={self.pre_epochs})")
+        if self.beta_anneal not in ("epoch", "step"):
+            raise ValueError(f"beta_anneal: expected 'epoch' or 'step', got {self.beta_anneal!r}")
         if self.method == "mask" and not self.learned_masks:
             raise ValueError("prune_method: 'mask' needs learned_masks=True")
         if self.warm_start is not None and not self.learned_masks:
@@ -234,9 +239,10 @@ class SparseTrainingPipeline:
     def _pre_train(self, model: nn.Module, loader: Any, val_loader: Any, record: Callable[[dict[str, Any]], None]) -> dict[str, torch.Tensor] | None:
         lm = None
         if self.learned_masks:
-            growth = self.beta_max ** (1.0 / (self.beta_epochs or self.pre_epochs))
+            increments = (self.beta_epochs or self.pre_epochs) * (len(loader) if self.beta_anneal == "step" else 1)
+            growth = self.beta_max ** (1.0 / increments)
             lm = LearnedMasks(model, init=self.mask_init, penalty=self.mask_penalty, beta=1.0, beta_growth=growth, beta_max=self.beta_max,
-                              score_lr=self.score_lr, targets=self.targets, ignore=self.ignore)
+                              anneal=self.beta_anneal, score_lr=self.score_lr, targets=self.targets, ignore=self.ignore)
         params = list(lm.model_parameters()) if lm else list(model.parameters())
         opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.pre_epochs * len(loader)))
@@ -246,7 +252,7 @@ class SparseTrainingPipeline:
             for epoch in range(self.pre_epochs):
                 row, step = train_epoch(
                     model, loader, optimizers, F.cross_entropy, extra_loss=lm.penalty if lm else None,
-                    after_step=lambda s: sched.step(), step=step, progress=self.progress, desc=f"pre-training {epoch + 1}/{self.pre_epochs}",
+                    after_step=lambda s: (sched.step(), lm.step_end() if lm else None), step=step, progress=self.progress, desc=f"pre-training {epoch + 1}/{self.pre_epochs}",
                 )
                 row = {"stage": "pre-training", "epoch": epoch + 1, **row}
                 if lm is not None:
