@@ -40,6 +40,13 @@ Each ``--arch`` run writes ``benchmarks/results/pipeline_<arch>.json`` (rows sav
 density, so an interrupted run keeps its finished densities; ``--densities`` runs a subset and
 adds it to the file); ``--merge`` writes ``pipeline.json``, ``.md`` and ``.png`` (accuracy
 against density). Times per epoch are reported per stage, as ratios within the same run.
+``--anneals epoch step`` adds the learned-mask temperature schedule (``beta_anneal``) to the
+validation grid, ``--baselines`` limits the other arms, ``--out NAME`` writes
+``results/NAME.{json,md}`` instead (not read by ``--merge``); the per-step rerun of the CNN:
+
+    flock /tmp/cpu.lock .venv/bin/python benchmarks/pipeline.py --arch cnn --densities 0.02 0.01 0.005 \
+        --lrs 0.05 0.01 --post-lrs 0.05 0.01 --anneals epoch step --baselines GMP --no-dense \
+        --no-ablation --out pipeline_cnn_step_anneal
 """
 
 from __future__ import annotations
