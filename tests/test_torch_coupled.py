@@ -17,7 +17,7 @@ from combprune.problems import StructuredMIQP
 from combprune.torch import _coupled
 from combprune.torch.physical import from_pretrained, remove_pruned
 from combprune.torch.structured import UnsupportedGraphError, discover_units, prune_structured
-from test_torch_structured import _hash  # noqa: E402 - tests/ is on sys.path under pytest
+from test_torch_structured import _bert, _hash  # noqa: E402 - tests/ is on sys.path under pytest
 
 SOLVERS = {s["name"] for s in combprune.list_solvers()}
 METHOD = "osscar" if "osscar" in SOLVERS else "bruteforce"
@@ -492,12 +492,12 @@ def _one_group_slack(report) -> float:
     return total
 
 
-@pytest.mark.parametrize("which,budget", [("mlp", 0.3), ("mlp", 0.5), ("mlp", 0.8), ("llama", 0.6), ("llama", 0.8), ("llama", 0.95)])
+@pytest.mark.parametrize("which,budget", [("mlp", 0.3), ("mlp", 0.5), ("mlp", 0.8), ("llama", 0.6), ("llama", 0.8), ("llama", 0.95), ("bert", 0.7)])
 def test_structured_flop_budget_is_met_and_close(which, budget):
     import combprune.torch as cpt
 
-    model = _mlp() if which == "mlp" else _llama(heads=8, kv=2)
-    data = torch.randn(32, 8) if which == "mlp" else [{"input_ids": _ids()}]
+    model = {"mlp": _mlp, "llama": lambda: _llama(heads=8, kv=2), "bert": _bert}[which]()
+    data = torch.randn(32, 8) if which == "mlp" else [{"input_ids": _ids() % 16 if which == "bert" else _ids()}]
     before = cpt.model_flops(model, data)
     report = cpt.prune(model, data, method=METHOD, flop_budget=budget, apply="physical", progress=False)
     report.check_budgets()
@@ -539,3 +539,43 @@ def test_structured_flop_budget_with_sparsity_respects_both():
         cpt.Pruner("osscar", sparsity={"neuron": 0.5}, flop_budget=0.5)
     with pytest.raises(ValueError, match="flop_budget: the sequential engine"):
         cpt.Pruner("osscar", flop_budget=0.5, sequential=True)
+
+
+@settings(max_examples=25, deadline=None)
+@given(widths=st.lists(st.integers(2, 9), min_size=1, max_size=3), budget=st.floats(0.05, 1.0))
+def test_uniform_fraction_is_the_smallest_breakpoint_meeting_the_budget(widths, budget):
+    from combprune.problems.budget import within_budget
+    from combprune.torch._calibration import collect
+    from combprune.torch._structured_budget import _candidates, uniform_fraction
+    from combprune.torch.structured import StructuredSetup
+
+    torch.manual_seed(0)
+    sizes = [3, *widths, 2]
+    layers = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())][:-1]
+    model = nn.Sequential(*layers).eval()
+    setup = StructuredSetup.build(model, method=METHOD, sparsity=None, targets=None, ignore=None, solver_options=None,
+                                  kinds=("neuron",), pairs=None, flop_budget=budget)
+    before = _hash(model)
+    try:
+        setup.prepare(model, collect(torch.randn(4, 3), None, torch.device("cpu")))
+    except ValueError as err:  # infeasible: the largest fraction is too many FLOPs
+        assert "flop_budget" in str(err)
+        return
+    info = setup.plan.budget
+    M, cands = info["model_flops"], _candidates(setup)
+    f, flops = uniform_fraction(setup, M, budget)
+    assert f == info["fraction"] and within_budget(flops, budget * M)
+    i = int(np.searchsorted(cands, f))
+    if i > 0:  # one breakpoint lower misses the budget
+        assert not within_budget(_flops_at(setup, M, cands[i - 1]), budget * M)
+    assert _hash(model) == before
+
+
+def _flops_at(setup, M, f):
+    from combprune.torch._structured_budget import plan_model_flops
+    from combprune.torch.structured import StructuredPlan
+
+    plan = StructuredPlan(setup.units)
+    for u in setup.units:
+        plan.keep[u.consumer] = np.arange(u.n_groups) >= setup.n_remove(u, float(f))
+    return plan_model_flops(plan, setup.modules, setup.dense_flops, M)
