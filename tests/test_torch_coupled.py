@@ -17,7 +17,7 @@ from combprune.problems import StructuredMIQP
 from combprune.torch import _coupled
 from combprune.torch.physical import from_pretrained, remove_pruned
 from combprune.torch.structured import UnsupportedGraphError, discover_units, prune_structured
-from test_torch_structured import _hash  # noqa: E402 - tests/ is on sys.path under pytest
+from test_torch_structured import _bert, _hash  # noqa: E402 - tests/ is on sys.path under pytest
 
 SOLVERS = {s["name"] for s in combprune.list_solvers()}
 METHOD = "osscar" if "osscar" in SOLVERS else "bruteforce"
@@ -471,3 +471,111 @@ def test_untraceable_model_error_names_the_module_and_the_way_out():
     with pytest.raises(UnsupportedGraphError, match=r"innermost module that fails is 'body\.0'.*pairs="):
         prune_structured(model, torch.randn(8, 4), method="bruteforce", progress=False)
     assert _hash(model) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# flop_budget for the structured methods (one uniform fraction of groups per unit)
+# ---------------------------------------------------------------------------------------------
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3)).eval()
+
+
+def _one_group_slack(report) -> float:
+    """Sum over units of the FLOPs of one group (or block of groups): removing one more in every
+    unit lowers the model's FLOPs by at most this much."""
+    dense = {r.name.rsplit(".", 1)[0]: r.dense_flops for r in report.layers}
+    total = 0.0
+    for u in report.info["structured_plan"]["units"]:
+        layers = u["producers"] + [u["consumer"]] + u["extra_consumers"]
+        total += sum(dense.get(n, 0.0) for n in layers) / (u["n_groups"] // max(u["even_blocks"], 1))
+    return total
+
+
+@pytest.mark.parametrize("which,budget", [("mlp", 0.3), ("mlp", 0.5), ("mlp", 0.8), ("llama", 0.6), ("llama", 0.8), ("llama", 0.95), ("bert", 0.7)])
+def test_structured_flop_budget_is_met_and_close(which, budget):
+    import combprune.torch as cpt
+
+    model = {"mlp": _mlp, "llama": lambda: _llama(heads=8, kv=2), "bert": _bert}[which]()
+    data = torch.randn(32, 8) if which == "mlp" else [{"input_ids": _ids() % 16 if which == "bert" else _ids()}]
+    before = cpt.model_flops(model, data)
+    report = cpt.prune(model, data, method=METHOD, flop_budget=budget, apply="physical", progress=False)
+    report.check_budgets()
+    info = report.info["flop_budget"]
+    assert info["model_flops"] == pytest.approx(before) and info["reached"] <= budget + 1e-12
+    assert budget - info["reached"] <= _one_group_slack(report) / before + 1e-12
+    measured = cpt.model_flops(model, data) / before  # the physically smaller model, counted afresh
+    assert measured <= info["reached"] + 1e-9  # attention-score FLOPs shrink with heads: counted as fixed
+    if which == "mlp":
+        assert measured == pytest.approx(info["reached"])
+    kept = [np.mean(k) for k in report.info["structured_plan"]["keep"].values()]
+    assert all(abs((1 - k) - info["fraction"]) < 0.5 for k in kept)
+    assert "model FLOPs kept <=" in str(report) and "budgets met" in str(report)
+
+
+def test_impossible_structured_flop_budget_leaves_the_model_unchanged():
+    import combprune.torch as cpt
+
+    model = _llama()
+    before = _hash(model)
+    with pytest.raises(ValueError, match="flop_budget: 0.01 of the model's .* cannot be met by structured pruning"):
+        cpt.prune(model, [{"input_ids": _ids()}], method=METHOD, flop_budget=0.01, apply="physical", progress=False)
+    assert _hash(model) == before
+    with pytest.raises(ValueError, match="flop_budget"):
+        prune_structured(_mlp(), torch.randn(8, 8), method=METHOD, flop_budget=1.5, progress=False)
+
+
+def test_structured_flop_budget_with_sparsity_respects_both():
+    import combprune.torch as cpt
+
+    data = torch.randn(32, 8)
+    loose = cpt.prune(_mlp(), data, method=METHOD, sparsity=0.75, flop_budget=0.9, progress=False)
+    loose.check_budgets()
+    assert loose.info["flop_budget"]["fraction"] == 0.75 and loose.info["structures"]["neuron"]["removed"] == 12 + 9
+    tight = cpt.prune(_mlp(), data, method=METHOD, sparsity=0.1, flop_budget=0.4, progress=False)
+    alone = cpt.prune(_mlp(), data, method=METHOD, flop_budget=0.4, progress=False)
+    assert tight.info["flop_budget"] == alone.info["flop_budget"] and tight.info["flop_budget"]["fraction"] > 0.1
+    with pytest.raises(ValueError, match="flop_budget: with a FLOP budget"):
+        cpt.Pruner("osscar", sparsity={"neuron": 0.5}, flop_budget=0.5)
+    with pytest.raises(ValueError, match="flop_budget: the sequential engine"):
+        cpt.Pruner("osscar", flop_budget=0.5, sequential=True)
+
+
+@settings(max_examples=25, deadline=None)
+@given(widths=st.lists(st.integers(2, 9), min_size=1, max_size=3), budget=st.floats(0.05, 1.0))
+def test_uniform_fraction_is_the_smallest_breakpoint_meeting_the_budget(widths, budget):
+    from combprune.problems.budget import within_budget
+    from combprune.torch._calibration import collect
+    from combprune.torch._structured_budget import _candidates, uniform_fraction
+    from combprune.torch.structured import StructuredSetup
+
+    torch.manual_seed(0)
+    sizes = [3, *widths, 2]
+    layers = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())][:-1]
+    model = nn.Sequential(*layers).eval()
+    setup = StructuredSetup.build(model, method=METHOD, sparsity=None, targets=None, ignore=None, solver_options=None,
+                                  kinds=("neuron",), pairs=None, flop_budget=budget)
+    before = _hash(model)
+    try:
+        setup.prepare(model, collect(torch.randn(4, 3), None, torch.device("cpu")))
+    except ValueError as err:  # infeasible: the largest fraction is too many FLOPs
+        assert "flop_budget" in str(err)
+        return
+    info = setup.plan.budget
+    M, cands = info["model_flops"], _candidates(setup)
+    f, flops = uniform_fraction(setup, M, budget)
+    assert f == info["fraction"] and within_budget(flops, budget * M)
+    i = int(np.searchsorted(cands, f))
+    if i > 0:  # one breakpoint lower misses the budget
+        assert not within_budget(_flops_at(setup, M, cands[i - 1]), budget * M)
+    assert _hash(model) == before
+
+
+def _flops_at(setup, M, f):
+    from combprune.torch._structured_budget import plan_model_flops
+    from combprune.torch.structured import StructuredPlan
+
+    plan = StructuredPlan(setup.units)
+    for u in setup.units:
+        plan.keep[u.consumer] = np.arange(u.n_groups) >= setup.n_remove(u, float(f))
+    return plan_model_flops(plan, setup.modules, setup.dense_flops, M)

@@ -701,11 +701,15 @@ def _prune_structured(model: nn.Module, calibration: Any, cfg: "PruneConfig") ->
     layers, plan = _structured.prune_structured(
         model, calibration, method=solver, sparsity=cfg.sparsity, targets=cfg.targets, ignore=cfg.ignore,
         n_samples=cfg.n_samples, solver_options=dict(cfg.solver_options), progress=cfg.progress, pairs=cfg.pairs,
-        gqa=cfg.gqa,
+        gqa=cfg.gqa, flop_budget=cfg.flop_budget,
     )
     _apply_structured(model, plan, cfg.apply)
     requested = dict(cfg.sparsity) if isinstance(cfg.sparsity, Mapping) else cfg.sparsity
     report = PruneReport(layers=list(layers), method=cfg.method, sparsity_requested=requested, apply=cfg.apply)
+    if plan.budget:  # F = FLOPs the touched layers may keep, as for the unstructured methods
+        report.flop_budget_requested = cfg.flop_budget
+        report.flop_limit = cfg.flop_budget * plan.budget["model_flops"] - (plan.budget["model_flops"] - report.dense_flops)
+        report.info["flop_budget"] = dict(plan.budget, reached=(plan.budget["model_flops"] - report.dense_flops + report.effective_flops) / plan.budget["model_flops"])
     report.not_pruned = list(plan.not_pruned)
     structures: dict[str, dict[str, int]] = {}
     for unit in plan.units:

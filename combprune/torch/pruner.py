@@ -171,8 +171,11 @@ class PruneConfig:
             raise ValueError("sparsity: give sparsity (fraction removed) and/or flop_budget (fraction of FLOPs kept)")
         if spec.kind == "layerwise" and flop_budget is not None:
             raise ValueError("flop_budget: the layer-wise methods take sparsity or pattern='n:m'")
-        if spec.kind == "structured" and flop_budget is not None and sparsity is None:
-            raise ValueError("flop_budget: structured methods take sparsity (fraction of groups removed per layer); a FLOP budget is not supported there")
+        if spec.kind == "structured" and flop_budget is not None and isinstance(sparsity, Mapping):
+            raise ValueError("flop_budget: with a FLOP budget the structured methods take one sparsity fraction (or none), not a dict per kind / layer")
+        if spec.kind == "structured" and flop_budget is not None and (a["sequential"] or (a["sequential"] is None and (a["blocks"] is not None or a["offload"] is not None))):
+            raise ValueError("flop_budget: the sequential engine (sequential=True, blocks, offload) takes sparsity only; "
+                             "run the structured method on the whole model (sequential=False) for a FLOP budget")
         if a["pairs"] is not None and spec.kind != "structured":
             raise ValueError("pairs: producer/consumer pairs declare structured units; they need a structured method ('osscar', 'group-magnitude')")
         if a["gqa"] not in ("kv", "query"):
@@ -384,7 +387,9 @@ def prune(
         methods the fraction of **groups** (neurons, channels, heads) removed in each unit, or a
         dict ``{kind or consumer name or regex: fraction}`` (:func:`~combprune.torch.structured.prune_structured`).
     flop_budget : fraction of the model's dense FLOPs kept, in ``(0, 1]``. At least one of
-        ``sparsity`` / ``flop_budget`` is required; both may be given.
+        ``sparsity`` / ``flop_budget`` is required; both may be given. Structured methods: every
+        unit loses the same fraction of its groups, the smallest meeting the budget (or
+        ``sparsity`` when larger); whole-model path only, not the sequential engine.
     targets, ignore : which weights are prunable (see :func:`combprune.torch.select_parameters`;
         default: weights of Linear, Conv and Hugging Face Conv1D layers).
     n_samples : calibration samples used (rows of A); ``None`` for all.

@@ -351,11 +351,20 @@ class PruneReport:
         req = self.sparsity_requested
         req_text = f"{req:g}" if isinstance(req, (int, float)) else str(req)
         groups = ", ".join(f"{kind}s {v['removed']}/{v['groups']}" for kind, v in self.info["structures"].items())
-        caption = (
-            f"{self.method}: requested {req_text} of the groups removed per unit (a fraction of structures, not of "
-            f"parameters); removed {groups}. Touched layers: {self.sparsity:.4f} of their weights removed, "
-            f"{self.flop_unit} kept {self.flop_fraction:.4f}"
-        )
+        budget = self.info.get("flop_budget")
+        if budget:
+            asked = f"model {self.flop_unit} kept <= {budget['flop_budget']:g}" + (f" and {req_text} of the groups removed per unit" if req else "")
+            caption = (
+                f"{self.method}: requested {asked}; removed {budget['fraction']:.4f} of the groups of every unit "
+                f"({groups}); model {self.flop_unit} kept {budget['reached']:.4f} of {budget['model_flops']:.4g} per sample, "
+                f"budgets {'met' if not self.budget_violations() else 'NOT met'}. Touched layers: {self.sparsity:.4f} of their weights removed"
+            )
+        else:
+            caption = (
+                f"{self.method}: requested {req_text} of the groups removed per unit (a fraction of structures, not of "
+                f"parameters); removed {groups}. Touched layers: {self.sparsity:.4f} of their weights removed, "
+                f"{self.flop_unit} kept {self.flop_fraction:.4f}"
+            )
         params = self.info.get("model_params") or {}
         if params.get("before"):
             after = params.get("after")

@@ -55,7 +55,7 @@ from torch import nn
 from combprune.problems import StructuredMIQP, osscar_default_ridge
 
 from . import _calibration, _coupled
-from ._flops import layer_flops
+from ._flops import layer_flops, model_flops
 from ._select import PrunableParam, is_hf_conv1d, select_parameters
 from .report import LayerReport
 
@@ -202,6 +202,9 @@ class StructuredPlan:
     example: Any = None
     #: structures the model has but this run cannot prune: (module name, reason).
     not_pruned: list[tuple[str, str]] = field(default_factory=list)
+    #: with ``flop_budget``: ``flop_budget``, ``model_flops`` (dense FLOPs per sample of the whole
+    #: model) and ``fraction`` (the uniform fraction of groups removed per unit); else empty.
+    budget: dict[str, float] = field(default_factory=dict)
 
     def unit(self, consumer: str) -> StructuredUnit:
         for u in self.units:
@@ -747,7 +750,7 @@ def prune_structured(
     calibration: Any,
     *,
     method: str = "osscar",
-    sparsity: float | Mapping[str, float] = 0.5,
+    sparsity: float | Mapping[str, float] | None = None,
     targets: Any = None,
     ignore: Any = None,
     n_samples: int | None = 1000,
@@ -756,6 +759,7 @@ def prune_structured(
     kinds: Iterable[str] = KINDS,
     pairs: Iterable[Any] | None = None,
     gqa: str = "kv",
+    flop_budget: float | None = None,
 ) -> tuple[list[LayerReport], StructuredPlan]:
     """Layer-wise structured pruning of ``model`` in place (OSSCAR's procedure).
 
@@ -773,7 +777,7 @@ def prune_structured(
     sparsity : fraction of **groups removed** per unit, in ``[0, 1)``: ``floor(sparsity * G)``
         groups removed. A dict maps a unit kind (``"neuron"``, ``"channel"``, ``"head"``), a
         consumer name or a regex (fullmatch) on it to a fraction; the first matching key wins
-        and unmatched units are not pruned.
+        and unmatched units are not pruned. ``None`` (default): 0.5, or 0 with ``flop_budget``.
     targets, ignore : which units to prune, by their **consumer** layer (the layer whose input
         groups are optimised: e.g. ``fc2`` for the neurons of ``fc1``; ``attention.output.dense``
         for heads); same syntax as :func:`combprune.torch._select.select_parameters`.
@@ -789,6 +793,12 @@ def prune_structured(
     gqa : grouped-query attention: ``"kv"`` (a group is a KV head with its query heads) or
         ``"query"`` (query heads, the same number kept in every KV group); see
         :mod:`combprune.torch._groups`.
+    flop_budget : fraction of the model's dense FLOPs kept, in ``(0, 1]`` (FLOPs per sample,
+        counted as for the unstructured methods, :func:`combprune.torch.model_flops`): every unit
+        loses the same fraction f of its groups, the smallest f whose model FLOPs fit (found from
+        the counts alone, before any solve; :mod:`combprune.torch._structured_budget`). With
+        ``sparsity`` (one fraction) too, the larger fraction is used so both hold. ``ValueError``
+        naming ``flop_budget`` before anything changes when the budget cannot be met.
 
     Returns
     -------
@@ -805,8 +815,10 @@ def prune_structured(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if sparsity is None and flop_budget is None:
+        sparsity = 0.5
     setup = StructuredSetup.build(model, method=method, sparsity=sparsity, targets=targets, ignore=ignore,
-                                  solver_options=solver_options, kinds=kinds, pairs=pairs, gqa=gqa)
+                                  solver_options=solver_options, kinds=kinds, pairs=pairs, gqa=gqa, flop_budget=flop_budget)
     batches = _calibration.collect(calibration, n_samples, _calibration.model_device(model))
     setup.prepare(model, batches)
     plan, modules = setup.plan, setup.modules
@@ -864,14 +876,29 @@ class StructuredSetup:
     not_pruned: list[tuple[str, str]] = field(default_factory=list)
     plan: StructuredPlan | None = None
     dense_flops: dict[str, float] = field(default_factory=dict)
+    #: fraction of the model's dense FLOPs kept (``None``: not asked for); :meth:`prepare`
+    #: raises ``sparsity`` to the smallest uniform fraction meeting it
+    #: (:mod:`combprune.torch._structured_budget`).
+    flop_budget: float | None = None
 
     @classmethod
     def build(cls, model: nn.Module, *, method: str, sparsity: Any, targets: Any, ignore: Any,
               solver_options: Mapping[str, Any] | None, kinds: Iterable[str], pairs: Iterable[Any] | None,
-              gqa: str = "kv") -> "StructuredSetup":
-        """Check every argument (errors name it) and discover the units to prune."""
+              gqa: str = "kv", flop_budget: float | None = None) -> "StructuredSetup":
+        """Check every argument (errors name it) and discover the units to prune.
+
+        With ``flop_budget`` (fraction of the model's dense FLOPs kept, in ``(0, 1]``),
+        ``sparsity`` may be ``None`` (0) and must otherwise be one fraction: both are respected,
+        the fraction of groups removed per unit is the larger of ``sparsity`` and the smallest
+        one meeting the FLOP budget (:meth:`prepare`)."""
         import combprune
 
+        if flop_budget is not None:
+            if isinstance(flop_budget, bool) or not isinstance(flop_budget, (int, float)) or not 0.0 < float(flop_budget) <= 1.0:
+                raise ValueError(f"flop_budget: expected a fraction of the model's FLOPs kept in (0, 1], got {flop_budget!r}")
+            if isinstance(sparsity, Mapping):
+                raise ValueError("flop_budget: with a FLOP budget, sparsity must be one fraction (or None), not a dict per kind / layer")
+            sparsity = 0.0 if sparsity is None else sparsity
         sparsity = _check_sparsity(sparsity)
         kinds = tuple(kinds)
         bad = [k for k in kinds if k not in KINDS]
@@ -895,7 +922,8 @@ class StructuredSetup:
         if not units:
             raise ValueError(f"targets: no structured unit of kinds {kinds} has its consumer layer selected by targets={targets!r}, ignore={ignore!r}")
         _check_sparsity_keys(sparsity, units, not_pruned)
-        return cls(method, sparsity, units, ridge, time_limit, seed, options, pairs=pairs, modules=modules, not_pruned=not_pruned)
+        return cls(method, sparsity, units, ridge, time_limit, seed, options, pairs=pairs, modules=modules, not_pruned=not_pruned,
+                   flop_budget=None if flop_budget is None else float(flop_budget))
 
     def prepare(self, model: nn.Module, batches: list[Any]) -> None:
         """Forward order of the units, the plan (with unsupported structures), the tied-weight
@@ -919,13 +947,23 @@ class StructuredSetup:
                                  f"untie them or leave {name!r} out with ignore=")
         params = [PrunableParam(n, "weight", modules[n]) for n in touched]
         self.dense_flops = dict(zip(touched, layer_flops(model, params, batches[0])))
+        if self.flop_budget is not None:
+            from ._structured_budget import uniform_fraction
+
+            total = model_flops(model, batches[0])
+            fraction, planned = uniform_fraction(self, total, self.flop_budget)  # ValueError before any change
+            logger.info("flop_budget %g: %.6g of %.6g FLOPs at a uniform fraction %.4f of groups removed", self.flop_budget, planned, total, fraction)
+            self.sparsity = max(float(self.sparsity), fraction)
+            plan.budget = {"flop_budget": self.flop_budget, "model_flops": total, "fraction": self.sparsity}
         self.plan = plan
 
-    def n_remove(self, unit: StructuredUnit) -> int:
-        """Groups removed from ``unit``: ``floor(sparsity * G)``, rounded down to a multiple of
-        ``unit.even_blocks`` when every block must keep the same number (GQA query heads)."""
+    def n_remove(self, unit: StructuredUnit, fraction: float | None = None) -> int:
+        """Groups removed from ``unit``: ``floor(sparsity * G)`` (``fraction`` instead of the
+        setup's sparsity when given), rounded down to a multiple of ``unit.even_blocks`` when
+        every block must keep the same number (GQA query heads)."""
         blocks = max(unit.even_blocks, 1)
-        return blocks * int(math.floor(_unit_sparsity(self.sparsity, unit) * (unit.n_groups // blocks) + 1e-9))
+        frac = _unit_sparsity(self.sparsity, unit) if fraction is None else fraction
+        return blocks * int(math.floor(frac * (unit.n_groups // blocks) + 1e-9))
 
     def solve_unit(self, unit: StructuredUnit, layers: Sequence[nn.Module], grams: Sequence[torch.Tensor],
                    ridge: float | None = None) -> tuple[list[torch.Tensor], np.ndarray, Any]:
@@ -961,12 +999,15 @@ class StructuredSetup:
         return Ws, keep, result
 
 
-def _reports(plan: StructuredPlan, modules: Mapping[str, nn.Module], solved: Mapping[str, Any], dense_flops: Mapping[str, float], method: str) -> list[LayerReport]:
-    """One report per weight touched (consumer and/or producer of pruned units), counting what
-    physical removal keeps: ``kept = kept output features x kept input features x kernel``."""
+def kept_weights(plan: StructuredPlan, modules: Mapping[str, nn.Module]) -> list[tuple[str, int, int]]:
+    """``(layer name, weights, weights kept)`` for every weight matrix touched by a pruned unit of
+    ``plan``, in module order, counting what physical removal keeps: ``kept = kept output
+    features x kept input features x kernel`` (a depthwise / grouped conv: kept output channels
+    x its weights per output channel). A layer's FLOPs scale the same way:
+    ``effective = dense x kept / weights`` (used by the reports and by ``flop_budget``)."""
     out_keep, in_keep = plan.feature_keep(modules)
-    reports = []
     names = [n for n in set(out_keep) | set(in_keep) if _has_matrix(modules[n])]
+    rows = []
     for name in sorted(names, key=list(modules).index):
         layer = modules[name]
         n_out, n_in = _out_features(layer), _in_features(layer)
@@ -977,6 +1018,15 @@ def _reports(plan: StructuredPlan, modules: Mapping[str, nn.Module], solved: Map
             kept = params // n_out * k_out
         else:
             kept = params // (n_out * n_in) * k_out * k_in
+        rows.append((name, params, kept))
+    return rows
+
+
+def _reports(plan: StructuredPlan, modules: Mapping[str, nn.Module], solved: Mapping[str, Any], dense_flops: Mapping[str, float], method: str) -> list[LayerReport]:
+    """One report per weight touched (consumer and/or producer of pruned units), counting what
+    physical removal keeps: ``kept = kept output features x kept input features x kernel``."""
+    reports = []
+    for name, params, kept in kept_weights(plan, modules):
         dense = dense_flops[name]
         unit = next(u for u in plan.units if name in (*u.consumers, *u.producers, *u.norms))
         result, elapsed = solved.get(name, (None, 0.0))
