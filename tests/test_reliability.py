@@ -124,6 +124,29 @@ def test_l0_heuristics_scale_invariant(solver, scale):
     assert res.objective == pytest.approx(ref.objective * scale**2, rel=1e-9)
 
 
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    shape=st.tuples(st.integers(0, 4), st.integers(0, 5)),
+    values=st.lists(st.floats(allow_nan=False, width=32), min_size=20, max_size=20),
+    dtype=st.sampled_from(["float32", "float64"]),
+    use_torch=st.booleans(),
+)
+def test_max_abs_without_copy_matches_abs_max(shape, values, dtype, use_torch):
+    """The scaling wrapper's ``max |x|`` (computed as ``max(max x, -min x)``, no |x| copy) is
+    exactly ``max(abs(x))`` -- hence the same power-of-two scale -- on NumPy and torch arrays."""
+    import torch
+
+    from combprune.solvers._kernels.l0_data import _max_abs
+
+    x = np.asarray(values[: shape[0] * shape[1]], dtype=dtype).reshape(shape)
+    expected = float(np.max(np.abs(x))) if x.size else 0.0
+    arr = torch.from_numpy(x) if use_torch else x
+    assert _max_abs(arr) == expected
+    if x.size:
+        x.flat[0] = np.nan
+        assert math.isnan(_max_abs(torch.from_numpy(x) if use_torch else x))
+
+
 # --- 6. objectives of float32 data in float64 ----------------------------------------------------------
 def test_float32_objective_is_float64():
     rng = np.random.default_rng(0)

@@ -100,11 +100,13 @@ SCALE_EXPONENT = 16
 
 
 def _max_abs(x: Any) -> float:
-    """``max |x|`` of any supported array (0 when empty)."""
+    """``max |x| = max(max x, -min x)`` of any supported array (0 when empty), without the
+    temporary ``|x|`` (a copy of ``A`` on every solve); NaN when ``x`` holds one."""
     if not math.prod(x.shape):
         return 0.0
     xp = backend.namespace(x)
-    return float(xp.max(xp.abs(x)))
+    hi, lo = float(xp.max(x)), float(xp.min(x))
+    return hi if math.isnan(hi) else max(hi, -lo)
 
 
 def scale_invariant(solver: Callable[..., Any]) -> Callable[..., Any]:
