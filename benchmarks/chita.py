@@ -43,7 +43,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RESULTS_DIR, machine_info, save_results, timeit  # noqa: E402
 
 import combprune as cp  # noqa: E402
-from combprune.result import Deadline, History  # noqa: E402
 from combprune.solvers._kernels.l0_data import L0Data  # noqa: E402
 from combprune.solvers._kernels.projections import make_projector  # noqa: E402
 from combprune.solvers._kernels.iht_engine import InnerIHT  # noqa: E402

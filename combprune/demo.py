@@ -32,7 +32,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DemoRow", "load_digits_split", "make_mlp", "make_cnn", "train", "accuracy", "run_demo", "format_table", "plot_rows", "main"]
+__all__ = ["DemoRow", "load_digits_split", "make_mlp", "make_cnn", "train", "accuracy", "run_demo", "format_table", "plot_rows"]
 
 
 @dataclass

@@ -25,7 +25,7 @@ from __future__ import annotations
 from combprune.params import Boolean
 from combprune.problems import StructuredMIQP
 from combprune.registry import register_solver
-from combprune.result import Deadline, Result, Status
+from combprune.result import Deadline, Result
 
 from ._kernels.structured import group_magnitude_result
 

@@ -316,7 +316,7 @@ class SupportModel:
 
     # Updates ---------------------------------------------------------------------------------------
     def _drop(self, t: int) -> None:
-        m, last = self.m, self.m - 1
+        last = self.m - 1
         AS = self.AS
         if self.mode == "woodbury":
             a = np.asarray(AS[t], dtype=np.float64)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import combprune as cp
-from combprune.problems import FlopNnzILP, L0Regression, StructuredMIQP
+from combprune.problems import FlopNnzILP, L0Regression
 from combprune.problems import random_flop_ilp, random_l0_regression, random_structured
 from combprune.registry import get_solver
 from combprune.result import Status

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 import combprune as cp
 from combprune.problems import random_l0_regression
-from combprune.result import Deadline
 from combprune.solvers._kernels.l0_data import L0Data
 from combprune.solvers._kernels.projections import make_projector
 from combprune.solvers._kernels.iht_engine import InnerIHT, first_breakpoint
