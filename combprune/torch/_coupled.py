@@ -39,18 +39,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.linalg
-import torch
-from torch import nn
 
 from combprune.problems import StructuredMIQP
 
-from . import _calibration
-
-__all__ = ["stack_problems", "split_solution", "refit", "solve_even_blocks", "grams_of", "CoupledSolution"]
+__all__ = ["stack_problems", "split_solution", "refit", "solve_even_blocks", "CoupledSolution"]
 
 
 @dataclass
@@ -181,39 +177,3 @@ def _complete(problem: StructuredMIQP, chosen: np.ndarray, s: int) -> np.ndarray
                 best, best_g = value, int(g)
         chosen[best_g] = True
     return chosen
-
-
-class _StopAll(Exception):
-    """Raised once every layer of interest has seen its input in this forward pass."""
-
-
-def grams_of(model: nn.Module, layers: Sequence[nn.Module], batches: Iterable[Any], rows_of: Callable, accumulate: Callable) -> list[torch.Tensor]:
-    """``X_i^T X_i`` (float64) of the inputs of each of ``layers`` over the calibration batches
-    (each forward pass stops once all of them have been called)."""
-    grams: list[Any] = [None] * len(layers)
-    seen: set[int] = set()
-    handles = []
-    for i, layer in enumerate(layers):
-
-        def hook(_mod: nn.Module, args: tuple[Any, ...], i: int = i, layer: nn.Module = layer) -> None:
-            for rows in rows_of(layer, args[0]):
-                grams[i] = accumulate(grams[i], rows)
-            seen.add(i)
-            if len(seen) == len(layers):
-                raise _StopAll
-
-        handles.append(layer.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                seen.clear()
-                try:
-                    _calibration.forward(model, batch.inputs)
-                except _StopAll:
-                    continue
-                missing = [type(layers[i]).__name__ for i in range(len(layers)) if i not in seen]
-                raise ValueError(f"model: consumer layer(s) {missing} were not called during the forward pass; cannot calibrate them")
-    finally:
-        for h in handles:
-            h.remove()
-    return grams

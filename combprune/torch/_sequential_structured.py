@@ -5,7 +5,7 @@ The units (producer -> consumer pairs), their forward order, the plan and the de
 from :class:`combprune.torch.structured.StructuredSetup`, exactly as in the whole-model path
 (:func:`~combprune.torch.structured.prune_structured`). Inside block b the units whose consumer
 lies in the block are taken in forward order; for each, the block is run on its current inputs
-until the consumer (:func:`~combprune.torch.structured.layer_gram`), accumulating
+until the consumer (:func:`~combprune.torch.structured.layer_grams`), accumulating
 ``H = X^T X`` (float64) of the consumer's input, and
 
     minimize_W  1/2 tr((W - W_hat)^T (H + lam I)(W - W_hat))   s.t. at most s groups of rows nonzero
@@ -34,7 +34,7 @@ from ._sequential_blocks import BlockInput, run_block
 from ._sequential_dist import Dist
 from .prune import _apply_structured
 from .report import LayerReport, PruneReport
-from .structured import (KINDS, StructuredSetup, StructuredUnit, _reports, _set_weight_matrix, layer_gram,
+from .structured import (KINDS, StructuredSetup, StructuredUnit, _reports, _set_weight_matrix, layer_grams,
                          weight_matrix)
 
 __all__ = ["StructuredStep"]
@@ -94,14 +94,12 @@ class StructuredStep:
             if setup.n_remove(unit) == 0:
                 plan.keep[unit.consumer] = np.ones(unit.n_groups, dtype=bool)
                 continue
-            grams = [dist.all_reduce(layer_gram(layer, [lambda inp=inp: run_block(block, inp) for inp in inputs])) for layer in layers]
+            grams = [dist.all_reduce(H) for H in layer_grams(layers, [lambda inp=inp: run_block(block, inp) for inp in inputs])]
             owner = i % dist.world
             Ws = [torch.empty(weight_matrix(layer).shape, dtype=torch.float64) for layer in layers]
             keep_result = None
             if owner == dist.rank:
-                H = grams[0]
-                ridge = None if self.relative_ridge is None else self.relative_ridge * float(torch.diagonal(H).mean())
-                Ws, keep, result = setup.solve_unit(unit, layers, grams, ridge=ridge)
+                Ws, keep, result = setup.solve_unit(unit, layers, grams, relative_ridge=self.relative_ridge)
                 keep_result = (keep, result)
             Ws = [dist.broadcast(W, owner) for W in Ws]
             keep, result = dist.broadcast_object(keep_result, owner)

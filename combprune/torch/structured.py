@@ -69,7 +69,7 @@ __all__ = [
     "unsupported_structures",
     "accumulate_gram",
     "layer_problem",
-    "layer_gram",
+    "layer_grams",
     "StructuredSetup",
     "prune_structured",
     "KINDS",
@@ -836,7 +836,7 @@ def prune_structured(
                 plan.keep[unit.consumer] = np.ones(unit.n_groups, dtype=bool)
                 continue
             layers = [modules[n] for n in unit.consumers]
-            grams = [_gram_of(model, layers[0], batches)] if len(layers) == 1 else _coupled.grams_of(model, layers, batches, layer_rows, accumulate_gram)
+            grams = _grams_of(model, layers, batches)
             Ws, keep, result = setup.solve_unit(unit, layers, grams)
             for name, layer, W in zip(unit.consumers, layers, Ws):
                 originals.setdefault(name, layer.weight.detach().clone())
@@ -966,17 +966,23 @@ class StructuredSetup:
         return blocks * int(math.floor(frac * (unit.n_groups // blocks) + 1e-9))
 
     def solve_unit(self, unit: StructuredUnit, layers: Sequence[nn.Module], grams: Sequence[torch.Tensor],
-                   ridge: float | None = None) -> tuple[list[torch.Tensor], np.ndarray, Any]:
+                   relative_ridge: float | None = None) -> tuple[list[torch.Tensor], np.ndarray, Any]:
         """Solve the unit's selection from each consumer's ``H``: ``(Ws, keep, result)`` with one
         (d x m) float64 reconstructed weight per consumer (removed rows zero) and ``keep`` the
         (G,) groups kept. Several consumers are stacked into one :class:`StructuredMIQP` whose
-        objective is the sum of theirs (:mod:`combprune.torch._coupled`). ``ridge`` overrides the
-        setup's (absolute values; both ``None``: OSSCAR's default). Raises ``RuntimeError`` when
-        the solver returns no point or an infeasible one."""
+        objective is the sum of theirs (:mod:`combprune.torch._coupled`). Each consumer's ridge is
+        the setup's (absolute), else ``relative_ridge * mean(diag H)`` of that consumer's ``H``,
+        else OSSCAR's default. Raises ``RuntimeError`` when the solver returns no point or an
+        infeasible one."""
         import combprune
 
         s = unit.n_groups - self.n_remove(unit)
-        parts = [layer_problem(unit, layer, H, s, self.ridge if ridge is None else ridge) for layer, H in zip(layers, grams)]
+        def ridge_of(H: torch.Tensor) -> float | None:
+            if self.ridge is not None or relative_ridge is None:
+                return self.ridge
+            return relative_ridge * float(torch.diagonal(H).mean())
+
+        parts = [layer_problem(unit, layer, H, s, ridge_of(H)) for layer, H in zip(layers, grams)]
         problem = _coupled.stack_problems(parts)  # one consumer: parts[0] itself
 
         def solve(p: StructuredMIQP) -> Any:
@@ -1073,34 +1079,44 @@ def _forward_order(model: nn.Module, units: list[StructuredUnit], modules: Mappi
     return sorted(units, key=lambda u: min(calls[c][0] for c in u.consumers))
 
 
-def _gram_of(model: nn.Module, layer: nn.Module, batches: list[Any]) -> torch.Tensor:
-    """Run the calibration batches through ``model`` until ``layer``; its input's ``X^T X``."""
-    return layer_gram(layer, [lambda b=b: _calibration.forward(model, b.inputs) for b in batches])
+def _grams_of(model: nn.Module, layers: Sequence[nn.Module], batches: list[Any]) -> list[torch.Tensor]:
+    """Run the calibration batches through ``model`` until every one of ``layers``; their inputs' ``X^T X``."""
+    return layer_grams(layers, [lambda b=b: _calibration.forward(model, b.inputs) for b in batches])
 
 
-def layer_gram(layer: nn.Module, runs: Iterable[Any]) -> torch.Tensor:
-    """Call each of ``runs`` (zero-argument callables running part of a model) until ``layer``
-    and accumulate ``X^T X`` (float64) of its input; the rest of each run is skipped.
+def layer_grams(layers: Sequence[nn.Module], runs: Iterable[Any]) -> list[torch.Tensor]:
+    """Call each of ``runs`` (zero-argument callables running part of a model) until every one
+    of ``layers`` has been called, accumulating ``X_i^T X_i`` (float64) of each one's input; the
+    rest of each run is skipped.
 
-    Returns the (d, d) float64 matrix ``H``. The whole-model path runs the model on each
-    calibration batch; the sequential engine runs one block on its captured inputs.
+    Returns one (d_i, d_i) float64 matrix per layer. The whole-model path runs the model on each
+    calibration batch; the sequential engine runs one block on its captured inputs. The
+    consumers of a coupled unit (several layers reading the same groups) share one pass.
     """
-    state: dict[str, Any] = {"H": None}
+    grams: list[Any] = [None] * len(layers)
+    seen: set[int] = set()
 
-    def hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
-        for rows in layer_rows(layer, args[0]):
-            state["H"] = accumulate_gram(state["H"], rows)
-        raise _StopForward
+    def hook_for(i: int, layer: nn.Module) -> Any:
+        def hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
+            for rows in layer_rows(layer, args[0]):
+                grams[i] = accumulate_gram(grams[i], rows)
+            seen.add(i)
+            if len(seen) == len(layers):
+                raise _StopForward
+        return hook
 
-    handle = layer.register_forward_pre_hook(hook)
+    handles = [layer.register_forward_pre_hook(hook_for(i, layer)) for i, layer in enumerate(layers)]
     try:
         with torch.no_grad():
             for run in runs:
+                seen.clear()
                 try:
                     run()
                 except _StopForward:
                     continue
-                raise UnsupportedGraphError(f"{type(layer).__name__} layer was not called during the forward pass; cannot calibrate it")
+                missing = ", ".join(type(layers[i]).__name__ for i in range(len(layers)) if i not in seen)
+                raise UnsupportedGraphError(f"{missing} layer was not called during the forward pass; cannot calibrate it")
     finally:
-        handle.remove()
-    return state["H"]
+        for handle in handles:
+            handle.remove()
+    return grams
