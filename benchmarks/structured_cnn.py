@@ -17,7 +17,11 @@ Each trained model is pruned with ``cpt.prune(method, sparsity=f, apply="physica
 same optimiser), FLOPs per sample and parameters after / before (measured on the physically
 smaller model). With ``--budget flops`` the models are pruned to 0.5 / 0.7 of their FLOPs
 instead (``flop_budget=``: one uniform fraction of every unit's groups, the smallest meeting
-the budget), so both methods are compared at the same FLOPs; results ``structured_cnn_flops``.
+the budget), so both methods are compared at the same FLOPs, and Torch-Pruning's magnitude and
+Taylor importances join as baselines (``_tp_baselines.py``: one pruning ratio for every group,
+bisected to the smallest whose FLOPs meet the budget; Taylor takes cross-entropy gradients on the
+labelled calibration images); every arm's FLOPs are measured by ``cpt.model_flops`` on the
+calibration images and reported per arm; results ``structured_cnn_flops``.
 No hyper-parameter is tuned on the test split.
 
     flock /tmp/cpu.lock .venv/bin/python benchmarks/structured_cnn.py [--budget flops]   # < 1 min
@@ -37,6 +41,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine_info, save_results  # noqa: E402
+from _tp_baselines import prune_to_flops, tp_prune  # noqa: E402
 
 import combprune.torch as cpt  # noqa: E402
 
@@ -102,7 +107,7 @@ def _data():
     y = torch.tensor(y)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     tr, ca, te = perm[:1000], perm[1000:1300], perm[1300:]
-    return (X[tr], y[tr]), X[ca], (X[te], y[te])
+    return (X[tr], y[tr]), (X[ca], y[ca]), (X[te], y[te])
 
 
 def _train(model: nn.Module, data, epochs: int, seed: int) -> nn.Module:
@@ -124,6 +129,25 @@ def _accuracy(model: nn.Module, data) -> float:
         return float((model.eval()(X).argmax(1) == y).float().mean())
 
 
+def _tp_arm(dense: nn.Module, method: str, calib, target: float, flops0: float) -> tuple[nn.Module, float]:
+    """A Torch-Pruning baseline at ``target`` of the dense FLOPs (bisection on its pruning ratio).
+
+    The classifier is left whole (its outputs are the classes); ``tp-taylor`` takes the gradients
+    of the cross-entropy on the labelled calibration images (labels osscar does not use).
+    """
+    X, y = calib
+
+    def backward(model: nn.Module) -> None:
+        for idx in torch.arange(len(y)).split(100):
+            nn.functional.cross_entropy(model(X[idx]), y[idx], reduction="sum").div(len(y)).backward()
+
+    def prune(model: nn.Module, ratio: float) -> nn.Module:
+        return tp_prune(model, X[:1], method, ratio, ignored_layers=[model.fc], backward=backward)
+
+    model, ratio, _ = prune_to_flops(dense, prune, lambda m: cpt.model_flops(m, X) / flops0, target)
+    return model, ratio
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -136,7 +160,8 @@ def main() -> None:
     key = "groups_removed" if args.budget == "groups" else "flops_kept"
     budget_arg = "sparsity" if args.budget == "groups" else "flop_budget"
     torch.set_num_threads(args.threads)
-    train, calib, test = _data()
+    train, (calib, calib_y), test = _data()
+    methods = ("osscar", "group-magnitude") + (("tp-magnitude", "tp-taylor") if args.budget == "flops" else ())
     t0 = time.perf_counter()
     rows = []
     for kind in ("resnet", "mobilenet"):
@@ -146,10 +171,16 @@ def main() -> None:
             acc0, flops0 = _accuracy(dense, test), cpt.model_flops(dense, calib)
             params0 = sum(p.numel() for p in dense.parameters())
             for fraction in (0.5, 0.7):
-                for method in ("osscar", "group-magnitude"):
-                    model = copy.deepcopy(dense)
-                    with torch.no_grad():
-                        report = cpt.prune(model, calib, method=method, apply="physical", progress=False, **{budget_arg: fraction})
+                for method in methods:
+                    if method.startswith("tp-"):
+                        model, tp_ratio = _tp_arm(dense, method, (calib, calib_y), fraction, flops0)
+                        units = "-"
+                    else:
+                        model, tp_ratio = copy.deepcopy(dense), "-"
+                        with torch.no_grad():
+                            report = cpt.prune(model, calib, method=method, apply="physical", progress=False,
+                                               **{budget_arg: fraction})
+                        units = len(report.info["structured_plan"]["units"])
                     acc = _accuracy(model, test)
                     flops = cpt.model_flops(model, calib) / flops0
                     params = sum(p.numel() for p in model.parameters()) / params0
@@ -157,20 +188,24 @@ def main() -> None:
                     rows.append({
                         "model": kind, "seed": seed, key: fraction, "method": method, "dense_acc": acc0,
                         "acc": acc, "acc_finetuned": acc_ft, "flops_ratio": flops, "params_ratio": params,
-                        "units": len(report.info["structured_plan"]["units"]),
+                        "units": units, "tp_pruning_ratio": tp_ratio,
                     })
                     print(rows[-1], flush=True)
     summary = []
     for kind in ("resnet", "mobilenet"):
         for fraction in (0.5, 0.7):
-            for method in ("osscar", "group-magnitude"):
+            ref = {r["seed"]: r["acc"] for r in rows if r["model"] == kind and r[key] == fraction and r["method"] == "osscar"}
+            for method in methods:
                 sel = [r for r in rows if r["model"] == kind and r[key] == fraction and r["method"] == method]
                 summary.append({
                     "model": kind, key: fraction, "method": method,
                     "dense_acc_mean": float(np.mean([r["dense_acc"] for r in sel])),
                     "acc_mean": float(np.mean([r["acc"] for r in sel])), "acc_min": float(np.min([r["acc"] for r in sel])),
                     "acc_finetuned_mean": float(np.mean([r["acc_finetuned"] for r in sel])),
+                    "acc_over_osscar": float(np.mean([r["acc"] for r in sel]) / np.mean(list(ref.values()))),
+                    "osscar_ahead_seeds": sum(ref[r["seed"]] > r["acc"] for r in sel),
                     "flops_ratio": float(np.mean([r["flops_ratio"] for r in sel])),
+                    "flops_ratio_max": float(np.max([r["flops_ratio"] for r in sel])),
                     "params_ratio": float(np.mean([r["params_ratio"] for r in sel])), "seeds": len(sel),
                 })
     meta = {**machine_info(), "torch": torch.__version__, "epochs": args.epochs, "ft_epochs": args.ft_epochs,
