@@ -124,6 +124,9 @@ def test_pipeline_mask_guided_chita_warm_start_runs():
     ({"density": 0.1, "post_epochs": 2, "soft_skip_epochs": 3}, "soft_skip_epochs: the schedule .* longer than the post-training"),
     ({"density": 0.1, "post_epochs": 2, "soft_activation_epochs": 5}, "soft_activation_epochs"),
     ({"density": 0.1, "soft_activation_epochs": 1.5}, "soft_activation_epochs"),
+    ({"density": 0.1, "post_restore_best": True}, "restore_best: needs a val_loader"),
+    ({"density": 0.1, "post_max_grad_norm": -1.0}, "max_grad_norm"),
+    ({"density": 0.1, "post_warmup_fraction": 1.0}, "warmup_fraction"),
 ])
 def test_bad_options_fail_before_training(options, match):
     train, _ = loaders()

@@ -113,7 +113,7 @@ class SparseTrainingPipeline:
         """The pruning method actually used."""
         return self.prune_method or ("mask" if self.learned_masks else "magnitude")
 
-    def validate(self, model: nn.Module, train_loader: Any) -> None:
+    def validate(self, model: nn.Module, train_loader: Any, val_loader: Any = None) -> None:
         """Every check that can fail, before any training (``ValueError`` naming the option)."""
         check_density(self.density)
         _nonneg_int("pre_epochs", self.pre_epochs)
@@ -139,6 +139,8 @@ class SparseTrainingPipeline:
         if not isinstance(self.post, PostTrainingConfig):
             raise TypeError(f"post: expected a PostTrainingConfig, got {type(self.post).__name__}")
         self.post.validate()
+        if self.post.restore_best and val_loader is None:
+            raise ValueError("restore_best: needs a val_loader (the post-training epoch to keep is chosen by validation accuracy)")
         try:
             select_parameters(model, self.targets, self.ignore)
         except ValueError as exc:
@@ -166,7 +168,7 @@ class SparseTrainingPipeline:
         ``pruning.pt``, ``post-training.pt``) and a later run with the same configuration resumes
         after the last saved stage.
         """
-        self.validate(model, train_loader)
+        self.validate(model, train_loader, val_loader)
         history: list[dict[str, Any]] = []
 
         def record(row: dict[str, Any]) -> None:
