@@ -45,10 +45,11 @@ def train_epoch(
 
     ``before_step(step)`` runs before the forward pass (schedules), ``after_step(step)`` after the
     optimiser steps (masks); ``extra_loss()`` is added to the data loss (regularisers).
-    ``max_grad_norm``: the gradients of every optimiser's parameters are rescaled together so that
-    their global Euclidean norm is at most this value (``torch.nn.utils.clip_grad_norm_``).
+    ``max_grad_norm``: the gradients of the first optimiser's parameters (the weights; a second
+    optimiser, e.g. Adam on learned-mask scores, is left alone) are rescaled together so that their
+    Euclidean norm is at most this value (``torch.nn.utils.clip_grad_norm_``).
     """
-    clipped = [p for opt in optimizers for group in opt.param_groups for p in group["params"]] if max_grad_norm is not None else []
+    clipped = [p for group in optimizers[0].param_groups for p in group["params"]] if max_grad_norm is not None else []
     device = model_device(model)
     model.train()
     total, correct, loss_sum = 0, 0, 0.0
