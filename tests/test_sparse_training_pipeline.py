@@ -66,6 +66,20 @@ def test_step_annealing_reaches_beta_max_at_the_end_of_the_schedule():
     assert res.density == pytest.approx(cpt.k_from_sparsity(0.8, p) / p)
 
 
+def test_mask_budget_keeps_the_learned_density_near_the_target():
+    """mask_budget: the learned mask's penalty stops at the target density, the plain one goes
+    far below it with a strong lambda."""
+    learned = {}
+    for budget in (False, True):
+        torch.manual_seed(0)
+        train, _ = loaders()
+        res = cpt.run_pipeline(make(), train, density=0.2, pre_epochs=3, post_epochs=1, mask_penalty=1e-2, mask_budget=budget,
+                               soft_skip=False, soft_activation=None, progress=False)
+        learned[budget] = [r["density"] for r in res.history if r["stage"] == "pre-training"][-1]
+    assert learned[False] < 0.1
+    assert 0.15 < learned[True] < 0.3
+
+
 def test_plain_arm_is_dense_training_magnitude_pruning_fine_tuning():
     torch.manual_seed(0)
     train, val = loaders()
@@ -124,6 +138,11 @@ def test_pipeline_mask_guided_chita_warm_start_runs():
     ({"density": 0.1, "post_epochs": 2, "soft_skip_epochs": 3}, "soft_skip_epochs: the schedule .* longer than the post-training"),
     ({"density": 0.1, "post_epochs": 2, "soft_activation_epochs": 5}, "soft_activation_epochs"),
     ({"density": 0.1, "soft_activation_epochs": 1.5}, "soft_activation_epochs"),
+    ({"density": 0.1, "post_restore_best": True}, "restore_best: needs a val_loader"),
+    ({"density": 0.1, "post_max_grad_norm": -1.0}, "max_grad_norm"),
+    ({"density": 0.1, "post_warmup_fraction": 1.0}, "warmup_fraction"),
+    ({"density": 0.1, "max_grad_norm": 0.0}, "max_grad_norm"),
+    ({"density": 0.1, "mask_budget": "yes"}, "mask_budget"),
 ])
 def test_bad_options_fail_before_training(options, match):
     train, _ = loaders()

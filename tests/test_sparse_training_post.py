@@ -3,12 +3,15 @@ frozen masks; the final model is a plain one."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from combprune.torch._training import evaluate, warmup_cosine
 from combprune.torch.density_prune import prune_to_density
 from combprune.torch.masking import get_masks, masked_parameters
 from combprune.torch.post_training import PostTrainingConfig, SoftActivations, SoftReLU, SoftSkips, post_train, ramp
@@ -190,3 +193,111 @@ def test_post_train_schedules_in_epochs():
     hist = post_train(model, masks, toy_loader(), cfg, progress=False)
     assert [r["skip_alpha"] for r in hist] == [0.0] * 4  # decayed to 0 by the end of the first epoch
     assert hist[0]["relu_weight"] == pytest.approx(0.5) and [r["relu_weight"] for r in hist[1:]] == [1.0] * 3
+
+
+@settings(max_examples=40, deadline=None)
+@given(total=st.integers(1, 60), frac=st.floats(0, 0.95))
+def test_warmup_cosine_rises_linearly_then_decays(total, frac):
+    warmup = round(frac * total)
+    f = [warmup_cosine(s, total, warmup) for s in range(total)]
+    assert all(0 <= v <= 1 + 1e-12 for v in f)
+    assert f[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])
+    assert all(a >= b - 1e-12 for a, b in zip(f[warmup:], f[warmup + 1:]))  # non-increasing after the warm-up
+    if warmup < total:
+        assert f[warmup] == pytest.approx(1.0)
+
+
+def test_warmup_cosine_without_warmup_is_torch_cosine():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=17)
+    for s in range(17):
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.3 * warmup_cosine(s, 17, 0))
+        opt.step()
+        sched.step()
+
+
+def test_post_train_warmup_sets_the_learning_rate_per_epoch():
+    torch.manual_seed(0)
+    model = make_mlp()
+    masks = prune_to_density(model, 0.5)
+    loader = toy_loader()  # 6 batches: 24 steps, warm-up 12
+    hist = post_train(model, masks, loader, PostTrainingConfig(epochs=4, lr=0.1, warmup_fraction=0.5), progress=False)
+    assert [r["lr"] for r in hist] == pytest.approx([0.1 / 12, 0.1 * 7 / 12, 0.1, 0.1 * 0.5 * (1 + math.cos(math.pi * 6 / 12))])
+
+
+def _one_step_change(max_grad_norm):
+    torch.manual_seed(0)
+    model = make_mlp()
+    masks = prune_to_density(model, 0.5)
+    X = torch.randn(16, 10) * 50
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, torch.zeros(16, dtype=torch.long)), batch_size=16)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    cfg = PostTrainingConfig(epochs=1, lr=0.5, momentum=0.0, label_smoothing=0.0, soft_activation=None, soft_skip=False, max_grad_norm=max_grad_norm)
+    post_train(model, masks, loader, cfg, progress=False)
+    return float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
+
+
+def test_post_train_clips_the_gradient_norm():
+    # one plain SGD step (lr 0.5, no momentum): the parameters move by lr * the clipped gradient
+    assert _one_step_change(1e-3) == pytest.approx(0.5 * 1e-3, rel=1e-3)
+    assert _one_step_change(None) > 0.5 * 1e-2
+
+
+class _PoisonedLoader:
+    """A loader whose passes from ``poison`` on (0-based) have NaN inputs: a diverged training."""
+
+    def __init__(self, loader, poison: int) -> None:
+        self.loader, self.poison, self.passes = loader, poison, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        bad = self.passes >= self.poison
+        self.passes += 1
+        for x, y in self.loader:
+            yield (torch.full_like(x, float("nan")) if bad else x), y
+
+
+def test_post_train_restore_best_keeps_the_best_plain_epoch():
+    torch.manual_seed(0)
+    model = make_mlp()
+    loader = toy_loader()
+    val = toy_loader(64, seed=1)
+    masks = prune_to_density(model, 0.3)
+    cfg = PostTrainingConfig(epochs=6, lr=0.05, soft_activation_fraction=0.5, soft_skip_fraction=0.25, restore_best=True)
+    hist = post_train(model, masks, loader, cfg, val_loader=val, progress=False)
+    plain = [r for r in hist if r["relu_weight"] == 1.0 and r["skip_alpha"] == 0.0]
+    assert [r["epoch"] for r in plain] == [3, 4, 5, 6]  # the soft activations are annealed after epoch 3
+    best = max(r["val_accuracy"] for r in plain)
+    assert hist[-1]["restored_epoch"] == max(r["epoch"] for r in plain if r["val_accuracy"] == best)
+    assert evaluate(model, val) == best
+    for name, m in masks.items():
+        assert not model.get_parameter(name)[~m].any()
+
+
+def test_post_train_restore_best_stops_at_a_non_finite_loss():
+    torch.manual_seed(0)
+    model = make_mlp()
+    val = toy_loader(64, seed=1)
+    masks = prune_to_density(model, 0.3)
+    cfg = PostTrainingConfig(epochs=5, soft_activation=None, soft_skip=False, restore_best=True)
+    hist = post_train(model, masks, _PoisonedLoader(toy_loader(), poison=2), cfg, val_loader=val, progress=False)
+    assert len(hist) == 3 and not math.isfinite(hist[-1]["loss"])
+    assert hist[-1]["restored_epoch"] in (1, 2)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert evaluate(model, val) == max(r["val_accuracy"] for r in hist[:2])
+
+
+def test_post_train_robustness_options_bad_input():
+    model = make_mlp()
+    w = model[0].weight.detach().clone()
+    masks = {"0.weight": torch.ones(16, 10, dtype=torch.bool)}
+    for bad, match in (({"warmup_fraction": 1.0}, "warmup_fraction"), ({"warmup_fraction": -0.1}, "warmup_fraction"),
+                       ({"max_grad_norm": 0.0}, "max_grad_norm"), ({"max_grad_norm": float("inf")}, "max_grad_norm"),
+                       ({"restore_best": 1}, "restore_best")):
+        with pytest.raises(ValueError, match=match):
+            post_train(model, masks, toy_loader(), PostTrainingConfig(**bad), val_loader=toy_loader(), progress=False)
+    with pytest.raises(ValueError, match="restore_best"):
+        post_train(model, masks, toy_loader(), PostTrainingConfig(restore_best=True), progress=False)
+    assert torch.equal(model[0].weight, w) and isinstance(model[1], nn.ReLU) and not model[0]._forward_hooks

@@ -5,6 +5,7 @@ Batches are ``(inputs, targets)`` pairs of tensors; the loss is computed on the 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable
 
 import torch
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ._calibration import model_device
 
-__all__ = ["StepHook", "train_epoch", "evaluate"]
+__all__ = ["StepHook", "train_epoch", "evaluate", "warmup_cosine"]
 
 #: Called after every optimiser step with the global step index.
 StepHook = Callable[[int], None]
@@ -38,12 +39,17 @@ def train_epoch(
     step: int = 0,
     progress: bool = False,
     desc: str = "epoch",
+    max_grad_norm: float | None = None,
 ) -> tuple[dict[str, float], int]:
     """One pass over ``loader``; returns ``({"loss", "train_accuracy"}, next step index)``.
 
     ``before_step(step)`` runs before the forward pass (schedules), ``after_step(step)`` after the
     optimiser steps (masks); ``extra_loss()`` is added to the data loss (regularisers).
+    ``max_grad_norm``: the gradients of the first optimiser's parameters (the weights; a second
+    optimiser, e.g. Adam on learned-mask scores, is left alone) are rescaled together so that their
+    Euclidean norm is at most this value (``torch.nn.utils.clip_grad_norm_``).
     """
+    clipped = [p for group in optimizers[0].param_groups for p in group["params"]] if max_grad_norm is not None else []
     device = model_device(model)
     model.train()
     total, correct, loss_sum = 0, 0, 0.0
@@ -57,6 +63,8 @@ def train_epoch(
         loss = loss_fn(out, y)
         full = loss + extra_loss() if extra_loss is not None else loss
         full.backward()
+        if clipped:
+            torch.nn.utils.clip_grad_norm_(clipped, max_grad_norm)
         for opt in optimizers:
             opt.step()
         if after_step is not None:
@@ -68,6 +76,16 @@ def train_epoch(
     if total == 0:
         raise ValueError("train_loader: no batches")
     return {"loss": loss_sum / total, "train_accuracy": correct / total}, step
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor at optimisation step ``step`` (0-based) of ``total``: a linear warm-up
+    ``(step + 1) / warmup`` over the first ``warmup`` steps, then a cosine decay
+    ``(1 + cos(pi (step - warmup) / (total - warmup))) / 2`` from 1 towards 0
+    (``warmup = 0``: the plain cosine schedule)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 @torch.no_grad()

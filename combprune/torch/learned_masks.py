@@ -62,6 +62,12 @@ class LearnedMasks:
         :func:`combprune.torch.select_parameters`) get a score each.
     init : initial score ``s_0`` (the gate starts at ``sigmoid(beta * s_0)``).
     penalty : ``lambda`` of the sparsity regulariser ``lambda * sum(sigmoid(beta * s))``.
+    target_density : ``None`` (the regulariser above) or a budget ``rho`` in (0, 1]: only the
+        gates outside the ``k = round(rho * n)`` largest scores (``n`` gated weights, all layers
+        together) are penalised, ``lambda * sum_{i: s_i < s_(k)} sigmoid(beta s_i)`` with
+        ``s_(k)`` the k-th largest score: the weights the budget cannot keep are pushed out while
+        the k best compete on the data loss alone, so the learned mask ends near the target
+        density instead of wherever ``lambda`` drives it.
     beta : initial temperature ``beta_0``.
     beta_growth : factor applied to ``beta`` at every :meth:`epoch_end` (``anneal="epoch"``) or
         every :meth:`step_end` (``anneal="step"``); >= 1.
@@ -84,6 +90,7 @@ class LearnedMasks:
         *,
         init: float = 0.5,
         penalty: float = 1e-5,
+        target_density: float | None = None,
         beta: float = 1.0,
         beta_growth: float = 1.5,
         beta_max: float = 200.0,
@@ -96,6 +103,9 @@ class LearnedMasks:
         if not isinstance(init, (int, float)) or isinstance(init, bool) or not math.isfinite(init):
             raise ValueError(f"init: expected a finite number, got {init!r}")
         self.lam = _positive("penalty", penalty, strict=False)
+        if target_density is not None and not (_positive("target_density", target_density) <= 1):
+            raise ValueError(f"target_density: must lie in (0, 1], got {target_density!r}")
+        self.target_density = target_density
         self.beta = _positive("beta", beta)
         self.beta_growth = _positive("beta_growth", beta_growth, minimum=1.0, strict=False)
         self.beta_max = _positive("beta_max", beta_max)
@@ -134,9 +144,18 @@ class LearnedMasks:
 
     # Training -------------------------------------------------------------------------------------
     def penalty(self) -> torch.Tensor:
-        """``lambda * sum_i sigmoid(beta * s_i)`` over every gated weight."""
+        """``lambda * sum_i sigmoid(beta * s_i)`` over every gated weight; with ``target_density``
+        the sum runs over the scores below the k-th largest only (``target_density`` above)."""
         self._check_attached()
-        return self.lam * sum(g.gate().sum() for _, _, g in self._gates.values())
+        gates = [g for _, _, g in self._gates.values()]
+        if self.target_density is None:
+            return self.lam * sum(g.gate().sum() for g in gates)
+        n = sum(g.score.numel() for g in gates)
+        k = round(self.target_density * n)
+        if k >= n:
+            return self.lam * gates[0].score.sum() * 0.0
+        threshold = torch.topk(torch.cat([g.score.detach().flatten() for g in gates]), max(k, 1)).values[-1] if k else math.inf
+        return self.lam * sum(torch.where(g.score < threshold, g.gate(), 0.0).sum() for g in gates)
 
     def step_end(self) -> float:
         """With ``anneal="step"``: multiply ``beta`` by ``beta_growth`` (capped at ``beta_max``).

@@ -76,8 +76,10 @@ class SparseTrainingPipeline:
     """Configuration and driver of the pipeline (module doc); :meth:`run` trains a model.
 
     ``density``: fraction of the prunable weights kept, in (0, 1]. Pre-training: ``pre_epochs``
-    of SGD (``lr``, ``momentum``, ``weight_decay``, cosine learning rate). Learned masks:
-    ``mask_init`` (s_0), ``mask_penalty`` (lambda), ``beta_max`` (reached after ``beta_epochs``
+    of SGD (``lr``, ``momentum``, ``weight_decay``, cosine learning rate; gradients of the weights
+    (not the scores) clipped to the Euclidean norm ``max_grad_norm`` when given). Learned masks:
+    ``mask_init`` (s_0), ``mask_penalty`` (lambda), ``mask_budget`` (penalise only the soft count
+    above ``density``: :class:`~combprune.torch.LearnedMasks` ``target_density``), ``beta_max`` (reached after ``beta_epochs``
     epochs, default all of ``pre_epochs``), ``beta_anneal`` (``"epoch"`` or ``"step"``: when beta
     grows), ``score_lr`` (Adam on the scores). Pruning: ``prune_method`` (``None``: ``"mask"`` with learned masks, else
     ``"magnitude"``), ``per_layer``, ``warm_start`` (``"scores"``: learned support as the solver's
@@ -91,9 +93,11 @@ class SparseTrainingPipeline:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
+    max_grad_norm: float | None = None
     learned_masks: bool = True
     mask_init: float = 0.5
     mask_penalty: float = 1e-5
+    mask_budget: bool = False
     beta_max: float = 200.0
     beta_epochs: int | None = None
     beta_anneal: str = "epoch"
@@ -113,7 +117,7 @@ class SparseTrainingPipeline:
         """The pruning method actually used."""
         return self.prune_method or ("mask" if self.learned_masks else "magnitude")
 
-    def validate(self, model: nn.Module, train_loader: Any) -> None:
+    def validate(self, model: nn.Module, train_loader: Any, val_loader: Any = None) -> None:
         """Every check that can fail, before any training (``ValueError`` naming the option)."""
         check_density(self.density)
         _nonneg_int("pre_epochs", self.pre_epochs)
@@ -121,6 +125,9 @@ class SparseTrainingPipeline:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
+        v = self.max_grad_norm
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
+            raise ValueError(f"max_grad_norm: expected None or a finite number > 0, got {v!r}")
         if self.learned_masks and self.pre_epochs == 0:
             raise ValueError("pre_epochs: learned masks need at least one pre-training epoch")
         if self.learned_masks and self.beta_max < 1:
@@ -134,11 +141,15 @@ class SparseTrainingPipeline:
             raise ValueError(f"beta_anneal: expected 'epoch' or 'step', got {self.beta_anneal!r}")
         if self.method == "mask" and not self.learned_masks:
             raise ValueError("prune_method: 'mask' needs learned_masks=True")
+        if not isinstance(self.mask_budget, bool):
+            raise ValueError(f"mask_budget: expected a bool, got {self.mask_budget!r}")
         if self.warm_start is not None and not self.learned_masks:
             raise ValueError("warm_start: 'scores' needs learned_masks=True")
         if not isinstance(self.post, PostTrainingConfig):
             raise TypeError(f"post: expected a PostTrainingConfig, got {type(self.post).__name__}")
         self.post.validate()
+        if self.post.restore_best and val_loader is None:
+            raise ValueError("restore_best: needs a val_loader (the post-training epoch to keep is chosen by validation accuracy)")
         try:
             select_parameters(model, self.targets, self.ignore)
         except ValueError as exc:
@@ -166,7 +177,7 @@ class SparseTrainingPipeline:
         ``pruning.pt``, ``post-training.pt``) and a later run with the same configuration resumes
         after the last saved stage.
         """
-        self.validate(model, train_loader)
+        self.validate(model, train_loader, val_loader)
         history: list[dict[str, Any]] = []
 
         def record(row: dict[str, Any]) -> None:
@@ -241,7 +252,7 @@ class SparseTrainingPipeline:
         if self.learned_masks:
             increments = (self.beta_epochs or self.pre_epochs) * (len(loader) if self.beta_anneal == "step" else 1)
             growth = self.beta_max ** (1.0 / increments)
-            lm = LearnedMasks(model, init=self.mask_init, penalty=self.mask_penalty, beta=1.0, beta_growth=growth, beta_max=self.beta_max,
+            lm = LearnedMasks(model, init=self.mask_init, penalty=self.mask_penalty, target_density=self.density if self.mask_budget else None, beta=1.0, beta_growth=growth, beta_max=self.beta_max,
                               anneal=self.beta_anneal, score_lr=self.score_lr, targets=self.targets, ignore=self.ignore)
         params = list(lm.model_parameters()) if lm else list(model.parameters())
         opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
@@ -253,6 +264,7 @@ class SparseTrainingPipeline:
                 row, step = train_epoch(
                     model, loader, optimizers, F.cross_entropy, extra_loss=lm.penalty if lm else None,
                     after_step=lambda s: (sched.step(), lm.step_end() if lm else None), step=step, progress=self.progress, desc=f"pre-training {epoch + 1}/{self.pre_epochs}",
+                    max_grad_norm=self.max_grad_norm,
                 )
                 row = {"stage": "pre-training", "epoch": epoch + 1, **row}
                 if lm is not None:

@@ -14,6 +14,14 @@ final network is an ordinary one (docs/sparse_training.md):
   ``alpha`` decays linearly from ``alpha_0`` to 0 over a fraction of the post-training, after
   which the path is removed.
 
+Three options make the stage robust to a freshly pruned network whose first gradients are large
+(docs/sparse_training.md, "Robust post-training"): a linear learning-rate warm-up before the
+cosine decay (``warmup_fraction``), gradient-norm clipping (``max_grad_norm``), and
+``restore_best``: with a validation loader, the weights of the epoch with the best validation
+accuracy among the epochs whose network is already the final plain one (soft components fully
+annealed) are kept and restored at the end; a non-finite training loss (divergence) ends the
+training there.
+
 Pruned weights stay exactly zero throughout, with the project's one masking mechanism
 (:mod:`combprune.torch.masking`, shared with the gradual pruner): the masks are put on the model
 as torch pruning masks (:func:`~.masking.apply_masks`), :class:`~.masking.MaskedTraining` hooks
@@ -32,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._training import evaluate, train_epoch
+from ._training import evaluate, train_epoch, warmup_cosine
 from .masking import MaskedTraining, apply_masks, get_masks, make_permanent, mask_density, parameter_order
 from .zero_init import zero_matrix
 
@@ -168,6 +176,9 @@ class PostTrainingConfig:
     soft_skip_fraction: float = 0.5
     soft_activation_epochs: int | None = None
     soft_skip_epochs: int | None = None
+    warmup_fraction: float = 0.0
+    max_grad_norm: float | None = None
+    restore_best: bool = False
 
     def fraction(self, component: str) -> float:
         """The fraction of the post-training over which ``component`` (``"soft_activation"`` or
@@ -197,8 +208,35 @@ class PostTrainingConfig:
                 raise ValueError(f"{name}: expected a positive number of epochs, got {v!r}")
             if v > self.epochs:
                 raise ValueError(f"{name}: the schedule ({v} epochs) is longer than the post-training (post_epochs={self.epochs})")
+        if isinstance(self.warmup_fraction, bool) or not isinstance(self.warmup_fraction, (int, float)) or not (0 <= self.warmup_fraction < 1):
+            raise ValueError(f"warmup_fraction: a fraction of the post-training in [0, 1), got {self.warmup_fraction!r}")
+        v = self.max_grad_norm
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
+            raise ValueError(f"max_grad_norm: expected None or a finite number > 0, got {v!r}")
+        if not isinstance(self.restore_best, bool):
+            raise ValueError(f"restore_best: expected a bool, got {self.restore_best!r}")
         if self.soft_activation not in (None, "silu", "softplus"):
             raise ValueError(f"soft_activation: expected None, 'silu' or 'softplus', got {self.soft_activation!r}")
+
+
+class _BestState:
+    """The model state of the best validation accuracy seen so far (``restore_best``)."""
+
+    def __init__(self) -> None:
+        self.accuracy, self.epoch, self.state = -math.inf, 0, None
+
+    def offer(self, model: nn.Module, accuracy: float, epoch: int) -> None:
+        """Keep a copy of ``model``'s state if ``accuracy`` beats the best so far (ties: the later)."""
+        if accuracy >= self.accuracy:
+            self.accuracy, self.epoch = accuracy, epoch
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def restore(self, model: nn.Module) -> int | None:
+        """Load the kept state into ``model``; its epoch, or ``None`` when nothing was kept."""
+        if self.state is None:
+            return None
+        model.load_state_dict(self.state)
+        return self.epoch
 
 
 def post_train(
@@ -213,21 +251,27 @@ def post_train(
 ) -> list[dict[str, Any]]:
     """Train ``model`` with ``masks`` frozen and the soft components annealed; returns the history.
 
-    SGD with momentum and a cosine learning rate over the post-training. Each history row has
-    ``epoch, loss, train_accuracy, val_accuracy (with val_loader), density, label_smoothing,
-    relu_weight, skip_alpha``. At the end the ReLUs and the model structure are the original
-    ones and the pruned weights exact zeros.
+    SGD with momentum; learning rate ``lr * warmup_cosine(step, T, W)`` (a linear warm-up over
+    ``W = round(warmup_fraction * T)`` steps, then cosine decay; ``T`` the number of steps),
+    gradients clipped to ``max_grad_norm``. Each history row has ``epoch, loss, train_accuracy,
+    val_accuracy (with val_loader), density, label_smoothing, relu_weight, skip_alpha, lr``. With
+    ``restore_best`` (module doc) the last row also has ``restored_epoch``, the epoch whose weights
+    the model ends with. At the end the ReLUs and the model structure are the original ones and
+    the pruned weights exact zeros.
     """
     cfg = config or PostTrainingConfig()
     cfg.validate()
     if not isinstance(masks, dict) or not masks:
         raise ValueError("masks: expected a non-empty dict of weight name -> boolean mask")
+    if cfg.restore_best and val_loader is None:
+        raise ValueError("restore_best: needs a val_loader (the epoch to keep is chosen by validation accuracy)")
     steps_per_epoch = len(train_loader)
     total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_fraction * total)
     acts = SoftActivations(model, cfg.soft_activation, softplus_beta=cfg.softplus_beta) if cfg.soft_activation else None
     skips = SoftSkips(model, alpha0=cfg.skip_alpha) if cfg.soft_skip else None
     history: list[dict[str, Any]] = []
-    masked, hooks = False, None
+    masked, hooks, best = False, None, _BestState()
     try:
         if skips is not None:  # shape check before any training
             with torch.no_grad():
@@ -239,7 +283,7 @@ def post_train(
         params = list(model.parameters()) + (skips.parameters() if skips else [])
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         hooks = MaskedTraining(model, opt)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total, warmup))
         state = {"eps": cfg.label_smoothing}
 
         def schedule(step: int) -> None:  # values of step `step`: the last step is fully annealed
@@ -255,16 +299,27 @@ def post_train(
 
         step = 0
         for epoch in range(cfg.epochs):
+            lr = opt.param_groups[0]["lr"]
             row, step = train_epoch(model, train_loader, [opt], loss_fn, before_step=schedule, after_step=lambda s: sched.step(), step=step,
-                                    progress=progress, desc=f"post-training {epoch + 1}/{cfg.epochs}")
+                                    progress=progress, desc=f"post-training {epoch + 1}/{cfg.epochs}", max_grad_norm=cfg.max_grad_norm)
+            plain = (acts is None or acts.soft[0].t >= 1.0) and (skips is None or skips.alpha == 0.0)
             row = {"epoch": epoch + 1, **row, "density": density, "label_smoothing": state["eps"],
-                   "relu_weight": acts.soft[0].t if acts else 1.0, "skip_alpha": skips.alpha if skips else 0.0}
+                   "relu_weight": acts.soft[0].t if acts else 1.0, "skip_alpha": skips.alpha if skips else 0.0, "lr": lr}
+            diverged = not math.isfinite(row["loss"])
             if val_loader is not None:
                 row["val_accuracy"] = evaluate(model, val_loader)
+                if cfg.restore_best and plain and not diverged:
+                    best.offer(model, row["val_accuracy"], epoch + 1)
+            if cfg.restore_best and (diverged or epoch + 1 == cfg.epochs):
+                row["restored_epoch"] = best.restore(model)
+                if diverged:
+                    logger.warning("post-training: non-finite loss at epoch %d; stopped (weights restored from epoch %s; None: no plain epoch before it)", epoch + 1, row["restored_epoch"])
             logger.info("post-training %s", row)
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
+            if cfg.restore_best and diverged:
+                break
     finally:
         if hooks is not None:
             hooks.remove()
