@@ -94,13 +94,14 @@ class Net(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _data():
+def _data(split: int = 0):
+    """(train, calibration inputs, test) of the digits, permuted with seed ``split`` (0: the reported split)."""
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
     X = torch.tensor(X / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
     y = torch.tensor(y)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(split))
     tr, ca, te = perm[:1000], perm[1000:1300], perm[1300:]
     return (X[tr], y[tr]), X[ca], (X[te], y[te])
 
