@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 
@@ -90,3 +91,51 @@ def prune_to_flops(dense: nn.Module, prune: Callable[[nn.Module, float], nn.Modu
         else:
             lo = mid
     return best[0], ratio, best[1]
+
+
+def bert_heads_and_neurons(model: nn.Module, batch: dict, method: str, ratio: float, heads: int | None = None) -> nn.Module:
+    """Prune ``ratio`` of every FFN's neurons and of every attention layer's heads (or exactly
+    ``heads`` heads per layer) of a Hugging Face BERT encoder in place (Torch-Pruning's head
+    support: whole heads, head size kept; it removes ``n - int(n (1 - r))`` of ``n`` heads).
+
+    The embeddings are ignored, which blocks every group of the hidden size (the residual
+    stream); what remains are the heads (query/key/value rows with the attention output's
+    columns) and the FFN neurons (intermediate rows with the output's columns). The attention
+    modules' head counts are updated to their new widths afterwards.
+    """
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    attentions = [m for m in model.modules() if isinstance(m, BertSelfAttention)]
+    n = attentions[0].num_attention_heads
+    head_ratio = ratio if heads is None else (heads - 0.5) / n  # n - int(n - heads + 0.5) = heads
+    num_heads = {lin: att.num_attention_heads for att in attentions for lin in (att.query, att.key, att.value)}
+    tp_prune(model, batch, method, ratio, ignored_layers=[model.embeddings] + ([model.pooler] if model.pooler else []),
+             output_transform=lambda out: out.last_hidden_state.sum(), num_heads=num_heads, prune_num_heads=True,
+             prune_head_dims=False, head_pruning_ratio=head_ratio)
+    for att in attentions:
+        att.num_attention_heads = att.query.out_features // att.attention_head_size
+        att.all_head_size = att.query.out_features
+    return model
+
+
+def _kept_rows(dense: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """Indices of ``dense``'s rows that ``pruned``'s rows are (exact copies, order kept)."""
+    match = (pruned[:, None, :] == dense[None, :, :]).all(-1)
+    if not bool((match.sum(1) == 1).all()):
+        raise AssertionError("a pruned row is not a unique row of the dense weight")
+    return match.float().argmax(1)
+
+
+def bert_masked_like(dense: nn.Module, pruned: nn.Module) -> nn.Module:
+    """The dense BERT with the columns of every removed head / neuron zeroed in the layer that
+    reads it (what the physically pruned model must compute)."""
+    masked = copy.deepcopy(dense)
+    for lm, lp in zip(masked.encoder.layer, pruned.encoder.layer):
+        for reader, dense_rows, kept in (
+            (lm.attention.output.dense, lm.attention.self.query.weight, lp.attention.self.query.weight),
+            (lm.output.dense, lm.intermediate.dense.weight, lp.intermediate.dense.weight),
+        ):
+            keep = torch.zeros(dense_rows.shape[0], dtype=torch.bool)
+            keep[_kept_rows(dense_rows, kept)] = True
+            reader.weight.data[:, ~keep] = 0
+    return masked

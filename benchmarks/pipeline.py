@@ -402,13 +402,19 @@ def main(argv=None) -> None:
             "model": f"{ARCHS[args.arch]['label']} ReLU, {n_params} prunable weights (Linear and Conv2d weights; biases not pruned)",
             "epochs": f"{epochs[0]} pre-pruning + {epochs[1]} post-pruning (plain: dense training + fine-tuning; GMP: the same total)",
             "optimiser": "SGD momentum 0.9, cosine per stage (GMP: over all epochs), batch 128; lr 0.05 where not selected",
-            "selection": "every arm on every seed %s; each arm's candidate with the best MEAN validation accuracy over the seeds, per density (test split never used for a choice); grids: pipeline %d candidates (lambda %s x pre lr %s x post lr %s x beta_anneal %s x post max_grad_norm %s x pruning step %s), GMP %d (lr %s x max_grad_norm %s), plain and CHITA++ %d (fine-tuning lr %s x max_grad_norm %s); ablation at the pipeline's choice" % (
-                args.seeds, len(grids["pipeline"]), args.lambdas, args.lrs, args.post_lrs, args.anneals, args.post_clips, args.prunes, len(grids["GMP"]), args.gmp_lrs, args.gmp_clips,
-                len(grids["fine-tune"]), args.ft_lrs, args.ft_clips),
+            "selection": "every arm on every seed %s; each arm's candidate with the best MEAN validation accuracy over the seeds, per density (test split never used for a choice); the ablation at the pipeline's choice" % args.seeds,
             "GMP": "GradualPruner magnitude (global), cubic schedule 0 -> 1 - density, events every half epoch from epoch 1 to epoch pre",
             "CHITA++": "cpt.prune chita++, 3 stages, 256 calibration samples, l2 0.01, sparsity = 1 - density, then fine-tuning",
             "seconds (last chunk)": round(time.perf_counter() - t_start, 1),
         })
+        grid_text = {
+            "pipeline": "%d candidates: lambda %s x pre lr %s x post lr %s x beta_anneal %s x post max_grad_norm %s x pruning step %s" % (
+                len(grids["pipeline"]), args.lambdas, args.lrs, args.post_lrs, args.anneals, args.post_clips, args.prunes),
+            "GMP": "%d candidates: lr %s x max_grad_norm %s" % (len(grids["GMP"]), args.gmp_lrs, args.gmp_clips),
+            "plain": "%d candidates: fine-tuning lr %s x max_grad_norm %s" % (len(grids["fine-tune"]), args.ft_lrs, args.ft_clips),
+        }
+        grid_text["CHITA++"] = grid_text["plain"]
+        meta.update({f"grid {a} (densities {args.densities})": t for a, t in grid_text.items() if a in arms})
         meta["summary (mean ± std of the test accuracy over the seeds; pipeline_vs_GMP = ratio of the means)"] = "\n\n" + markdown_table(summarise(old + rows)[0]) + "\n"
         save_results(args.out or f"pipeline_{args.arch}", old + rows, meta)
 

@@ -21,7 +21,9 @@ the budget), so both methods are compared at the same FLOPs, and Torch-Pruning's
 Taylor importances join as baselines (``_tp_baselines.py``: one pruning ratio for every group,
 bisected to the smallest whose FLOPs meet the budget; Taylor takes cross-entropy gradients on the
 labelled calibration images); every arm's FLOPs are measured by ``cpt.model_flops`` on the
-calibration images and reported per arm; results ``structured_cnn_flops``.
+calibration images and reported per arm; results ``structured_cnn_flops``. A control
+column, ``acc_bn_recal``: test accuracy once every BatchNorm's statistics are re-estimated on
+the unlabelled calibration images (no weight changed), for every arm alike.
 No hyper-parameter is tuned on the test split.
 
     flock /tmp/cpu.lock .venv/bin/python benchmarks/structured_cnn.py [--budget flops]   # < 1 min
@@ -99,13 +101,14 @@ class Net(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _data():
+def _data(split: int = 0):
+    """(train, calibration inputs, test) of the digits, permuted with seed ``split`` (0: the reported split)."""
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
     X = torch.tensor(X / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
     y = torch.tensor(y)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(split))
     tr, ca, te = perm[:1000], perm[1000:1300], perm[1300:]
     return (X[tr], y[tr]), (X[ca], y[ca]), (X[te], y[te])
 
@@ -127,6 +130,21 @@ def _accuracy(model: nn.Module, data) -> float:
     X, y = data
     with torch.no_grad():
         return float((model.eval()(X).argmax(1) == y).float().mean())
+
+
+def _bn_recalibrated(model: nn.Module, X: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm statistics are re-estimated on ``X`` (the unlabelled
+    calibration images; cumulative average, weights untouched)."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for idx in torch.arange(len(X)).split(100):
+            model(X[idx])
+    return model.eval()
 
 
 def _tp_arm(dense: nn.Module, method: str, calib, target: float, flops0: float) -> tuple[nn.Module, float]:
@@ -182,25 +200,30 @@ def main() -> None:
                                                **{budget_arg: fraction})
                         units = len(report.info["structured_plan"]["units"])
                     acc = _accuracy(model, test)
+                    acc_bn = _accuracy(_bn_recalibrated(model, calib), test)
                     flops = cpt.model_flops(model, calib) / flops0
                     params = sum(p.numel() for p in model.parameters()) / params0
                     acc_ft = _accuracy(_train(model, train, args.ft_epochs, seed + 100), test)
                     rows.append({
                         "model": kind, "seed": seed, key: fraction, "method": method, "dense_acc": acc0,
-                        "acc": acc, "acc_finetuned": acc_ft, "flops_ratio": flops, "params_ratio": params,
+                        "acc": acc, "acc_bn_recal": acc_bn, "acc_finetuned": acc_ft, "flops_ratio": flops, "params_ratio": params,
                         "units": units, "tp_pruning_ratio": tp_ratio,
                     })
                     print(rows[-1], flush=True)
     summary = []
     for kind in ("resnet", "mobilenet"):
         for fraction in (0.5, 0.7):
-            ref = {r["seed"]: r["acc"] for r in rows if r["model"] == kind and r[key] == fraction and r["method"] == "osscar"}
+            base = [r for r in rows if r["model"] == kind and r[key] == fraction and r["method"] == "osscar"]
+            ref = {r["seed"]: r["acc"] for r in base}
             for method in methods:
                 sel = [r for r in rows if r["model"] == kind and r[key] == fraction and r["method"] == method]
                 summary.append({
                     "model": kind, key: fraction, "method": method,
                     "dense_acc_mean": float(np.mean([r["dense_acc"] for r in sel])),
                     "acc_mean": float(np.mean([r["acc"] for r in sel])), "acc_min": float(np.min([r["acc"] for r in sel])),
+                    "acc_bn_recal_mean": float(np.mean([r["acc_bn_recal"] for r in sel])),
+                    "bn_recal_over_osscar": float(np.mean([r["acc_bn_recal"] for r in sel])
+                                                  / np.mean([r["acc_bn_recal"] for r in base])),
                     "acc_finetuned_mean": float(np.mean([r["acc_finetuned"] for r in sel])),
                     "acc_over_osscar": float(np.mean([r["acc"] for r in sel]) / np.mean(list(ref.values()))),
                     "osscar_ahead_seeds": sum(ref[r["seed"]] > r["acc"] for r in sel),

@@ -140,11 +140,15 @@ def run_demo(
     epochs: int = 15,
     n_samples: int = 256,
     stages: int = 6,
-    l2: float = 1e-2,
+    l2: float | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> list[DemoRow]:
-    """Train, prune and evaluate; returns one :class:`DemoRow` per (model, method, budget)."""
+    """Train, prune and evaluate; returns one :class:`DemoRow` per (model, method, budget).
+
+    ``l2``: ridge of the gradient methods; ``None`` (default) leaves it to the library's
+    automatic choice on held-back calibration images (``docs/torch_adapter.md``).
+    """
     import torch
 
     import combprune.torch as cpt
@@ -180,7 +184,7 @@ def run_demo(
             model = copy.deepcopy(dense)
             spec = cpt.resolve_method(method)
             extra: dict[str, Any] = {}
-            if spec.kind == "gradient":
+            if spec.kind == "gradient" and l2 is not None:
                 extra["l2"] = l2
             if spec.multistage:
                 extra["stages"] = stages
@@ -263,7 +267,8 @@ def add_arguments(p: argparse.ArgumentParser, *, common: bool = True) -> argpars
     p.add_argument("--epochs", type=int, default=15, help="training epochs")
     p.add_argument("--n-samples", type=int, default=256, help="calibration samples")
     p.add_argument("--stages", type=int, default=6, help="stages of chita++ / falcon++")
-    p.add_argument("--l2", type=float, default=1e-2, help="ridge relative to the normalised Fisher")
+    p.add_argument("--l2", type=float, default=None,
+                   help="ridge relative to the normalised Fisher (default: chosen automatically on held-back calibration images)")
     p.add_argument("--out", metavar="JSON", help="write the rows to this JSON file")
     p.add_argument("--progress", action="store_true", help="show progress bars")
     if common:

@@ -43,7 +43,7 @@ def _clone(model: nn.Module) -> nn.Module:
 def test_auto_chooses_the_candidate_with_the_lowest_held_back_loss(trained, digits):
     X, y = digits
     model = _clone(trained)
-    report = cpt.prune(model, [(X[:100], y[:100]), (X[100:200], y[100:200])], method="chita", sparsity=0.8, progress=False)
+    report = cpt.prune(model, [(X[:100], y[:100]), (X[100:200], y[100:200])], method="chita", sparsity=0.8, first_order="auto", progress=False)
     auto = report.info["auto"]
     cands = auto["candidates"]
     assert len(cands) >= 3 and {c["first_order"] for c in cands} == {False, True}
@@ -53,6 +53,18 @@ def test_auto_chooses_the_candidate_with_the_lowest_held_back_loss(trained, digi
     assert auto["held_back_samples"] == 40
     assert all(np.isclose(c["l2"], c["l2_relative"] * auto["fisher_scale"]) for c in cands)
     assert report.sparsity >= 0.8
+
+
+def test_default_chooses_l2_without_the_first_order_term(trained, digits):
+    """Defaults: l2 chosen on held-back samples, first_order=False (no candidate with the term)."""
+    X, y = digits
+    calib = [(X[:100], y[:100]), (X[100:200], y[100:200])]
+    report = cpt.prune(_clone(trained), calib, method="chita", sparsity=0.8, progress=False)
+    cands = report.info["auto"]["candidates"]
+    assert len(cands) >= 2 and all(c["first_order"] is False for c in cands)
+    assert report.info["first_order"] is False
+    explicit = cpt.prune(_clone(trained), calib, method="chita", sparsity=0.8, first_order=False, progress=False)
+    assert [c["l2"] for c in explicit.info["auto"]["candidates"]] == [c["l2"] for c in cands]
 
 
 def test_auto_is_invariant_to_the_scale_of_the_loss(trained, digits):

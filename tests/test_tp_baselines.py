@@ -85,3 +85,26 @@ def test_missing_torch_pruning_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_pruning", None)
     with pytest.raises(ImportError, match=r"combprune\[baselines\]"):
         tpb.torch_pruning()
+
+
+@pytest.mark.parametrize("heads", [None, 1, 3])
+def test_bert_heads_and_neurons_equals_the_masked_dense_model(heads):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=40, max_position_embeddings=16)
+    dense = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    batch = {"input_ids": torch.randint(1, 50, (3, 7)), "attention_mask": torch.ones(3, 7, dtype=torch.long)}
+    batch["attention_mask"][0, 5:] = 0
+    model = tpb.bert_heads_and_neurons(copy.deepcopy(dense), batch, "tp-magnitude", 0.5, heads)
+    for layer in model.encoder.layer:
+        att = layer.attention.self
+        assert att.num_attention_heads == 4 - (2 if heads is None else heads)
+        assert att.query.out_features == att.num_attention_heads * 8 == layer.attention.output.dense.in_features
+        assert layer.intermediate.dense.out_features == 20 == layer.output.dense.in_features
+        assert att.key.out_features == att.value.out_features == att.query.out_features
+        assert layer.output.dense.out_features == 32  # the hidden size (residual stream) is kept
+    with torch.no_grad():
+        got = model(**batch).last_hidden_state
+        want = tpb.bert_masked_like(dense, model)(**batch).last_hidden_state
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -6,7 +6,7 @@ diagonal ``phi = ||A||_F^2 / (n p)`` varies by orders of magnitude between model
 on an MNIST MLP, 4e-7 on a sentence-embedding transformer). A fixed ``l2`` is therefore either
 negligible or dominant depending on the model, and in the second case CHITA silently becomes
 magnitude pruning. The automatic choice is relative and validated (``docs/torch_adapter.md``,
-"Automatic l2 and first_order"):
+"Automatic l2 (the default) and first_order"):
 
 1. hold back a fraction ``holdout`` of the calibration samples (a seeded random subset);
 2. ``phi`` is the mean diagonal of the Fisher of the other (kept) samples;
@@ -24,10 +24,12 @@ the final budget (one-shot methods, ``auto_stages="once"``) or at every stage of
 method (``auto_stages="per-stage"``, the default), where later stages start the walk at the
 previous stage's relative ridge.
 
-Left at their defaults (``None``) the two options mean "auto when the calibration set can spare
-the held-back samples": with fewer than ``MIN_HELD_OUT / holdout`` samples the fixed values
-``l2 = FALLBACK_L2`` and ``first_order = False`` are used instead, with a warning and the reason
-in ``report.info["auto"]`` (:func:`fallback`). Passing ``"auto"`` explicitly makes a too small
+Left at its default (``None``) ``l2`` means "auto when the calibration set can spare the
+held-back samples": with fewer than ``MIN_HELD_OUT / holdout`` samples the fixed value
+``l2 = FALLBACK_L2`` is used instead, with a warning and the reason in ``report.info["auto"]``
+(:func:`fallback`). ``first_order`` defaults to ``False`` (the adapter resolves ``None``
+before this module sees it: on the validation splits the automatic choice never kept the term,
+at about twice the candidates). Passing ``"auto"`` explicitly makes a too small
 calibration set an error that says how many samples are needed.
 """
 

@@ -244,7 +244,7 @@ class PruneConfig:
             method=method, spec=spec, sparsity=sparsity, flop_budget=flop_budget, targets=a["targets"], ignore=a["ignore"],
             n_samples=_positive_int("n_samples", a["n_samples"], allow_none=True), stages=stages, schedule=schedule,
             base_sparsity=base_sparsity, structured=a["structured"], loss_fn=a["loss_fn"], l2=l2 if l2 is None or l2 == "auto" else float(l2),
-            first_order=a["first_order"], holdout=holdout, l2_grid=l2_grid, auto_stages=a["auto_stages"], fresh_samples=a["fresh_samples"],
+            first_order=False if a["first_order"] is None else a["first_order"], holdout=holdout, l2_grid=l2_grid, auto_stages=a["auto_stages"], fresh_samples=a["fresh_samples"],
             solver=a["solver"], solver_options=MappingProxyType(dict(options)), time_limit=time_limit, seed=a["seed"], apply=a["apply"],
             max_memory=_positive_int("max_memory", a["max_memory"]), chunk_size=_positive_int("chunk_size", a["chunk_size"]),
             device=a["device"], progress=a["progress"], gqa=a["gqa"],
@@ -411,8 +411,9 @@ def prune(
         "Automatic l2"). Default ``None``: ``"auto"`` when the calibration set has enough samples
         to hold some back (40 with the default ``holdout``), else ``1e-3`` with a warning.
     first_order : keep the gradient term of the local model (``b = A w_bar - 1``); ``"auto"``
-        chooses with and without it the same way as ``l2``; ``None`` (default) as for ``l2``
-        (``False`` when it cannot choose).
+        chooses with and without it the same way as ``l2`` (about twice the candidates);
+        ``None`` (default): ``False`` (on the validation splits of ``benchmarks/auto_l2.py``
+        the automatic choice never kept the term, ``docs/torch_adapter.md``).
     holdout : fraction of the calibration samples held back by the automatic choices.
     l2_grid : candidate ridges of ``l2="auto"``, relative to the Fisher's mean diagonal.
     auto_stages : multi-stage methods with ``l2="auto"``: ``"per-stage"`` (default: every stage
