@@ -26,7 +26,7 @@ column, ``acc_bn_recal``: test accuracy once every BatchNorm's statistics are re
 the unlabelled calibration images (no weight changed), for every arm alike.
 No hyper-parameter is tuned on the test split.
 
-    flock /tmp/cpu.lock .venv/bin/python benchmarks/structured_cnn.py [--budget flops]   # < 1 min
+    flock /tmp/cpu.lock .venv/bin/python benchmarks/structured_cnn.py [--budget flops]   # ~1 min (--budget flops, with the baselines)
 """
 
 from __future__ import annotations
