@@ -1,4 +1,4 @@
-"""Defaults that work without tuning: ``l2="auto"`` / ``first_order="auto"`` on MLPNet.
+"""Defaults that work without tuning: ``l2="auto"`` (``first_order=False``) on MLPNet.
 
 The MLPNet checkpoint (784-40-20-10, ``../shared/data``) is pruned with ``chita`` and
 ``chita++`` at their **defaults** (no argument but method and sparsity: the automatic ridge
