@@ -29,6 +29,7 @@ The chosen factor and the held-back errors per unit are recorded (``report.info[
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -38,6 +39,8 @@ from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover
     from .structured import StructuredSetup, StructuredUnit
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["AUTO_RIDGE_GRID", "HOLDOUT_EVERY", "check_ridge", "split_batches", "solve_unit_auto"]
 
@@ -97,6 +100,8 @@ def solve_unit_auto(setup: "StructuredSetup", unit: "StructuredUnit", layers: Se
         Ws, _, _ = setup.solve_unit(unit, layers, fit, relative_ridge=c)
         errors[c] = math.fsum(p.objective(W.numpy()) for p, W in zip(scorers, Ws))
     best = min(AUTO_RIDGE_GRID, key=lambda c: errors[c])  # first (smallest) factor on ties
+    logger.info("%s: ridge factor %g chosen on held-back samples (errors %s)", unit.consumer, best,
+                ", ".join(f"{c:g}: {e:.6g}" for c, e in errors.items()))
     full = [Hf + Hh for Hf, Hh in zip(fit, held)]
     Ws, keep, result = setup.solve_unit(unit, layers, full, relative_ridge=best)
     return Ws, keep, result, {"factor": best, "held_errors": errors}
