@@ -32,6 +32,7 @@ from combprune.problems.layerwise import reconstruction_error
 
 from ._sequential_blocks import BlockInput, run_block
 from ._sequential_dist import Dist
+from ._structured_ridge import solve_unit_auto, split_batches
 from .prune import _apply_structured
 from .report import LayerReport, PruneReport
 from .structured import (KINDS, StructuredSetup, StructuredUnit, _reports, _set_weight_matrix, layer_grams,
@@ -47,7 +48,7 @@ class StructuredStep:
 
     def __init__(self, model: nn.Module, *, method: str, sparsity: Any, targets: Any, ignore: Any,
                  solver_options: dict[str, Any] | None, kinds: Iterable[str] = KINDS, pairs: Any = None,
-                 ridge: float = 1e-2, time_limit: float | None = None, apply: str = "mask", gqa: str = "kv") -> None:
+                 ridge: float | str = 1e-2, time_limit: float | None = None, apply: str = "mask", gqa: str = "kv") -> None:
         if apply not in ("mask", "permanent", "physical"):
             raise ValueError(f"apply: expected 'mask', 'permanent' or 'physical', got {apply!r}")
         if sparsity is None:
@@ -57,15 +58,21 @@ class StructuredStep:
         if time_limit is not None:
             options.setdefault("time_limit", time_limit)
         self.setup = StructuredSetup.build(model, method=method, sparsity=sparsity, targets=targets, ignore=ignore,
-                                           solver_options=options, kinds=kinds, pairs=pairs, gqa=gqa)
-        self.relative_ridge = None if self.setup.ridge is not None else float(ridge)
+                                           solver_options=options, kinds=kinds, pairs=pairs, gqa=gqa, ridge=ridge)
+        self.n_fit: int | None = None  # ridge="auto": inputs[:n_fit] fit, the rest are held back
         self.pattern_text = f"groups={self.setup.sparsity}"
         self.solved: dict[str, Any] = {}
         self.extra: dict[str, tuple[int, float, int]] = {}  # consumer -> (block, relative error, rank)
 
-    def prepare(self, model: nn.Module, batches: list[Any]) -> None:
-        """Forward order, plan and dense FLOPs from one pass of the first batch (whole model)."""
+    def prepare(self, model: nn.Module, batches: list[Any]) -> list[Any]:
+        """Forward order, plan and dense FLOPs from one pass of the first batch (whole model);
+        returns the batches to run, with ``ridge="auto"`` the fitting ones then the held-back
+        ones (:func:`~combprune.torch._structured_ridge.split_batches`)."""
+        if self.setup.auto_ridge:
+            fit, held = split_batches(batches)
+            self.n_fit, batches = len(fit), fit + held
         self.setup.prepare(model, batches)
+        return batches
 
     def check_blocks(self, prefixes: list[str]) -> None:
         """Units outside every block are left dense (a warning and a ``not_pruned`` entry)."""
@@ -79,6 +86,8 @@ class StructuredStep:
         _apply_structured(model, self.setup.plan, self.apply)
         report.not_pruned = list(self.setup.plan.not_pruned)
         report.info["structured_plan"] = self.setup.plan.to_dict()
+        if self.setup.plan.ridge_auto:
+            report.info["ridge_auto"] = self.setup.plan.ridge_auto
 
     def units_of(self, prefix: str) -> list[StructuredUnit]:
         return [u for u in self.setup.units if u.consumer.startswith(prefix)]
@@ -94,15 +103,24 @@ class StructuredStep:
             if setup.n_remove(unit) == 0:
                 plan.keep[unit.consumer] = np.ones(unit.n_groups, dtype=bool)
                 continue
-            grams = [dist.all_reduce(H) for H in layer_grams(layers, [lambda inp=inp: run_block(block, inp) for inp in inputs])]
+            parts = [inputs] if self.n_fit is None else [inputs[: self.n_fit], inputs[self.n_fit :]]
+            fit, *held = [[dist.all_reduce(H) for H in layer_grams(layers, [lambda inp=inp: run_block(block, inp) for inp in part])]
+                          for part in parts]
+            grams = fit if not held else [Hf + Hh for Hf, Hh in zip(fit, held[0])]
             owner = i % dist.world
             Ws = [torch.empty(weight_matrix(layer).shape, dtype=torch.float64) for layer in layers]
             keep_result = None
             if owner == dist.rank:
-                Ws, keep, result = setup.solve_unit(unit, layers, grams, relative_ridge=self.relative_ridge)
-                keep_result = (keep, result)
+                if held:
+                    Ws, keep, result, choice = solve_unit_auto(setup, unit, layers, fit, held[0])
+                else:
+                    Ws, keep, result = setup.solve_unit(unit, layers, grams)
+                    choice = None
+                keep_result = (keep, result, choice)
             Ws = [dist.broadcast(W, owner) for W in Ws]
-            keep, result = dist.broadcast_object(keep_result, owner)
+            keep, result, choice = dist.broadcast_object(keep_result, owner)
+            if choice is not None:
+                plan.ridge_auto[unit.consumer] = choice
             for name, layer, H, W in zip(unit.consumers, layers, grams, Ws):
                 W_hat = weight_matrix(layer).detach().cpu().double()
                 keep_backup(layer)

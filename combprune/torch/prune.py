@@ -701,7 +701,7 @@ def _prune_structured(model: nn.Module, calibration: Any, cfg: "PruneConfig") ->
     layers, plan = _structured.prune_structured(
         model, calibration, method=solver, sparsity=cfg.sparsity, targets=cfg.targets, ignore=cfg.ignore,
         n_samples=cfg.n_samples, solver_options=dict(cfg.solver_options), progress=cfg.progress, pairs=cfg.pairs,
-        gqa=cfg.gqa, flop_budget=cfg.flop_budget,
+        gqa=cfg.gqa, flop_budget=cfg.flop_budget, ridge=cfg.ridge,
     )
     _apply_structured(model, plan, cfg.apply)
     requested = dict(cfg.sparsity) if isinstance(cfg.sparsity, Mapping) else cfg.sparsity
@@ -719,7 +719,8 @@ def _prune_structured(model: nn.Module, calibration: Any, cfg: "PruneConfig") ->
     report.info.update(
         structured_plan=plan.to_dict(), solver=solver, solver_options=dict(cfg.solver_options),
         budget_scope="fraction of groups (structures) removed in each recognised unit (the units listed in the report)",
-        structures=structures,
+        structures=structures, ridge=cfg.ridge,
+        **({"ridge_auto": plan.ridge_auto} if plan.ridge_auto else {}),
         model_params={"before": params_before, "after": sum(p.numel() for p in model.parameters()) if cfg.apply == "physical" else None},
     )
     return report

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ._autotune import AUTO_STAGES, DEFAULT_HOLDOUT, DEFAULT_L2_GRID
+from ._structured_ridge import check_ridge
 from .methods import Method, resolve_method
 from .prune import run
 from .report import PruneReport
@@ -121,7 +122,7 @@ class PruneConfig:
     pattern: str | None = None
     granularity: str = "layer"
     blocks: Any = None
-    ridge: float = 1e-2
+    ridge: float | str = 1e-2
     offload: str | None = None
     offload_dir: str | None = None
     sequential: bool | None = None
@@ -198,6 +199,9 @@ class PruneConfig:
             raise ValueError("apply: the layer-wise methods write the pruned weights in place (zeros included); leave apply at its default")
         if a["apply"] not in APPLY_MODES:
             raise ValueError(f"apply: expected one of {', '.join(APPLY_MODES)}, got {a['apply']!r}")
+        a["ridge"] = check_ridge(a["ridge"])
+        if a["ridge"] == "auto" and spec.kind != "structured":
+            raise ValueError("ridge: 'auto' is offered by the structured methods ('osscar', ...); the layer-wise methods take a number")
         if a["apply"] == "physical" and spec.kind != "structured":
             raise ValueError("apply: 'physical' removal needs a structured method (structured=True, 'osscar' or 'group-magnitude')")
         schedule, stages = a["schedule"], a["stages"]
@@ -365,7 +369,7 @@ def prune(
     pattern: str | None = None,
     granularity: str = "layer",
     blocks: Any = None,
-    ridge: float = 1e-2,
+    ridge: float | str = 1e-2,
     offload: str | None = None,
     offload_dir: str | None = None,
     sequential: bool | None = None,
@@ -450,7 +454,10 @@ def prune(
         (``"layerwise"``, ``"sparsegpt"``, ``"wanda"``): an ``"n:m"`` pattern instead of
         ``sparsity``, a count per ``"layer"`` or per ``"output"``, the repeated blocks, the ridge
         relative to ``mean(diag(X^T X))``, and disk offload of the blocks; see
-        :func:`combprune.torch.prune_sequential` and ``docs/large_models.md``.
+        :func:`combprune.torch.prune_sequential` and ``docs/large_models.md``. ``ridge`` is
+        the same factor for the structured methods (OSSCAR's default 1e-2), which also take
+        ``ridge="auto"``: the factor chosen per unit on held-back calibration samples
+        (``docs/structured_pruning.md``; the choices in ``report.info["ridge_auto"]``).
     sequential : run on the sequential engine, one block at a time. ``None`` (automatic): always
         for the layer-wise methods; for ``"osscar"`` / ``"group-magnitude"`` when ``blocks`` or
         ``offload`` is given (``blocks``, ``offload``, ``ridge`` and ``device`` then apply to them

@@ -32,7 +32,6 @@ relative reconstruction error of every layer.
 from __future__ import annotations
 
 import logging
-import math
 import resource
 import time
 from typing import Any, Callable
@@ -55,6 +54,7 @@ from ._sequential_offload import DiskOffload
 from ._sequential_structured import StructuredStep
 from .prune import k_from_sparsity
 from .report import BlockReport, LayerReport, PruneReport
+from ._structured_ridge import check_ridge
 from .structured import KINDS
 
 logger = logging.getLogger(__name__)
@@ -169,8 +169,9 @@ class _LayerStep:
         report.k = self.k
         report.info["flops"] = "2 x d_in x d_out per token of the calibration samples (per sample; FLOPs = 2 x MACs)"
 
-    def prepare(self, model: nn.Module, batches: list[Any]) -> None:
+    def prepare(self, model: nn.Module, batches: list[Any]) -> list[Any]:
         self.samples = max(1, sum(b.size for b in batches))
+        return batches
 
     def prune_block(self, index: int, block: nn.Module, prefix: str, inputs: list[BlockInput], dist: Dist,
                     keep_backup: Callable[[nn.Module], None]) -> int:
@@ -275,7 +276,9 @@ def prune_sequential(
     blocks : dotted path or ``nn.ModuleList`` of the blocks (default: ``model.layers``,
         ``decoder.layers``, ``encoder.layer``, ``transformer.h``, ...).
     ridge : lam relative to ``mean(diag(H))`` (SparseGPT's damping, OSSCAR's ridge: 1e-2); for the
-        structured methods ``solver_options["ridge"]`` (absolute) takes precedence.
+        structured methods ``solver_options["ridge"]`` (absolute) takes precedence, and
+        ``"auto"`` chooses the factor per unit on held-back samples
+        (:mod:`combprune.torch._structured_ridge`; ``report.info["ridge_auto"]``).
     device : where each block is processed (default: the model's device); other blocks stay put.
     n_samples : use at most this many calibration samples.
     time_limit : seconds per layer solve.
@@ -300,17 +303,18 @@ def prune_sequential(
     """
     start = time.perf_counter()
     kind = _kind(method)
-    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not (ridge >= 0 and math.isfinite(ridge)):
-        raise ValueError(f"ridge: expected a non-negative number, got {ridge!r}")
+    ridge = check_ridge(ridge)
+    if ridge == "auto" and kind == "layerwise":
+        raise ValueError(f"ridge: 'auto' is offered by the structured methods ('osscar', ...), not {method!r}; give a number")
     if offload not in (None, "disk"):
         raise ValueError(f"offload: expected None or 'disk', got {offload!r}")
     if kind == "layerwise":
-        step: Any = _LayerStep.build(method, sparsity, pattern, granularity, float(ridge), time_limit, solver_options, apply)
+        step: Any = _LayerStep.build(method, sparsity, pattern, granularity, ridge, time_limit, solver_options, apply)
     else:
         if pattern is not None:
             raise ValueError(f"pattern: N:M patterns are unstructured; {method!r} prunes groups (give sparsity)")
         step = StructuredStep(model, method=method, sparsity=sparsity, targets=targets, ignore=ignore,
-                              solver_options=solver_options, kinds=kinds, pairs=pairs, ridge=float(ridge),
+                              solver_options=solver_options, kinds=kinds, pairs=pairs, ridge=ridge,
                               time_limit=time_limit, apply=apply, gqa=gqa)
     home = model_device(model)
     work = _work_device(device, home)
@@ -323,7 +327,7 @@ def prune_sequential(
     batches = collect(calibration, n_samples, home)[dist.rank::dist.world]
     if not batches:
         raise ValueError(f"calibration: {dist.world} ranks need at least {dist.world} calibration batches")
-    step.prepare(model, batches)
+    batches = step.prepare(model, batches)
     report = PruneReport(layers=[], method=method, sparsity_requested=sparsity if isinstance(sparsity, float) else None,
                          apply=apply)
     report.info.update(pattern=step.pattern_text, world_size=dist.world, engine="sequential",

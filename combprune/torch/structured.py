@@ -54,7 +54,8 @@ from torch import nn
 
 from combprune.problems import StructuredMIQP, osscar_default_ridge
 
-from . import _calibration, _coupled
+from . import _calibration, _coupled, _structured_ridge
+from ._structured_ridge import check_ridge
 from ._flops import layer_flops, model_flops
 from ._select import PrunableParam, is_hf_conv1d, select_parameters
 from .report import LayerReport
@@ -205,6 +206,9 @@ class StructuredPlan:
     #: with ``flop_budget``: ``flop_budget``, ``model_flops`` (dense FLOPs per sample of the whole
     #: model) and ``fraction`` (the uniform fraction of groups removed per unit); else empty.
     budget: dict[str, float] = field(default_factory=dict)
+    #: with ``ridge="auto"``: per consumer, the chosen ridge factor and the held-back error of
+    #: each factor tried (:mod:`combprune.torch._structured_ridge`); else empty.
+    ridge_auto: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def unit(self, consumer: str) -> StructuredUnit:
         for u in self.units:
@@ -760,6 +764,7 @@ def prune_structured(
     pairs: Iterable[Any] | None = None,
     gqa: str = "kv",
     flop_budget: float | None = None,
+    ridge: float | str | None = None,
 ) -> tuple[list[LayerReport], StructuredPlan]:
     """Layer-wise structured pruning of ``model`` in place (OSSCAR's procedure).
 
@@ -782,7 +787,7 @@ def prune_structured(
         groups are optimised: e.g. ``fc2`` for the neurons of ``fc1``; ``attention.output.dense``
         for heads); same syntax as :func:`combprune.torch._select.select_parameters`.
     n_samples : calibration samples (first dimension of the batches) used; ``None``: all.
-    solver_options : ``ridge`` (float; default OSSCAR's ``1e-2 * mean(diag(X^T X))`` per layer),
+    solver_options : ``ridge`` (float, absolute: ``lam`` itself, overriding ``ridge`` below),
         ``time_limit`` (seconds per layer) and ``seed`` are used here; every other key is
         passed to the solver.
     progress : a tqdm bar over units.
@@ -799,6 +804,11 @@ def prune_structured(
         the counts alone, before any solve; :mod:`combprune.torch._structured_budget`). With
         ``sparsity`` (one fraction) too, the larger fraction is used so both hold. ``ValueError``
         naming ``flop_budget`` before anything changes when the budget cannot be met.
+    ridge : the ridge factor c of ``lam = c * mean(diag(X^T X))`` per consumer; ``None``:
+        OSSCAR's default ``c = 1e-2``; ``"auto"``: chosen per unit among
+        :data:`~combprune.torch._structured_ridge.AUTO_RIDGE_GRID` on the reconstruction error
+        of held-back calibration samples (1 in 5; :mod:`combprune.torch._structured_ridge`),
+        recorded in ``plan.ridge_auto``.
 
     Returns
     -------
@@ -818,8 +828,12 @@ def prune_structured(
     if sparsity is None and flop_budget is None:
         sparsity = 0.5
     setup = StructuredSetup.build(model, method=method, sparsity=sparsity, targets=targets, ignore=ignore,
-                                  solver_options=solver_options, kinds=kinds, pairs=pairs, gqa=gqa, flop_budget=flop_budget)
+                                  solver_options=solver_options, kinds=kinds, pairs=pairs, gqa=gqa, flop_budget=flop_budget,
+                                  ridge=ridge)
     batches = _calibration.collect(calibration, n_samples, _calibration.model_device(model))
+    held: list[Any] = []
+    if setup.auto_ridge:
+        batches, held = _structured_ridge.split_batches(batches)  # ValueError naming ridge before any change
     setup.prepare(model, batches)
     plan, modules = setup.plan, setup.modules
 
@@ -837,7 +851,11 @@ def prune_structured(
                 continue
             layers = [modules[n] for n in unit.consumers]
             grams = _grams_of(model, layers, batches)
-            Ws, keep, result = setup.solve_unit(unit, layers, grams)
+            if setup.auto_ridge:
+                Ws, keep, result, plan.ridge_auto[unit.consumer] = _structured_ridge.solve_unit_auto(
+                    setup, unit, layers, grams, _grams_of(model, layers, held))
+            else:
+                Ws, keep, result = setup.solve_unit(unit, layers, grams)
             for name, layer, W in zip(unit.consumers, layers, Ws):
                 originals.setdefault(name, layer.weight.detach().clone())
                 _set_weight_matrix(layer, W.to(layer.weight.device))
@@ -880,17 +898,25 @@ class StructuredSetup:
     #: raises ``sparsity`` to the smallest uniform fraction meeting it
     #: (:mod:`combprune.torch._structured_budget`).
     flop_budget: float | None = None
+    #: the ridge factor c of ``lam = c * mean(diag H)`` when no absolute ``ridge`` is given
+    #: (``None``: OSSCAR's default 1e-2); :meth:`solve_unit`'s ``relative_ridge`` overrides it.
+    relative_ridge: float | None = None
+    #: ``ridge="auto"``: the factor is chosen per unit on held-back samples
+    #: (:func:`combprune.torch._structured_ridge.solve_unit_auto`).
+    auto_ridge: bool = False
 
     @classmethod
     def build(cls, model: nn.Module, *, method: str, sparsity: Any, targets: Any, ignore: Any,
               solver_options: Mapping[str, Any] | None, kinds: Iterable[str], pairs: Iterable[Any] | None,
-              gqa: str = "kv", flop_budget: float | None = None) -> "StructuredSetup":
+              gqa: str = "kv", flop_budget: float | None = None, ridge: float | str | None = None) -> "StructuredSetup":
         """Check every argument (errors name it) and discover the units to prune.
 
         With ``flop_budget`` (fraction of the model's dense FLOPs kept, in ``(0, 1]``),
         ``sparsity`` may be ``None`` (0) and must otherwise be one fraction: both are respected,
         the fraction of groups removed per unit is the larger of ``sparsity`` and the smallest
-        one meeting the FLOP budget (:meth:`prepare`)."""
+        one meeting the FLOP budget (:meth:`prepare`). ``ridge`` is the relative factor (or
+        ``"auto"``); an absolute ``solver_options["ridge"]`` overrides a factor and cannot be
+        combined with ``"auto"``."""
         import combprune
 
         if flop_budget is not None:
@@ -905,7 +931,15 @@ class StructuredSetup:
         if bad or not kinds:
             raise ValueError(f"kinds: expected a non-empty subset of {KINDS}, got {kinds!r}")
         options = dict(solver_options or {})
-        ridge = options.pop("ridge", None)
+        absolute = options.pop("ridge", None)
+        if isinstance(absolute, str):
+            raise ValueError(f"solver_options['ridge']: expected a non-negative number (the absolute lam), got {absolute!r}; "
+                             "pass ridge='auto' as an argument of its own to choose it")
+        if absolute is not None:
+            check_ridge(absolute, "solver_options['ridge']")
+        ridge = None if ridge is None else check_ridge(ridge)
+        if ridge == "auto" and absolute is not None:
+            raise ValueError("ridge: 'auto' chooses the ridge itself; remove solver_options['ridge'] (an absolute ridge)")
         time_limit = options.pop("time_limit", None)
         seed = options.pop("seed", None)
         spec = combprune.get_solver(method)
@@ -922,8 +956,9 @@ class StructuredSetup:
         if not units:
             raise ValueError(f"targets: no structured unit of kinds {kinds} has its consumer layer selected by targets={targets!r}, ignore={ignore!r}")
         _check_sparsity_keys(sparsity, units, not_pruned)
-        return cls(method, sparsity, units, ridge, time_limit, seed, options, pairs=pairs, modules=modules, not_pruned=not_pruned,
-                   flop_budget=None if flop_budget is None else float(flop_budget))
+        return cls(method, sparsity, units, None if absolute is None else float(absolute), time_limit, seed, options, pairs=pairs,
+                   modules=modules, not_pruned=not_pruned, flop_budget=None if flop_budget is None else float(flop_budget),
+                   relative_ridge=ridge if isinstance(ridge, float) else None, auto_ridge=ridge == "auto")
 
     def prepare(self, model: nn.Module, batches: list[Any]) -> None:
         """Forward order of the units, the plan (with unsupported structures), the tied-weight
@@ -971,16 +1006,18 @@ class StructuredSetup:
         (d x m) float64 reconstructed weight per consumer (removed rows zero) and ``keep`` the
         (G,) groups kept. Several consumers are stacked into one :class:`StructuredMIQP` whose
         objective is the sum of theirs (:mod:`combprune.torch._coupled`). Each consumer's ridge is
-        the setup's (absolute), else ``relative_ridge * mean(diag H)`` of that consumer's ``H``,
-        else OSSCAR's default. Raises ``RuntimeError`` when the solver returns no point or an
+        the setup's (absolute), else ``c * mean(diag H)`` of that consumer's ``H`` with ``c`` =
+        ``relative_ridge`` or the setup's factor, else OSSCAR's default. Raises ``RuntimeError`` when the solver returns no point or an
         infeasible one."""
         import combprune
 
         s = unit.n_groups - self.n_remove(unit)
+        factor = self.relative_ridge if relative_ridge is None else relative_ridge
+
         def ridge_of(H: torch.Tensor) -> float | None:
-            if self.ridge is not None or relative_ridge is None:
+            if self.ridge is not None or factor is None:
                 return self.ridge
-            return relative_ridge * float(torch.diagonal(H).mean())
+            return factor * float(torch.diagonal(H).mean())
 
         parts = [layer_problem(unit, layer, H, s, ridge_of(H)) for layer, H in zip(layers, grams)]
         problem = _coupled.stack_problems(parts)  # one consumer: parts[0] itself
