@@ -128,6 +128,20 @@ class L0Regression(Problem):
             b = b - 1.0
         return cls(A, b, k, ridge=A.shape[0] * l2, w_bar=w_bar, flop_costs=flop_costs, flop_budget=flop_budget, layer=layer)
 
+    def with_ridge(self, ridge: float) -> "L0Regression":
+        """The same instance with another ``ridge`` (``>= 0``), sharing the validated arrays.
+
+        Only the ridge is checked: ``A``, ``b`` and ``w_bar`` were validated when this instance
+        was built, so a ridge grid (``l2="auto"``) costs no pass over the data per value.
+        """
+        ridge = check_scalar("ridge", ridge, low=0.0)
+        out = object.__new__(type(self))
+        for name in self._array_fields + self._scalar_fields:
+            object.__setattr__(out, name, getattr(self, name))
+        object.__setattr__(out, "ridge", ridge)
+        out._freeze()
+        return out
+
     # Properties -----------------------------------------------------------------------------
     @property
     def n(self) -> int:

@@ -301,3 +301,23 @@ def test_random_valid_l0_instances_round_trip(tmp_path_factory, n, p, data):
 
 def test_top_level_exports():
     assert cp.L0Regression is L0Regression and cp.load_problem is load_problem
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(min_value=0.0, max_value=1e3), st.integers(min_value=0, max_value=2**31 - 1))
+def test_with_ridge_equals_a_fresh_build(l2, seed):
+    """Replacing the ridge (l2='auto' candidates) gives the instance from_gradients builds, sharing A."""
+    rng = np.random.default_rng(seed)
+    G, w_bar = rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=5)
+    base = L0Regression.from_gradients(G, w_bar, 2, l2=1e-3, first_order=True, layer=np.array([0, 0, 1, 1, 1]))
+    fresh = L0Regression.from_gradients(G, w_bar, 2, l2=l2, first_order=True, layer=np.array([0, 0, 1, 1, 1]))
+    other = base.with_ridge(G.shape[0] * l2)
+    assert other.ridge == fresh.ridge and other.k == fresh.k and other.A is base.A
+    for name in ("b", "w_bar", "layer"):
+        np.testing.assert_array_equal(getattr(other, name), getattr(fresh, name))
+    w = rng.normal(size=5)
+    assert other.objective(w) == fresh.objective(w)
+    with pytest.raises(AttributeError):
+        other.ridge = 1.0
+    with pytest.raises(ValueError, match="ridge"):
+        base.with_ridge(-1.0)

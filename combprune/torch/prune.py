@@ -330,6 +330,8 @@ class _Context:
         self.layer = np.repeat(np.arange(len(params), dtype=np.int64), self.sizes)
         self.gradient_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None
         self.gradient_info: dict[str, Any] = {}
+        #: the last local model built on cached gradients, reused (ridge replaced) by the next candidate
+        self.problem_cache: dict[tuple, tuple[np.ndarray, _problems.L0Regression]] = {}
         self.warm: np.ndarray | None = None  # start of the final one-shot solve (the chosen candidate)
         self.held: list[Batch] | None = None  # held-back samples of the automatic choice
         self.n_kept: int | None = None  # rows of ``batches`` not held back (they come first)
@@ -353,6 +355,7 @@ class _Context:
         other = copy.copy(self)
         other.batches = batches
         other.gradient_cache = {} if cache_gradients else None
+        other.problem_cache = {}
         return other
 
     def bar(self, **kwargs: Any) -> tqdm:
@@ -561,7 +564,15 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
         if ctx.per_stage and stages > 1:
             l2, first_order, record = _stage_choice(ctx, cfg, w_all, (a, b), A[:n_kept], wb, (k_t, flop), ctx.stage_choices)
             ctx.stage_choices.append(record)
-        return _problems.L0Regression.from_gradients(A, wb.astype(A.dtype), int(k_t), l2=l2, first_order=first_order, layer=layer, **flop)
+        key = (a, b, id(A), int(k_t), F_t, bool(first_order))
+        cached = ctx.problem_cache.get(key) if ctx.gradient_cache is not None else None
+        if cached is not None and np.array_equal(cached[0], wb):  # another candidate ridge of l2="auto"
+            return cached[1].with_ridge(A.shape[0] * float(l2))
+        problem = _problems.L0Regression.from_gradients(A, wb.astype(A.dtype), int(k_t), l2=l2, first_order=first_order, layer=layer, **flop)
+        if ctx.gradient_cache is not None:
+            ctx.problem_cache.clear()  # never hold more than one
+            ctx.problem_cache[key] = (wb.copy(), problem)
+        return problem
 
     w_start = w_all[a:b].detach().cpu().double().numpy()
     if stages == 1:
@@ -618,8 +629,13 @@ def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block:
     warm_startable = "warm_start" in get_solver(cfg.solver_name).options and "warm_start" not in cfg.solver_options
     scale = _autotune.check_scale(_autotune.gram_scale(A_kept))
 
+    base: dict[bool, _problems.L0Regression] = {}  # one local model per first_order; candidates replace its ridge
+
     def one_shot(trial: "PruneConfig", warm: np.ndarray | None) -> np.ndarray:
-        problem = _problems.L0Regression.from_gradients(A_kept, wb.astype(A_kept.dtype), int(k_t), l2=trial.l2, first_order=trial.first_order, **flop)
+        if trial.first_order not in base:
+            base[trial.first_order] = _problems.L0Regression.from_gradients(
+                A_kept, wb.astype(A_kept.dtype), int(k_t), l2=trial.l2, first_order=trial.first_order, **flop)
+        problem = base[trial.first_order].with_ridge(A_kept.shape[0] * float(trial.l2))
         opts = dict(cfg.solver_options, **({"warm_start": warm} if warm is not None and warm_startable else {}))
         res = solve(problem, cfg.solver_name, time_limit=cfg.time_limit, seed=cfg.seed, **opts)
         return np.asarray(res.x, dtype=np.float64)
