@@ -30,7 +30,13 @@ Hyper-parameters, for every arm alike: each arm has a validation grid (``--lambd
 for GMP; ``--ft-lrs``, ``--ft-clips`` for the fine-tuning of plain and CHITA++), every candidate
 runs on every seed and the candidate with the best MEAN validation accuracy over the seeds is
 kept, per architecture and density (:func:`select`). GMP's default grid has as many candidates
-as the pipeline's (8). The test split is used for the reported accuracy only. Run in chunks
+as the pipeline's (8). ``--lrs`` entries ``LR:CLIP`` add pre-training gradient clipping; the CNN
+rows at 1 % and 0.5 % use 24 candidates for both arms:
+
+    --lrs 0.01 0.05:1 0.1:1                                                 (pipeline, 24)
+    --gmp-lrs 0.2 0.1 0.05 0.02 0.01 0.005 --gmp-clips none 2 1 0.5          (GMP, 24)
+
+The test split is used for the reported accuracy only. Run in chunks
 through the CPU lock (``--arms`` and ``--densities`` choose the chunk; the file keeps the rest;
 the ablation takes the pipeline's choice from the file), then merge:
 
@@ -91,7 +97,8 @@ def cnn() -> nn.Sequential:
 
 ARCHS = {
     "mlp": {"build": mlp, "epochs": (10, 10), "label": "MLP 784-300-100-10", "pre_lr": 0.05},
-    # the CNN pipeline's pre-training collapses at lr 0.05 (docs/sparse_training.md): 0.01
+    # the CNN pipeline's pre-training collapses at lr 0.05 without clipping (docs/sparse_training.md): 0.01 by
+    # default; with pre-training max_grad_norm 1, lr 0.05 and 0.1 train (--lrs 0.05:1 0.1:1)
     "cnn": {"build": cnn, "epochs": (4, 4), "label": "CNN conv16-conv32-fc64-fc10", "pre_lr": 0.01},
 }
 
@@ -323,11 +330,18 @@ def _clip(v: str) -> float | None:
     return None if v.lower() == "none" else float(v)
 
 
+def _pre(v: str) -> tuple[float, float | None]:
+    """A pre-training candidate ``LR`` or ``LR:CLIP`` (clip: the pre-training ``max_grad_norm``)."""
+    lr, _, clip = v.partition(":")
+    return float(lr), _clip(clip) if clip else None
+
+
 def _grids(args) -> dict[str, list[dict]]:
     """Every arm's validation grid (module doc); the sizes are printed in the result file."""
     return {
-        "pipeline": [{"mask_penalty": lam, "lr": lr, "post_lr": plr, "beta_anneal": an, "post_max_grad_norm": clip, "prune_method": pm}
-                     for lam in args.lambdas for lr in args.lrs for plr in args.post_lrs for an in args.anneals for clip in args.post_clips for pm in args.prunes],
+        "pipeline": [{"mask_penalty": lam, "lr": lr, "max_grad_norm": pre_clip, "post_lr": plr, "beta_anneal": an, "post_max_grad_norm": clip, "prune_method": pm}
+                     for lam in args.lambdas for lr, pre_clip in args.lrs for plr in args.post_lrs for an in args.anneals for clip in args.post_clips
+                     for pm in args.prunes],
         "GMP": [{"lr": lr, "max_grad_norm": clip} for lr in args.gmp_lrs for clip in args.gmp_clips],
         "fine-tune": [{"post_lr": lr, "post_max_grad_norm": clip} for lr in args.ft_lrs for clip in args.ft_clips],
     }
@@ -350,7 +364,8 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, nargs=2, default=None, help="pre post (default per architecture)")
     ap.add_argument("--arms", nargs="+", default=list(ALL_ARMS), choices=ALL_ARMS, help="arms of this chunk (the file keeps the others)")
     ap.add_argument("--lambdas", type=float, nargs="+", default=[1e-6, 1e-5], help="pipeline grid: learned-mask penalty")
-    ap.add_argument("--lrs", type=float, nargs="+", default=None, help="pipeline grid: pre-training learning rate (default per architecture: MLP 0.05, CNN 0.01)")
+    ap.add_argument("--lrs", type=_pre, nargs="+", default=None,
+                    help="pipeline grid: pre-training learning rate, LR or LR:CLIP with CLIP the pre-training max_grad_norm (default per architecture: MLP 0.05, CNN 0.01; no clipping)")
     ap.add_argument("--post-lrs", type=float, nargs="+", default=[0.05], help="pipeline grid: post-training learning rate")
     ap.add_argument("--anneals", nargs="+", default=["epoch", "step"], choices=["epoch", "step"], help="pipeline grid: beta_anneal")
     ap.add_argument("--prunes", nargs="+", default=["mask", "magnitude"], choices=["mask", "magnitude"], help="pipeline grid: pruning step (top-k scores or magnitude of the learned weights)")
@@ -371,7 +386,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     epochs = tuple(args.epochs) if args.epochs else ARCHS[args.arch]["epochs"]
-    args.lrs = args.lrs or [ARCHS[args.arch]["pre_lr"]]
+    args.lrs = args.lrs or [(ARCHS[args.arch]["pre_lr"], None)]
     grids = _grids(args)
     if args.quick:
         args.densities, epochs, args.seeds = [0.01], (1, 1), [0]
@@ -391,7 +406,7 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     for d in args.densities:
         piped = [r for r in old if r["arm"] == "pipeline" and r["density"] == d and "candidates_val" in r]
-        chosen = {k: piped[0][k] for k in grids["pipeline"][0]} if piped else None
+        chosen = {k: piped[0].get(k) for k in grids["pipeline"][0]} if piped else None  # rows before the pre-training clip: none
         here = run_density(args.arch, d, data, args.seeds, grids, epochs, arms, chosen)
         rows += here
         print(f"{args.arch} density {d}: " + ", ".join(f"{r['arm']}[{r['seed']}] {r['test_accuracy']:.3f}" for r in here), flush=True)
@@ -408,7 +423,7 @@ def main(argv=None) -> None:
             "seconds (last chunk)": round(time.perf_counter() - t_start, 1),
         })
         grid_text = {
-            "pipeline": "%d candidates: lambda %s x pre lr %s x post lr %s x beta_anneal %s x post max_grad_norm %s x pruning step %s" % (
+            "pipeline": "%d candidates: lambda %s x (pre lr, pre max_grad_norm) %s x post lr %s x beta_anneal %s x post max_grad_norm %s x pruning step %s" % (
                 len(grids["pipeline"]), args.lambdas, args.lrs, args.post_lrs, args.anneals, args.post_clips, args.prunes),
             "GMP": "%d candidates: lr %s x max_grad_norm %s" % (len(grids["GMP"]), args.gmp_lrs, args.gmp_clips),
             "plain": "%d candidates: fine-tuning lr %s x max_grad_norm %s" % (len(grids["fine-tune"]), args.ft_lrs, args.ft_clips),
