@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ._calibration import model_device
 
-__all__ = ["StepHook", "train_epoch", "evaluate", "warmup_cosine"]
+__all__ = ["StepHook", "train_epoch", "evaluate", "warmup_cosine", "check_max_grad_norm"]
 
 #: Called after every optimiser step with the global step index.
 StepHook = Callable[[int], None]
@@ -76,6 +76,12 @@ def train_epoch(
     if total == 0:
         raise ValueError("train_loader: no batches")
     return {"loss": loss_sum / total, "train_accuracy": correct / total}, step
+
+
+def check_max_grad_norm(value: Any) -> None:
+    """``ValueError`` naming ``max_grad_norm`` unless ``value`` is ``None`` or a finite number > 0."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"max_grad_norm: expected None or a finite number > 0, got {value!r}")
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:

@@ -154,7 +154,7 @@ class LearnedMasks:
         k = round(self.target_density * n)
         if k >= n:
             return self.lam * gates[0].score.sum() * 0.0
-        threshold = torch.topk(torch.cat([g.score.detach().flatten() for g in gates]), max(k, 1)).values[-1] if k else math.inf
+        threshold = torch.topk(torch.cat([g.score.detach().flatten() for g in gates]), k).values[-1] if k else math.inf
         return self.lam * sum(torch.where(g.score < threshold, g.gate(), 0.0).sum() for g in gates)
 
     def step_end(self) -> float:

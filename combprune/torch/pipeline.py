@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._select import select_parameters
-from ._training import evaluate, train_epoch
+from ._training import check_max_grad_norm, evaluate, train_epoch
 from .density_prune import check_density, prune_to_density
 from .learned_masks import LearnedMasks
 from .masking import mask_density
@@ -125,9 +125,7 @@ class SparseTrainingPipeline:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
-        v = self.max_grad_norm
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
-            raise ValueError(f"max_grad_norm: expected None or a finite number > 0, got {v!r}")
+        check_max_grad_norm(self.max_grad_norm)
         if self.learned_masks and self.pre_epochs == 0:
             raise ValueError("pre_epochs: learned masks need at least one pre-training epoch")
         if self.learned_masks and self.beta_max < 1:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._training import evaluate, train_epoch, warmup_cosine
+from ._training import check_max_grad_norm, evaluate, train_epoch, warmup_cosine
 from .masking import MaskedTraining, apply_masks, get_masks, make_permanent, mask_density, parameter_order
 from .zero_init import zero_matrix
 
@@ -210,9 +210,7 @@ class PostTrainingConfig:
                 raise ValueError(f"{name}: the schedule ({v} epochs) is longer than the post-training (post_epochs={self.epochs})")
         if isinstance(self.warmup_fraction, bool) or not isinstance(self.warmup_fraction, (int, float)) or not (0 <= self.warmup_fraction < 1):
             raise ValueError(f"warmup_fraction: a fraction of the post-training in [0, 1), got {self.warmup_fraction!r}")
-        v = self.max_grad_norm
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
-            raise ValueError(f"max_grad_norm: expected None or a finite number > 0, got {v!r}")
+        check_max_grad_norm(self.max_grad_norm)
         if not isinstance(self.restore_best, bool):
             raise ValueError(f"restore_best: expected a bool, got {self.restore_best!r}")
         if self.soft_activation not in (None, "silu", "softplus"):

@@ -52,9 +52,9 @@ from ._sequential_blocks import (BlockInput, GramHooks, capture_block_inputs, fi
 from ._sequential_dist import Dist
 from ._sequential_offload import DiskOffload
 from ._sequential_structured import StructuredStep
+from ._structured_ridge import check_ridge
 from .prune import k_from_sparsity
 from .report import BlockReport, LayerReport, PruneReport
-from ._structured_ridge import check_ridge
 from .structured import KINDS
 
 logger = logging.getLogger(__name__)
