@@ -13,6 +13,8 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import combprune.torch as cpt
+from combprune.torch._autotune import best_relative, first_order_test, search
+from combprune.torch.pruner import PruneConfig
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +150,14 @@ def test_per_stage_choice_records_every_stage_and_once_does_not(trained, digits)
     assert per.info["auto"]["mode"] == "per-stage" and len(per.info["auto"]["stages"]) == 3
     assert all("l2" in s and s["l2"] > 0 for s in per.stages)
     assert per.info["l2"] == per.stages[-1]["l2"] and per.info["first_order"] == per.stages[-1]["first_order"]
-    for s in per.info["auto"]["stages"]:  # each stage keeps its own best candidate
-        assert s["l2"] == min(s["candidates"], key=lambda c: c["held_out_loss"])["l2"]
-    assert len({s["first_order"] for s in per.stages}) == 1  # chosen at the first stage, then kept
+    for s in per.info["auto"]["stages"]:  # each stage keeps its own best candidate, with or without the term
+        best = min(s["candidates"], key=lambda c: c["held_out_loss"])
+        assert (s["l2"], s["first_order"]) == (best["l2"], best["first_order"])
+        assert {c["first_order"] for c in s["candidates"]} == {False, True}  # the default chooses the term per stage
+    for prev, s in zip(per.info["auto"]["stages"], per.info["auto"]["stages"][1:]):  # each walk starts at its previous best
+        for first_order in (False, True):
+            walk = [c for c in s["candidates"] if c["first_order"] is first_order]
+            assert walk[0]["l2_relative"] == prev["best_relative"][first_order]
     once = cpt.prune(_clone(trained), calib, method="chita++", sparsity=0.8, stages=3, auto_stages="once", progress=False)
     assert once.info["auto"]["mode"] == "once" and "stages" not in once.info["auto"]
     assert all("l2" not in s for s in once.stages)
@@ -195,3 +202,60 @@ def test_per_stage_falls_back_to_once_when_the_gradients_need_blocks(trained, di
                       progress=False)
     assert r.info["auto"]["mode"] == "once" and "choosing once instead" in caplog.text
     assert r.sparsity >= 0.8
+
+
+@pytest.mark.parametrize("kw, expected", [
+    ({"method": "chita++", "stages": 3}, None),  # automatic, chosen at every stage
+    ({"method": "chita++", "stages": 3, "l2": 1e-3}, False),  # a fixed ridge: no search at all
+    ({"method": "chita"}, False),  # one-shot: the term never won on validation
+    ({"method": "chita++", "stages": 3, "first_order": True}, True),
+])
+def test_first_order_default_is_automatic_only_per_stage(kw, expected):
+    cfg = PruneConfig.build(sparsity=0.5, **kw)
+    assert cfg.first_order is expected
+
+
+def test_best_relative_keeps_untried_terms():
+    record = {"candidates": [
+        {"first_order": False, "l2_relative": 1.0, "held_out_loss": 0.5},
+        {"first_order": False, "l2_relative": 0.1, "held_out_loss": 0.4},
+        {"first_order": True, "l2_relative": 100.0, "held_out_loss": float("nan")},
+    ]}
+    assert best_relative(record, {True: 10.0}) == {False: 0.1, True: 10.0}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-5, 5), min_size=2, max_size=40), st.lists(st.floats(-5, 5), min_size=2, max_size=40),
+       st.floats(0.01, 100), st.floats(-10, 10))
+def test_first_order_test_is_the_one_standard_error_rule(a, b, scale, shift):
+    n = min(len(a), len(b))
+    with_term, without = np.array(a[:n]), np.array(b[:n])
+    test = first_order_test(with_term, without)
+    d = with_term - without
+    assert test["kept"] == bool(d.mean() < -d.std(ddof=1) / np.sqrt(n))
+    moved = first_order_test(scale * with_term + shift, scale * without + shift)  # units and offsets do not matter
+    assert np.isclose(moved["mean_difference"], scale * test["mean_difference"], atol=1e-9)
+    if abs(test["mean_difference"] + test["standard_error"]) > 1e-9 * (1 + abs(test["mean_difference"])):
+        assert moved["kept"] == test["kept"]
+
+
+@pytest.mark.parametrize("gain, kept", [(0.5, True), (0.01, False)])
+def test_search_keeps_the_term_only_beyond_one_standard_error(gain, kept):
+    """Both walks run; the term's best candidate has the lower mean loss, but it wins only when the
+    paired per-sample gain exceeds one standard error (noise: +-1 per sample)."""
+    noise = np.tile([1.0, -1.0], 50)
+
+    def one_shot(trial, warm):
+        return np.array([trial.l2, float(trial.first_order)])
+
+    def loss(w):
+        return 1.0 + abs(np.log10(w[0])) * 0.1 - (gain if w[1] else 0.0)
+
+    def sample_losses(w):
+        return loss(w) + (noise if w[1] else 0.0)
+
+    cfg = PruneConfig.build(method="chita++", sparsity=0.5, stages=3)
+    chosen, record, _ = search(cfg, 1.0, one_shot, loss, None, sample_losses=sample_losses)
+    assert {c["first_order"] for c in record["candidates"]} == {False, True}
+    assert chosen.first_order is kept and record["first_order"] is kept and record["first_order_test"]["kept"] is kept
+    assert chosen.l2 == 1.0  # the ridge nearest the scale has the lowest loss in either walk

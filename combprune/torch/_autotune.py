@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_L2_GRID", "AUTO_STAGES", "DEFAULT_HOLDOUT", "MIN_HELD_OUT", "FALLBACK_L2", "is_auto", "fallback", "select_samples", "split_holdout", "fisher_scale",
-    "gram_scale", "check_scale", "relative_grid", "held_out_loss", "search",
+    "gram_scale", "check_scale", "relative_grid", "held_out_loss", "held_out_losses", "first_order_test", "search", "best_relative",
 ]
 
 #: Candidate ridges relative to the Fisher's mean diagonal.
@@ -174,6 +174,26 @@ def held_out_loss(model: torch.nn.Module, params: list, batches: list[Batch], we
     return total / n
 
 
+def held_out_losses(model: torch.nn.Module, params: list, batches: list[Batch], weights: np.ndarray, loss_fn: Any) -> np.ndarray:
+    """Per-sample losses on ``batches`` with the prunable weights set to ``weights`` (a forward
+    per sample, so any model and loss work; used for two candidates per decision only)."""
+    return np.array([held_out_loss(model, params, [b.slice(i, i + 1)], weights, loss_fn) for b in batches for i in range(b.size)])
+
+
+def first_order_test(with_term: np.ndarray, without: np.ndarray) -> dict[str, Any]:
+    """The one-standard-error rule for the first-order term, on paired per-sample held-back losses.
+
+    The term is kept only when it lowers the mean loss by more than one standard error of the
+    paired differences ``d_i = loss_i(with) - loss_i(without)``: ``mean(d) < -std(d) / sqrt(n)``.
+    Its step is fitted on the kept samples, and a gain within the noise of a few hundred
+    held-back samples cost accuracy on the validation splits (``docs/torch_adapter.md``).
+    """
+    d = np.asarray(with_term, dtype=np.float64) - np.asarray(without, dtype=np.float64)
+    se = float(np.std(d, ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.inf
+    mean = float(np.mean(d))
+    return {"mean_difference": mean, "standard_error": se, "kept": bool(mean < -se)}
+
+
 def _call(model: torch.nn.Module, overrides: dict[str, torch.Tensor], inputs: Any) -> Any:
     if isinstance(inputs, dict):
         return functional_call(model, overrides, (), inputs)
@@ -249,7 +269,8 @@ def search(
     loss: Callable[[np.ndarray], float],
     magnitude_support: np.ndarray | None,
     *,
-    start: float | None = None,
+    start: Mapping[bool, float] | None = None,
+    sample_losses: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple["PruneConfig", dict[str, Any], np.ndarray]:
     """Resolve ``l2="auto"`` / ``first_order="auto"`` of ``cfg``: (concrete cfg, record, best candidate's weights).
 
@@ -260,20 +281,25 @@ def search(
     held-back loss improves, else up; with it, it starts at the largest ridge and goes down
     (the gradient term makes each solve a Newton-like step that needs damping: on MLPNet its
     best ridge was 10-1000 x the Fisher scale, against 1e-3..100 without). See :func:`_bracket`.
-    ``start`` (a relative ridge, added to the grid when absent) replaces both starting points
-    (the per-stage choice starts at the previous stage's value). ``magnitude_support`` is the
-    support magnitude pruning keeps (for the report; None to skip the comparison).
+    ``start`` maps ``first_order`` to a relative ridge (added to the grid when absent) that
+    replaces that walk's starting point (the per-stage choice starts each walk at the previous
+    stage's best value for it: :func:`best_relative`). ``magnitude_support`` is the
+    support magnitude pruning keeps (for the report; None to skip the comparison). When both
+    walks ran and the best candidate keeps the first-order term, ``sample_losses(w)`` (the
+    held-back per-sample losses) decide whether it beats the best one without the term by more
+    than one standard error (:func:`first_order_test`); else the one without wins.
     """
     auto_l2 = is_auto(cfg.l2)
     grid = relative_grid(cfg.l2_grid, extend=True) if auto_l2 else [float(cfg.l2) / scale]
     own = len(relative_grid(cfg.l2_grid, extend=False)) if auto_l2 else 1  # the grid's own values, then the extension
     middle = min(range(min(own, len(grid))), key=lambda i: abs(math.log(grid[i])))
-    if start is not None and auto_l2:
-        grid = sorted(set(grid) | {float(start)}, reverse=True)
-        middle = grid.index(float(start))
     orders = [False, True] if is_auto(cfg.first_order) else [cfg.first_order]
     candidates: list[dict[str, Any]] = []
     for first_order in orders:
+        walk, first = grid, 0 if first_order else middle
+        if start is not None and auto_l2 and start.get(first_order) is not None:
+            walk = sorted(set(grid) | {float(start[first_order])}, reverse=True)
+            first = walk.index(float(start[first_order]))
         tried: dict[float, tuple[float, np.ndarray]] = {}
 
         def loss_at(c: float, warm_from: float | None, first_order: bool = first_order, tried: dict = tried) -> float:
@@ -287,14 +313,34 @@ def search(
                 logger.info("auto: l2=%.3g (%.3g x Fisher scale), first_order=%s: held-back loss %.6g", l2, c, first_order, value)
             return tried[c][0]
 
-        _bracket(grid, 0 if first_order and start is None else middle, loss_at)
+        _bracket(walk, first, loss_at)
     finite = [c for c in candidates if math.isfinite(c["held_out_loss"])]
     if not finite:
         raise ValueError("l2: every candidate of l2='auto' gave a non-finite held-back loss; pass l2 and first_order explicitly")
     best = min(finite, key=lambda c: c["held_out_loss"])
+    without = [c for c in finite if not c["first_order"]]
+    test = None
+    if best["first_order"] and without and sample_losses is not None:
+        plain = min(without, key=lambda c: c["held_out_loss"])
+        test = first_order_test(sample_losses(best["weights"]), sample_losses(plain["weights"]))
+        logger.info("auto: first-order term %s (held-back loss difference %.3g, standard error %.3g)",
+                    "kept" if test["kept"] else "dropped", test["mean_difference"], test["standard_error"])
+        best = best if test["kept"] else plain
     record = {
         "l2": best["l2"], "first_order": best["first_order"], "fisher_scale": scale, "holdout": cfg.holdout,
         "candidate_same_support_as_magnitude": None if magnitude_support is None else bool(np.array_equal(best["weights"] != 0, magnitude_support)),
         "candidates": [{k: v for k, v in c.items() if k != "weights"} for c in candidates],
+        "first_order_test": test,
     }
     return dataclasses.replace(cfg, l2=best["l2"], first_order=best["first_order"]), record, best["weights"]
+
+
+def best_relative(record: dict[str, Any], previous: Mapping[bool, float] | None = None) -> dict[bool, float]:
+    """Per ``first_order``, the relative ridge of the lowest held-back loss among the candidates
+    of a :func:`search` record (``previous`` values kept for a term that was not tried)."""
+    out = dict(previous or {})
+    for first_order in (False, True):
+        tried = [c for c in record["candidates"] if c["first_order"] == first_order and math.isfinite(c["held_out_loss"])]
+        if tried:
+            out[first_order] = min(tried, key=lambda c: c["held_out_loss"])["l2_relative"]
+    return out

@@ -291,8 +291,11 @@ def _choose_auto(ctx: "_Context", cfg: "PruneConfig", k: int, F: float | None) -
     def loss(w: np.ndarray) -> float:
         return _autotune.held_out_loss(ctx.model, ctx.params, held, w, cfg.loss_fn)
 
+    def sample_losses(w: np.ndarray) -> np.ndarray:
+        return _autotune.held_out_losses(ctx.model, ctx.params, held, w, cfg.loss_fn)
+
     with ctx.bar(total=None, desc="choosing l2 / first_order on held-back samples", unit="candidate"):
-        cfg, record, best = _autotune.search(cfg, scale, one_shot, loss, _magnitude_support(ctx, cfg, k, F))
+        cfg, record, best = _autotune.search(cfg, scale, one_shot, loss, _magnitude_support(ctx, cfg, k, F), sample_losses=sample_losses)
     record.update(mode="once", held_back_samples=n - n_kept)
     full.warm = best if warm_startable and single and cfg.stages == 1 else None
     return cfg, record, full
@@ -616,13 +619,14 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
 
 def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block: tuple[int, int], A_kept: np.ndarray, wb: np.ndarray,
                   budget: tuple[int, dict[str, Any]], previous: list[dict[str, Any]]) -> tuple[float, bool, dict[str, Any]]:
-    """``auto_stages="per-stage"``: this stage's ``l2`` (and, at the first stage, ``first_order``).
+    """``auto_stages="per-stage"``: this stage's ``l2`` and ``first_order`` (when automatic).
 
     Candidates are solved at the stage's budget on the kept rows ``A_kept`` (linearised at the
     stage's weights ``wb``) and scored by the true loss of the held-back samples
     (:func:`combprune.torch._autotune.search`). The first stage searches like the one-shot
-    choice; later stages keep the first stage's ``first_order`` and start the walk at the
-    previous stage's relative ridge (3 candidates when it is still the best).
+    choice; later stages start each walk (with and without the first-order term) at the
+    previous stages' best relative ridge for it (3 candidates when it is still the best), so
+    the term can win in the sparse late stages after losing in the early ones.
     """
     a, b = block
     k_t, flop = budget
@@ -640,15 +644,21 @@ def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block:
         res = solve(problem, cfg.solver_name, time_limit=cfg.time_limit, seed=cfg.seed, **opts)
         return np.asarray(res.x, dtype=np.float64)
 
-    def loss(x: np.ndarray) -> float:
+    def full(x: np.ndarray) -> np.ndarray:
         w = w_all.detach().cpu().double().numpy().copy()
         w[a:b] = x
-        return _autotune.held_out_loss(ctx.model, ctx.params, ctx.held, w, cfg.loss_fn)
+        return w
 
-    prev = previous[-1] if previous else None
-    trial = dataclasses.replace(cfg, first_order=prev["first_order"] if prev else cfg.first_order)
-    _, record, _ = _autotune.search(trial, scale, one_shot, loss, None, start=prev["l2_relative"] if prev else None)
+    def loss(x: np.ndarray) -> float:
+        return _autotune.held_out_loss(ctx.model, ctx.params, ctx.held, full(x), cfg.loss_fn)
+
+    def sample_losses(x: np.ndarray) -> np.ndarray:
+        return _autotune.held_out_losses(ctx.model, ctx.params, ctx.held, full(x), cfg.loss_fn)
+
+    prev = previous[-1]["best_relative"] if previous else None
+    _, record, _ = _autotune.search(cfg, scale, one_shot, loss, None, start=prev, sample_losses=sample_losses)
     record["l2_relative"] = record["l2"] / scale
+    record["best_relative"] = _autotune.best_relative(record, prev)
     return record["l2"], record["first_order"], record
 
 

@@ -64,6 +64,19 @@ def _sparsity_sequence(schedule: Any, sparsity: float | None) -> tuple[float, ..
     return seq
 
 
+def _default_first_order(first_order: bool | str | None, l2: Any, stages: int) -> bool | str | None:
+    """``first_order`` as given; its default (``None``) stays automatic only where it is chosen
+    per stage (a multi-stage method with the automatic ``l2``), else it means ``False``.
+
+    On the validation splits of ``benchmarks/auto_l2.py`` the held-back samples never kept the
+    term for a one-shot solve, while the multi-stage methods keep it in their last, sparsest
+    stages (``docs/torch_adapter.md``, "Automatic l2").
+    """
+    if first_order is not None:
+        return first_order
+    return None if stages > 1 and (l2 is None or l2 == "auto") else False
+
+
 def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
@@ -248,7 +261,7 @@ class PruneConfig:
             method=method, spec=spec, sparsity=sparsity, flop_budget=flop_budget, targets=a["targets"], ignore=a["ignore"],
             n_samples=_positive_int("n_samples", a["n_samples"], allow_none=True), stages=stages, schedule=schedule,
             base_sparsity=base_sparsity, structured=a["structured"], loss_fn=a["loss_fn"], l2=l2 if l2 is None or l2 == "auto" else float(l2),
-            first_order=False if a["first_order"] is None else a["first_order"], holdout=holdout, l2_grid=l2_grid, auto_stages=a["auto_stages"], fresh_samples=a["fresh_samples"],
+            first_order=_default_first_order(a["first_order"], l2, stages), holdout=holdout, l2_grid=l2_grid, auto_stages=a["auto_stages"], fresh_samples=a["fresh_samples"],
             solver=a["solver"], solver_options=MappingProxyType(dict(options)), time_limit=time_limit, seed=a["seed"], apply=a["apply"],
             max_memory=_positive_int("max_memory", a["max_memory"]), chunk_size=_positive_int("chunk_size", a["chunk_size"]),
             device=a["device"], progress=a["progress"], gqa=a["gqa"],
@@ -415,13 +428,15 @@ def prune(
         "Automatic l2"). Default ``None``: ``"auto"`` when the calibration set has enough samples
         to hold some back (40 with the default ``holdout``), else ``1e-3`` with a warning.
     first_order : keep the gradient term of the local model (``b = A w_bar - 1``); ``"auto"``
-        chooses with and without it the same way as ``l2`` (about twice the candidates);
-        ``None`` (default): ``False`` (on the validation splits of ``benchmarks/auto_l2.py``
-        the automatic choice never kept the term, ``docs/torch_adapter.md``).
+        chooses with and without it the same way as ``l2`` (about twice the candidates; at
+        every stage of a multi-stage method). ``None`` (default): ``"auto"`` for a multi-stage
+        method with the automatic ``l2`` (the term wins in the sparse last stages), else
+        ``False`` (one-shot, the held-back samples never kept it on the validation splits of
+        ``benchmarks/auto_l2.py``; ``docs/torch_adapter.md``).
     holdout : fraction of the calibration samples held back by the automatic choices.
     l2_grid : candidate ridges of ``l2="auto"``, relative to the Fisher's mean diagonal.
     auto_stages : multi-stage methods with ``l2="auto"``: ``"per-stage"`` (default: every stage
-        chooses its ``l2`` on the held-back samples, the first stage also ``first_order``) or
+        chooses its ``l2``, and ``first_order`` when automatic, on the held-back samples) or
         ``"once"`` (choose one-shot at the final budget, then use the values at every stage);
         measured in ``benchmarks/results/auto_l2.md``.
     fresh_samples : multi-stage methods: when the calibration data holds more than
