@@ -81,6 +81,7 @@ ABLATIONS = {  # each pipeline component switched off in turn
     "no soft skip": {"soft_skip": False},
 }
 CHITA = {"prune_method": "chita++", "prune_options": {"n_samples": 256, "l2": 1e-2, "stages": 3}}
+OLD_ROWS = {"mask_budget": False}  # grid options missing from older result rows: their value then
 MAIN = ("dense", "plain", "GMP", "CHITA++", "pipeline")
 
 
@@ -330,6 +331,12 @@ def _clip(v: str) -> float | None:
     return None if v.lower() == "none" else float(v)
 
 
+def _onoff(v: str) -> bool:
+    if v.lower() not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected 'on' or 'off', got {v!r}")
+    return v.lower() == "on"
+
+
 def _pre(v: str) -> tuple[float, float | None]:
     """A pre-training candidate ``LR`` or ``LR:CLIP`` (clip: the pre-training ``max_grad_norm``)."""
     lr, _, clip = v.partition(":")
@@ -339,9 +346,10 @@ def _pre(v: str) -> tuple[float, float | None]:
 def _grids(args) -> dict[str, list[dict]]:
     """Every arm's validation grid (module doc); the sizes are printed in the result file."""
     return {
-        "pipeline": [{"mask_penalty": lam, "lr": lr, "max_grad_norm": pre_clip, "post_lr": plr, "beta_anneal": an, "post_max_grad_norm": clip, "prune_method": pm}
-                     for lam in args.lambdas for lr, pre_clip in args.lrs for plr in args.post_lrs for an in args.anneals for clip in args.post_clips
-                     for pm in args.prunes],
+        "pipeline": [{"mask_penalty": lam, "mask_budget": budget, "lr": lr, "max_grad_norm": pre_clip, "post_lr": plr, "beta_anneal": an,
+                      "post_max_grad_norm": clip, "prune_method": pm}
+                     for lam in args.lambdas for budget in args.budgets for lr, pre_clip in args.lrs for plr in args.post_lrs for an in args.anneals
+                     for clip in args.post_clips for pm in args.prunes],
         "GMP": [{"lr": lr, "max_grad_norm": clip} for lr in args.gmp_lrs for clip in args.gmp_clips],
         "fine-tune": [{"post_lr": lr, "post_max_grad_norm": clip} for lr in args.ft_lrs for clip in args.ft_clips],
     }
@@ -364,6 +372,8 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, nargs=2, default=None, help="pre post (default per architecture)")
     ap.add_argument("--arms", nargs="+", default=list(ALL_ARMS), choices=ALL_ARMS, help="arms of this chunk (the file keeps the others)")
     ap.add_argument("--lambdas", type=float, nargs="+", default=[1e-6, 1e-5], help="pipeline grid: learned-mask penalty")
+    ap.add_argument("--budgets", type=_onoff, nargs="+", default=[False],
+                    help="pipeline grid: budgeted learned-mask penalty (mask_budget; 'on' / 'off')")
     ap.add_argument("--lrs", type=_pre, nargs="+", default=None,
                     help="pipeline grid: pre-training learning rate, LR or LR:CLIP with CLIP the pre-training max_grad_norm (default per architecture: MLP 0.05, CNN 0.01; no clipping)")
     ap.add_argument("--post-lrs", type=float, nargs="+", default=[0.05], help="pipeline grid: post-training learning rate")
@@ -406,7 +416,8 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     for d in args.densities:
         piped = [r for r in old if r["arm"] == "pipeline" and r["density"] == d and "candidates_val" in r]
-        chosen = {k: piped[0].get(k) for k in grids["pipeline"][0]} if piped else None  # rows before the pre-training clip: none
+        # rows written before a grid option existed: its value then (no pre-training clip, no budget)
+        chosen = {k: piped[0].get(k, OLD_ROWS.get(k)) for k in grids["pipeline"][0]} if piped else None
         here = run_density(args.arch, d, data, args.seeds, grids, epochs, arms, chosen)
         rows += here
         print(f"{args.arch} density {d}: " + ", ".join(f"{r['arm']}[{r['seed']}] {r['test_accuracy']:.3f}" for r in here), flush=True)
@@ -423,8 +434,8 @@ def main(argv=None) -> None:
             "seconds (last chunk)": round(time.perf_counter() - t_start, 1),
         })
         grid_text = {
-            "pipeline": "%d candidates: lambda %s x (pre lr, pre max_grad_norm) %s x post lr %s x beta_anneal %s x post max_grad_norm %s x pruning step %s" % (
-                len(grids["pipeline"]), args.lambdas, args.lrs, args.post_lrs, args.anneals, args.post_clips, args.prunes),
+            "pipeline": "%d candidates: lambda %s x mask_budget %s x (pre lr, pre max_grad_norm) %s x post lr %s x beta_anneal %s x post max_grad_norm %s x pruning step %s" % (
+                len(grids["pipeline"]), args.lambdas, args.budgets, args.lrs, args.post_lrs, args.anneals, args.post_clips, args.prunes),
             "GMP": "%d candidates: lr %s x max_grad_norm %s" % (len(grids["GMP"]), args.gmp_lrs, args.gmp_clips),
             "plain": "%d candidates: fine-tuning lr %s x max_grad_norm %s" % (len(grids["fine-tune"]), args.ft_lrs, args.ft_clips),
         }
