@@ -96,9 +96,10 @@ ABLATIONS = {  # each pipeline component switched off in turn
     "no label smoothing": {"label_smoothing": 0.0},
     "no soft activation": {"soft_activation": None},
     "no soft skip": {"soft_skip": False},
+    "one-shot step": {"prune_epochs": 0},
 }
 CHITA = {"prune_method": "chita++", "prune_options": {"n_samples": 256, "l2": 1e-2, "stages": 3}}
-OLD_ROWS = {"mask_budget": False}  # grid options missing from older result rows: their value then
+OLD_ROWS = {"mask_budget": False, "zero_init": True, "prune_epochs": 0}  # grid options missing from older result rows: their value then
 MAIN = ("dense", "plain", "GMP", "CHITA++", "pipeline")
 
 
@@ -240,6 +241,8 @@ def run_density(arch: str, d: float, data: dict, seeds: list[int], grids: dict[s
         if chosen_pipeline is None:
             raise SystemExit(f"--arms ablation: no pipeline rows at density {d} to take the chosen options from")
         for name, off in ABLATIONS.items():
+            if all(k in chosen_pipeline and chosen_pipeline[k] == v for k, v in off.items()):
+                continue  # the chosen configuration has this component off already
             rows += [dict(arm(name, {**chosen_pipeline, **off})({}, seed), **chosen_pipeline) for seed in seeds]
     return rows
 
@@ -364,9 +367,9 @@ def _grids(args) -> dict[str, list[dict]]:
     """Every arm's validation grid (module doc); the sizes are printed in the result file."""
     return {
         "pipeline": [{"mask_penalty": lam, "mask_budget": budget, "lr": lr, "max_grad_norm": pre_clip, "post_lr": plr, "beta_anneal": an,
-                      "post_max_grad_norm": clip, "prune_method": pm}
+                      "post_max_grad_norm": clip, "prune_method": pm, "zero_init": zi, "prune_epochs": pe}
                      for lam in args.lambdas for budget in args.budgets for lr, pre_clip in args.lrs for plr in args.post_lrs for an in args.anneals
-                     for clip in args.post_clips for pm in args.prunes],
+                     for clip in args.post_clips for pm in args.prunes for zi in args.zero_inits for pe in args.prune_epochs],
         "GMP": [{"lr": lr, "max_grad_norm": clip} for lr in args.gmp_lrs for clip in args.gmp_clips],
         "fine-tune": [{"post_lr": lr, "post_max_grad_norm": clip} for lr in args.ft_lrs for clip in args.ft_clips],
     }
@@ -396,6 +399,9 @@ def main(argv=None) -> None:
     ap.add_argument("--post-lrs", type=float, nargs="+", default=[0.05], help="pipeline grid: post-training learning rate")
     ap.add_argument("--anneals", nargs="+", default=["epoch", "step"], choices=["epoch", "step"], help="pipeline grid: beta_anneal")
     ap.add_argument("--prunes", nargs="+", default=["mask", "magnitude"], choices=["mask", "magnitude"], help="pipeline grid: pruning step (top-k scores or magnitude of the learned weights)")
+    ap.add_argument("--zero-inits", type=_onoff, nargs="+", default=[True], help="pipeline grid: ZerO initialisation ('on' / 'off')")
+    ap.add_argument("--prune-epochs", type=int, nargs="+", default=[0],
+                    help="pipeline grid: prune_epochs (0: one-shot pruning step; k: gradual over the first k post-training epochs)")
     ap.add_argument("--post-clips", type=_clip, nargs="+", default=[1.0], help="pipeline grid: post-training max_grad_norm ('none': off)")
     ap.add_argument("--gmp-lrs", type=float, nargs="+", default=[0.1, 0.05, 0.02, 0.01], help="GMP grid: learning rate")
     ap.add_argument("--gmp-clips", type=_clip, nargs="+", default=[None, 1.0], help="GMP grid: max_grad_norm ('none': off)")
@@ -451,8 +457,8 @@ def main(argv=None) -> None:
             "seconds (last chunk)": round(time.perf_counter() - t_start, 1),
         })
         grid_text = {
-            "pipeline": "%d candidates: lambda %s x mask_budget %s x (pre lr, pre max_grad_norm) %s x post lr %s x beta_anneal %s x post max_grad_norm %s x pruning step %s" % (
-                len(grids["pipeline"]), args.lambdas, args.budgets, args.lrs, args.post_lrs, args.anneals, args.post_clips, args.prunes),
+            "pipeline": "%d candidates: lambda %s x mask_budget %s x (pre lr, pre max_grad_norm) %s x post lr %s x beta_anneal %s x post max_grad_norm %s x pruning step %s x ZerO %s x prune_epochs %s" % (
+                len(grids["pipeline"]), args.lambdas, args.budgets, args.lrs, args.post_lrs, args.anneals, args.post_clips, args.prunes, args.zero_inits, args.prune_epochs),
             "GMP": "%d candidates: lr %s x max_grad_norm %s" % (len(grids["GMP"]), args.gmp_lrs, args.gmp_clips),
             "plain": "%d candidates: fine-tuning lr %s x max_grad_norm %s" % (len(grids["fine-tune"]), args.ft_lrs, args.ft_clips),
         }

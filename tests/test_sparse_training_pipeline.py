@@ -123,6 +123,47 @@ def test_pipeline_mask_guided_chita_warm_start_runs():
     assert res.density <= 0.2 + 1e-12
 
 
+def test_gradual_step_shrinks_the_masks_from_the_learned_support_to_the_target():
+    """prune_epochs > 0: the pruning stage cuts to the learned support only, the post-training's
+    events shrink the masks monotonically to the target within the first prune_epochs epochs, and
+    the model ends plain, with exact zeros off the returned masks."""
+    torch.manual_seed(0)
+    train, val = loaders()
+    model = make()
+    res = cpt.run_pipeline(model, train, density=0.05, val_loader=val, pre_epochs=3, post_epochs=4, prune_epochs=2, mask_penalty=1e-5,
+                           prune_method="magnitude", progress=False, post_restore_best=True)
+    p = sum(m.weight.numel() for m in model if isinstance(m, nn.Linear))
+    cut = next(r for r in res.history if r["stage"] == "pruning")
+    learned = sum(int((s > 0).sum()) for s in res.scores.values()) / p
+    assert learned > 0.05 and cut["density"] == pytest.approx(learned, abs=2 / p) and cut["gradual_to"] == 0.05
+    post = [r["density"] for r in res.history if r["stage"] == "post-training"]
+    assert all(b <= a for a, b in zip([cut["density"]] + post, post)) and post[0] < cut["density"]
+    assert post[1:] == [pytest.approx(cpt.k_from_sparsity(0.95, p) / p)] * 3  # at the target from the end of epoch prune_epochs
+    assert res.density == pytest.approx(cpt.k_from_sparsity(0.95, p) / p)
+    assert res.history[-1]["restored_epoch"] >= 2  # only epochs after the last event compete
+    for name, m in res.masks.items():
+        assert not model.get_parameter(name)[~m].any()
+    assert not any(hasattr(mod, "weight_mask") for mod in model.modules())
+    fresh = make()
+    fresh.load_state_dict(model.state_dict())
+    x = next(iter(val))[0]
+    assert torch.equal(fresh(x), model(x)) and evaluate(model, val) > 0.5
+
+
+def test_gradual_step_without_learned_masks_starts_dense_and_is_one_shot_when_learned_support_is_small():
+    torch.manual_seed(0)
+    train, _ = loaders()
+    res = cpt.run_pipeline(make(), train, density=0.2, pre_epochs=1, post_epochs=2, prune_epochs=1, learned_masks=False, soft_skip=False, progress=False)
+    assert next(r for r in res.history if r["stage"] == "pruning")["density"] == 1.0
+    assert res.history[-1]["density"] == pytest.approx(res.density) and res.density <= 0.2 + 1e-12
+    # a learned support already below the target: one cut to the target, no events
+    res = cpt.run_pipeline(make(), train, density=0.5, pre_epochs=2, post_epochs=1, prune_epochs=1, mask_penalty=0.1, score_lr=0.1,
+                           prune_method="magnitude", soft_skip=False, progress=False)
+    assert res.history[1]["density"] < 0.5  # the learned support at the end of the pre-training
+    cut = next(r for r in res.history if r["stage"] == "pruning")
+    assert "gradual_to" not in cut and cut["density"] == pytest.approx(res.density) == pytest.approx(res.history[-1]["density"])
+
+
 @pytest.mark.parametrize("options, match", [
     ({"density": 0.0}, "density"),
     ({"density": 1.2}, "density"),
@@ -143,6 +184,9 @@ def test_pipeline_mask_guided_chita_warm_start_runs():
     ({"density": 0.1, "post_warmup_fraction": 1.0}, "warmup_fraction"),
     ({"density": 0.1, "max_grad_norm": 0.0}, "max_grad_norm"),
     ({"density": 0.1, "mask_budget": "yes"}, "mask_budget"),
+    ({"density": 0.1, "post_epochs": 2, "prune_epochs": 3}, "prune_epochs: the gradual pruning .* longer than the post-training"),
+    ({"density": 0.1, "prune_epochs": -1}, "prune_epochs"),
+    ({"density": 0.1, "prune_epochs": 1, "per_layer": True}, "per_layer"),
 ])
 def test_bad_options_fail_before_training(options, match):
     train, _ = loaders()

@@ -10,6 +10,10 @@ Stages (each switchable; docs/sparse_training.md):
    per optimisation step with ``beta_anneal="step"``);
 3. pruning to ``density`` (:func:`combprune.torch.prune_to_density`): mask-guided top-k scores by
    default with learned masks, magnitude otherwise, or any :func:`combprune.torch.prune` method;
+   one-shot by default, or gradual with ``prune_epochs > 0``: a first cut to the learned mask's
+   support (or none without learned masks), then :class:`combprune.torch.GradualPruner` events
+   every half epoch over the first ``prune_epochs`` epochs of the post-training, cubic schedule
+   down to ``density``;
 4. post-pruning training with the mask frozen, label smoothing, soft activations and soft skip
    connections (:func:`combprune.torch.post_train`).
 
@@ -35,8 +39,9 @@ from torch.nn import functional as F
 from ._select import select_parameters
 from ._training import check_max_grad_norm, evaluate, train_epoch
 from .density_prune import check_density, prune_to_density
+from .gradual import GradualPruner
 from .learned_masks import LearnedMasks
-from .masking import mask_density
+from .masking import get_masks, mask_density
 from .post_training import PostTrainingConfig, SoftActivations, SoftSkips, post_train
 from .zero_init import zero_init_
 
@@ -83,7 +88,9 @@ class SparseTrainingPipeline:
     epochs, default all of ``pre_epochs``), ``beta_anneal`` (``"epoch"`` or ``"step"``: when beta
     grows), ``score_lr`` (Adam on the scores). Pruning: ``prune_method`` (``None``: ``"mask"`` with learned masks, else
     ``"magnitude"``), ``per_layer``, ``warm_start`` (``"scores"``: learned support as the solver's
-    warm start), ``prune_options`` (to :func:`combprune.torch.prune`). Post-training: ``post``.
+    warm start), ``prune_options`` (to :func:`combprune.torch.prune`), ``prune_epochs`` (0: one
+    cut at the end of the pre-training; ``k > 0``: gradual over the first ``k`` post-training
+    epochs, module doc). Post-training: ``post``.
     ``checkpoint_dir``: save the state after each stage there and resume from it (:meth:`run`).
     """
 
@@ -106,6 +113,7 @@ class SparseTrainingPipeline:
     per_layer: bool = False
     warm_start: str | None = None
     prune_options: dict[str, Any] = field(default_factory=dict)
+    prune_epochs: int = 0
     post: PostTrainingConfig = field(default_factory=PostTrainingConfig)
     targets: Any = None
     ignore: Any = None
@@ -146,6 +154,13 @@ class SparseTrainingPipeline:
         if not isinstance(self.post, PostTrainingConfig):
             raise TypeError(f"post: expected a PostTrainingConfig, got {type(self.post).__name__}")
         self.post.validate()
+        _nonneg_int("prune_epochs", self.prune_epochs)
+        if self.prune_epochs > self.post.epochs:
+            raise ValueError(f"prune_epochs: the gradual pruning ({self.prune_epochs} epochs) is longer than the post-training (post_epochs={self.post.epochs})")
+        if self.prune_epochs and self.per_layer:
+            raise ValueError("per_layer: the gradual pruning step (prune_epochs > 0) prunes globally; use per_layer with prune_epochs=0")
+        if self.prune_epochs and self.warm_start is not None:
+            raise ValueError("warm_start: only for the one-shot pruning step (prune_epochs=0)")
         if self.post.restore_best and val_loader is None:
             raise ValueError("restore_best: needs a val_loader (the post-training epoch to keep is chosen by validation accuracy)")
         try:
@@ -196,12 +211,15 @@ class SparseTrainingPipeline:
             scores = self._pre_train(model, train_loader, val_loader, record) if self.pre_epochs else None
             self._save(0, model, history, scores, None)
         if done < 1:
+            first = self._first_cut(scores)
             masks = prune_to_density(
-                model, self.density, method=self.method, per_layer=self.per_layer, scores=scores,
+                model, first, method=self.method, per_layer=self.per_layer, scores=scores,
                 calibration=train_loader if self.method not in ("magnitude", "mask") else None,
                 warm_start=self.warm_start, targets=self.targets, ignore=self.ignore, progress=self.progress, **self.prune_options,
             )
             row = {"stage": "pruning", "method": self.method, "density": mask_density(masks)}
+            if first > self.density:
+                row["gradual_to"] = self.density
             if val_loader is not None:
                 row["val_accuracy"] = evaluate(model, val_loader)
             record(row)
@@ -209,9 +227,46 @@ class SparseTrainingPipeline:
         else:
             masks = saved["masks"]
         if done < 2:
-            post_train(model, masks, train_loader, self.post, val_loader=val_loader, progress=self.progress, on_epoch=lambda r: record({"stage": "post-training", **r}))
+            gradual = self._gradual(model, train_loader, mask_density(masks))
+            final = dict(masks)
+
+            def on_post(r: dict[str, Any]) -> None:
+                if gradual is not None:  # the masks the events left (read before post_train makes them permanent)
+                    final.update(get_masks(model))
+                record({"stage": "post-training", **r})
+
+            post_train(model, masks, train_loader, self.post, val_loader=val_loader, progress=self.progress, on_epoch=on_post, gradual=gradual)
+            masks = final
             self._save(2, model, history, scores, masks)
         return PipelineResult(model=model, masks=masks, density=mask_density(masks), history=history, scores=scores)
+
+    # Gradual pruning step ---------------------------------------------------------------------------
+    def _first_cut(self, scores: dict[str, torch.Tensor] | None) -> float:
+        """Density of the pruning stage's cut: ``density`` (one-shot), or with ``prune_epochs``
+        the learned mask's density (``s > 0``; 1 without learned masks) when it is above
+        ``density``; the post-training's events take it the rest of the way."""
+        if not self.prune_epochs:
+            return self.density
+        if scores is None:
+            return 1.0
+        kept = sum(int((s > 0).sum()) for s in scores.values())
+        return max(self.density, kept / sum(s.numel() for s in scores.values()))
+
+    def _gradual(self, model: nn.Module, loader: Any, start: float) -> Callable[[torch.optim.Optimizer], Any] | None:
+        """The factory of the post-training's :class:`~combprune.torch.GradualPruner` (``None`` when
+        one-shot or already at ``density``): events every half epoch from half an epoch in to the
+        end of epoch ``prune_epochs``, cubic from ``1 - start`` to ``1 - density``, magnitude (or
+        the chosen :func:`combprune.torch.prune` method with ``prune_options``)."""
+        if not self.prune_epochs or start <= self.density * (1.0 + 1e-9):
+            return None
+        method = "magnitude" if self.method in ("magnitude", "mask") else self.method
+        steps = len(loader)
+        every = max(1, steps // 2)
+        options = {"targets": self.targets, "ignore": self.ignore, **self.prune_options}
+        return lambda opt: GradualPruner(
+            model, loader, method=method, sparsity=1.0 - self.density, initial_sparsity=1.0 - start, schedule="cubic",
+            start=min(every, self.prune_epochs * steps), end=self.prune_epochs * steps, every=every, unit="step", optimizer=opt, progress=self.progress, **options,
+        )
 
     # Checkpoints ----------------------------------------------------------------------------------
     def _fingerprint(self) -> str:

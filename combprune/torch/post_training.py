@@ -246,6 +246,7 @@ def post_train(
     val_loader: Any = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    gradual: Callable[[torch.optim.Optimizer], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` with ``masks`` frozen and the soft components annealed; returns the history.
 
@@ -256,6 +257,12 @@ def post_train(
     ``restore_best`` (module doc) the last row also has ``restored_epoch``, the epoch whose weights
     the model ends with. At the end the ReLUs and the model structure are the original ones and
     the pruned weights exact zeros.
+
+    ``gradual``: ``gradual(optimizer)`` builds a :class:`~combprune.torch.GradualPruner` on the
+    post-training optimiser once ``masks`` are in place; its :meth:`~combprune.torch.GradualPruner.step`
+    runs after every optimiser step, so the masks shrink further on its schedule (the pipeline's
+    gradual pruning step, ``prune_epochs``). Rows then report the density at the end of each
+    epoch, and ``restore_best`` considers only epochs after its last event.
     """
     cfg = config or PostTrainingConfig()
     cfg.validate()
@@ -269,7 +276,7 @@ def post_train(
     acts = SoftActivations(model, cfg.soft_activation, softplus_beta=cfg.softplus_beta) if cfg.soft_activation else None
     skips = SoftSkips(model, alpha0=cfg.skip_alpha) if cfg.soft_skip else None
     history: list[dict[str, Any]] = []
-    masked, hooks, best = False, None, _BestState()
+    masked, hooks, best, pruner = False, None, _BestState(), None
     try:
         if skips is not None:  # shape check before any training
             with torch.no_grad():
@@ -282,6 +289,7 @@ def post_train(
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         hooks = MaskedTraining(model, opt)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total, warmup))
+        pruner = gradual(opt) if gradual is not None else None
         state = {"eps": cfg.label_smoothing}
 
         def schedule(step: int) -> None:  # values of step `step`: the last step is fully annealed
@@ -298,9 +306,11 @@ def post_train(
         step = 0
         for epoch in range(cfg.epochs):
             lr = opt.param_groups[0]["lr"]
-            row, step = train_epoch(model, train_loader, [opt], loss_fn, before_step=schedule, after_step=lambda s: sched.step(), step=step,
-                                    progress=progress, desc=f"post-training {epoch + 1}/{cfg.epochs}", max_grad_norm=cfg.max_grad_norm)
-            plain = (acts is None or acts.soft[0].t >= 1.0) and (skips is None or skips.alpha == 0.0)
+            row, step = train_epoch(model, train_loader, [opt], loss_fn, before_step=schedule, after_step=lambda s: (sched.step(), pruner.step() if pruner else None),
+                                    step=step, progress=progress, desc=f"post-training {epoch + 1}/{cfg.epochs}", max_grad_norm=cfg.max_grad_norm)
+            if pruner is not None:
+                density = mask_density(get_masks(model))
+            plain = (acts is None or acts.soft[0].t >= 1.0) and (skips is None or skips.alpha == 0.0) and (pruner is None or pruner.done)
             row = {"epoch": epoch + 1, **row, "density": density, "label_smoothing": state["eps"],
                    "relu_weight": acts.soft[0].t if acts else 1.0, "skip_alpha": skips.alpha if skips else 0.0, "lr": lr}
             diverged = not math.isfinite(row["loss"])
@@ -321,6 +331,8 @@ def post_train(
     finally:
         if hooks is not None:
             hooks.remove()
+        if pruner is not None:
+            pruner.detach()
         if acts is not None:
             acts.remove()
         if skips is not None:
