@@ -249,8 +249,7 @@ class SparseTrainingPipeline:
             return self.density
         if scores is None:
             return 1.0
-        kept = sum(int((s > 0).sum()) for s in scores.values())
-        return max(self.density, kept / sum(s.numel() for s in scores.values()))
+        return max(self.density, mask_density({name: s > 0 for name, s in scores.items()}))
 
     def _gradual(self, model: nn.Module, loader: Any, start: float) -> Callable[[torch.optim.Optimizer], Any] | None:
         """The factory of the post-training's :class:`~combprune.torch.GradualPruner` (``None`` when
