@@ -12,6 +12,14 @@ weights (new gradients, ``w_bar`` = the current weights), then solves it::
 The rebuild is a callback, so this module knows nothing about torch; the torch adapter
 supplies ``build``. This module registers no solver.
 
+``build`` may return a :class:`ChosenPoint` instead of a bare problem: the problem and a point
+the caller already chose for it (the torch adapter's per-stage ``l2="auto"`` solves candidate
+ridges on part of the samples and scores them on the rest). An intermediate stage then moves
+to that point without a solve (it is the point whose quality was measured, and a solve would
+repeat the winning candidate's work); the last stage is always solved, warm started from the
+point when the solver takes a ``warm_start``. A point infeasible for the stage's budgets is
+ignored (with a warning): the stage is solved as without it.
+
 Schedules (``sparsity_schedule``), sparsity = fraction of weights removed, from a base
 sparsity ``s_0`` to the target ``s_T`` over T stages (t = 1..T):
 
@@ -30,17 +38,19 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from combprune import backend
 from combprune.api import solve
+from combprune.registry import get_solver
 from combprune.result import Result, Status
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["multistage", "sparsity_schedule", "SCHEDULES"]
+__all__ = ["multistage", "sparsity_schedule", "SCHEDULES", "ChosenPoint"]
 
 SCHEDULES = ("poly", "exp", "linear", "const")
 
@@ -120,6 +130,30 @@ def _budgets(schedule: Any, p: int, k: int | None, flop_budget: float | None, de
     return out
 
 
+@dataclass(frozen=True)
+class ChosenPoint:
+    """A stage's problem with a point already chosen for it (what ``build`` may return)."""
+
+    problem: Any
+    x: Any
+
+
+def _stage_result(problem: Any, point: ChosenPoint | None, last: bool, solver: str, options: dict[str, Any], **kwargs: Any) -> Result:
+    """The stage's result: the chosen point itself (intermediate stages, when feasible), else a
+    solve (warm started from a feasible point when the solver takes one)."""
+    if point is not None:
+        x = np.asarray(backend.to_numpy(point.x), dtype=np.float64).reshape(-1)
+        violations = problem.check(x)
+        if not last and not violations:
+            return Result(x=x, support=x != 0, objective=problem.objective(x), status=Status.FEASIBLE, solver=solver,
+                          message="the chosen point (no solve)")
+        if violations:
+            logger.warning("multistage: the chosen point is infeasible for the stage (%s); solving without it", "; ".join(violations))
+        elif "warm_start" in get_solver(solver).options and "warm_start" not in options:
+            options = dict(options, warm_start=x)
+    return solve(problem, solver=solver, **kwargs, **options)
+
+
 def multistage(
     build: Callable[[Any, int, float | None], Any],
     schedule: str | Sequence[Any],
@@ -141,7 +175,8 @@ def multistage(
     Parameters
     ----------
     build : ``build(weights, k, F) -> problem`` — the local model linearised at ``weights``
-        (``w_bar = weights``) with budgets ``k`` and ``F`` (``F`` is None without FLOPs).
+        (``w_bar = weights``) with budgets ``k`` and ``F`` (``F`` is None without FLOPs); or a
+        :class:`ChosenPoint` (module docstring).
     schedule : ``"poly"``, ``"exp"``, ``"linear"``, ``"const"`` (with ``k``, ``n_stages``,
         ``base`` and, for FLOPs, ``flop_budget`` and ``dense_flops``), or an explicit sequence
         of ``k_t`` or ``(k_t, F_t)``.
@@ -184,8 +219,10 @@ def multistage(
             if left <= 0:
                 break
             stage_limit = left / (len(budgets) - t)
-        problem = build(current, kk, FF)
-        result = solve(problem, solver=solver, time_limit=stage_limit, seed=seed, **options)
+        built = build(current, kk, FF)
+        point = built if isinstance(built, ChosenPoint) else None
+        problem = built.problem if point is not None else built
+        result = _stage_result(problem, point, t == len(budgets) - 1, solver, options, time_limit=stage_limit, seed=seed)
         if result.x is None:
             raise RuntimeError(f"multistage: stage {t + 1} (k={kk}, F={FF}) returned no solution ({result.status.value})")
         offset = t0 - start

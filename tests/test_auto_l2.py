@@ -12,6 +12,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
+import combprune.multistage
 import combprune.torch as cpt
 from combprune.torch._autotune import best_relative, first_order_test, search
 from combprune.torch.pruner import PruneConfig
@@ -143,15 +144,22 @@ def test_bracket_finds_the_minimum_of_a_unimodal_loss_in_few_steps(size, data):
     assert len(seen) <= abs(best - first) + 3
 
 
-def test_per_stage_choice_records_every_stage_and_once_does_not(trained, digits):
+def test_per_stage_choice_records_every_stage_and_once_does_not(trained, digits, monkeypatch):
     X, y = digits
     calib = [(X[i : i + 100], y[i : i + 100]) for i in range(0, 300, 100)]
+    stage_solves = []
+    real = combprune.multistage.solve
+    monkeypatch.setattr(combprune.multistage, "solve", lambda *a, **kw: stage_solves.append(kw.get("warm_start")) or real(*a, **kw))
     per = cpt.prune(_clone(trained), calib, method="chita++", sparsity=0.8, stages=3, progress=False)
+    # stages 1-2 move to their winning candidate; only the last is solved again, on every sample, from its winner
+    assert len(stage_solves) == 1 and stage_solves[0] is not None and [s["status"] for s in per.stages[:2]] == ["feasible"] * 2
     assert per.info["auto"]["mode"] == "per-stage" and len(per.info["auto"]["stages"]) == 3
     assert all("l2" in s and s["l2"] > 0 for s in per.stages)
     assert per.info["l2"] == per.stages[-1]["l2"] and per.info["first_order"] == per.stages[-1]["first_order"]
     for s in per.info["auto"]["stages"]:  # each stage keeps its own best candidate, with or without the term
         best = min(s["candidates"], key=lambda c: c["held_out_loss"])
+        if best["first_order"] and not s["first_order_test"]["kept"]:  # the term lost the one-standard-error rule
+            best = min((c for c in s["candidates"] if not c["first_order"]), key=lambda c: c["held_out_loss"])
         assert (s["l2"], s["first_order"]) == (best["l2"], best["first_order"])
         assert {c["first_order"] for c in s["candidates"]} == {False, True}  # the default chooses the term per stage
     for prev, s in zip(per.info["auto"]["stages"], per.info["auto"]["stages"][1:]):  # each walk starts at its previous best

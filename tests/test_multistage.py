@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import combprune as cp
-from combprune.multistage import multistage, sparsity_schedule
+from combprune.multistage import ChosenPoint, multistage, sparsity_schedule
 
 
 @pytest.mark.parametrize("kind", ["poly", "exp", "linear", "const"])
@@ -54,6 +54,45 @@ def test_multistage_relinearises_and_records_stages():
     assert res.solver == "multistage(chita)" and res.nnz <= 12 and seen == [0, 1, 2, 3]
     assert len(res.info["stages"]) == 4 and all("objective" in s for s in res.info["stages"])
     assert res.iterations == sum(s["result"].iterations for s in res.info["stages"])
+
+
+def test_chosen_points_replace_intermediate_solves_and_warm_start_the_last(monkeypatch, caplog):
+    rng = np.random.default_rng(4)
+    M = rng.standard_normal((30, 120))
+    inner = _builder(M, [])
+    chosen: list[np.ndarray] = []
+
+    def build(w, k, F):
+        problem = inner(w, k, F)
+        x = np.zeros(120)
+        keep = np.argsort(-np.abs(np.asarray(w)))[:k]
+        x[keep] = np.asarray(w)[keep] * 0.5  # a feasible point that no solver would return
+        chosen.append(x)
+        return ChosenPoint(problem, x)
+
+    starts = []
+    real = cp.solve
+
+    def spy(problem, solver=None, **kw):
+        starts.append(kw.get("warm_start"))
+        return real(problem, solver=solver, **kw)
+
+    monkeypatch.setattr("combprune.multistage.solve", spy)
+    res = multistage(build, "poly", "chita", weights=rng.standard_normal(120), k=12, n_stages=3)
+    stages = res.info["stages"]
+    for t in range(2):  # intermediate stages take the chosen point as it is, without a solve
+        assert np.array_equal(stages[t]["result"].x, chosen[t]) and stages[t]["status"] == "feasible"
+        assert stages[t]["objective"] == pytest.approx(stages[t]["result"].objective)
+    assert len(starts) == 1 and np.array_equal(starts[0], chosen[2])  # only the last is solved, from its point
+    assert res.nnz <= 12
+
+    def infeasible(w, k, F):
+        return ChosenPoint(inner(w, k, F), np.asarray(w, dtype=float))  # dense: over the budget k
+
+    starts.clear()
+    with caplog.at_level("WARNING", logger="combprune.multistage"):
+        res = multistage(infeasible, "poly", "chita", weights=rng.standard_normal(120), k=12, n_stages=2)
+    assert starts == [None, None] and res.nnz <= 12 and "infeasible" in caplog.text
 
 
 def test_multistage_flop_budget_and_explicit_schedule():

@@ -22,7 +22,8 @@ magnitude pruning. The automatic choice is relative and validated (``docs/torch_
 The torch adapter (``combprune/torch/prune.py``) supplies the solves and the losses: once at
 the final budget (one-shot methods, ``auto_stages="once"``) or at every stage of a multi-stage
 method (``auto_stages="per-stage"``, the default), where later stages start the walk at the
-previous stage's relative ridge.
+previous stage's relative ridge; there every stage but the last moves to its winning candidate
+(no re-solve: :class:`combprune.multistage.ChosenPoint`).
 
 Left at its default (``None``) ``l2`` means "auto when the calibration set can spare the
 held-back samples": with fewer than ``MIN_HELD_OUT / holdout`` samples the fixed value

@@ -557,42 +557,46 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
             cache[key] = (weights_block.copy(), G)
         return G
 
-    def build(weights: Any, k_t: int, F_t: float | None, t: int = 0) -> _problems.L0Regression:
-        """The local quadratic model at ``weights`` with budgets ``k_t`` / ``F_t`` (stage ``t``)."""
+    def build(weights: Any, k_t: int, F_t: float | None, t: int = 0) -> tuple[_problems.L0Regression, np.ndarray | None]:
+        """The local quadratic model at ``weights`` with budgets ``k_t`` / ``F_t`` (stage ``t``), and
+        the winning candidate of the stage's ``l2`` choice (None without a per-stage choice)."""
         wb = np.asarray(weights, dtype=np.float64)
         batches, n_kept = ctx.stage_data(t)
         A = gradients(wb, batches)
         flop = {} if F_t is None else {"flop_costs": costs, "flop_budget": float(F_t)}
-        l2, first_order = cfg.l2, cfg.first_order
+        l2, first_order, chosen = cfg.l2, cfg.first_order, None
         if ctx.per_stage and stages > 1:
-            l2, first_order, record = _stage_choice(ctx, cfg, w_all, (a, b), A[:n_kept], wb, (k_t, flop), ctx.stage_choices)
+            l2, first_order, record, chosen = _stage_choice(ctx, cfg, w_all, (a, b), A[:n_kept], wb, (k_t, flop), ctx.stage_choices)
             ctx.stage_choices.append(record)
         key = (a, b, id(A), int(k_t), F_t, bool(first_order))
         cached = ctx.problem_cache.get(key) if ctx.gradient_cache is not None else None
         if cached is not None and np.array_equal(cached[0], wb):  # another candidate ridge of l2="auto"
-            return cached[1].with_ridge(A.shape[0] * float(l2))
+            return cached[1].with_ridge(A.shape[0] * float(l2)), chosen
         problem = _problems.L0Regression.from_gradients(A, wb.astype(A.dtype), int(k_t), l2=l2, first_order=first_order, layer=layer, **flop)
         if ctx.gradient_cache is not None:
             ctx.problem_cache.clear()  # never hold more than one
             ctx.problem_cache[key] = (wb.copy(), problem)
-        return problem
+        return problem, chosen
 
     w_start = w_all[a:b].detach().cpu().double().numpy()
     if stages == 1:
-        problem = build(w_start, k, F)
+        problem, _ = build(w_start, k, F)
         res = solve(problem, solver, time_limit=cfg.time_limit, seed=cfg.seed, **options)
         violations = problem.check(res.x)
         if violations:
             raise PruningError(f"solver {solver!r} returned an infeasible point: {'; '.join(violations)}")
         return np.asarray(res.x, dtype=np.float64), res, []
-    from combprune.multistage import multistage
+    from combprune.multistage import ChosenPoint, multistage
 
     built: list[_problems.L0Regression] = []
     bar = ctx.bar(total=stages, desc=f"{solver} stages", unit="stage")
 
-    def build_stage(weights: Any, k_t: int, F_t: float | None) -> _problems.L0Regression:
-        built.append(build(weights, k_t, F_t, len(built)))
-        return built[-1]
+    def build_stage(weights: Any, k_t: int, F_t: float | None) -> _problems.L0Regression | ChosenPoint:
+        """The stage's local model; with the per-stage choice, with its winning candidate
+        (intermediate stages move to it, the last is solved from it: :class:`ChosenPoint`)."""
+        problem, chosen = build(weights, k_t, F_t, len(built))
+        built.append(problem)
+        return problem if chosen is None else ChosenPoint(problem, chosen)
 
     dense_b = math.fsum(costs.tolist())
     if not isinstance(schedule, str):  # explicit sparsities -> explicit (k_t, F_t) of this block
@@ -618,8 +622,9 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
 
 
 def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block: tuple[int, int], A_kept: np.ndarray, wb: np.ndarray,
-                  budget: tuple[int, dict[str, Any]], previous: list[dict[str, Any]]) -> tuple[float, bool, dict[str, Any]]:
-    """``auto_stages="per-stage"``: this stage's ``l2`` and ``first_order`` (when automatic).
+                  budget: tuple[int, dict[str, Any]], previous: list[dict[str, Any]]) -> tuple[float, bool, dict[str, Any], np.ndarray]:
+    """``auto_stages="per-stage"``: this stage's ``l2`` and ``first_order`` (when automatic), the
+    record for the report and the winning candidate's block weights.
 
     Candidates are solved at the stage's budget on the kept rows ``A_kept`` (linearised at the
     stage's weights ``wb``) and scored by the true loss of the held-back samples
@@ -656,10 +661,10 @@ def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block:
         return _autotune.held_out_losses(ctx.model, ctx.params, ctx.held, full(x), cfg.loss_fn)
 
     prev = previous[-1]["best_relative"] if previous else None
-    _, record, _ = _autotune.search(cfg, scale, one_shot, loss, None, start=prev, sample_losses=sample_losses)
+    _, record, best = _autotune.search(cfg, scale, one_shot, loss, None, start=prev, sample_losses=sample_losses)
     record["l2_relative"] = record["l2"] / scale
     record["best_relative"] = _autotune.best_relative(record, prev)
-    return record["l2"], record["first_order"], record
+    return record["l2"], record["first_order"], record, best
 
 
 # Applying the result -------------------------------------------------------------------------------
