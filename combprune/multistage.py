@@ -146,7 +146,7 @@ def _stage_result(problem: Any, point: ChosenPoint | None, last: bool, solver: s
         violations = problem.check(x)
         if not last and not violations:
             return Result(x=x, support=x != 0, objective=problem.objective(x), status=Status.FEASIBLE, solver=solver,
-                          message="the chosen point (no solve)")
+                          message="the chosen point (no solve)", info={"chosen_point": True})
         if violations:
             logger.warning("multistage: the chosen point is infeasible for the stage (%s); solving without it", "; ".join(violations))
         elif "warm_start" in get_solver(solver).options and "warm_start" not in options:
@@ -191,7 +191,8 @@ def multistage(
     ``iterations`` summed over stages, ``history`` the concatenation of the stages' histories
     (times from the start of the run; objectives of different stages belong to different local
     models), and ``info["stages"]``: for each stage ``k``, ``flop_budget``, ``sparsity``,
-    ``objective``, ``status``, ``time`` and the stage's full ``result``.
+    ``objective``, ``status``, ``time``, ``solved`` (False where the stage took a
+    :class:`ChosenPoint`) and the stage's full ``result``.
     """
     if not callable(build):
         raise TypeError(f"build: expected a callable build(weights, k, F), got {type(build).__name__}")
@@ -230,7 +231,8 @@ def multistage(
         iterations += int(result.iterations)
         stages.append({
             "stage": t + 1, "k": kk, "flop_budget": FF, "sparsity": 1.0 - kk / p,
-            "objective": result.objective, "status": result.status.value, "time": result.time, "result": result,
+            "objective": result.objective, "status": result.status.value, "time": result.time,
+            "solved": not result.info.get("chosen_point", False), "result": result,
         })
         logger.info("multistage stage %d/%d: k=%d F=%s objective=%.6g (%.3gs)", t + 1, len(budgets), kk, FF, result.objective, result.time)
         if callback is not None:

@@ -82,8 +82,9 @@ def test_chosen_points_replace_intermediate_solves_and_warm_start_the_last(monke
     stages = res.info["stages"]
     for t in range(2):  # intermediate stages take the chosen point as it is, without a solve
         assert np.array_equal(stages[t]["result"].x, chosen[t]) and stages[t]["status"] == "feasible"
-        assert stages[t]["objective"] == pytest.approx(stages[t]["result"].objective)
+        assert stages[t]["objective"] == pytest.approx(stages[t]["result"].objective) and stages[t]["solved"] is False
     assert len(starts) == 1 and np.array_equal(starts[0], chosen[2])  # only the last is solved, from its point
+    assert stages[2]["solved"] is True
     assert res.nnz <= 12
 
     def infeasible(w, k, F):
