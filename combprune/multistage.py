@@ -45,7 +45,7 @@ import numpy as np
 
 from combprune import backend
 from combprune.api import solve
-from combprune.registry import get_solver
+from combprune.registry import free_warm_start
 from combprune.result import Result, Status
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def _stage_result(problem: Any, point: ChosenPoint | None, last: bool, solver: s
                           message="the chosen point (no solve)", info={"chosen_point": True})
         if violations:
             logger.warning("multistage: the chosen point is infeasible for the stage (%s); solving without it", "; ".join(violations))
-        elif "warm_start" in get_solver(solver).options and "warm_start" not in options:
+        elif free_warm_start(solver, options):
             options = dict(options, warm_start=x)
     return solve(problem, solver=solver, **kwargs, **options)
 

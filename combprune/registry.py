@@ -34,6 +34,7 @@ __all__ = [
     "SolverSpec",
     "register_solver",
     "get_solver",
+    "free_warm_start",
     "list_solvers",
     "MissingDependencyError",
     "UnknownSolverError",
@@ -212,6 +213,12 @@ def get_solver(name: str) -> SolverSpec:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
         raise UnknownSolverError(f"solver: unknown solver {name!r}; registered solvers: {known}") from None
+
+
+def free_warm_start(name: str, options: Any) -> bool:
+    """True when solver ``name`` declares a ``warm_start`` option that ``options`` leave unset
+    (a caller may then pass its own start point)."""
+    return "warm_start" in get_solver(name).options and "warm_start" not in options
 
 
 def list_solvers(problem: Any = None) -> list[dict[str, Any]]:

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from combprune import problems as _problems
 from combprune.api import solve
-from combprune.registry import get_solver
+from combprune.registry import free_warm_start
 
 from . import _autotune
 from ._calibration import Batch, check_device, collect
@@ -281,7 +281,7 @@ def _choose_auto(ctx: "_Context", cfg: "PruneConfig", k: int, F: float | None) -
     else:
         scale = _autotune.fisher_scale(ctx.model, ctx.params, kept, loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size, max_memory=cfg.max_memory)
     scale = _autotune.check_scale(scale)
-    warm_startable = "warm_start" in get_solver(cfg.solver_name).options and "warm_start" not in cfg.solver_options
+    warm_startable = free_warm_start(cfg.solver_name, cfg.solver_options)
 
     def one_shot(trial: "PruneConfig", warm: np.ndarray | None) -> np.ndarray:
         if warm is not None and warm_startable and single:
@@ -635,7 +635,7 @@ def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block:
     """
     a, b = block
     k_t, flop = budget
-    warm_startable = "warm_start" in get_solver(cfg.solver_name).options and "warm_start" not in cfg.solver_options
+    warm_startable = free_warm_start(cfg.solver_name, cfg.solver_options)
     scale = _autotune.check_scale(_autotune.gram_scale(A_kept))
 
     base: dict[bool, _problems.L0Regression] = {}  # one local model per first_order; candidates replace its ridge
