@@ -203,6 +203,19 @@ def test_report_says_when_the_solution_is_magnitude_pruning(trained, digits, cap
     assert auto.info["same_support_as_magnitude"] is False
 
 
+def test_magnitude_support_chosen_by_auto_is_not_a_warning(trained, digits, caplog):
+    """From a model already pruned to the budget, the chosen solution keeps magnitude's support:
+    the held-back samples chose it, so it is logged as information, not warned about."""
+    X, y = digits
+    sparse = _clone(trained)
+    cpt.prune(sparse, (X[:200], y[:200]), method="magnitude", sparsity=0.8, progress=False)
+    with caplog.at_level(logging.INFO, logger="combprune.torch.prune"):
+        r = cpt.prune(sparse, (X[:200], y[:200]), method="chita", sparsity=0.8, progress=False)
+    assert r.info["same_support_as_magnitude"] is True and r.info["auto"]["mode"] == "once"
+    hits = [rec for rec in caplog.records if "magnitude pruning's support" in rec.getMessage()]
+    assert hits and all(rec.levelno == logging.INFO for rec in hits) and "chosen on held-back samples" in hits[0].getMessage()
+
+
 def test_per_stage_falls_back_to_once_when_the_gradients_need_blocks(trained, digits, caplog):
     X, y = digits
     with caplog.at_level(logging.WARNING, logger="combprune.torch.prune"):

@@ -223,15 +223,23 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     if need_grads:
         report.info["gradients"] = ctx.gradient_info.get("method", "vmap")
         report.info["gradients_degenerate"] = bool(ctx.gradient_info.get("degenerate", False))
-        report.info["same_support_as_magnitude"] = _same_as_magnitude(ctx, cfg, new_w, k, F)
+        chosen = auto is not None and "skipped" not in auto
+        report.info["same_support_as_magnitude"] = _same_as_magnitude(ctx, cfg, new_w, k, F, chosen=chosen)
     report.check_budgets()
     return report
 
 
-def _same_as_magnitude(ctx: "_Context", cfg: "PruneConfig", new_w: np.ndarray, k: int, F: float | None) -> bool:
-    """Whether ``new_w`` keeps exactly magnitude pruning's support (logged as a warning when it does)."""
+def _same_as_magnitude(ctx: "_Context", cfg: "PruneConfig", new_w: np.ndarray, k: int, F: float | None, *, chosen: bool) -> bool:
+    """Whether ``new_w`` keeps exactly magnitude pruning's support.
+
+    Logged as a warning when ``l2`` was fixed by hand (a ridge that dominates the Fisher makes
+    this certain), as information when ``l2="auto"`` chose it (``chosen``): the held-back
+    samples then preferred it, which is common for a small step from an already sparse model
+    (a gradual-pruning event)."""
     same = bool(np.array_equal(new_w != 0, _magnitude_support(ctx, cfg, k, F)))
-    if same:
+    if same and chosen:
+        logger.info("prune %s: the solution keeps exactly magnitude pruning's support (l2=%g, chosen on held-back samples)", cfg.method, cfg.l2)
+    elif same:
         logger.warning(
             "prune %s: the solution keeps exactly magnitude pruning's support (only the kept values differ); a ridge that "
             "dominates the Fisher makes this certain: l2='auto' sizes it against the Fisher (l2 was %g)", cfg.method, cfg.l2,
