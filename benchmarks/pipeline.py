@@ -44,7 +44,7 @@ density:
     --gmp-lrs 0.2 0.1 0.05 0.02 0.01 0.005 --gmp-clips none 2 1 0.5
     CNN 0.3 %, 0.1 % (8 each; GMP: the default grid):
     --lambdas 1e-5 1e-4 --budgets on --lrs 0.01 --post-lrs 0.2 --anneals epoch --prunes magnitude --post-clips 1 --zero-inits on off --prune-epochs 0 2
-    MLP 1 % to 0.1 % (8 each, ``--out pipeline_mlp_mean``; GMP: the default grid):
+    MLP 1 % to 0.1 % (8 each; GMP: the default grid; CHITA++: ``--ft-lrs 0.05 --ft-clips 1``):
     --lambdas 1e-6 1e-5 --budgets off --post-lrs 0.2 --anneals epoch --prunes magnitude --post-clips 1 --zero-inits on off --prune-epochs 0 5
 
 Current figures, pipeline / GMP (ratio of the mean test accuracies over seeds 0-2; seeds won):

@@ -187,6 +187,10 @@ def test_gradual_step_without_learned_masks_starts_dense_and_is_one_shot_when_le
     ({"density": 0.1, "post_epochs": 2, "prune_epochs": 3}, "prune_epochs: the gradual pruning .* longer than the post-training"),
     ({"density": 0.1, "prune_epochs": -1}, "prune_epochs"),
     ({"density": 0.1, "prune_epochs": 1, "per_layer": True}, "per_layer"),
+    ({"density": 1e-5}, "density: 1e-05 keeps none of the model's 17024 prunable weights; the smallest density that keeps one is 1/17024"),
+    ({"density": 1e-3, "per_layer": True}, "density: 0.001 keeps none of the layer 4.weight's 640 prunable weights"),
+    ({"density": 0.1, "prune_method": "frobnicate"}, "prune_method='frobnicate' .* unknown method"),
+    ({"density": 0.1, "prune_method": "chita", "prune_options": {"l2": -1.0}}, "prune_method='chita' .* l2"),
 ])
 def test_bad_options_fail_before_training(options, match):
     train, _ = loaders()
@@ -210,6 +214,16 @@ def test_bad_models_and_options_fail_before_training():
     with pytest.raises(ValueError, match="soft_skip"):  # 4 -> 4 channels, but the 3x3 kernel without padding shrinks 6x6 to 4x4
         cpt.run_pipeline(conv, train, density=0.1)
     assert torch.equal(conv[3].weight, w) and isinstance(conv[2], nn.ReLU)
+
+
+def test_float64_model_with_soft_skip_projections_stays_float64():
+    """The soft skips' projections (64 -> 128 and 128 -> 64 here) take the layer's dtype."""
+    X = torch.randn(128, 64, dtype=torch.float64)
+    y = torch.randint(0, 10, (128,))
+    model = make().double()
+    res = cpt.run_pipeline(model, [(X[:64], y[:64]), (X[64:], y[64:])], density=0.2, pre_epochs=1, post_epochs=1, progress=False)
+    assert res.density == pytest.approx(0.2, abs=1e-3)
+    assert all(p.dtype == torch.float64 for p in model.parameters()) and torch.isfinite(model(X)).all()
 
 
 def test_checkpoints_resume_after_the_last_saved_stage(tmp_path):

@@ -43,6 +43,8 @@ from .gradual import GradualPruner
 from .learned_masks import LearnedMasks
 from .masking import get_masks, mask_density
 from .post_training import PostTrainingConfig, SoftActivations, SoftSkips, post_train
+from .prune import k_from_sparsity
+from .pruner import Pruner
 from .zero_init import zero_init_
 
 logger = logging.getLogger(__name__)
@@ -164,11 +166,20 @@ class SparseTrainingPipeline:
         if self.post.restore_best and val_loader is None:
             raise ValueError("restore_best: needs a val_loader (the post-training epoch to keep is chosen by validation accuracy)")
         try:
-            select_parameters(model, self.targets, self.ignore)
+            params = select_parameters(model, self.targets, self.ignore)
         except ValueError as exc:
             if self.targets is not None or self.ignore is not None:
                 raise
             raise ValueError(f"model: no prunable layer to sparsify ({exc})") from None
+        pools = [(q.numel, f"layer {q.name}'s") for q in params] if self.per_layer else [(sum(q.numel for q in params), "model's")]
+        for p, whose in pools:
+            if k_from_sparsity(1.0 - self.density, p) == 0:
+                raise ValueError(f"density: {self.density:g} keeps none of the {whose} {p} prunable weights; the smallest density that keeps one is 1/{p} = {1.0 / p:.3g}")
+        if self.method not in ("magnitude", "mask"):  # the pruning step's method and options, checked before any training
+            try:
+                Pruner(self.method, sparsity=1.0 - self.density, **self.prune_options)
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"prune_method={self.method!r} with prune_options={self.prune_options!r}: {exc}") from None
         try:
             batch = next(iter(train_loader))
         except StopIteration:

@@ -117,7 +117,6 @@ class SoftSkips:
             raise ValueError("soft_skip: no layer to add a skip path to (the model needs at least two Linear/Conv2d layers)")
         self.alpha = float(alpha0)
         self.projections: dict[nn.Module, nn.Module | None] = {}
-        device = next(model.parameters()).device
         for layer in layers:
             if isinstance(layer, nn.Linear):
                 proj = None if layer.in_features == layer.out_features else nn.Linear(layer.in_features, layer.out_features, bias=False)
@@ -130,7 +129,7 @@ class SoftSkips:
                 with torch.no_grad():
                     proj.weight.zero_()
                     proj.weight.view(proj.weight.shape[0], proj.weight.shape[1], -1)[:, :, 0] = zero_matrix(proj.weight.shape[0], proj.weight.shape[1])
-                proj.to(device)
+                proj.to(device=layer.weight.device, dtype=layer.weight.dtype)  # the layer's, not the default float32
             self.projections[layer] = proj
         self._hooks = [layer.register_forward_hook(self._hook(layer)) for layer in layers]
 
