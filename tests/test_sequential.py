@@ -243,3 +243,15 @@ def test_mixed_or_missing_devices_name_the_argument():
         with pytest.raises(ValueError, match="^device: 'cuda' was requested but CUDA is not available"):
             cpt.prune_sequential(model, token_batches(), sparsity=0.5, device="cuda", progress=False)
     assert all(torch.equal(before[k], v) for k, v in weights(model).items())
+
+
+def test_nan_activations_name_the_layer_and_leave_the_model_unchanged():
+    model = tiny_bert()
+    with torch.no_grad():
+        model.encoder.layer[0].attention.output.dense.weight[0, 0] = float("nan")
+    before = weights(model)
+    with pytest.raises(ValueError, match=r"^calibration: the inputs or outputs of layer .* \(block 0\) are not finite"):
+        cpt.prune_sequential(model, token_batches(), sparsity=0.5, progress=False)
+    after = weights(model)
+    assert all(torch.equal(before[k], v) or (torch.isnan(before[k]) == torch.isnan(v)).all() and torch.equal(before[k].nan_to_num(), v.nan_to_num())
+               for k, v in after.items())

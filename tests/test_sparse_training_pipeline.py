@@ -216,6 +216,22 @@ def test_bad_models_and_options_fail_before_training():
     assert torch.equal(conv[3].weight, w) and isinstance(conv[2], nn.ReLU)
 
 
+@pytest.mark.parametrize("loaders_, exc, match", [
+    (lambda X, y: ([(X, y)], []), ValueError, "^val_loader: no batches"),
+    (lambda X, y: ([{"x": X, "y": y}], None), TypeError, r"^train_loader: expected batches of \(inputs, targets\), got dict"),
+    (lambda X, y: ([(X, y.float())], None), TypeError, r"^train_loader: the targets must be class indices .* got torch.float32 of shape \(64,\)"),
+    (lambda X, y: ([(X, y)], [(X, torch.nn.functional.one_hot(y, 10))]), TypeError, r"^val_loader: the targets must be class indices .* shape \(64, 10\)"),
+])
+def test_bad_loaders_are_named_before_training(loaders_, exc, match):
+    X, y = torch.randn(64, 64), torch.randint(0, 10, (64,))
+    train, val = loaders_(X, y)
+    model = make()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(exc, match=match):
+        cpt.run_pipeline(model, train, density=0.1, val_loader=val, pre_epochs=1, post_epochs=1, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def test_float64_model_with_soft_skip_projections_stays_float64():
     """The soft skips' projections (64 -> 128 and 128 -> 64 here) take the layer's dtype."""
     X = torch.randn(128, 64, dtype=torch.float64)

@@ -502,3 +502,31 @@ def test_per_sample_gradients_columns_are_a_slice_of_the_matrix(lo, width, chunk
     hi = min(full.shape[1], lo + width)
     part = per_sample_gradients(model, params, batches, columns=(lo, hi), chunk_size=chunk)
     torch.testing.assert_close(part, full[:, lo:hi])
+
+
+def _with_nan(X: torch.Tensor) -> torch.Tensor:
+    X = X.clone()
+    X[3, 0] = float("nan")
+    return X
+
+
+@pytest.mark.parametrize("method, kwargs", [("chita", {}), ("chita", {"l2": 1e-3}), ("chita++", {"l2": 1e-3, "stages": 2}),
+                                            ("falcon", {"flop_budget": 0.6}), ("osscar", {})])
+def test_nan_in_the_calibration_inputs_is_named_and_the_model_restored(method, kwargs):
+    """NaN inputs make NaN gradients (gradient methods) or NaN layer statistics (structured):
+    a clear error naming the calibration data, never a solver's internal array name."""
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    X, y = data((6,), n=60, classes=3)
+    before = model_hash(model)
+    with pytest.raises(ValueError, match="^calibration: the .* not finite"):
+        cpt.prune(model, (_with_nan(X), y), method=method, sparsity=0.5, progress=False, **kwargs)
+    assert model_hash(model) == before
+
+
+def test_a_sparsity_that_removes_every_weight_is_refused():
+    model = tiny_mlp()  # 10 prunable weights: 0.95 removes ceil(9.5) = 10
+    X, y = data((3,))
+    with pytest.raises(ValueError, match=r"^sparsity: 0.95 removes all 10 prunable weights .* 1 - 1/10 = 0.9"):
+        cpt.prune(model, (X, y), method="magnitude", sparsity=0.95, progress=False)
+    report = cpt.prune(model, (X, y), method="magnitude", sparsity=0.9, progress=False)
+    assert sum(int((m.weight != 0).sum()) for m in model if isinstance(m, nn.Linear)) == 1 and report.sparsity == pytest.approx(0.9)

@@ -46,7 +46,7 @@ import torch
 from torch.func import functional_call
 
 from ._calibration import Batch, _map
-from ._gradients import default_loss, param_overrides, per_sample_gradients
+from ._gradients import NON_FINITE_GRADIENTS, default_loss, param_overrides, per_sample_gradients
 
 if TYPE_CHECKING:
     from .pruner import PruneConfig
@@ -219,7 +219,9 @@ def fallback(cfg: "PruneConfig", n: int) -> tuple["PruneConfig", dict[str, Any]]
 
 def check_scale(scale: float) -> float:
     """``scale`` when it can anchor the grid; a ``ValueError`` naming ``l2`` when the loss is flat."""
-    if not scale > 0 or not math.isfinite(scale):
+    if math.isnan(scale) or math.isinf(scale):
+        raise ValueError(NON_FINITE_GRADIENTS)
+    if not scale > 0:
         raise ValueError(
             "l2: the per-sample gradients are zero on the calibration data (the loss is flat there), so l2='auto' has no "
             "scale and CHITA/FALCON would reduce to magnitude pruning; check loss_fn/targets, or prune layer by layer from "

@@ -77,6 +77,13 @@ def _names(params: list[PrunableParam]) -> list[str]:
     return [f"{pre}{p.param_name}_orig" if p.is_masked else f"{pre}{p.param_name}" for pre, p in zip(prefix, params)]
 
 
+#: The error raised wherever per-sample gradients turn out NaN or inf.
+NON_FINITE_GRADIENTS = (
+    "calibration: the per-sample gradients are not finite (NaN or inf); check the calibration inputs and targets, "
+    "and the model's weights and outputs, for NaN or inf"
+)
+
+
 def per_sample_gradients(
     model: nn.Module,
     params: list[PrunableParam],

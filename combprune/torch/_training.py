@@ -14,16 +14,26 @@ from tqdm.auto import tqdm
 
 from ._calibration import model_device
 
-__all__ = ["StepHook", "train_epoch", "evaluate", "warmup_cosine", "check_max_grad_norm"]
+__all__ = ["StepHook", "train_epoch", "evaluate", "warmup_cosine", "check_max_grad_norm", "check_batch"]
 
 #: Called after every optimiser step with the global step index.
 StepHook = Callable[[int], None]
 
 
-def _pair(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def check_batch(batch: Any, name: str = "train_loader") -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` as ``(inputs, targets)``; ``TypeError`` naming the loader ``name`` unless the
+    targets are class indices (an integer tensor of shape (batch,))."""
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise TypeError(f"train_loader: expected batches of (inputs, targets), got {type(batch).__name__}")
+        raise TypeError(f"{name}: expected batches of (inputs, targets), got {type(batch).__name__}")
     x, y = batch
+    if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool or y.dim() != 1:
+        what = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise TypeError(f"{name}: the targets must be class indices (an integer tensor of shape (batch,)), got {what}")
+    return x, y
+
+
+def _pair(batch: Any, device: torch.device, name: str = "train_loader") -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = check_batch(batch, name)
     return x.to(device), y.to(device)
 
 
@@ -103,7 +113,7 @@ def evaluate(model: nn.Module, loader: Iterable[Any]) -> float:
     total, correct = 0, 0
     try:
         for batch in loader:
-            x, y = _pair(batch, device)
+            x, y = _pair(batch, device, "loader")
             correct += int((model(x).argmax(1) == y).sum())
             total += y.shape[0]
     finally:

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._select import select_parameters
-from ._training import check_max_grad_norm, evaluate, train_epoch
+from ._training import check_batch, check_max_grad_norm, evaluate, train_epoch
 from .density_prune import check_density, prune_to_density
 from .gradual import GradualPruner
 from .learned_masks import LearnedMasks
@@ -184,6 +184,12 @@ class SparseTrainingPipeline:
             batch = next(iter(train_loader))
         except StopIteration:
             raise ValueError("train_loader: no batches") from None
+        check_batch(batch, "train_loader")
+        if val_loader is not None:
+            try:
+                check_batch(next(iter(val_loader)), "val_loader")
+            except StopIteration:
+                raise ValueError("val_loader: no batches") from None
         if self.post.soft_activation:
             SoftActivations(model, self.post.soft_activation).remove()
         if self.post.soft_skip:

@@ -50,7 +50,7 @@ from combprune.registry import free_warm_start
 from . import _autotune
 from ._calibration import Batch, check_device, collect
 from ._flops import layer_flops, model_flops
-from ._gradients import flat_weights, per_sample_gradients
+from ._gradients import NON_FINITE_GRADIENTS, flat_weights, per_sample_gradients
 from ._select import PrunableParam, select_parameters
 from .methods import FLOP_SELECTION_SOLVER
 from .report import BudgetError, LayerReport, PruneReport
@@ -180,6 +180,11 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     ctx = _Context(model, params, batches, dev, cfg.progress)
     ctx.pool = pool
     k = ctx.p if cfg.sparsity is None else k_from_sparsity(cfg.sparsity, ctx.p)
+    if k == 0 and ctx.p > 0:
+        raise ValueError(
+            f"sparsity: {cfg.sparsity:g} removes all {ctx.p} prunable weights (k = p - ceil(sparsity p) = 0); the largest "
+            f"sparsity that keeps one weight is 1 - 1/{ctx.p} = {1.0 - 1.0 / ctx.p:.6g}"
+        )
     F = None
     if cfg.flop_budget is not None:
         F = cfg.flop_budget * ctx.model_flops - ctx.fixed_flops
@@ -492,10 +497,12 @@ DEGENERATE_GRADIENT_RTOL = 1e-8
 
 
 def _check_gradients(A: np.ndarray, w: np.ndarray, info: dict[str, Any]) -> None:
-    """Warn (once per call, recorded in ``info["degenerate"]``) when the per-sample gradients
+    """Raise when the per-sample gradients are not finite; warn (once per call, recorded in ``info["degenerate"]``) when they
     are (near) zero: the Fisher term ``||A (w - w_bar)||^2`` then carries nothing and the
     gradient-based methods reduce to their l2 term, i.e. to magnitude pruning."""
     rms_a = float(np.sqrt(np.mean(np.square(A, dtype=np.float64)))) if A.size else 0.0
+    if not math.isfinite(rms_a):
+        raise ValueError(NON_FINITE_GRADIENTS)
     rms_w = float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) if w.size else 0.0
     if rms_a > DEGENERATE_GRADIENT_RTOL * max(rms_w, np.finfo(np.float32).tiny) or info.get("degenerate"):
         return

@@ -32,6 +32,7 @@ relative reconstruction error of every layer.
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import time
 from typing import Any, Callable
@@ -189,6 +190,12 @@ class _LayerStep:
         # 1. statistics of every layer summed over ranks; 2. each rank solves its own layers (in
         # parallel across ranks); 3. the results are broadcast and written in layer order
         stats = {name: (dist.all_reduce(hooks.H[name]), float(dist.all_reduce(hooks.out_sq[name]))) for _, name, _ in seen}
+        for name, (H, out_sq) in stats.items():  # the same reduced values on every rank: all raise together
+            if not (bool(torch.isfinite(H).all()) and math.isfinite(out_sq)):
+                raise ValueError(
+                    f"calibration: the inputs or outputs of layer {prefix}{name} (block {index}) are not finite (NaN or inf); "
+                    "check the calibration inputs, and the model's weights and activations, for NaN or inf"
+                )
         mine: dict[str, Any] = {}
         for i, name, layer in seen:
             if i % dist.world == dist.rank:

@@ -1156,4 +1156,10 @@ def layer_grams(layers: Sequence[nn.Module], runs: Iterable[Any]) -> list[torch.
     finally:
         for handle in handles:
             handle.remove()
+    for i, H in enumerate(grams):
+        if not bool(torch.isfinite(H).all()):
+            raise ValueError(
+                f"calibration: the inputs of the {type(layers[i]).__name__} layer #{i} of this unit are not finite (NaN or inf); "
+                "check the calibration inputs, and the model's weights and activations, for NaN or inf"
+            )
     return grams
