@@ -255,3 +255,14 @@ def test_nan_activations_name_the_layer_and_leave_the_model_unchanged():
     after = weights(model)
     assert all(torch.equal(before[k], v) or (torch.isnan(before[k]) == torch.isnan(v)).all() and torch.equal(before[k].nan_to_num(), v.nan_to_num())
                for k, v in after.items())
+
+
+@pytest.mark.parametrize("granularity, match", [("layer", r"0.999 removes all 256 weights of encoder\.layer\.0\.attention\.\S+; .* 1 - 1/256"),
+                                                ("output", r"0.97 removes all 16 inputs per output of encoder\.layer\.0\.attention\.\S+; .* 1 - 1/16")])
+def test_a_sparsity_that_empties_a_layer_is_refused_before_anything_changes(granularity, match):
+    model = tiny_bert()
+    before = weights(model)
+    sparsity = 0.999 if granularity == "layer" else 0.97
+    with pytest.raises(ValueError, match="^sparsity: " + match):
+        cpt.prune_sequential(model, token_batches(), sparsity=sparsity, granularity=granularity, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in weights(model).items())

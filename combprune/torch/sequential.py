@@ -330,6 +330,8 @@ def prune_sequential(
     prefixes = [f"{names[id(b)]}." if names.get(id(b)) else "" for b in block_list]
     if kind == "layerwise" and step.kind == "nm":
         _check_nm(step.value, block_list, prefixes)  # before anything changes
+    elif kind == "layerwise":
+        _check_keeps_one(step.kind, step.value, block_list, prefixes)
     dist = Dist.current()
     batches = collect(calibration, n_samples, home)[dist.rank::dist.world]
     if not batches:
@@ -377,6 +379,23 @@ def _check_nm(value: str, block_list: list[nn.Module], prefixes: list[str]) -> N
             if d % group:
                 raise ValueError(f"pattern: group size m={group} does not divide the input size {d} of {prefix}{name}; "
                                  f"choose m dividing every layer's input size")
+
+
+def _check_keeps_one(kind: str, sparsity: float, block_list: list[nn.Module], prefixes: list[str]) -> None:
+    """Every linear layer keeps at least one weight (per output with ``granularity="output"``),
+    checked before anything changes on the smallest layer (the budget rule is :func:`_problem`'s)."""
+    sizes = []
+    for block, prefix in zip(block_list, prefixes):
+        for name, layer in linear_layers(block):
+            d, m = weight_matrix(layer).shape
+            sizes.append((d if kind == "output" else d * m, f"{prefix}{name}"))
+    if not sizes:
+        return
+    size, where = min(sizes)
+    if k_from_sparsity(sparsity, size) == 0:
+        what = "inputs per output" if kind == "output" else "weights"
+        raise ValueError(f"sparsity: {sparsity:g} removes all {size} {what} of {where}; the largest sparsity that keeps one "
+                         f"in every layer is 1 - 1/{size} = {1.0 - 1.0 / size:.6g}")
 
 
 def _block_index(name: str, block_of: dict[str, int]) -> int | None:
