@@ -530,3 +530,25 @@ def test_a_sparsity_that_removes_every_weight_is_refused():
         cpt.prune(model, (X, y), method="magnitude", sparsity=0.95, progress=False)
     report = cpt.prune(model, (X, y), method="magnitude", sparsity=0.9, progress=False)
     assert sum(int((m.weight != 0).sum()) for m in model if isinstance(m, nn.Linear)) == 1 and report.sparsity == pytest.approx(0.9)
+
+
+def test_loss_fn_per_sample_losses_are_averaged_and_a_wrong_shape_is_named():
+    """reduction='none' gives the same gradients and the same automatic choice as the mean;
+    a loss of the wrong shape, or not a tensor, is an error naming loss_fn."""
+    X, y = data((6,), n=80, classes=3)
+    F = torch.nn.functional
+
+    def pruned(loss_fn, **kw):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        report = cpt.prune(model, (X, y), method="chita", sparsity=0.6, loss_fn=loss_fn, progress=False, **kw)
+        return model[0].weight.detach().clone(), report
+
+    for kw in ({"l2": 1e-3}, {}):  # fixed ridge; automatic ridge (held-back losses)
+        w_mean, r_mean = pruned(lambda out, t: F.cross_entropy(out, t), **kw)
+        w_none, r_none = pruned(lambda out, t: F.cross_entropy(out, t, reduction="none"), **kw)
+        assert torch.allclose(w_mean, w_none, atol=1e-6) and r_mean.info["l2"] == pytest.approx(r_none.info["l2"])
+    with pytest.raises(ValueError, match=r"^loss_fn: expected the mean loss of a batch of 1 .* shape \(1, 3\)"):
+        pruned(lambda out, t: F.cross_entropy(out, t, reduction="none")[:, None] * torch.ones(1, 3), l2=1e-3)
+    with pytest.raises(TypeError, match="^loss_fn: expected a tensor"):
+        pruned(lambda out, t: (F.cross_entropy(out, t), 0), l2=1e-3)

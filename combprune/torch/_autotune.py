@@ -46,7 +46,7 @@ import torch
 from torch.func import functional_call
 
 from ._calibration import Batch, _map
-from ._gradients import NON_FINITE_GRADIENTS, default_loss, param_overrides, per_sample_gradients
+from ._gradients import NON_FINITE_GRADIENTS, batch_loss, default_loss, param_overrides, per_sample_gradients
 
 if TYPE_CHECKING:
     from .pruner import PruneConfig
@@ -167,7 +167,7 @@ def held_out_loss(model: torch.nn.Module, params: list, batches: list[Batch], we
         with torch.no_grad():
             for batch in batches:
                 out = _call(model, overrides, batch.inputs)
-                total += float(loss_fn(out, batch.targets)) * batch.size
+                total += float(batch_loss(loss_fn, out, batch.targets, batch.size)) * batch.size
                 n += batch.size
     finally:
         for m, mode in modes:

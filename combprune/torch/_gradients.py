@@ -6,8 +6,9 @@ parameter flattened in C order). Other parameters and buffers are held fixed. Th
 evaluated in ``eval()`` mode (dropout off, batch-norm running statistics) and its mode is
 restored afterwards.
 
-``loss_fn(outputs, targets)`` must return the *mean* loss of its batch; it is applied to a
-batch of one sample at a time, so ``l_i`` is sample ``i``'s own loss.
+``loss_fn(outputs, targets)`` must return the *mean* loss of its batch (or one loss per sample,
+``reduction="none"``, which is averaged: :func:`batch_loss`); it is applied to a batch of one
+sample at a time, so ``l_i`` is sample ``i``'s own loss.
 
 ``vmap`` cannot run models with data-dependent control flow (Hugging Face models check the
 ``attention_mask`` for padding with Python ``if`` statements). When it fails that way the gradients are
@@ -31,7 +32,7 @@ from ._select import PrunableParam
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["per_sample_gradients", "default_loss", "param_overrides", "flat_weights"]
+__all__ = ["per_sample_gradients", "default_loss", "batch_loss", "param_overrides", "flat_weights"]
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 
@@ -43,6 +44,20 @@ def default_loss(outputs: Any, targets: Any) -> torch.Tensor:
     if targets is None:
         raise ValueError("loss_fn: the default loss (cross-entropy) needs targets; pass (inputs, targets) batches or a loss_fn")
     return nn.functional.cross_entropy(outputs, targets)
+
+
+def batch_loss(loss_fn: LossFn, outputs: Any, targets: Any, size: int) -> torch.Tensor:
+    """``loss_fn(outputs, targets)`` of a batch of ``size`` samples as a scalar: its mean loss
+    (a scalar, or one loss per sample, ``reduction="none"``, which is averaged); anything else
+    is a ``TypeError`` / ``ValueError`` naming ``loss_fn``."""
+    value = loss_fn(outputs, targets)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"loss_fn: expected a tensor (the mean loss of the batch), got {type(value).__name__}")
+    if value.dim() == 0:
+        return value
+    if value.numel() == size:
+        return value.mean()
+    raise ValueError(f"loss_fn: expected the mean loss of a batch of {size} (a scalar) or one loss per sample, got a tensor of shape {tuple(value.shape)}")
 
 
 def flat_weights(params: list[PrunableParam]) -> torch.Tensor:
@@ -142,7 +157,7 @@ def per_sample_gradients(
             out = functional_call(model, {**dparams, **fixed}, tuple(one))
         else:
             out = functional_call(model, {**dparams, **fixed}, (one,))
-        return loss_fn(out, tgt)
+        return batch_loss(loss_fn, out, tgt, 1)
 
     def write(row: int, g: dict[str, torch.Tensor], rows: int) -> None:
         """Copy the kept columns of the gradients ``g`` of ``rows`` samples into ``out[row:]``."""

@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._calibration import check_device, collect, forward
-from ._gradients import default_loss
+from ._gradients import batch_loss, default_loss
 from .masking import MaskedTraining, apply_masks, base_optimizer, clear_optimizer_state, get_masks, make_permanent, masked_parameters, zero_pruned
 from .prune import PruningError, _Snapshot
 from .pruner import Pruner
@@ -290,7 +290,7 @@ class GradualPruner:
         try:
             with torch.no_grad():
                 for b in batches:
-                    total += float(self.loss_fn(forward(self.model, b.inputs), b.targets)) * b.size
+                    total += float(batch_loss(self.loss_fn, forward(self.model, b.inputs), b.targets, b.size)) * b.size
                     n += b.size
         finally:
             for m, mode in modes:
