@@ -267,3 +267,23 @@ def test_checkpoints_resume_after_the_last_saved_stage(tmp_path):
         assert not resumed.get_parameter(name)[~m].any()
     with pytest.raises(ValueError, match="checkpoint_dir"):
         cpt.run_pipeline(make(), train, **{**opts, "density": 0.3})
+
+
+def test_unusable_checkpoints_are_named_before_training_and_leave_the_model_unchanged(tmp_path):
+    train, _ = loaders()
+    opts = dict(density=0.2, pre_epochs=1, post_epochs=1, progress=False, checkpoint_dir=tmp_path)
+    cpt.run_pipeline(make(), train, **opts)
+    (tmp_path / "post-training.pt").write_bytes((tmp_path / "post-training.pt").read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match=r"^checkpoint_dir: .*post-training\.pt cannot be read"):
+        cpt.run_pipeline(make(), train, **opts)
+    (tmp_path / "post-training.pt").unlink()
+    torch.manual_seed(1)
+    other = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32), nn.ReLU(), nn.Linear(32, 10))  # 64 -> 32 hidden
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^checkpoint_dir: .*pruning\.pt holds the weights of a different model \(size mismatch"):
+        cpt.run_pipeline(other, train, **opts)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())  # the first layer matched but was put back
+    (tmp_path / "a_file").write_text("x")
+    model = make()
+    with pytest.raises(ValueError, match=r"^checkpoint_dir: .*a_file is a file, not a directory"):
+        cpt.run_pipeline(model, train, **{**opts, "checkpoint_dir": tmp_path / "a_file"})

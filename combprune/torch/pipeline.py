@@ -163,6 +163,16 @@ class SparseTrainingPipeline:
             raise ValueError("per_layer: the gradual pruning step (prune_epochs > 0) prunes globally; use per_layer with prune_epochs=0")
         if self.prune_epochs and self.warm_start is not None:
             raise ValueError("warm_start: only for the one-shot pruning step (prune_epochs=0)")
+        if self.checkpoint_dir is not None:
+            where = os.fspath(self.checkpoint_dir)
+            if os.path.exists(where) and not os.path.isdir(where):
+                raise ValueError(f"checkpoint_dir: {where} is a file, not a directory")
+            try:
+                os.makedirs(where, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"checkpoint_dir: cannot create {where} ({exc.strerror or exc})") from None
+            if not os.access(where, os.W_OK | os.X_OK):
+                raise ValueError(f"checkpoint_dir: {where} is not writable")
         if self.post.restore_best and val_loader is None:
             raise ValueError("restore_best: needs a val_loader (the post-training epoch to keep is chosen by validation accuracy)")
         try:
@@ -308,10 +318,22 @@ class SparseTrainingPipeline:
             return -1, None
         for stage in reversed(range(len(_STAGES))):
             if os.path.exists(self._path(stage)):
-                state = torch.load(self._path(stage), map_location=next(model.parameters()).device, weights_only=True)
+                path = self._path(stage)
+                try:
+                    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+                except Exception as exc:  # truncated, corrupt or not a checkpoint: torch raises several kinds
+                    raise ValueError(f"checkpoint_dir: {path} cannot be read ({type(exc).__name__}: {exc}); delete it or use another directory") from None
+                if not isinstance(state, dict) or not {"config", "model", "history", "scores", "masks"} <= set(state):
+                    raise ValueError(f"checkpoint_dir: {path} is not a pipeline checkpoint; delete it or use another directory")
                 if state["config"] != self._fingerprint():
-                    raise ValueError(f"checkpoint_dir: {self._path(stage)} was written by a different configuration; use another directory")
-                model.load_state_dict(state["model"])
+                    raise ValueError(f"checkpoint_dir: {path} was written by a different configuration; use another directory")
+                backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                try:
+                    model.load_state_dict(state["model"])
+                except RuntimeError as exc:  # the tensors that matched were copied already: put them back
+                    model.load_state_dict(backup)
+                    first = str(exc).strip().splitlines()[-1].strip()
+                    raise ValueError(f"checkpoint_dir: {path} holds the weights of a different model ({first}); use another directory") from None
                 logger.info("resuming after %s from %s", _STAGES[stage], self._path(stage))
                 return stage, state
         return -1, None
