@@ -205,6 +205,11 @@ def test_bad_models_and_options_fail_before_training():
     train, _ = loaders()
     with pytest.raises(TypeError, match="frobnicate"):
         cpt.run_pipeline(make(), train, density=0.1, frobnicate=1)
+    model = make()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match=r"^prune_options: \['n_samples'\] only apply to .* not prune_method='magnitude'"):
+        cpt.run_pipeline(model, train, density=0.1, prune_method="magnitude", prune_options={"n_samples": 64}, prune_epochs=0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ValueError, match="model: no prunable layer"):
         cpt.run_pipeline(nn.Sequential(nn.Flatten()), train, density=0.1, soft_activation=None, soft_skip=False)
     with pytest.raises(ValueError, match="^targets"):  # explicit targets matching nothing: named as such

@@ -185,6 +185,8 @@ class SparseTrainingPipeline:
         for p, whose in pools:
             if k_from_sparsity(1.0 - self.density, p) == 0:
                 raise ValueError(f"density: {self.density:g} keeps none of the {whose} {p} prunable weights; the smallest density that keeps one is 1/{p} = {1.0 / p:.3g}")
+        if self.method in ("magnitude", "mask") and self.prune_options:
+            raise TypeError(f"prune_options: {sorted(self.prune_options)} only apply to combprune.torch.prune methods, not prune_method={self.method!r}")
         if self.method not in ("magnitude", "mask"):  # the pruning step's method and options, checked before any training
             try:
                 Pruner(self.method, sparsity=1.0 - self.density, **self.prune_options)
