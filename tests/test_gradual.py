@@ -222,6 +222,7 @@ def test_structured_gradual_then_physical(digits):
         (dict(schedule=[0.5, 0.3]), ValueError, "^schedule"),
         (dict(apply="physical"), ValueError, "^apply"),
         (dict(optimizer="adam"), TypeError, "^optimizer"),
+        (dict(sparsity=0.99999), ValueError, r"^sparsity: 0.99999 removes all 2368 prunable weights .* the largest sparsity that keeps one"),
     ],
 )
 def test_bad_input_names_the_argument(digits, kwargs, exc, match):

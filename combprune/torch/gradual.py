@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 from ._calibration import check_device, collect, forward
 from ._gradients import batch_loss, default_loss
 from .masking import MaskedTraining, apply_masks, base_optimizer, clear_optimizer_state, get_masks, make_permanent, masked_parameters, zero_pruned
-from .prune import PruningError, _Snapshot
+from ._select import select_parameters
+from .prune import PruningError, _Snapshot, require_one_kept
 from .pruner import Pruner
 from .report import PruneReport
 from .schedules import Schedule
@@ -213,6 +214,9 @@ class GradualPruner:
             flop_budget=flop_budget, apply="mask", progress=bool(progress), **prune_options,
         )
         self.spec = self.pruner.config.spec
+        final = self.pruner.config.sparsity
+        if final is not None and self.spec.kind in ("gradient", "magnitude"):  # one global count: the last event keeps one weight
+            require_one_kept(final, sum(q.numel for q in select_parameters(model, self.pruner.config.targets, self.pruner.config.ignore)))
         self.model, self.calibration, self.method = model, calibration, method
         self.unit, self.progress, self.reset_optimizer = unit, bool(progress), bool(reset_optimizer)
         self.prune_options = prune_options

@@ -74,6 +74,13 @@ def k_from_sparsity(sparsity: float, p: int) -> int:
     return int(p - min(p, max(0, removed)))
 
 
+def require_one_kept(sparsity: float, size: int, what: str = "prunable weights") -> None:
+    """``ValueError`` naming ``sparsity`` when it removes every one of ``size`` weights (k = 0)."""
+    if size > 0 and k_from_sparsity(sparsity, size) == 0:
+        raise ValueError(f"sparsity: {sparsity:g} removes all {size} {what} (the count removed is rounded up); the largest "
+                         f"sparsity that keeps one is 1 - 1/{size} = {1.0 - 1.0 / size:.6g}")
+
+
 # Model snapshot / restore ----------------------------------------------------------------------
 class _Snapshot:
     """Everything :func:`prune` may change on a model, to put it back exactly on failure.
@@ -180,11 +187,8 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     ctx = _Context(model, params, batches, dev, cfg.progress)
     ctx.pool = pool
     k = ctx.p if cfg.sparsity is None else k_from_sparsity(cfg.sparsity, ctx.p)
-    if k == 0 and ctx.p > 0:
-        raise ValueError(
-            f"sparsity: {cfg.sparsity:g} removes all {ctx.p} prunable weights (k = p - ceil(sparsity p) = 0); the largest "
-            f"sparsity that keeps one weight is 1 - 1/{ctx.p} = {1.0 - 1.0 / ctx.p:.6g}"
-        )
+    if cfg.sparsity is not None:
+        require_one_kept(cfg.sparsity, ctx.p)
     F = None
     if cfg.flop_budget is not None:
         F = cfg.flop_budget * ctx.model_flops - ctx.fixed_flops

@@ -54,7 +54,7 @@ from ._sequential_dist import Dist
 from ._sequential_offload import DiskOffload
 from ._sequential_structured import StructuredStep
 from ._structured_ridge import check_ridge
-from .prune import k_from_sparsity
+from .prune import k_from_sparsity, require_one_kept
 from .report import BlockReport, LayerReport, PruneReport
 from .structured import KINDS
 
@@ -392,10 +392,7 @@ def _check_keeps_one(kind: str, sparsity: float, block_list: list[nn.Module], pr
     if not sizes:
         return
     size, where = min(sizes)
-    if k_from_sparsity(sparsity, size) == 0:
-        what = "inputs per output" if kind == "output" else "weights"
-        raise ValueError(f"sparsity: {sparsity:g} removes all {size} {what} of {where}; the largest sparsity that keeps one "
-                         f"in every layer is 1 - 1/{size} = {1.0 - 1.0 / size:.6g}")
+    require_one_kept(sparsity, size, f"{'inputs per output' if kind == 'output' else 'weights'} of {where}")
 
 
 def _block_index(name: str, block_of: dict[str, int]) -> int | None:
