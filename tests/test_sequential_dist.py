@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -59,3 +60,42 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
             assert torch.equal(a, b), (method, key)  # every rank ends identical
             assert torch.equal(a != 0, value != 0), (method, key)  # same masks as one process
             torch.testing.assert_close(a, value, rtol=1e-4, atol=1e-6)
+
+
+def _nan_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Rank 1's calibration batches hold inf: both ranks must raise (the check runs on the
+    reduced statistics), neither may hang in a collective."""
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for method in ("layerwise", "osscar"):
+            model = _model()
+            before = {k: v.clone() for k, v in model.state_dict().items()}
+            batches = _batches()
+            if rank == 1:  # inf inputs through the embeddings: give block 0 an infinite input via inputs_embeds
+                batches = [{"inputs_embeds": torch.full((4, 8, 16), float("inf"))} for _ in batches]
+            try:
+                cpt.prune_sequential(model, batches, method=method, sparsity=0.5, progress=False)
+                outcome = "no error"
+            except ValueError as exc:
+                outcome = str(exc)
+            same = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+            torch.save({"outcome": outcome, "same": same}, os.path.join(out_dir, f"nan-{method}-rank{rank}.pt"))
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_non_finite_statistics_on_one_rank_raise_on_every_rank(tmp_path):
+    ctx = mp.spawn(_nan_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 180
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("a rank hung in a collective")
+    for method in ("layerwise", "osscar"):
+        outs = [torch.load(tmp_path / f"nan-{method}-rank{r}.pt") for r in range(2)]
+        for out in outs:
+            assert out["outcome"].startswith("calibration: the inputs") and "not finite" in out["outcome"], (method, out)
+            assert out["same"], method

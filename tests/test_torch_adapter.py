@@ -552,3 +552,15 @@ def test_loss_fn_per_sample_losses_are_averaged_and_a_wrong_shape_is_named():
         pruned(lambda out, t: F.cross_entropy(out, t, reduction="none")[:, None] * torch.ones(1, 3), l2=1e-3)
     with pytest.raises(TypeError, match="^loss_fn: expected a tensor"):
         pruned(lambda out, t: (F.cross_entropy(out, t), 0), l2=1e-3)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "chita", "osscar"])
+def test_a_nan_weight_is_named_before_anything_changes(method):
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[2].bias[1] = float("inf")
+    X, y = data((6,), n=60, classes=3)
+    before = model_hash(model)
+    with pytest.raises(ValueError, match=r"^model: parameter 2\.bias contains NaN or inf"):
+        cpt.prune(model, (X, y), method=method, sparsity=0.5, progress=False)
+    assert model_hash(model) == before

@@ -121,7 +121,7 @@ def test_gram_conv_im2col_equals_dense(stride, padding, dilation):
     torch.testing.assert_close(H, X.T @ X)
     # the hook-based accumulation through a model gives the same matrix
     model = nn.Sequential(nn.Conv2d(3, 3, 1), layer)
-    H2 = S._grams_of(model, [layer], collect(x, None, torch.device("cpu")))[0]
+    H2 = S._grams_of(model, [layer], ["conv"], collect(x, None, torch.device("cpu")))[0]
     X2 = torch.cat(list(S.layer_rows(layer, model[0](x)))).double()
     torch.testing.assert_close(H2, X2.T @ X2)
 

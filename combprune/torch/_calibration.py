@@ -83,6 +83,15 @@ def check_device(model: nn.Module, device: torch.device | str | None) -> torch.d
     return actual
 
 
+def check_finite_parameters(model: nn.Module) -> None:
+    """``ValueError`` naming the first parameter holding NaN or inf (meta tensors are skipped):
+    pruning a model whose outputs are NaN would fail deep inside a solver instead."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.is_floating_point() and p.device.type != "meta" and not bool(torch.isfinite(p).all()):
+                raise ValueError(f"model: parameter {name} contains NaN or inf; pruning needs finite weights")
+
+
 def _split(batch: Any) -> tuple[Any, torch.Tensor | None]:
     if isinstance(batch, dict):
         targets = batch.get("labels")

@@ -35,7 +35,7 @@ from ._sequential_dist import Dist
 from ._structured_ridge import solve_unit_auto, split_batches
 from .prune import _apply_structured
 from .report import LayerReport, PruneReport
-from .structured import (KINDS, StructuredSetup, StructuredUnit, _reports, _set_weight_matrix, layer_grams,
+from .structured import (KINDS, StructuredSetup, StructuredUnit, _reports, _set_weight_matrix, check_finite_grams, layer_grams,
                          weight_matrix)
 
 __all__ = ["StructuredStep"]
@@ -107,6 +107,7 @@ class StructuredStep:
             fit, *held = [[dist.all_reduce(H) for H in layer_grams(layers, [lambda inp=inp: run_block(block, inp) for inp in part])]
                           for part in parts]
             grams = fit if not held else [Hf + Hh for Hf, Hh in zip(fit, held[0])]
+            check_finite_grams(grams, [prefix + name for name in unit.consumers])  # reduced: every rank raises together
             owner = i % dist.world
             Ws = [torch.empty(weight_matrix(layer).shape, dtype=torch.float64) for layer in layers]
             keep_result = None

@@ -48,7 +48,7 @@ from combprune.api import solve
 from combprune.registry import free_warm_start
 
 from . import _autotune
-from ._calibration import Batch, check_device, collect
+from ._calibration import Batch, check_device, check_finite_parameters, collect
 from ._flops import layer_flops, model_flops
 from ._gradients import NON_FINITE_GRADIENTS, flat_weights, per_sample_gradients
 from ._select import PrunableParam, select_parameters
@@ -156,6 +156,7 @@ def run(model: nn.Module, calibration: Any, cfg: "PruneConfig") -> PruneReport:
     """
     t0 = time.perf_counter()
     dev = check_device(model, cfg.device)
+    check_finite_parameters(model)
     snapshot = _Snapshot(model)
     try:
         if cfg.spec.kind == "structured":

@@ -47,7 +47,7 @@ from combprune.problems import LayerwiseL0, StructuredMIQP
 from combprune.problems.layerwise import parse_nm
 from combprune.registry import UnknownSolverError, get_solver
 
-from ._calibration import collect, model_device
+from ._calibration import check_finite_parameters, collect, model_device
 from ._sequential_blocks import (BlockInput, GramHooks, capture_block_inputs, find_blocks, linear_layers, run_block,
                                  set_weight_matrix, weight_matrix)
 from ._sequential_dist import Dist
@@ -323,6 +323,7 @@ def prune_sequential(
         step = StructuredStep(model, method=method, sparsity=sparsity, targets=targets, ignore=ignore,
                               solver_options=solver_options, kinds=kinds, pairs=pairs, ridge=ridge,
                               time_limit=time_limit, apply=apply, gqa=gqa)
+    check_finite_parameters(model)
     home = model_device(model)
     work = _work_device(device, home)
     block_list = find_blocks(model, blocks)

@@ -850,10 +850,10 @@ def prune_structured(
                 plan.keep[unit.consumer] = np.ones(unit.n_groups, dtype=bool)
                 continue
             layers = [modules[n] for n in unit.consumers]
-            grams = _grams_of(model, layers, batches)
+            grams = _grams_of(model, layers, unit.consumers, batches)
             if setup.auto_ridge:
                 Ws, keep, result, plan.ridge_auto[unit.consumer] = _structured_ridge.solve_unit_auto(
-                    setup, unit, layers, grams, _grams_of(model, layers, held))
+                    setup, unit, layers, grams, _grams_of(model, layers, unit.consumers, held))
             else:
                 Ws, keep, result = setup.solve_unit(unit, layers, grams)
             for name, layer, W in zip(unit.consumers, layers, Ws):
@@ -1116,9 +1116,12 @@ def _forward_order(model: nn.Module, units: list[StructuredUnit], modules: Mappi
     return sorted(units, key=lambda u: min(calls[c][0] for c in u.consumers))
 
 
-def _grams_of(model: nn.Module, layers: Sequence[nn.Module], batches: list[Any]) -> list[torch.Tensor]:
-    """Run the calibration batches through ``model`` until every one of ``layers``; their inputs' ``X^T X``."""
-    return layer_grams(layers, [lambda b=b: _calibration.forward(model, b.inputs) for b in batches])
+def _grams_of(model: nn.Module, layers: Sequence[nn.Module], names: Sequence[str], batches: list[Any]) -> list[torch.Tensor]:
+    """Run the calibration batches through ``model`` until every one of ``layers`` (called
+    ``names``); their inputs' ``X^T X``, checked finite."""
+    grams = layer_grams(layers, [lambda b=b: _calibration.forward(model, b.inputs) for b in batches])
+    check_finite_grams(grams, names)
+    return grams
 
 
 def layer_grams(layers: Sequence[nn.Module], runs: Iterable[Any]) -> list[torch.Tensor]:
@@ -1156,10 +1159,15 @@ def layer_grams(layers: Sequence[nn.Module], runs: Iterable[Any]) -> list[torch.
     finally:
         for handle in handles:
             handle.remove()
-    for i, H in enumerate(grams):
+    return grams
+
+
+def check_finite_grams(grams: Sequence[torch.Tensor], names: Sequence[str]) -> None:
+    """``ValueError`` naming the calibration data when a layer's ``X^T X`` holds NaN or inf.
+    Called on the statistics every process shares (after the all-reduce), so that all raise."""
+    for H, name in zip(grams, names):
         if not bool(torch.isfinite(H).all()):
             raise ValueError(
-                f"calibration: the inputs of the {type(layers[i]).__name__} layer #{i} of this unit are not finite (NaN or inf); "
+                f"calibration: the inputs of layer {name} are not finite (NaN or inf); "
                 "check the calibration inputs, and the model's weights and activations, for NaN or inf"
             )
-    return grams
