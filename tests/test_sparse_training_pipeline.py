@@ -226,6 +226,7 @@ def test_bad_models_and_options_fail_before_training():
     (lambda X, y: ([{"x": X, "y": y}], None), TypeError, r"^train_loader: expected batches of \(inputs, targets\), got dict"),
     (lambda X, y: ([(X, y.float())], None), TypeError, r"^train_loader: the targets must be class indices .* got torch.float32 of shape \(64,\)"),
     (lambda X, y: ([(X, y)], [(X, torch.nn.functional.one_hot(y, 10))]), TypeError, r"^val_loader: the targets must be class indices .* shape \(64, 10\)"),
+    (lambda X, y: ([(X, y + 5)], None), ValueError, r"^train_loader: class indices must lie in \[0, 10\) for the model's 10 outputs, got 5 \.\. 1[0-4]"),
 ])
 def test_bad_loaders_are_named_before_training(loaders_, exc, match):
     X, y = torch.randn(64, 64), torch.randint(0, 10, (64,))
@@ -292,3 +293,16 @@ def test_unusable_checkpoints_are_named_before_training_and_leave_the_model_unch
     model = make()
     with pytest.raises(ValueError, match=r"^checkpoint_dir: .*a_file is a file, not a directory"):
         cpt.run_pipeline(model, train, **{**opts, "checkpoint_dir": tmp_path / "a_file"})
+
+
+def test_integer_targets_of_any_width_train_and_a_bad_check_leaves_batch_norm_alone():
+    """int32 class indices are converted for cross-entropy; the checking forward pass runs in
+    eval mode, so a run refused before training leaves the running statistics unchanged."""
+    X, y = torch.randn(64, 64), torch.randint(0, 10, (64,))
+    res = cpt.run_pipeline(make(), [(X, y.int())], density=0.2, pre_epochs=1, post_epochs=1, progress=False)
+    assert res.density == pytest.approx(0.2, abs=1e-3)
+    model = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="class indices must lie in"):
+        cpt.run_pipeline(model, [(X * 10 + 3, y + 10)], density=0.2, pre_epochs=1, post_epochs=1, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and model.training

@@ -34,7 +34,7 @@ def check_batch(batch: Any, name: str = "train_loader") -> tuple[torch.Tensor, t
 
 def _pair(batch: Any, device: torch.device, name: str = "train_loader") -> tuple[torch.Tensor, torch.Tensor]:
     x, y = check_batch(batch, name)
-    return x.to(device), y.to(device)
+    return x.to(device), y.to(device=device, dtype=torch.long)  # cross-entropy takes int64 class indices only
 
 
 def train_epoch(

@@ -204,13 +204,24 @@ class SparseTrainingPipeline:
                 raise ValueError("val_loader: no batches") from None
         if self.post.soft_activation:
             SoftActivations(model, self.post.soft_activation).remove()
-        if self.post.soft_skip:
-            skips = SoftSkips(model, alpha0=self.post.skip_alpha)
-            try:
-                with torch.no_grad():
-                    model(batch[0].to(next(model.parameters()).device))
-            finally:
+        # one forward pass in eval mode (no running statistics change): the skip paths' shapes
+        # when soft skips are on, and the targets against the model's outputs
+        skips = SoftSkips(model, alpha0=self.post.skip_alpha) if self.post.soft_skip else None
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(batch[0].to(next(model.parameters()).device))
+        finally:
+            model.train(was)
+            if skips is not None:
                 skips.remove()
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            raise ValueError(f"model: expected logits of shape (batch, classes), got {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+        targets = batch[1]
+        if targets.numel() and not (0 <= int(targets.min()) and int(targets.max()) < out.shape[1]):
+            raise ValueError(f"train_loader: class indices must lie in [0, {out.shape[1]}) for the model's {out.shape[1]} outputs, "
+                             f"got {int(targets.min())} .. {int(targets.max())}")
 
     def run(self, model: nn.Module, train_loader: Any, *, val_loader: Any = None, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> PipelineResult:
         """Run the enabled stages on ``model`` in place; returns a :class:`PipelineResult`.
