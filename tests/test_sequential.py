@@ -274,3 +274,32 @@ def test_a_sparsity_that_empties_a_layer_is_refused_before_anything_changes(gran
     with pytest.raises(ValueError, match="^sparsity: " + match):
         cpt.prune_sequential(model, token_batches(), sparsity=sparsity, granularity=granularity, progress=False)
     assert all(torch.equal(before[k], v) for k, v in weights(model).items())
+
+
+class _NativeEncoder(nn.Module):
+    """torch's own TransformerEncoder under a path no Hugging Face model uses (``enc.layers``)."""
+
+    def __init__(self, stacks: int = 1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Linear(8, 16)
+        make = lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0), 2)  # noqa: E731
+        self.enc = make()
+        self.dec = make() if stacks == 2 else None
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.enc(self.emb(x))
+        return self.head((self.dec(h) if self.dec is not None else h).mean(1))
+
+
+def test_blocks_found_outside_the_known_paths_and_ambiguity_named():
+    model = _NativeEncoder().eval()
+    assert find_blocks(model) == list(model.enc.layers)
+    X = torch.randn(32, 5, 8)
+    report = cpt.prune_sequential(model, X, sparsity=0.5, progress=False)
+    pruned = {row.name for row in report.layers}
+    assert pruned == {f"enc.layers.{i}.{n}.weight" for i in range(2) for n in ("linear1", "linear2")}  # out_proj: never called as a module
+    assert all(float((model.get_parameter(n) == 0).float().mean()) == pytest.approx(0.5) for n in pruned)
+    with pytest.raises(ValueError, match=r"found several lists of repeated blocks \(enc\.layers, dec\.layers\): choose one"):
+        find_blocks(_NativeEncoder(stacks=2))

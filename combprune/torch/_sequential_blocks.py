@@ -1,17 +1,21 @@
 """Block discovery, block-0 input capture and per-layer statistics for the sequential engine.
 
 See ``docs/large_models.md``. Blocks are the repeated modules of a model (an ``nn.ModuleList`` of
-modules of one class); the known Hugging Face paths are tried first.
+modules of one class); the known Hugging Face paths are tried first, then the only such list
+holding linear layers anywhere in the model (outermost lists only).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from ._calibration import Batch, forward
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["KNOWN_BLOCK_PATHS", "find_blocks", "capture_block_inputs", "linear_layers", "weight_matrix",
            "set_weight_matrix", "BlockInput", "run_block", "GramHooks"]
@@ -56,7 +60,26 @@ def find_blocks(model: nn.Module, blocks: Any = None) -> list[nn.Module]:
         found = _get_path(model, path)
         if _is_block_list(found):
             return list(found)
-    raise ValueError(f"blocks: no repeated blocks found in {type(model).__name__} (tried {', '.join(KNOWN_BLOCK_PATHS)}); {hint}")
+    lists = _outermost_block_lists(model)
+    if len(lists) == 1:
+        path, found = lists[0]
+        logger.info("blocks: using %s (%d %s blocks), the only list of repeated blocks with linear layers", path, len(found), type(found[0]).__name__)
+        return list(found)
+    several = f"; found several lists of repeated blocks ({', '.join(path for path, _ in lists)}): choose one" if lists else ""
+    raise ValueError(f"blocks: no repeated blocks found in {type(model).__name__} (tried {', '.join(KNOWN_BLOCK_PATHS)}){several}; {hint}")
+
+
+def _outermost_block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """Every ``nn.ModuleList`` of two or more blocks of one type holding linear layers, except
+    those inside another such list (e.g. the experts inside each block), as (path, list)."""
+    found: list[tuple[str, nn.ModuleList]] = []
+    for name, mod in model.named_modules():
+        if not (_is_block_list(mod) and len(mod) >= 2 and linear_layers(mod[0])):
+            continue
+        if any(name.startswith(outer + ".") for outer, _ in found):
+            continue  # named_modules walks parents first: an outer list is already in
+        found.append((name, mod))
+    return found
 
 
 class _Captured(Exception):
