@@ -98,4 +98,5 @@ def test_non_finite_statistics_on_one_rank_raise_on_every_rank(tmp_path):
         outs = [torch.load(tmp_path / f"nan-{method}-rank{r}.pt") for r in range(2)]
         for out in outs:
             assert out["outcome"].startswith("calibration: the inputs") and "not finite" in out["outcome"], (method, out)
+            assert "of layer encoder.layer.0." in out["outcome"] and "encoder.layer.0.encoder" not in out["outcome"], out
             assert out["same"], method

@@ -107,7 +107,7 @@ class StructuredStep:
             fit, *held = [[dist.all_reduce(H) for H in layer_grams(layers, [lambda inp=inp: run_block(block, inp) for inp in part])]
                           for part in parts]
             grams = fit if not held else [Hf + Hh for Hf, Hh in zip(fit, held[0])]
-            check_finite_grams(grams, [prefix + name for name in unit.consumers])  # reduced: every rank raises together
+            check_finite_grams(grams, unit.consumers)  # reduced: every rank raises together
             owner = i % dist.world
             Ws = [torch.empty(weight_matrix(layer).shape, dtype=torch.float64) for layer in layers]
             keep_result = None
