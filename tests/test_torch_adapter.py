@@ -23,6 +23,7 @@ from combprune.torch._calibration import collect
 from combprune.torch._flops import layer_flops, model_flops
 from combprune.torch._gradients import per_sample_gradients
 from combprune.torch._select import select_parameters
+from combprune.torch.masking import get_masks
 
 
 prune_mod = sys.modules["combprune.torch.prune"]
@@ -564,3 +565,56 @@ def test_a_nan_weight_is_named_before_anything_changes(method):
     with pytest.raises(ValueError, match=r"^model: parameter 2\.bias contains NaN or inf"):
         cpt.prune(model, (X, y), method=method, sparsity=0.5, progress=False)
     assert model_hash(model) == before
+
+
+class _TorchTransformer(nn.Module):
+    """A classifier on torch's own TransformerEncoder (nn.MultiheadAttention inside)."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = nn.Linear(8, 16)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0), 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.enc(self.emb(x)).mean(1))
+
+
+def test_multihead_attention_in_projections_are_pruned_and_costed():
+    """torch's MultiheadAttention keeps q/k/v in one in_proj_weight (q_/k_/v_proj_weight when the
+    key and value sizes differ): they are prunable weights, each costing 2 FLOPs per token like a
+    Linear layer's, and so is the out_proj that attention never calls as a module."""
+    names = [p.name for p in select_parameters(nn.Sequential(nn.MultiheadAttention(16, 2, kdim=8, vdim=8)))]
+    assert names == ["0.q_proj_weight", "0.k_proj_weight", "0.v_proj_weight", "0.out_proj.weight"]
+    model = _TorchTransformer().eval()
+    X = torch.randn(6, 5, 8)
+    params = select_parameters(model)
+    assert "enc.layers.0.self_attn.in_proj_weight" in [p.name for p in params]
+    batch = collect(X, None, torch.device("cpu"))[0]
+    per_weight = [f / p.numel for f, p in zip(layer_flops(model, params, batch), params)]
+    assert per_weight == pytest.approx([2 * 5] * (len(params) - 1) + [2])  # 5 tokens per sample; the head sees their mean
+    attention = 2 * (2 * 5 * 5 * 16)  # Q K^T and softmax(.) V, per layer and sample
+    assert model_flops(model, batch) == pytest.approx(sum(layer_flops(model, params, batch)) + 2 * attention)
+    assert torch.backends.mha.get_fastpath_enabled()  # the fused path, switched off to count, is back on
+
+
+@pytest.mark.parametrize("method, kwargs", [("chita", {"sparsity": 0.6}), ("falcon", {"flop_budget": 0.5})])
+def test_a_torch_transformer_is_pruned_through_its_attention(method, kwargs):
+    model = _TorchTransformer().eval()
+    X, y = torch.randn(64, 5, 8), torch.randint(0, 3, (64,))
+    report = cpt.prune(model, (X, y), method=method, progress=False, **kwargs)
+    in_proj = model.enc.layers[0].self_attn.in_proj_weight
+    assert 0.1 < float((in_proj == 0).float().mean()) < 0.9
+    zeros = _TorchTransformer().eval()
+    zeros.load_state_dict({k.replace("_orig", ""): v for k, v in model.state_dict().items() if not k.endswith("_mask")}, strict=False)
+    with torch.no_grad():
+        for name, mask in get_masks(model).items():
+            zeros.get_parameter(name).mul_(mask)
+        torch.testing.assert_close(model(X), zeros(X))  # the masked model (fused path in eval) computes with the zeros
+    report.check_budgets()  # raises on a violated budget
+    measured = cpt.measure(model, X)  # counted afresh on the pruned model
+    fixed = measured["model_flops"] - report.dense_flops  # attention products, not prunable
+    assert measured["effective_flops"] - fixed == pytest.approx(report.effective_flops)
+    if method == "falcon":
+        assert measured["flops_kept"] <= 0.5 + 1e-9  # the budget is a fraction of the whole model's FLOPs

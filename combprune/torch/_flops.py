@@ -13,7 +13,11 @@ leaves at 0, so that a model counts the same FLOPs with ``attn_implementation="s
 
 The FLOP cost of one weight of a layer is the layer's dense count divided by its number of
 weights: ``2 x tokens`` for a Linear layer applied to ``tokens`` positions, ``2 x H_out x W_out``
-for a 2-d convolution (bias additions are not counted by torch's counter). Nothing is
+for a 2-d convolution (bias additions are not counted by torch's counter). torch's own
+``nn.MultiheadAttention`` is the exception: its in-projection and its ``out_proj`` (which the
+attention does not call as a module) are counted from the attention's inputs, ``2 x embed_dim``
+FLOPs per input value, the Linear-layer count; and every count runs with torch's fused attention
+fast path off (one native kernel the counter does not see into). Nothing is
 tabulated per architecture: every figure comes from running the layer once on the input it
 actually receives in the model.
 """
@@ -81,12 +85,20 @@ def model_flops(model: nn.Module, batch: Batch | Any) -> float:
 
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module):
-    """Run in ``eval()`` (batch-norm statistics untouched) and restore each module's mode."""
+    """Run in ``eval()`` (batch-norm statistics untouched) and restore each module's mode.
+
+    torch's fused "fast path" of ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer``
+    (taken in eval mode without gradients) is one native kernel that the FLOP counter does not
+    see and that calls no submodule; it is switched off meanwhile, so that the layers run (and
+    are counted) one by one with the same results."""
     modes = [(m, m.training) for m in model.modules()]
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         yield
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, mode in modes:
             m.training = mode
 
@@ -99,17 +111,17 @@ def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> 
     alone under the counter (every call of a module
     used several times is counted). A module that the forward pass never calls gets 0 FLOPs.
     """
-    captured: dict[int, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {id(p.module): [] for p in params}
-    handles = []
+    # the out_proj of an nn.MultiheadAttention is never called as a module: its cost comes from
+    # the attention module's queries
+    owner = {id(m.out_proj): m for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    hooked = {id(p.module): p.module for p in params}
+    hooked.update({id(owner[id(p.module)]): owner[id(p.module)] for p in params if id(p.module) in owner})
+    captured: dict[int, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {key: [] for key in hooked}
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         captured[id(module)].append((args, kwargs))
 
-    seen: set[int] = set()
-    for p in params:
-        if id(p.module) not in seen:
-            seen.add(id(p.module))
-            handles.append(p.module.register_forward_hook(hook, with_kwargs=True))
+    handles = [module.register_forward_hook(hook, with_kwargs=True) for module in hooked.values()]
     sample = _representative(_as_batch(model, batch))
     try:
         with _eval_mode(model), torch.no_grad():
@@ -123,7 +135,11 @@ def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> 
             if id(p.module) in per_module:
                 continue
             total = 0.0
-            for args, kwargs in captured[id(p.module)]:
+            if isinstance(p.module, nn.MultiheadAttention):  # only its in-projection is pruned
+                total = sum(_in_projection_flops(p.module, args, kwargs) for args, kwargs in captured[id(p.module)])
+            elif id(p.module) in owner and not captured[id(p.module)]:
+                total = sum(_out_projection_flops(p.module, args, kwargs) for args, kwargs in captured[id(owner[id(p.module)])])
+            for args, kwargs in captured[id(p.module)] if not isinstance(p.module, nn.MultiheadAttention) else ():
                 with flop_counter() as counter:
                     p.module(*args, **kwargs)
                 total += float(counter.get_total_flops())
@@ -133,6 +149,24 @@ def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> 
     for p in params:
         by_module[id(p.module)] = by_module.get(id(p.module), 0) + p.numel
     return [per_module[id(p.module)] * p.numel / by_module[id(p.module)] for p in params]
+
+
+def _attention_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    """``[query, key, value]`` of one ``nn.MultiheadAttention`` call."""
+    named = dict(zip(("query", "key", "value"), args))
+    return [named.get(k, kwargs.get(k)) for k in ("query", "key", "value")]
+
+
+def _in_projection_flops(mha: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
+    """FLOPs of the q / k / v projections of one call: ``2 E`` per input feature of each token
+    (``E = embed_dim`` outputs each), as torch's counter counts a Linear layer."""
+    return float(sum(2 * mha.embed_dim * t.numel() for t in _attention_inputs(args, kwargs)))
+
+
+def _out_projection_flops(out_proj: nn.Linear, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
+    """FLOPs of the output projection of one attention call (one output row per query token)."""
+    query = _attention_inputs(args, kwargs)[0]
+    return float(2 * out_proj.in_features * out_proj.out_features * (query.numel() // query.shape[-1]))
 
 
 def measure(model: nn.Module, example: Any, *, targets: Any = None, ignore: Any = None) -> dict[str, float]:

@@ -33,8 +33,9 @@ __all__ = ["PrunableParam", "select_parameters", "DEFAULT_TYPES", "NOT_PRUNED_TY
 logger = logging.getLogger(__name__)
 
 #: Module types whose ``weight`` is pruned by default (plus Hugging Face ``Conv1D``, see
-#: :func:`is_hf_conv1d`; matched by name so that transformers stays optional).
-DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: :func:`is_hf_conv1d`; matched by name so that transformers stays optional), and torch's
+#: ``nn.MultiheadAttention``, whose in-projection weights are pruned (:func:`_weight_names`).
+DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention)
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:
@@ -139,10 +140,12 @@ def _matches(items: list[Spec], module_name: str, module: nn.Module, param_name:
 
 
 def _weight_names(module: nn.Module) -> list[str]:
-    """``["weight"]`` when the module has a weight (plain or torch-masked), else ``[]``."""
-    if "weight_orig" in module._parameters or "weight" in module._parameters:
-        return ["weight"]
-    return []
+    """The prunable weights of ``module`` (plain or torch-masked): ``["weight"]`` when it has one;
+    for ``nn.MultiheadAttention`` its in-projection, one fused ``in_proj_weight`` (or
+    ``q_/k_/v_proj_weight`` when the key / value sizes differ); its ``out_proj`` is a Linear
+    module of its own."""
+    names = ["in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"] if isinstance(module, nn.MultiheadAttention) else ["weight"]
+    return [n for n in names if module._parameters.get(n) is not None or module._parameters.get(n + "_orig") is not None]
 
 
 def select_parameters(
