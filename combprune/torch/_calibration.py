@@ -16,13 +16,14 @@ on one device.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["Batch", "iter_batches", "collect", "model_device", "forward"]
+__all__ = ["Batch", "iter_batches", "collect", "model_device", "forward", "eval_mode"]
 
 
 @dataclass
@@ -81,6 +82,19 @@ def check_device(model: nn.Module, device: torch.device | str | None) -> torch.d
         if want.type != actual.type or (want.index is not None and actual.index is not None and want.index != actual.index):
             raise ValueError(f"model: is on {actual} but device={str(want)!r} was requested; call model.to({str(want)!r}) first")
     return actual
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run in ``eval()`` (dropout off, batch-norm statistics untouched) and restore each
+    module's own mode afterwards (a model may hold frozen submodules in eval mode)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def check_finite_parameters(model: nn.Module) -> None:

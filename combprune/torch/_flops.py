@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from ._calibration import Batch, check_device, forward, iter_batches
+from ._calibration import Batch, check_device, eval_mode, forward, iter_batches
 from ._select import PrunableParam
 
 __all__ = ["layer_flops", "model_flops", "flop_counter", "REPRESENTATIVE_SAMPLES"]
@@ -85,22 +85,17 @@ def model_flops(model: nn.Module, batch: Batch | Any) -> float:
 
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module):
-    """Run in ``eval()`` (batch-norm statistics untouched) and restore each module's mode.
-
-    torch's fused "fast path" of ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer``
-    (taken in eval mode without gradients) is one native kernel that the FLOP counter does not
-    see and that calls no submodule; it is switched off meanwhile, so that the layers run (and
-    are counted) one by one with the same results."""
-    modes = [(m, m.training) for m in model.modules()]
+    """:func:`~._calibration.eval_mode` with torch's fused "fast path" of
+    ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` (taken in eval mode without
+    gradients) switched off: it is one native kernel that the FLOP counter does not see and that
+    calls no submodule, so the layers run (and are counted) one by one, with the same results."""
     fastpath = torch.backends.mha.get_fastpath_enabled()
-    model.eval()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        yield
+        with eval_mode(model):
+            yield
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-        for m, mode in modes:
-            m.training = mode
 
 
 def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> list[float]:
@@ -134,21 +129,26 @@ def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> 
         for p in params:
             if id(p.module) in per_module:
                 continue
-            total = 0.0
+            calls = captured[id(p.module)]
             if isinstance(p.module, nn.MultiheadAttention):  # only its in-projection is pruned
-                total = sum(_in_projection_flops(p.module, args, kwargs) for args, kwargs in captured[id(p.module)])
-            elif id(p.module) in owner and not captured[id(p.module)]:
+                total = sum(_in_projection_flops(p.module, args, kwargs) for args, kwargs in calls)
+            elif id(p.module) in owner and not calls:
                 total = sum(_out_projection_flops(p.module, args, kwargs) for args, kwargs in captured[id(owner[id(p.module)])])
-            for args, kwargs in captured[id(p.module)] if not isinstance(p.module, nn.MultiheadAttention) else ():
-                with flop_counter() as counter:
-                    p.module(*args, **kwargs)
-                total += float(counter.get_total_flops())
+            else:
+                total = sum(_counted_flops(p.module, args, kwargs) for args, kwargs in calls)
             per_module[id(p.module)] = total / sample.size
     # A module with several prunable weights would split its FLOPs by weight count.
     by_module: dict[int, int] = {}
     for p in params:
         by_module[id(p.module)] = by_module.get(id(p.module), 0) + p.numel
     return [per_module[id(p.module)] * p.numel / by_module[id(p.module)] for p in params]
+
+
+def _counted_flops(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
+    """FLOPs of one call of ``module`` on its captured inputs, by torch's counter."""
+    with flop_counter() as counter:
+        module(*args, **kwargs)
+    return float(counter.get_total_flops())
 
 
 def _attention_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._calibration import eval_mode
 from ._select import select_parameters
 from ._training import check_batch, check_max_grad_norm, evaluate, train_epoch
 from .density_prune import check_density, prune_to_density
@@ -196,7 +197,7 @@ class SparseTrainingPipeline:
             batch = next(iter(train_loader))
         except StopIteration:
             raise ValueError("train_loader: no batches") from None
-        check_batch(batch, "train_loader")
+        inputs, targets = check_batch(batch, "train_loader")
         if val_loader is not None:
             try:
                 check_batch(next(iter(val_loader)), "val_loader")
@@ -207,18 +208,14 @@ class SparseTrainingPipeline:
         # one forward pass in eval mode (no running statistics change): the skip paths' shapes
         # when soft skips are on, and the targets against the model's outputs
         skips = SoftSkips(model, alpha0=self.post.skip_alpha) if self.post.soft_skip else None
-        was = model.training
-        model.eval()
         try:
-            with torch.no_grad():
-                out = model(batch[0].to(next(model.parameters()).device))
+            with eval_mode(model), torch.no_grad():
+                out = model(inputs.to(next(model.parameters()).device))
         finally:
-            model.train(was)
             if skips is not None:
                 skips.remove()
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             raise ValueError(f"model: expected logits of shape (batch, classes), got {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-        targets = batch[1]
         if targets.numel() and not (0 <= int(targets.min()) and int(targets.max()) < out.shape[1]):
             raise ValueError(f"train_loader: class indices must lie in [0, {out.shape[1]}) for the model's {out.shape[1]} outputs, "
                              f"got {int(targets.min())} .. {int(targets.max())}")
