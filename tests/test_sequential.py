@@ -276,6 +276,10 @@ def test_a_sparsity_that_empties_a_layer_is_refused_before_anything_changes(gran
     assert all(torch.equal(before[k], v) for k, v in weights(model).items())
 
 
+NATIVE_SLOTS = ("self_attn.in_proj_weight[q]", "self_attn.in_proj_weight[k]", "self_attn.in_proj_weight[v]",
+                "self_attn.out_proj.weight", "linear1.weight", "linear2.weight")
+
+
 class _NativeEncoder(nn.Module):
     """torch's own TransformerEncoder under a path no Hugging Face model uses (``enc.layers``)."""
 
@@ -299,7 +303,106 @@ def test_blocks_found_outside_the_known_paths_and_ambiguity_named():
     X = torch.randn(32, 5, 8)
     report = cpt.prune_sequential(model, X, sparsity=0.5, progress=False)
     pruned = {row.name for row in report.layers}
-    assert pruned == {f"enc.layers.{i}.{n}.weight" for i in range(2) for n in ("linear1", "linear2")}  # out_proj: never called as a module
-    assert all(float((model.get_parameter(n) == 0).float().mean()) == pytest.approx(0.5) for n in pruned)
+    assert pruned == {f"enc.layers.{i}.{n}" for i in range(2) for n in NATIVE_SLOTS}
+    for i in range(2):
+        attn = model.enc.layers[i].self_attn
+        for rows in attn.in_proj_weight.detach().split(16):  # q, k, v: 16 x 16 each, half removed
+            assert int((rows == 0).sum()) == 128
+        for n in ("self_attn.out_proj.weight", "linear1.weight", "linear2.weight"):
+            assert float((model.get_parameter(f"enc.layers.{i}.{n}") == 0).float().mean()) == pytest.approx(0.5)
     with pytest.raises(ValueError, match=r"found several lists of repeated blocks \(enc\.layers, dec\.layers\): choose one"):
         find_blocks(_NativeEncoder(stacks=2))
+
+
+class _CrossAttentionBlock(nn.Module):
+    """Attention whose key and value come from other inputs of other sizes (separate
+    ``q_/k_/v_proj_weight``), followed by a Linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.to_key, self.to_value = nn.Linear(16, 8), nn.Linear(16, 12)
+        self.attn = nn.MultiheadAttention(16, 2, kdim=8, vdim=12, batch_first=True, dtype=torch.float64)
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x):
+        x = x.to(torch.float64)
+        key, value = torch.tanh(self.to_key(x.float())).double(), torch.sin(self.to_value(x.float())).double()
+        return self.fc(self.attn(x, key, value)[0].float())
+
+
+def test_attention_statistics_are_the_projections_inputs_and_the_heads_outputs():
+    """H of q / k / v is the Gram of the query / key / value; H of out_proj the Gram of the heads'
+    concatenated outputs, recovered independently from the attention's output through W_o^-1."""
+    from combprune.torch._attention import fused_attention_off
+    from combprune.torch._sequential_blocks import GramHooks, weight_slots
+
+    torch.manual_seed(0)
+    block = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0, dtype=torch.float64).eval()
+    x = torch.randn(6, 5, 16, dtype=torch.float64)
+    slots = weight_slots(block)
+    assert [s.name for s in slots] == list(NATIVE_SLOTS)
+    seen = {}
+    block.self_attn.register_forward_hook(lambda m, a, o: seen.update(q=a[0], out=o[0]))
+    hooks = GramHooks(slots)
+    with torch.no_grad(), fused_attention_off():
+        block(x)
+    hooks.remove()
+    X = seen["q"].reshape(-1, 16)
+    Wo, bo = block.self_attn.out_proj.weight.detach(), block.self_attn.out_proj.bias.detach()
+    heads = (seen["out"].reshape(-1, 16) - bo) @ torch.linalg.inv(Wo).T
+    for label in "qkv":
+        torch.testing.assert_close(hooks.H[f"self_attn.in_proj_weight[{label}]"], X.T @ X)
+        W = next(s for s in slots if s.name.endswith(f"[{label}]")).matrix()
+        torch.testing.assert_close(hooks.out_sq[f"self_attn.in_proj_weight[{label}]"], (X @ W).square().sum())
+    torch.testing.assert_close(hooks.H["self_attn.out_proj.weight"], heads.T @ heads)
+    torch.testing.assert_close(hooks.out_sq["self_attn.out_proj.weight"], (seen["out"].reshape(-1, 16) - bo).square().sum())
+    assert hooks.rows["self_attn.out_proj.weight"] == 30 and "linear1.weight" in hooks.H
+
+
+def test_cross_attention_projections_are_solved_on_their_own_inputs():
+    """Separate q / k / v weights of three input sizes: each is the LayerwiseL0 of its own input."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*(_CrossAttentionBlock() for _ in range(2)))
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    X = torch.randn(8, 5, 16)
+    seen = {}
+    block = model[0]
+    block.attn.register_forward_hook(lambda m, a, o: seen.setdefault("inputs", a))  # the statistics pass (dense block)
+    report = cpt.prune_sequential(model, X, method="wanda", sparsity=0.5, ridge=0.0, blocks=list(model), progress=False)
+    assert [r.name for r in report.layers[:4]] == ["0.to_key.weight", "0.to_value.weight", "0.attn.q_proj_weight", "0.attn.k_proj_weight"]
+    for label, d in zip("qkv", (16, 8, 12)):
+        A = seen["inputs"]["qkv".index(label)].reshape(-1, d).numpy()
+        W_hat = dense[f"0.attn.{label}_proj_weight"].T.numpy()
+        expect = cp.solve(LayerwiseL0.from_activations(A, W_hat, k=16 * d // 2, ridge=0.0), "wanda").x
+        np.testing.assert_allclose(getattr(block.attn, f"{label}_proj_weight").detach().T.numpy(), expect, rtol=1e-9, atol=1e-12)
+    out_row = next(r for r in report.layers if r.name == "0.attn.out_proj.weight")
+    assert out_row.kept == 128 and 0 < out_row.relative_error < 1
+
+
+def test_failure_midway_restores_attention_rows(monkeypatch):
+    import combprune.torch.sequential as seq
+
+    model = _NativeEncoder().eval()
+    before = weights(model)
+    real, calls = seq._LayerStep._solve, {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == len(NATIVE_SLOTS) + 2:  # block 0 written (in_proj rows included), block 1 fails
+            raise RuntimeError("solver crashed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seq._LayerStep, "_solve", failing)
+    with pytest.raises(RuntimeError, match="solver crashed"):
+        cpt.prune_sequential(model, torch.randn(8, 5, 8), sparsity=0.5, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in weights(model).items())
+
+
+def test_user_hooks_on_the_attention_see_only_the_model_s_own_calls():
+    """The heads' outputs come from a second run of the attention that no hook of it sees."""
+    model = _NativeEncoder().eval()
+    calls = []
+    model.enc.layers[1].self_attn.register_forward_hook(lambda m, a, o: calls.append(a[0].shape))
+    batches = [torch.randn(4, 5, 8), torch.randn(3, 5, 8)]
+    cpt.prune_sequential(model, batches, sparsity=0.5, progress=False)
+    assert calls == [(4, 5, 16), (3, 5, 16)] * 2  # the statistics pass, then the pruned block's outputs

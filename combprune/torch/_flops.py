@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from ._attention import attention_inputs, fused_attention_off
 from ._calibration import Batch, check_device, eval_mode, forward, iter_batches
 from ._select import PrunableParam
 
@@ -85,17 +86,10 @@ def model_flops(model: nn.Module, batch: Batch | Any) -> float:
 
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module):
-    """:func:`~._calibration.eval_mode` with torch's fused "fast path" of
-    ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` (taken in eval mode without
-    gradients) switched off: it is one native kernel that the FLOP counter does not see and that
-    calls no submodule, so the layers run (and are counted) one by one, with the same results."""
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with eval_mode(model):
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    """:func:`~._calibration.eval_mode` with torch's fused attention fast path off
+    (:func:`~._attention.fused_attention_off`): the layers run (and are counted) one by one."""
+    with fused_attention_off(), eval_mode(model):
+        yield
 
 
 def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> list[float]:
@@ -151,21 +145,15 @@ def _counted_flops(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
     return float(counter.get_total_flops())
 
 
-def _attention_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
-    """``[query, key, value]`` of one ``nn.MultiheadAttention`` call."""
-    named = dict(zip(("query", "key", "value"), args))
-    return [named.get(k, kwargs.get(k)) for k in ("query", "key", "value")]
-
-
 def _in_projection_flops(mha: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
     """FLOPs of the q / k / v projections of one call: ``2 E`` per input feature of each token
     (``E = embed_dim`` outputs each), as torch's counter counts a Linear layer."""
-    return float(sum(2 * mha.embed_dim * t.numel() for t in _attention_inputs(args, kwargs)))
+    return float(sum(2 * mha.embed_dim * t.numel() for t in attention_inputs(args, kwargs)))
 
 
 def _out_projection_flops(out_proj: nn.Linear, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
     """FLOPs of the output projection of one attention call (one output row per query token)."""
-    query = _attention_inputs(args, kwargs)[0]
+    query = attention_inputs(args, kwargs)[0]
     return float(2 * out_proj.in_features * out_proj.out_features * (query.numel() // query.shape[-1]))
 
 

@@ -8,17 +8,19 @@ holding linear layers anywhere in the model (outermost lists only).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from ._attention import attention_inputs, in_projections, out_projection_input
 from ._calibration import Batch, forward
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KNOWN_BLOCK_PATHS", "find_blocks", "capture_block_inputs", "linear_layers", "weight_matrix",
-           "set_weight_matrix", "BlockInput", "run_block", "GramHooks"]
+__all__ = ["KNOWN_BLOCK_PATHS", "find_blocks", "capture_block_inputs", "linear_layers", "Slot", "weight_slots",
+           "BlockInput", "run_block", "GramHooks"]
 
 #: Dotted paths of the repeated blocks in Hugging Face models, tried in this order.
 KNOWN_BLOCK_PATHS = ("model.layers", "model.decoder.layers", "decoder.layers", "encoder.layer", "transformer.h",
@@ -156,51 +158,122 @@ def linear_layers(block: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, mod) for name, mod in block.named_modules() if isinstance(mod, types)]
 
 
-def weight_matrix(layer: nn.Module) -> torch.Tensor:
-    """The (d_in, d_out) matrix W of the formulation: ``weight.T`` for Linear, ``weight`` for Conv1D."""
-    return layer.weight.detach().T if isinstance(layer, nn.Linear) else layer.weight.detach()
+@dataclass(frozen=True)
+class Slot:
+    """One weight matrix the engine reconstructs: ``module.<param>`` (rows ``rows`` of it for a
+    fused attention in-projection), as the ``(d_in, d_out)`` matrix W of the formulation.
+    ``name`` is relative to the block: ``"fc1.weight"``, ``"self_attn.in_proj_weight[q]"``."""
+
+    name: str
+    module: nn.Module
+    param: str = "weight"
+    rows: slice | None = None
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The stored weights (a row view for a fused in-projection), ``(d_out, d_in)`` except for ``Conv1D``."""
+        w = getattr(self.module, self.param).detach()
+        return w[self.rows] if self.rows is not None else w
+
+    def matrix(self) -> torch.Tensor:
+        """W of shape ``(d_in, d_out)``: the transpose of the stored weights, except for ``Conv1D``."""
+        return self.tensor if _is_conv1d(self.module) else self.tensor.T
+
+    def write(self, W: torch.Tensor) -> None:
+        """Write a ``(d_in, d_out)`` matrix back in the parameter's layout, dtype and device."""
+        target = self.tensor
+        with torch.no_grad():
+            target.copy_((W if _is_conv1d(self.module) else W.T).to(dtype=target.dtype, device=target.device))
 
 
-def set_weight_matrix(layer: nn.Module, W: torch.Tensor) -> None:
-    """Write a (d_in, d_out) matrix back in the layer's layout, dtype and device."""
-    target = W.T if isinstance(layer, nn.Linear) else W
-    with torch.no_grad():
-        layer.weight.copy_(target.to(dtype=layer.weight.dtype, device=layer.weight.device))
+def _is_conv1d(module: nn.Module) -> bool:
+    return isinstance(module, _conv1d_type())
+
+
+def weight_slots(block: nn.Module) -> list[Slot]:
+    """Every weight matrix of ``block`` the layer-wise engine prunes, in module order: each
+    ``nn.Linear`` / ``Conv1D`` weight, and for each ``nn.MultiheadAttention`` its query, key and
+    value projections then its ``out_proj`` (which the attention never calls as a module)."""
+    slots: list[Slot] = []
+    attention_out = {id(m.out_proj) for m in block.modules() if isinstance(m, nn.MultiheadAttention)}
+    for name, module in block.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.MultiheadAttention):
+            for label, param, rows in in_projections(module):
+                slots.append(Slot(f"{prefix}{param}[{label}]" if rows is not None else f"{prefix}{param}", module, param, rows))
+            slots.append(Slot(f"{prefix}out_proj.weight", module.out_proj))
+        elif isinstance(module, (nn.Linear, *_conv1d_type())) and id(module) not in attention_out:
+            slots.append(Slot(f"{prefix}weight", module))
+    return slots
 
 
 class GramHooks:
-    """Forward pre-hooks accumulating ``H = sum x^T x`` (float64) of every layer's input, and
-    forward hooks accumulating ``out_sq = ||X W_hat||_F^2 = sum ||y - bias||^2`` (float64) of its
-    dense output (the denominator of the relative reconstruction error, at O(N m) cost)."""
+    """Hooks accumulating, per slot of :func:`weight_slots`, ``H = sum x^T x`` (float64) of
+    its input rows and ``out_sq = ||X W_hat||_F^2`` (float64) of its dense output without bias
+    (the denominator of the relative reconstruction error, at O(N m) cost).
 
-    def __init__(self, layers: Sequence[tuple[str, nn.Module]]) -> None:
+    Linear layers: a forward pre-hook (inputs) and a forward hook (outputs). An
+    ``nn.MultiheadAttention``: one forward hook per call, the query / key / value for its
+    projections (``out_sq`` from ``x W^T``) and, for ``out_proj``, the heads' outputs of the same
+    call (:func:`~._attention.out_projection_input`) and the attention's output. Run the block
+    under :func:`~._attention.fused_attention_off`.
+    """
+
+    def __init__(self, slots: Sequence[Slot]) -> None:
         self.H: dict[str, torch.Tensor] = {}
         self.rows: dict[str, int] = {}
         self.out_sq: dict[str, torch.Tensor] = {}
-        self._handles = [layer.register_forward_pre_hook(self._hook(name)) for name, layer in layers]
-        self._handles += [layer.register_forward_hook(self._out_hook(name)) for name, layer in layers]
+        self._handles: list[Any] = []
+        projections: dict[int, list[Slot]] = {}
+        for slot in slots:
+            if isinstance(slot.module, nn.MultiheadAttention):
+                projections.setdefault(id(slot.module), []).append(slot)
+        layer_name = {id(s.module): s.name for s in slots if not isinstance(s.module, nn.MultiheadAttention)}
+        attention_out = {id(group[0].module.out_proj) for group in projections.values()}
+        for slot in slots:
+            if not isinstance(slot.module, nn.MultiheadAttention) and id(slot.module) not in attention_out:
+                self._handles.append(slot.module.register_forward_pre_hook(self._input_hook(slot.name)))
+                self._handles.append(slot.module.register_forward_hook(self._output_hook(slot.name)))
+        for group in projections.values():
+            mha = group[0].module
+            hook = self._attention_hook(group, layer_name[id(mha.out_proj)])
+            self._handles.append(mha.register_forward_hook(hook, with_kwargs=True))
 
-    def _out_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            y = out.detach().to(torch.float64)
-            if getattr(module, "bias", None) is not None:
-                y = y - module.bias.detach().to(torch.float64)
-            total = y.square().sum()
-            self.out_sq[name] = total if name not in self.out_sq else self.out_sq[name] + total
+    def _add(self, name: str, x: torch.Tensor, out_sq: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+        if name not in self.H:
+            self.H[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+            self.rows[name] = 0
+            self.out_sq[name] = torch.zeros((), dtype=torch.float64, device=x.device)
+        self.H[name].addmm_(x.T, x)
+        self.rows[name] += int(x.shape[0])
+        self.out_sq[name] += out_sq
+
+    def _input_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            self._add(name, args[0].detach(), torch.zeros((), dtype=torch.float64, device=args[0].device))
         return hook
 
-    def _hook(self, name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0].detach()
-            x = x.reshape(-1, x.shape[-1]).to(torch.float64)
-            if name not in self.H:
-                self.H[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
-                self.rows[name] = 0
-            self.H[name].addmm_(x.T, x)
-            self.rows[name] += int(x.shape[0])
+    def _output_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            self.out_sq[name] += _without_bias(out, module.bias).square().sum()
+        return hook
+
+    def _attention_hook(self, projections: list[Slot], out_name: str):
+        def hook(mha: nn.MultiheadAttention, args: tuple, kwargs: dict[str, Any], out: Any) -> None:
+            heads = out_projection_input(mha, args, kwargs).detach()
+            for slot, x in zip(projections, attention_inputs(args, kwargs)):
+                x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+                self._add(slot.name, x, (x @ slot.matrix().to(torch.float64)).square().sum())
+            self._add(out_name, heads, _without_bias(out[0], mha.out_proj.bias).square().sum())
         return hook
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def _without_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    y = y.detach().to(torch.float64)
+    return y - bias.detach().to(torch.float64) if bias is not None else y

@@ -48,8 +48,8 @@ from combprune.problems.layerwise import parse_nm
 from combprune.registry import UnknownSolverError, get_solver
 
 from ._calibration import check_finite_parameters, collect, model_device
-from ._sequential_blocks import (BlockInput, GramHooks, capture_block_inputs, find_blocks, linear_layers, run_block,
-                                 set_weight_matrix, weight_matrix)
+from ._attention import fused_attention_off
+from ._sequential_blocks import BlockInput, GramHooks, Slot, capture_block_inputs, find_blocks, run_block, weight_slots
 from ._sequential_dist import Dist
 from ._sequential_offload import DiskOffload
 from ._sequential_structured import StructuredStep
@@ -121,18 +121,20 @@ def _kind(method: Any) -> str:
 
 
 class _Backup:
-    """CPU copies of the dense weights of the layers written so far (restored on error)."""
+    """CPU copies of the dense weights written so far (a layer's ``weight``, or a slot's rows),
+    restored on error."""
 
     def __init__(self) -> None:
-        self.saved: list[tuple[nn.Module, torch.Tensor]] = []
+        self.saved: list[tuple[Slot, torch.Tensor]] = []
 
-    def keep(self, layer: nn.Module) -> None:
-        self.saved.append((layer, layer.weight.detach().to("cpu", copy=True)))
+    def keep(self, target: nn.Module | Slot) -> None:
+        slot = target if isinstance(target, Slot) else Slot("weight", target)
+        self.saved.append((slot, slot.tensor.to("cpu", copy=True)))
 
     def restore(self) -> None:
         with torch.no_grad():
-            for layer, w in reversed(self.saved):
-                layer.weight.copy_(w.to(layer.weight.device))
+            for slot, w in reversed(self.saved):
+                slot.tensor.copy_(w.to(slot.tensor.device))
 
 
 def _relative_error(problem: LayerwiseL0, result: Any, W_hat: torch.Tensor, out_sq: float) -> float:
@@ -175,18 +177,19 @@ class _LayerStep:
         return batches
 
     def prune_block(self, index: int, block: nn.Module, prefix: str, inputs: list[BlockInput], dist: Dist,
-                    keep_backup: Callable[[nn.Module], None]) -> int:
-        layers = linear_layers(block)
-        hooks = GramHooks(layers)
+                    keep_backup: Callable[[Slot], None]) -> int:
+        slots = weight_slots(block)
+        hooks = GramHooks(slots)
         try:
-            for inp in inputs:
-                run_block(block, inp)
+            with fused_attention_off():
+                for inp in inputs:
+                    run_block(block, inp)
         finally:
             hooks.remove()
-        seen = [(i, name, layer) for i, (name, layer) in enumerate(layers) if name in hooks.H]
-        for name, _ in layers:
-            if name not in hooks.H:
-                logger.warning("block %d: layer %s saw no input; left dense", index, name)
+        seen = [(i, slot.name, slot) for i, slot in enumerate(slots) if slot.name in hooks.H]
+        for slot in slots:
+            if slot.name not in hooks.H:
+                logger.warning("block %d: %s%s saw no input; left dense", index, prefix, slot.name)
         # 1. statistics of every layer summed over ranks; 2. each rank solves its own layers (in
         # parallel across ranks); 3. the results are broadcast and written in layer order
         stats = {name: (dist.all_reduce(hooks.H[name]), float(dist.all_reduce(hooks.out_sq[name]))) for _, name, _ in seen}
@@ -197,30 +200,30 @@ class _LayerStep:
                     "check the calibration inputs, and the model's weights and activations, for NaN or inf"
                 )
         mine: dict[str, Any] = {}
-        for i, name, layer in seen:
+        for i, name, slot in seen:
             if i % dist.world == dist.rank:
                 H, out_sq = stats[name]
-                mine[name] = self._solve(f"{prefix}{name}.weight", layer, H, hooks.rows[name] / self.samples, out_sq)
+                mine[name] = self._solve(f"{prefix}{name}", slot, H, hooks.rows[name] / self.samples, out_sq)
                 mine[name][0][0].block, mine[name][0][0].rank = index, dist.rank
-        for i, name, layer in seen:
+        for i, name, slot in seen:
             owner = i % dist.world
-            row, W = mine.get(name, (None, torch.empty_like(weight_matrix(layer), dtype=torch.float64)))
+            row, W = mine.get(name, (None, torch.empty_like(slot.matrix(), dtype=torch.float64)))
             W = dist.broadcast(W, owner)
             row, k = dist.broadcast_object(row, owner)
-            keep_backup(layer)
-            set_weight_matrix(layer, W)
+            keep_backup(slot)
+            slot.write(W)
             self.rows.append(row)
             self.k += k
-        return len(layers)
+        return len(slots)
 
-    def _solve(self, name: str, layer: nn.Module, H: torch.Tensor, tokens: float,
+    def _solve(self, name: str, slot: Slot, H: torch.Tensor, tokens: float,
                out_sq: float) -> tuple[tuple[LayerReport, int], torch.Tensor]:
         """Solve one layer: ``((report row, k), W)``; FLOPs = 2 x d_in x d_out per token.
 
         The relative error ``||X D||^2 / ||X W_hat||^2`` (``D = W - W_hat``) takes its numerator
         from the objective, ``tr(D^T H D) = 2 objective - lam ||D||_F^2``, and its denominator
         ``out_sq`` from the layer's dense outputs: no ``d^2 m`` product beyond the solver's."""
-        W_hat = weight_matrix(layer)
+        W_hat = slot.matrix()
         problem, k = _problem(H.cpu().numpy(), W_hat.to("cpu", torch.float64).numpy(), self.kind, self.value, self.ridge)
         result = solve(problem, SEQUENTIAL_METHODS[self.method], time_limit=self.time_limit, **(self.solver_options or {}))
         violations = problem.check(result.x)
@@ -375,10 +378,10 @@ def _check_nm(value: str, block_list: list[nn.Module], prefixes: list[str]) -> N
     """Every linear layer's input size must be a multiple of m (checked before anything changes)."""
     group = parse_nm(value)[1]
     for block, prefix in zip(block_list, prefixes):
-        for name, layer in linear_layers(block):
-            d = weight_matrix(layer).shape[0]
+        for slot in weight_slots(block):
+            d = slot.matrix().shape[0]
             if d % group:
-                raise ValueError(f"pattern: group size m={group} does not divide the input size {d} of {prefix}{name}; "
+                raise ValueError(f"pattern: group size m={group} does not divide the input size {d} of {prefix}{slot.name}; "
                                  f"choose m dividing every layer's input size")
 
 
@@ -387,9 +390,9 @@ def _check_keeps_one(kind: str, sparsity: float, block_list: list[nn.Module], pr
     checked before anything changes on the smallest layer (the budget rule is :func:`_problem`'s)."""
     sizes = []
     for block, prefix in zip(block_list, prefixes):
-        for name, layer in linear_layers(block):
-            d, m = weight_matrix(layer).shape
-            sizes.append((d if kind == "output" else d * m, f"{prefix}{name}"))
+        for slot in weight_slots(block):
+            d, m = slot.matrix().shape
+            sizes.append((d if kind == "output" else d * m, f"{prefix}{slot.name}"))
     if not sizes:
         return
     size, where = min(sizes)
