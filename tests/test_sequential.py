@@ -62,26 +62,41 @@ def test_blocks_found_and_every_linear_pruned(build, path):
     assert rep.sparsity >= 0.5 and rep.peak_memory_bytes > 0 and rep.method == "sparsegpt" and "rel. error" in str(rep)
 
 
-def test_statistics_are_the_layer_inputs_after_earlier_blocks_are_pruned():
-    """The H of block 1's first layer is the Gram matrix of its input in the pruned model."""
-    model = tiny_bert()
+def tiny_gptj(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.GPTJConfig(vocab_size=50, n_embd=16, n_layer=2, n_head=2, rotary_dim=4, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0)
+    return transformers.GPTJModel(cfg).eval()
+
+
+def tiny_bloom(seed=0):
+    torch.manual_seed(seed)
+    return transformers.BloomModel(transformers.BloomConfig(vocab_size=50, hidden_size=16, n_layer=2, n_head=2)).eval()
+
+
+@pytest.mark.parametrize("build, name", [(tiny_bert, "encoder.layer.1.attention.self.query"), (tiny_gptj, "h.1.attn.q_proj"),
+                                         (tiny_bloom, "h.1.self_attention.query_key_value")])
+def test_statistics_are_the_layer_inputs_after_earlier_blocks_are_pruned(build, name):
+    """The H of a block-1 layer is the Gram matrix of its input in the pruned model (GPT-J and
+    BLOOM pass their KV cache under other names: no run of a block may see an earlier run's keys)."""
+    model = build()
     batches = token_batches()
-    ref = tiny_bert()
+    ref = build()
     rep = cpt.prune_sequential(model, batches, method="wanda", sparsity=0.5, ridge=0.0, progress=False)
-    # redo block 1's query layer by hand on the pruned model's activations
+    # redo the layer by hand on the pruned model's activations
     seen = []
-    layer = model.encoder.layer[1].attention.self.query
+    layer = model.get_submodule(name)
     h = layer.register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, 16).double()))
-    dense_q = ref.encoder.layer[1].attention.self.query.weight.detach()
+    dense = ref.get_submodule(name).weight.detach()
     with torch.no_grad():
         for b in batches:
-            model(**b)
+            model(**b, use_cache=False)
     h.remove()
     X = torch.cat(seen).numpy()
-    prob = LayerwiseL0.from_activations(X, dense_q.T.double().numpy(), k=16 * 16 // 2, ridge=0.0)
+    prob = LayerwiseL0.from_activations(X, dense.T.double().numpy(), k=dense.numel() // 2, ridge=0.0)
     expect = cp.solve(prob, "wanda").x
     np.testing.assert_allclose(layer.weight.detach().T.double().numpy(), expect, rtol=1e-6, atol=1e-7)
-    row = next(r for r in rep.layers if r.name == "encoder.layer.1.attention.self.query.weight")
+    row = next(r for r in rep.layers if r.name == f"{name}.weight")
     assert row.relative_error == pytest.approx(prob.relative_error(expect), rel=1e-6)
 
 
@@ -283,13 +298,17 @@ NATIVE_SLOTS = ("self_attn.in_proj_weight[q]", "self_attn.in_proj_weight[k]", "s
 class _NativeEncoder(nn.Module):
     """torch's own TransformerEncoder under a path no Hugging Face model uses (``enc.layers``)."""
 
-    def __init__(self, stacks: int = 1):
+    def __init__(self, stacks: int = 1, decoder_first: bool = False, unused: bool = False):
         super().__init__()
         torch.manual_seed(0)
         self.emb = nn.Linear(8, 16)
         make = lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0), 2)  # noqa: E731
+        if decoder_first:  # registered before the stack the forward pass enters first
+            self.dec = make()
         self.enc = make()
-        self.dec = make() if stacks == 2 else None
+        if not decoder_first:
+            self.dec = make() if stacks == 2 else None
+        self.unused = make() if unused else None
         self.head = nn.Linear(16, 3)
 
     def forward(self, x):
@@ -297,7 +316,7 @@ class _NativeEncoder(nn.Module):
         return self.head((self.dec(h) if self.dec is not None else h).mean(1))
 
 
-def test_blocks_found_outside_the_known_paths_and_ambiguity_named():
+def test_blocks_found_outside_the_known_paths():
     model = _NativeEncoder().eval()
     assert find_blocks(model) == list(model.enc.layers)
     X = torch.randn(32, 5, 8)
@@ -310,8 +329,6 @@ def test_blocks_found_outside_the_known_paths_and_ambiguity_named():
             assert int((rows == 0).sum()) == 128
         for n in ("self_attn.out_proj.weight", "linear1.weight", "linear2.weight"):
             assert float((model.get_parameter(f"enc.layers.{i}.{n}") == 0).float().mean()) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match=r"found several lists of repeated blocks \(enc\.layers, dec\.layers\): choose one"):
-        find_blocks(_NativeEncoder(stacks=2))
 
 
 class _CrossAttentionBlock(nn.Module):
@@ -406,3 +423,73 @@ def test_user_hooks_on_the_attention_see_only_the_model_s_own_calls():
     batches = [torch.randn(4, 5, 8), torch.randn(3, 5, 8)]
     cpt.prune_sequential(model, batches, sparsity=0.5, progress=False)
     assert calls == [(4, 5, 16), (3, 5, 16)] * 2  # the statistics pass, then the pruned block's outputs
+
+
+@pytest.mark.parametrize("decoder_first", [False, True])
+def test_every_stack_is_pruned_in_the_order_the_forward_pass_enters_them(decoder_first):
+    from combprune.torch._sequential_blocks import find_stacks
+
+    X = torch.randn(16, 5, 8)
+    model = _NativeEncoder(stacks=2, decoder_first=decoder_first).eval()
+    assert [path for path, _ in find_stacks(model)] == (["dec.layers", "enc.layers"] if decoder_first else ["enc.layers", "dec.layers"])
+    report = cpt.prune_sequential(model, X, sparsity=0.5, progress=False)
+    assert report.info["stacks"] == ["enc.layers", "dec.layers"]  # the encoder first: the decoder sees its pruned outputs
+    assert [b.index for b in report.blocks] == [0, 1, 2, 3] and {r.block for r in report.layers} == {0, 1, 2, 3}
+    assert {r.name.split(".")[0] for r in report.layers} == {"enc", "dec"} and report.sparsity == pytest.approx(0.5)
+    by_hand, reverse = (_NativeEncoder(stacks=2, decoder_first=decoder_first).eval() for _ in range(2))
+    for path in ("enc.layers", "dec.layers"):  # one stack at a time, the encoder first
+        cpt.prune_sequential(by_hand, X, sparsity=0.5, blocks=path, progress=False)
+    for path in ("dec.layers", "enc.layers"):
+        cpt.prune_sequential(reverse, X, sparsity=0.5, blocks=path, progress=False)
+    for name, w in model.named_parameters():
+        assert torch.equal(w, by_hand.get_parameter(name)), name
+    assert not torch.equal(model.dec.layers[0].linear1.weight, reverse.dec.layers[0].linear1.weight)
+
+
+def test_a_stack_the_forward_pass_never_enters_is_left_dense_with_a_warning(caplog):
+    model = _NativeEncoder(unused=True).eval()
+    unused = {k: v.clone() for k, v in model.unused.state_dict().items()}
+    with caplog.at_level("WARNING", logger="combprune"):
+        report = cpt.prune_sequential(model, torch.randn(8, 5, 8), sparsity=0.5, progress=False)
+    assert report.info["stacks"] == ["enc.layers"]
+    assert "never enters unused.layers; left dense" in caplog.text
+    assert all(torch.equal(unused[k], v) for k, v in model.unused.state_dict().items())
+
+
+def test_encoder_decoder_hf_model_prunes_both_stacks():
+    cfg = transformers.BartConfig(vocab_size=50, d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+                                  decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = transformers.BartModel(cfg).eval()
+    report = cpt.prune_sequential(model, token_batches(), method="sparsegpt", sparsity=0.5, progress=False)
+    assert report.info["stacks"] == ["encoder.layers", "decoder.layers"]
+    assert len(report.layers) == 2 * 6 + 10  # encoder: q, k, v, out, fc1, fc2; decoder: + cross-attention
+    for row in report.layers:
+        assert int((model.get_parameter(row.name) != 0).sum()) == row.kept == row.params // 2
+
+
+def test_disk_offload_failure_in_a_later_stack_restores_every_stack_and_removes_the_temporary_files(tmp_path, monkeypatch):
+    pytest.importorskip("safetensors")
+    import tempfile
+
+    import combprune.torch.sequential as seq
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = _NativeEncoder(stacks=2).eval()
+    before = weights(model)
+    ok = _NativeEncoder(stacks=2).eval()
+    cpt.prune_sequential(ok, torch.randn(8, 5, 8), sparsity=0.5, offload="disk", progress=False)
+    assert os.listdir(tmp_path) == []  # the temporary directory is gone after a run
+    real, calls = seq._LayerStep._solve, {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3 * len(NATIVE_SLOTS) + 1:  # the encoder done, the decoder's block 0 done, block 1 fails
+            raise RuntimeError("solver crashed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seq._LayerStep, "_solve", failing)
+    with pytest.raises(RuntimeError, match="solver crashed"):
+        cpt.prune_sequential(model, torch.randn(8, 5, 8), sparsity=0.5, offload="disk", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in weights(model).items())
+    assert os.listdir(tmp_path) == []

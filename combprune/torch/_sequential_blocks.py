@@ -1,8 +1,8 @@
 """Block discovery, block-0 input capture and per-layer statistics for the sequential engine.
 
 See ``docs/large_models.md``. Blocks are the repeated modules of a model (an ``nn.ModuleList`` of
-modules of one class); the known Hugging Face paths are tried first, then the only such list
-holding linear layers anywhere in the model (outermost lists only).
+modules of one class), in one or more stacks (an encoder and a decoder): the known Hugging Face
+paths and every outermost such list holding linear layers.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ._calibration import Batch, forward
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KNOWN_BLOCK_PATHS", "find_blocks", "capture_block_inputs", "linear_layers", "Slot", "weight_slots",
+__all__ = ["KNOWN_BLOCK_PATHS", "find_stacks", "find_blocks", "forward_order", "capture_block_inputs", "linear_layers", "Slot", "weight_slots",
            "BlockInput", "run_block", "GramHooks"]
 
 #: Dotted paths of the repeated blocks in Hugging Face models, tried in this order.
@@ -40,43 +40,68 @@ def _is_block_list(obj: Any) -> bool:
     return isinstance(obj, nn.ModuleList) and len(obj) > 0 and len({type(b) for b in obj}) == 1
 
 
-def find_blocks(model: nn.Module, blocks: Any = None) -> list[nn.Module]:
-    """The repeated blocks of ``model`` (``blocks``: a dotted path, an ``nn.ModuleList`` or a list of modules)."""
+def _given_blocks(model: nn.Module, blocks: Any, hint: str) -> list[nn.Module]:
+    """One stack given by the user: a dotted path, an ``nn.ModuleList`` / ``nn.Sequential`` or a list of modules."""
+    if isinstance(blocks, str):
+        found = _get_path(model, blocks)
+        if not isinstance(found, (nn.ModuleList, nn.Sequential)) or len(found) == 0:
+            raise ValueError(f"blocks: {blocks!r} is not a non-empty nn.ModuleList of {type(model).__name__}; {hint}")
+        blocks = list(found)
+    elif isinstance(blocks, (nn.ModuleList, nn.Sequential, list, tuple)):
+        blocks = list(blocks)
+    else:
+        raise TypeError(f"blocks: expected a dotted path, an nn.ModuleList or a list of modules, got {type(blocks).__name__}")
+    inside = {id(m) for m in model.modules()}
+    if not blocks or not all(isinstance(b, nn.Module) and id(b) in inside for b in blocks):
+        raise ValueError(f"blocks: every block must be a submodule of the model; {hint}")
+    return blocks
+
+
+def find_stacks(model: nn.Module, blocks: Any = None) -> list[tuple[str, list[nn.Module]]]:
+    """The stacks of repeated blocks of ``model`` as ``(path, blocks)``, in module order.
+
+    ``blocks``: one stack (a dotted path, an ``nn.ModuleList`` or a list of modules) or several
+    (a list of dotted paths, e.g. ``["model.encoder.layers", "model.decoder.layers"]``). By
+    default every list of repeated blocks found: the known Hugging Face paths
+    (:data:`KNOWN_BLOCK_PATHS`) and every outermost ``nn.ModuleList`` of two or more blocks of one
+    class holding linear layers, so that the encoder and the decoder of an encoder-decoder model
+    are both found; lists inside another (the experts of a block) are not stacks.
+    """
     hint = ("pass blocks= with the repeated blocks: a dotted path such as blocks='encoder.layer' or "
-            "blocks='model.layers', or the nn.ModuleList itself (blocks=model.encoder.layer)")
+            "blocks='model.layers', the nn.ModuleList itself (blocks=model.encoder.layer), or a list of paths "
+            "for several stacks")
+    names = {id(m): name for name, m in model.named_modules()}
     if blocks is not None:
-        if isinstance(blocks, str):
-            found = _get_path(model, blocks)
-            if not isinstance(found, (nn.ModuleList, nn.Sequential)) or len(found) == 0:
-                raise ValueError(f"blocks: {blocks!r} is not a non-empty nn.ModuleList of {type(model).__name__}; {hint}")
-            blocks = list(found)
-        elif isinstance(blocks, (nn.ModuleList, nn.Sequential, list, tuple)):
-            blocks = list(blocks)
-        else:
-            raise TypeError(f"blocks: expected a dotted path, an nn.ModuleList or a list of modules, got {type(blocks).__name__}")
-        inside = {id(m) for m in model.modules()}
-        if not blocks or not all(isinstance(b, nn.Module) and id(b) in inside for b in blocks):
-            raise ValueError(f"blocks: every block must be a submodule of the model; {hint}")
-        return blocks
+        if isinstance(blocks, (list, tuple)) and blocks and all(isinstance(b, str) for b in blocks):
+            return [(path, _given_blocks(model, path, hint)) for path in blocks]
+        found = _given_blocks(model, blocks, hint)
+        return [(names.get(id(found[0]), "").rpartition(".")[0], found)]
+    lists = {id(found): found for _, found in _outermost_block_lists(model)}
     for path in KNOWN_BLOCK_PATHS:
         found = _get_path(model, path)
         if _is_block_list(found):
-            return list(found)
-    lists = _outermost_block_lists(model)
-    if len(lists) == 1:
-        path, found = lists[0]
-        logger.info("blocks: using %s (%d %s blocks), the only list of repeated blocks with linear layers", path, len(found), type(found[0]).__name__)
-        return list(found)
-    several = f"; found several lists of repeated blocks ({', '.join(path for path, _ in lists)}): choose one" if lists else ""
-    raise ValueError(f"blocks: no repeated blocks found in {type(model).__name__} (tried {', '.join(KNOWN_BLOCK_PATHS)}){several}; {hint}")
+            lists.setdefault(id(found), found)
+    paths = sorted((names[key], found) for key, found in lists.items())
+    stacks = [(path, list(found)) for path, found in paths if not any(path.startswith(outer + ".") for outer, _ in paths)]
+    if not stacks:
+        raise ValueError(f"blocks: no repeated blocks found in {type(model).__name__} (tried {', '.join(KNOWN_BLOCK_PATHS)} "
+                         f"and every nn.ModuleList of repeated blocks with linear layers); {hint}")
+    order = {id(m): i for i, m in enumerate(model.modules())}
+    return sorted(stacks, key=lambda stack: order[id(stack[1][0])])
+
+
+def find_blocks(model: nn.Module, blocks: Any = None) -> list[nn.Module]:
+    """Every block of every stack of :func:`find_stacks`, in module order."""
+    return [block for _, stack in find_stacks(model, blocks) for block in stack]
 
 
 def _outermost_block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
-    """Every ``nn.ModuleList`` of two or more blocks of one type holding linear layers, except
-    those inside another such list (e.g. the experts inside each block), as (path, list)."""
+    """Every ``nn.ModuleList`` of two or more blocks of one type holding linear layers (blocks,
+    not bare linear layers such as a list of heads), except those inside another such list
+    (e.g. the experts inside each block), as (path, list)."""
     found: list[tuple[str, nn.ModuleList]] = []
     for name, mod in model.named_modules():
-        if not (_is_block_list(mod) and len(mod) >= 2 and linear_layers(mod[0])):
+        if not (_is_block_list(mod) and len(mod) >= 2 and linear_layers(mod[0]) and not _is_linear(mod[0])):
             continue
         if any(name.startswith(outer + ".") for outer, _ in found):
             continue  # named_modules walks parents first: an outer list is already in
@@ -84,8 +109,50 @@ def _outermost_block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     return found
 
 
+def forward_order(model: nn.Module, stacks: list[tuple[str, list[nn.Module]]], batch: Batch) -> list[tuple[str, list[nn.Module]]]:
+    """The stacks in the order one forward pass of ``batch`` enters them (an encoder before its
+    decoder); a stack the pass never enters is left out with a warning (none entered: an error)."""
+    if len(stacks) == 1:
+        return stacks
+    entered: list[int] = []
+
+    def hook(index: int):
+        def pre(module: nn.Module, args: tuple) -> None:
+            if index not in entered:
+                entered.append(index)
+            if len(entered) == len(stacks):
+                raise _Captured
+        return pre
+
+    handles = [stack[0].register_forward_pre_hook(hook(i)) for i, (_, stack) in enumerate(stacks)]
+    try:
+        _run_until_captured(model, batch, "the first batch")
+    finally:
+        for h in handles:
+            h.remove()
+    for i, (path, _) in enumerate(stacks):
+        if i not in entered:
+            logger.warning("blocks: the forward pass on the calibration batches never enters %s; left dense", path or "<blocks>")
+    if not entered:
+        raise ValueError("blocks: the model's forward pass never reached any of the blocks; check blocks=")
+    return [stacks[i] for i in entered]
+
+
 class _Captured(Exception):
     """Raised by the block-0 hook to stop the forward pass once its inputs are stored."""
+
+
+def _run_until_captured(model: nn.Module, batch: Batch, where: str) -> bool:
+    """Run ``model`` on ``batch`` until a hook raises :class:`_Captured` (``True``) or to the end
+    (``False``); a failure of the model is a ``ValueError`` naming the calibration and ``where``."""
+    try:
+        forward(model, batch.inputs)
+    except _Captured:
+        return True
+    except Exception as exc:
+        raise ValueError(f"calibration: the model failed on {where} ({type(exc).__name__}: {exc}); "
+                         "check the batches' shapes (sequence length)") from exc
+    return False
 
 
 class BlockInput:
@@ -114,28 +181,37 @@ def capture_block_inputs(model: nn.Module, first: nn.Module, batches: Sequence[B
     store: list[BlockInput] = []
 
     def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        kwargs = dict(kwargs)
-        if "past_key_values" in kwargs:  # no KV cache across calibration batches
-            kwargs["past_key_values"] = None
+        # no KV cache: every run of a block (statistics, then outputs) would append to it
+        kwargs = {k: None if _is_cache(k, v) else v for k, v in kwargs.items()}
         if "use_cache" in kwargs:
             kwargs["use_cache"] = False
-        store.append(BlockInput(tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args), kwargs))
+        args = tuple(None if _is_cache("", a) else a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        store.append(BlockInput(args, kwargs))
         raise _Captured
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for i, batch in enumerate(batches):
-            try:
-                forward(model, batch.inputs)
-            except _Captured:
-                continue
-            except Exception as exc:
-                raise ValueError(f"calibration: the model failed on batch {i} before its first block "
-                                 f"({type(exc).__name__}: {exc}); check the batches' shapes (sequence length)") from exc
-            raise ValueError("blocks: the model's forward pass never reached the first block; check blocks=")
+            if not _run_until_captured(model, batch, f"batch {i} before its first block"):
+                raise ValueError("blocks: the model's forward pass never reached the first block; check blocks=")
     finally:
         handle.remove()
     return store
+
+
+#: Keyword names under which Hugging Face blocks receive their KV cache.
+_CACHE_NAMES = ("past_key_values", "past_key_value", "layer_past")
+
+
+def _is_cache(name: str, value: Any) -> bool:
+    """A KV cache argument: a known keyword, or a ``transformers`` ``Cache`` object under any name."""
+    if name in _CACHE_NAMES:
+        return True
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:
+        return False
+    return isinstance(value, Cache)
 
 
 def run_block(block: nn.Module, inp: BlockInput) -> torch.Tensor:
@@ -152,10 +228,13 @@ def _conv1d_type() -> tuple[type, ...]:
     return (Conv1D,)
 
 
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, *_conv1d_type()))
+
+
 def linear_layers(block: nn.Module) -> list[tuple[str, nn.Module]]:
     """``nn.Linear`` and Hugging Face ``Conv1D`` layers of ``block``, in module order."""
-    types = (nn.Linear, *_conv1d_type())
-    return [(name, mod) for name, mod in block.named_modules() if isinstance(mod, types)]
+    return [(name, mod) for name, mod in block.named_modules() if _is_linear(mod)]
 
 
 @dataclass(frozen=True)
@@ -202,7 +281,7 @@ def weight_slots(block: nn.Module) -> list[Slot]:
             for label, param, rows in in_projections(module):
                 slots.append(Slot(f"{prefix}{param}[{label}]" if rows is not None else f"{prefix}{param}", module, param, rows))
             slots.append(Slot(f"{prefix}out_proj.weight", module.out_proj))
-        elif isinstance(module, (nn.Linear, *_conv1d_type())) and id(module) not in attention_out:
+        elif _is_linear(module) and id(module) not in attention_out:
             slots.append(Slot(f"{prefix}weight", module))
     return slots
 

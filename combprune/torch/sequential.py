@@ -1,7 +1,8 @@
 r"""``combprune.torch.prune_sequential``: layer-wise pruning of block models, one block at a time.
 
-For a model made of repeated blocks (Hugging Face decoders and encoders), the calibration
-inputs are run up to block 0 once; then, for each block b:
+For a model made of repeated blocks (Hugging Face decoders and encoders; an encoder-decoder
+model has two stacks, pruned in forward order), the calibration inputs are run up to a stack's
+block 0 once; then, for each block b:
 
 1. forward pre-hooks accumulate ``H_l = sum X_l^T X_l`` (float64) of the input of every linear
    layer l of the block while the block runs on its current inputs;
@@ -47,9 +48,10 @@ from combprune.problems import LayerwiseL0, StructuredMIQP
 from combprune.problems.layerwise import parse_nm
 from combprune.registry import UnknownSolverError, get_solver
 
-from ._calibration import check_finite_parameters, collect, model_device
+from ._calibration import check_finite_parameters, collect, eval_mode, model_device
 from ._attention import fused_attention_off
-from ._sequential_blocks import BlockInput, GramHooks, Slot, capture_block_inputs, find_blocks, run_block, weight_slots
+from ._sequential_blocks import (BlockInput, GramHooks, Slot, capture_block_inputs, find_stacks, forward_order, run_block,
+                                 weight_slots)
 from ._sequential_dist import Dist
 from ._sequential_offload import DiskOffload
 from ._sequential_structured import StructuredStep
@@ -283,8 +285,11 @@ def prune_sequential(
         every m consecutive inputs of each output).
     granularity : unstructured, with ``sparsity``: ``"layer"`` (a count per layer) or
         ``"output"`` (the same count for every output).
-    blocks : dotted path or ``nn.ModuleList`` of the blocks (default: ``model.layers``,
-        ``decoder.layers``, ``encoder.layer``, ``transformer.h``, ...).
+    blocks : dotted path or ``nn.ModuleList`` of the blocks, or a list of dotted paths for several
+        stacks (default: every stack found, e.g. ``model.layers``, ``encoder.layer``,
+        ``transformer.h``, or the encoder and the decoder of an encoder-decoder model). Stacks
+        are pruned in the order the forward pass enters them (an encoder before its decoder, whose
+        calibration inputs then come from the pruned encoder); ``report.info["stacks"]``.
     ridge : lam relative to ``mean(diag(H))`` (SparseGPT's damping, OSSCAR's ridge: 1e-2); for the
         structured methods ``solver_options["ridge"]`` (absolute) takes precedence, and
         ``"auto"`` chooses the factor per unit on held-back samples
@@ -329,32 +334,47 @@ def prune_sequential(
     check_finite_parameters(model)
     home = model_device(model)
     work = _work_device(device, home)
-    block_list = find_blocks(model, blocks)
+    stacks = find_stacks(model, blocks)
+    dist = Dist.current()
+    batches = collect(calibration, n_samples, home)[dist.rank::dist.world]
+    if not batches:
+        raise ValueError(f"calibration: {dist.world} ranks need at least {dist.world} calibration batches")
+    with eval_mode(model), torch.no_grad():
+        stacks = forward_order(model, stacks, batches[0])
+    block_list = [block for _, stack in stacks for block in stack]
     names = {id(m): n for n, m in model.named_modules()}
     prefixes = [f"{names[id(b)]}." if names.get(id(b)) else "" for b in block_list]
     if kind == "layerwise" and step.kind == "nm":
         _check_nm(step.value, block_list, prefixes)  # before anything changes
     elif kind == "layerwise":
         _check_keeps_one(step.kind, step.value, block_list, prefixes)
-    dist = Dist.current()
-    batches = collect(calibration, n_samples, home)[dist.rank::dist.world]
-    if not batches:
-        raise ValueError(f"calibration: {dist.world} ranks need at least {dist.world} calibration batches")
     batches = step.prepare(model, batches)
     report = PruneReport(layers=[], method=method, sparsity_requested=sparsity if isinstance(sparsity, float) else None,
                          apply=apply)
     report.info.update(pattern=step.pattern_text, world_size=dist.world, engine="sequential",
-                       calibration_samples=dist.total(sum(b.size for b in batches)), ridge=ridge)
+                       calibration_samples=dist.total(sum(b.size for b in batches)), ridge=ridge,
+                       stacks=[path for path, _ in stacks])
     backup = _Backup()
     step.check_blocks(prefixes)
-    _run_blocks(model, block_list, prefixes, batches, step, report, backup, work, dist, offload, offload_dir, progress)
-    block_of = {p[:-1]: i for i, p in enumerate(prefixes)}
-    report.layers = step.layer_reports({n: _block_index(n, block_of) for n in names.values()})
+    disks: list[DiskOffload] = []
     try:
+        first = 0
+        for _, stack in stacks:
+            disk = DiskOffload(stack, offload_dir, first) if offload == "disk" else None
+            disks += [disk] if disk is not None else []
+            _run_blocks(model, stack, first, prefixes, batches, step, report, backup, work, dist, disk, progress)
+            first += len(stack)
+        block_of = {p[:-1]: i for i, p in enumerate(prefixes)}
+        report.layers = step.layer_reports({n: _block_index(n, block_of) for n in names.values()})
         step.finish(model, report)
     except BaseException:
+        for disk in disks:  # every stack's blocks back from their dense files
+            disk.finish(success=False)
         backup.restore()
         raise
+    finally:
+        for disk in disks:
+            disk.cleanup()
     report.peak_memory_bytes = max((b.peak_memory_bytes for b in report.blocks), default=0)
     report.time = time.perf_counter() - start
     logger.info("%s", report)
@@ -407,42 +427,31 @@ def _block_index(name: str, block_of: dict[str, int]) -> int | None:
     return None
 
 
-def _run_blocks(model: nn.Module, block_list: list[nn.Module], prefixes: list[str], batches: list[Any], step: Any,
-                report: PruneReport, backup: _Backup, work: torch.device, dist: Dist, offload: str | None,
-                offload_dir: str | None, progress: bool) -> None:
-    """The engine's loop (module docstring): block-0 inputs once, then per block: load, prune
-    (``step.prune_block``), recompute the outputs, release. Restores the model on any error."""
-    was_training = model.training
-    model.eval()
-    disk = None
-    try:
-        with torch.no_grad():
-            inputs = [inp.to(work) for inp in capture_block_inputs(model, block_list[0], batches)]
-            if offload == "disk":
-                disk = DiskOffload(block_list, offload_dir)
-            for index, block in enumerate(tqdm(block_list, desc="blocks", disable=not progress)):
-                t0 = time.perf_counter()
-                block_home = next((p.device for p in block.parameters()), work)
-                if disk is not None:
-                    disk.load(index, work)
-                else:
-                    block.to(work)
-                # with disk offload the dense block file is the backup (structured: consumers only, kept anyway)
-                keep = backup.keep if disk is None or isinstance(step, StructuredStep) else (lambda layer: None)
-                solved = step.prune_block(index, block, prefixes[index], inputs, dist, keep)
-                inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
-                peak, report.memory_kind = _peak_memory(work)
-                if disk is not None:
-                    disk.release(index)
-                else:
-                    block.to(block_home)
-                report.blocks.append(BlockReport(index, solved, time.perf_counter() - t0, peak))
-    except BaseException:
-        if disk is not None:
-            disk.finish(success=False)
-        backup.restore()
-        raise
-    finally:
-        model.train(was_training)
+def _run_blocks(model: nn.Module, block_list: list[nn.Module], first: int, prefixes: list[str], batches: list[Any],
+                step: Any, report: PruneReport, backup: _Backup, work: torch.device, dist: Dist, disk: DiskOffload | None,
+                progress: bool) -> None:
+    """The engine's loop over one stack (module docstring): its block-0 inputs once, then per
+    block: load, prune (``step.prune_block``), recompute the outputs, release. ``first`` is the
+    index of the stack's first block over all stacks. The caller restores the model on error."""
+    with eval_mode(model), torch.no_grad():
+        inputs = [inp.to(work) for inp in capture_block_inputs(model, block_list[0], batches)]
+        for offset, block in enumerate(tqdm(block_list, desc="blocks", disable=not progress)):
+            index = first + offset
+            t0 = time.perf_counter()
+            block_home = next((p.device for p in block.parameters()), work)
+            if disk is not None:
+                disk.load(offset, work)
+            else:
+                block.to(work)
+            # with disk offload the dense block file is the backup (structured: consumers only, kept anyway)
+            keep = backup.keep if disk is None or isinstance(step, StructuredStep) else (lambda slot: None)
+            solved = step.prune_block(index, block, prefixes[index], inputs, dist, keep)
+            inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
+            peak, report.memory_kind = _peak_memory(work)
+            if disk is not None:
+                disk.release(offset)
+            else:
+                block.to(block_home)
+            report.blocks.append(BlockReport(index, solved, time.perf_counter() - t0, peak))
     if disk is not None:
         disk.finish(success=True)
