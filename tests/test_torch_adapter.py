@@ -14,6 +14,7 @@ import torch.nn.utils.prune as torch_prune
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 import combprune
 import combprune.torch as cpt
@@ -618,3 +619,52 @@ def test_a_torch_transformer_is_pruned_through_its_attention(method, kwargs):
     assert measured["effective_flops"] - fixed == pytest.approx(report.effective_flops)
     if method == "falcon":
         assert measured["flops_kept"] <= 0.5 + 1e-9  # the budget is a fraction of the whole model's FLOPs
+
+
+class _TokenTagger(nn.Module):
+    """Token-level logits (N, L, C) and, optionally, a torch.autograd.Function without
+    setup_context (which no torch.func transform accepts)."""
+
+    class _OldStyleTanh(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = torch.tanh(x)
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            (y,) = ctx.saved_tensors
+            return g * (1 - y * y)
+
+    def __init__(self, old_style: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.old_style = nn.Linear(6, 12), nn.Linear(12, 4), old_style
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(self._OldStyleTanh.apply(h) if self.old_style else torch.tanh(h))
+
+
+@pytest.mark.parametrize("old_style", [False, True])
+def test_default_loss_on_token_level_outputs_and_models_torch_func_cannot_transform(old_style):
+    from combprune.torch._calibration import collect
+    from combprune.torch._gradients import default_loss, per_sample_gradients
+
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.randn(5, 7, 6, generator=g), torch.randint(0, 4, (5, 7), generator=g)
+    y[0, :3] = -100  # ignored positions
+    model = _TokenTagger(old_style)
+    logits = model(X)
+    expect = F.cross_entropy(logits.reshape(-1, 4), y.reshape(-1), ignore_index=-100)
+    assert torch.allclose(default_loss(logits, y), expect)
+    assert torch.allclose(default_loss(logits.movedim(-1, 1), y), expect)  # torch's (N, C, L) convention unchanged
+    params = cpt.select_parameters(model)
+    info: dict = {}
+    G = per_sample_gradients(model, params, collect((X, y), None, torch.device("cpu")), info=info)
+    assert info["method"] == ("per-sample loop" if old_style else "vmap")
+    for i in (0, 4):
+        model.zero_grad()
+        F.cross_entropy(model(X[i : i + 1]).reshape(-1, 4), y[i].reshape(-1)).backward()
+        assert torch.allclose(G[i], torch.cat([p.storage.grad.reshape(-1) for p in params]), atol=1e-6)

@@ -156,3 +156,25 @@ def test_structured_pairs_reach_prune_and_unstructured_methods_refuse_them():
         cpt.Pruner("magnitude", sparsity=0.5, pairs=[("0", "2")])
     with pytest.raises(ValueError, match="pairs"):
         cpt.prune(torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)), x, method="osscar", sparsity=0.5, pairs=[("0", "missing")], progress=False)
+
+
+def test_causal_lm_gradients_are_those_of_the_model_s_own_shifted_loss():
+    """Dict batches with labels: the default loss is ``outputs.loss`` (next-token, shifted), so
+    the gradient methods run on a causal LM and the rows are each sample's own loss gradient."""
+    from combprune.torch._calibration import collect
+    from combprune.torch._gradients import per_sample_gradients
+
+    model = _gpt2()
+    ids = torch.randint(0, 50, (4, 8), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "labels": ids}
+    params = cpt.select_parameters(model)
+    G = per_sample_gradients(model, params, collect(batch, None, torch.device("cpu")))
+    for i in (0, 3):
+        model.zero_grad()
+        model(input_ids=ids[i : i + 1], labels=ids[i : i + 1]).loss.backward()
+        reference = torch.cat([p.storage.grad.reshape(-1) for p in params])
+        assert torch.allclose(G[i], reference, atol=1e-6)
+    for method in ("chita", "falcon"):
+        pruned = _gpt2()
+        report = cpt.prune(pruned, [batch, batch], method=method, sparsity=0.5, progress=False)
+        assert report.sparsity == pytest.approx(0.5, abs=1e-3) and not report.budget_violations()

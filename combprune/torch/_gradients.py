@@ -11,11 +11,13 @@ restored afterwards.
 sample at a time, so ``l_i`` is sample ``i``'s own loss.
 
 ``vmap`` cannot run models with data-dependent control flow (Hugging Face models check the
-``attention_mask`` for padding with Python ``if`` statements). When it fails that way the gradients are
-computed one sample at a time instead (the same ``grad`` of the same per-sample loss, slower),
-with a warning; ``info["method"]`` says which ran (``"vmap"`` or ``"per-sample loop"``). The default is
+``attention_mask`` for padding with Python ``if`` statements), nor models whose custom
+``torch.autograd.Function`` lacks ``setup_context`` (BLOOM's GeLU). When it fails that way the
+gradients are computed one sample at a time with plain autograd instead (the gradient of the same
+per-sample loss, slower), with a warning; ``info["method"]`` says which ran (``"vmap"`` or ``"per-sample loop"``). The default is
 :func:`torch.nn.functional.cross_entropy` (on log-softmax outputs it equals the NLL loss,
-since ``log_softmax`` is idempotent).
+since ``log_softmax`` is idempotent), or the model's own ``outputs.loss`` when it returns one
+(:func:`default_loss`).
 """
 
 from __future__ import annotations
@@ -38,12 +40,34 @@ LossFn = Callable[[Any, Any], torch.Tensor]
 
 
 def default_loss(outputs: Any, targets: Any) -> torch.Tensor:
-    """Cross-entropy of logits (or log-probabilities) against integer class targets."""
+    """The model's own loss when it computed one, else cross-entropy against class targets.
+
+    A Hugging Face model given ``labels`` in its batch returns ``outputs.loss``: the shifted
+    next-token loss of a causal language model, the masked-token loss, the classification (or
+    regression) loss. Otherwise: cross-entropy of the logits (or log-probabilities) against
+    integer class targets, with the classes on dim 1 (torch's convention: ``(N, C)``,
+    ``(N, C, H, W)``) or, for token-level outputs ``(N, L, C)`` against ``(N, L)`` targets, on
+    the last dim; targets of ``-100`` are ignored (torch's default ``ignore_index``).
+    """
+    loss = getattr(outputs, "loss", None)
+    if isinstance(loss, torch.Tensor):
+        return loss
     if hasattr(outputs, "logits"):
         outputs = outputs.logits
     if targets is None:
         raise ValueError("loss_fn: the default loss (cross-entropy) needs targets; pass (inputs, targets) batches or a loss_fn")
+    if _classes_last(outputs, targets):
+        outputs = outputs.movedim(-1, 1)
     return nn.functional.cross_entropy(outputs, targets)
+
+
+def _classes_last(outputs: Any, targets: Any) -> bool:
+    """Token-level logits ``(N, L, ..., C)`` for targets ``(N, L, ...)`` (not torch's ``(N, C, L, ...)``)."""
+    if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)):
+        return False
+    if outputs.dim() < 3 or outputs.dim() != targets.dim() + 1:
+        return False
+    return outputs.shape[:-1] == targets.shape and outputs.shape[:1] + outputs.shape[2:] != targets.shape
 
 
 def batch_loss(loss_fn: LossFn, outputs: Any, targets: Any, size: int) -> torch.Tensor:
@@ -166,6 +190,14 @@ def per_sample_gradients(
             if a < b:
                 out[row : row + rows, a - start : b - start] = g[name].reshape(rows, -1)[:, a - lo : b - lo]
 
+    def loop_grad(dparams: dict[str, torch.Tensor], inputs: Any, targets: Any) -> dict[str, torch.Tensor]:
+        """One sample's gradient by plain autograd: also for models that torch.func cannot
+        transform (e.g. a ``torch.autograd.Function`` without ``setup_context``)."""
+        leaves = {k: v.detach().requires_grad_(True) for k, v in dparams.items()}
+        with torch.enable_grad():
+            grads = torch.autograd.grad(sample_loss(leaves, inputs, targets), list(leaves.values()), allow_unused=True)
+        return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
+
     grad_fn = grad(sample_loss)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -183,14 +215,14 @@ def per_sample_gradients(
                             raise
                         method = "per-sample loop"
                         logger.warning(
-                            "per-sample gradients: vmap cannot run this model (data-dependent control flow, e.g. a padding "
-                            "check on attention_mask); computing them one sample at a time"
+                            "per-sample gradients: vmap cannot run this model (%s); computing them one sample at a time "
+                            "with autograd", str(exc).splitlines()[0][:200]
                         )
                 if method != "vmap":
                     for i in range(part.size):
                         inputs = torch.utils._pytree.tree_map(lambda t: t[i] if isinstance(t, torch.Tensor) else t, part.inputs)
                         target = part.targets[i] if isinstance(part.targets, torch.Tensor) else part.targets
-                        write(row + i, grad_fn(diff, inputs, target), 1)
+                        write(row + i, loop_grad(diff, inputs, target), 1)
                 row += part.size
                 if progress is not None:
                     progress.update(part.size)
