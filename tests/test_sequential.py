@@ -141,10 +141,35 @@ def test_bad_input_names_the_argument_and_leaves_the_model_unchanged(kwargs, exc
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_no_blocks_error_says_how_to_pass_them():
-    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-    with pytest.raises(ValueError, match="^blocks: no repeated blocks.*blocks="):
-        cpt.prune_sequential(model, torch.randn(8, 4), sparsity=0.5, progress=False)
+class _ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc1, self.fc2 = nn.Conv1d(2, 3, 3), nn.Linear(12, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+
+
+def test_models_without_repeated_blocks(caplog):
+    """An nn.Sequential: its children are the blocks (the second layer sees the pruned first);
+    any other model: one block; convolutions are named as left dense."""
+    X = torch.randn(16, 6)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    dense_second = model[2].weight.detach().clone()
+    rep = cpt.prune_sequential(model, X, method="wanda", sparsity=0.5, ridge=0.0, progress=False)
+    assert [r.name for r in rep.layers] == ["0.weight", "2.weight"] and [r.kept for r in rep.layers] == [24, 8]
+    with torch.no_grad():
+        A = torch.relu(model[0](X)).double().numpy()  # the pruned first layer's outputs
+    expect = cp.solve(LayerwiseL0.from_activations(A, dense_second.T.double().numpy(), k=8, ridge=0.0), "wanda").x
+    np.testing.assert_allclose(model[2].weight.detach().T.double().numpy(), expect, rtol=1e-6, atol=1e-7)
+    conv = _ConvNet()
+    conv_before = conv.conv.weight.detach().clone()
+    with caplog.at_level("WARNING", logger="combprune"):
+        rep = cpt.prune_sequential(conv, torch.randn(16, 2, 6), sparsity=0.5, progress=False)
+    assert [r.name for r in rep.layers] == ["fc1.weight", "fc2.weight"] and rep.info["stacks"] == [""]
+    assert "convolutions left dense: conv" in caplog.text and torch.equal(conv.conv.weight, conv_before)
     # the override works on any model
     stack = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     rep = cpt.prune_sequential(stack, torch.randn(8, 4), sparsity=0.5, blocks=list(stack), progress=False)

@@ -668,3 +668,16 @@ def test_default_loss_on_token_level_outputs_and_models_torch_func_cannot_transf
         model.zero_grad()
         F.cross_entropy(model(X[i : i + 1]).reshape(-1, 4), y[i].reshape(-1)).backward()
         assert torch.allclose(G[i], torch.cat([p.storage.grad.reshape(-1) for p in params]), atol=1e-6)
+
+
+def test_default_loss_names_loss_fn_when_the_model_returns_a_tuple():
+    class TupleOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x), x.sum()
+
+    with pytest.raises(TypeError, match="^loss_fn: .*returned a tuple: pass loss_fn="):
+        cpt.prune(TupleOut(), (torch.randn(8, 4), torch.randint(0, 3, (8,))), method="chita", sparsity=0.5, progress=False)

@@ -56,6 +56,9 @@ def default_loss(outputs: Any, targets: Any) -> torch.Tensor:
         outputs = outputs.logits
     if targets is None:
         raise ValueError("loss_fn: the default loss (cross-entropy) needs targets; pass (inputs, targets) batches or a loss_fn")
+    if not isinstance(outputs, torch.Tensor):
+        raise TypeError(f"loss_fn: the default loss (cross-entropy) needs the model to return logits (a tensor, or an output "
+                        f"with .logits or .loss); it returned a {type(outputs).__name__}: pass loss_fn=")
     if _classes_last(outputs, targets):
         outputs = outputs.movedim(-1, 1)
     return nn.functional.cross_entropy(outputs, targets)

@@ -65,7 +65,8 @@ def find_stacks(model: nn.Module, blocks: Any = None) -> list[tuple[str, list[nn
     default every list of repeated blocks found: the known Hugging Face paths
     (:data:`KNOWN_BLOCK_PATHS`) and every outermost ``nn.ModuleList`` of two or more blocks of one
     class holding linear layers, so that the encoder and the decoder of an encoder-decoder model
-    are both found; lists inside another (the experts of a block) are not stacks.
+    are both found; lists inside another (the experts of a block) are not stacks. A model with no
+    such list is one stack: the children of an ``nn.Sequential``, else the model as one block.
     """
     hint = ("pass blocks= with the repeated blocks: a dotted path such as blocks='encoder.layer' or "
             "blocks='model.layers', the nn.ModuleList itself (blocks=model.encoder.layer), or a list of paths "
@@ -84,10 +85,20 @@ def find_stacks(model: nn.Module, blocks: Any = None) -> list[tuple[str, list[nn
     paths = sorted((names[key], found) for key, found in lists.items())
     stacks = [(path, list(found)) for path, found in paths if not any(path.startswith(outer + ".") for outer, _ in paths)]
     if not stacks:
-        raise ValueError(f"blocks: no repeated blocks found in {type(model).__name__} (tried {', '.join(KNOWN_BLOCK_PATHS)} "
-                         f"and every nn.ModuleList of repeated blocks with linear layers); {hint}")
+        return [_whole_model(model)]
     order = {id(m): i for i, m in enumerate(model.modules())}
     return sorted(stacks, key=lambda stack: order[id(stack[1][0])])
+
+
+def _whole_model(model: nn.Module) -> tuple[str, list[nn.Module]]:
+    """A model without repeated blocks: the children of an ``nn.Sequential`` (each one's output
+    is the next one's input) or, otherwise, the model as one block."""
+    if isinstance(model, nn.Sequential) and len(model) > 1:
+        logger.info("blocks: no repeated blocks in %s; its %d children are the blocks", type(model).__name__, len(model))
+        return "", list(model)
+    logger.info("blocks: no repeated blocks in %s; the whole model is one block (every layer from the dense inputs; "
+                "pass blocks= to prune block by block)", type(model).__name__)
+    return "", [model]
 
 
 def find_blocks(model: nn.Module, blocks: Any = None) -> list[nn.Module]:

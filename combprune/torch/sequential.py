@@ -344,6 +344,8 @@ def prune_sequential(
     block_list = [block for _, stack in stacks for block in stack]
     names = {id(m): n for n, m in model.named_modules()}
     prefixes = [f"{names[id(b)]}." if names.get(id(b)) else "" for b in block_list]
+    if kind == "layerwise":
+        _warn_dense_convolutions(block_list, prefixes)
     if kind == "layerwise" and step.kind == "nm":
         _check_nm(step.value, block_list, prefixes)  # before anything changes
     elif kind == "layerwise":
@@ -403,6 +405,16 @@ def _check_nm(value: str, block_list: list[nn.Module], prefixes: list[str]) -> N
             if d % group:
                 raise ValueError(f"pattern: group size m={group} does not divide the input size {d} of {prefix}{slot.name}; "
                                  f"choose m dividing every layer's input size")
+
+
+def _warn_dense_convolutions(block_list: list[nn.Module], prefixes: list[str]) -> None:
+    """The layer-wise methods reconstruct matrices (Linear, Conv1D, attention projections): say
+    which convolutions inside the blocks they leave dense."""
+    convs = [f"{prefix}{name}" if name else prefix[:-1] for block, prefix in zip(block_list, prefixes)
+             for name, m in block.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    if convs:
+        logger.warning("the layer-wise methods prune Linear, Conv1D and attention weights; convolutions left dense: %s "
+                       "(prune them with a one-shot method, e.g. cpt.prune(..., method='chita'))", ", ".join(convs))
 
 
 def _check_keeps_one(kind: str, sparsity: float, block_list: list[nn.Module], prefixes: list[str]) -> None:
