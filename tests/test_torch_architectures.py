@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,3 +179,59 @@ def test_causal_lm_gradients_are_those_of_the_model_s_own_shifted_loss():
         pruned = _gpt2()
         report = cpt.prune(pruned, [batch, batch], method=method, sparsity=0.5, progress=False)
         assert report.sparsity == pytest.approx(0.5, abs=1e-3) and not report.budget_violations()
+
+
+_FAMILIES = {
+    "distilbert": lambda: transformers.DistilBertModel(transformers.DistilBertConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, hidden_dim=64)),
+    "t5-gated": lambda: transformers.T5EncoderModel(transformers.T5Config(vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                                                                         feed_forward_proj="gated-gelu")),
+    "gpt-neox": lambda: transformers.GPTNeoXModel(transformers.GPTNeoXConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                                                             num_attention_heads=4, intermediate_size=64)),
+    "bloom": lambda: transformers.BloomModel(transformers.BloomConfig(vocab_size=50, hidden_size=32, n_layer=1, n_head=4)),
+    "falcon": lambda: transformers.FalconModel(transformers.FalconConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                                                         num_attention_heads=4, multi_query=False)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(_FAMILIES))
+def test_structured_units_of_more_families_match_the_forward_pass(family):
+    """Heads (separate or fused-per-head q/k/v) and FFN neurons are found by name; with the
+    removed groups zeroed in the consumers, the producers' rows of those groups no longer reach
+    the output: changing them changes nothing (a wrong head layout would feed kept heads)."""
+    torch.manual_seed(0)
+    model = _FAMILIES[family]().eval()
+    ids = [{"input_ids": torch.randint(1, 50, (4, 8), generator=torch.Generator().manual_seed(i))} for i in range(2)]
+    report = cpt.prune(model, ids, method="osscar", sparsity=0.5, apply="permanent", progress=False)
+    units = report.info["structured_plan"]["units"]
+    assert sorted(u["kind"] for u in units) == ["head", "neuron"] and not report.not_pruned
+    with torch.no_grad():
+        before = model(**ids[0]).last_hidden_state
+        modules = dict(model.named_modules())
+        for u in units:
+            keep = np.asarray(report.info["structured_plan"]["keep"][u["consumer"]])
+            assert keep.sum() == len(keep) // 2
+            layout = {name: (per, seg) for name, per, seg in u["layout"]}
+            for producer in u["producers"]:
+                per, seg = layout.get(producer, (u["features_per_group"], 1))
+                rows = np.flatnonzero(np.tile(np.repeat(~keep, per), seg))
+                modules[producer].weight[rows] += torch.randn(len(rows), modules[producer].weight.shape[1])
+        after = model(**ids[0]).last_hidden_state
+    torch.testing.assert_close(after, before)
+
+
+@pytest.mark.parametrize("family", ["distilbert", "gpt-neox", "bloom", "t5-gated"])
+def test_physical_removal_on_more_families_shrinks_or_says_why_and_restores(family):
+    """DistilBERT and GPT-NeoX shrink (the same outputs); BLOOM's ALiBi and T5's relative
+    position bias are sized by the original head count: a clear error, the model unchanged."""
+    torch.manual_seed(0)
+    model = _FAMILIES[family]().eval()
+    ids = [{"input_ids": torch.randint(1, 50, (4, 8), generator=torch.Generator().manual_seed(i))} for i in range(2)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n_params = sum(p.numel() for p in model.parameters())
+    if family in ("distilbert", "gpt-neox"):
+        cpt.prune(model, ids, method="osscar", sparsity=0.5, apply="physical", progress=False)
+        assert sum(p.numel() for p in model.parameters()) < n_params
+        return
+    with pytest.raises(ValueError, match="forward pass fails after physical removal.*use apply=.mask."):
+        cpt.prune(model, ids, method="osscar", sparsity=0.5, apply="physical", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -20,6 +20,12 @@ GPT-2 (``c_attn`` fused q | k | v, a ``Conv1D`` storing its weight as (in, out))
 three slices of ``c_attn``'s output features, ``[h d, (h+1) d)`` in each of the q, k and v
 thirds, and ``head_dim`` input features of ``c_proj``; the module's ``num_heads`` and
 ``split_size`` follow. GPT-2's MLP ``c_fc -> act -> c_proj`` (Conv1D) is a neuron unit.
+
+GPT-NeoX, BLOOM and Falcon without multi-query (``query_key_value`` fused per head, a Linear of
+``3 E`` outputs, and ``dense``): the fused output is viewed as ``(heads, 3, head_dim)``, so a head
+``h`` is the ``3 head_dim`` consecutive output rows ``[3 h d, 3 (h+1) d)`` of
+``query_key_value`` (its q, k and v) and ``head_dim`` input features of ``dense``. Multi-query
+and grouped Falcon layouts have fewer than ``3 E`` outputs and are not recognised.
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ from typing import Iterable
 from torch import nn
 
 from ._select import is_hf_conv1d
-from .structured import StructuredUnit
+from .structured import StructuredUnit, head_attrs
 
-__all__ = ["GQA_MODES", "coupled_hf_units", "gqa_unit", "gpt2_units", "covered_attention"]
+__all__ = ["GQA_MODES", "coupled_hf_units", "gqa_unit", "gpt2_units", "fused_qkv_unit", "covered_attention"]
 
 GQA_MODES: tuple[str, ...] = ("kv", "query")
 
@@ -101,8 +107,23 @@ def gpt2_units(name: str, mod: nn.Module) -> list[StructuredUnit]:
     return []
 
 
+def fused_qkv_unit(name: str, mod: nn.Module) -> StructuredUnit | None:
+    """The heads of an attention with ``query_key_value`` fused per head (module docstring)."""
+    qkv, dense = getattr(mod, "query_key_value", None), getattr(mod, "dense", None)
+    hd = head_attrs(mod)[1]
+    if not (isinstance(qkv, nn.Linear) and isinstance(dense, nn.Linear) and hd):
+        return None
+    width = dense.in_features
+    if width % hd or qkv.out_features != 3 * width or qkv.in_features != dense.out_features:
+        return None
+    p = f"{name}." if name else ""
+    return StructuredUnit("head", f"{p}dense", (f"{p}query_key_value",), attention=name, n_groups=width // hd,
+                          features_per_group=hd, layout=((f"{p}query_key_value", 3 * hd, 1),))
+
+
 def coupled_hf_units(model: nn.Module, gqa: str = "kv") -> list[StructuredUnit]:
-    """GQA head units (layout ``gqa``) and GPT-2 head and MLP units of ``model``."""
+    """GQA head units (layout ``gqa``), GPT-2 head and MLP units and fused-per-head
+    ``query_key_value`` head units of ``model``."""
     if gqa not in GQA_MODES:
         raise ValueError(f"gqa: expected one of {GQA_MODES}, got {gqa!r}")
     units: list[StructuredUnit] = []
@@ -111,6 +132,9 @@ def coupled_hf_units(model: nn.Module, gqa: str = "kv") -> list[StructuredUnit]:
         if unit is not None:
             units.append(unit)
         units.extend(gpt2_units(name, mod))
+        fused = fused_qkv_unit(name, mod)
+        if fused is not None:
+            units.append(fused)
     return units
 
 

@@ -11,7 +11,8 @@ kept), the model is made *smaller and dense*:
   channels of the producer and input channels (``weight[:, c]``) of the consumer;
 * ``head`` units (Hugging Face BERT-family attention): query, key and value lose the
   ``head_dim`` output rows of each removed head, the output projection the matching columns,
-  and the self-attention module's ``num_attention_heads`` / ``all_head_size`` are updated.
+  and the self-attention module's ``num_attention_heads`` / ``num_heads`` / ``n_heads`` and
+  ``all_head_size`` / ``inner_dim`` are updated.
 
 Why outputs are unchanged: every operation between producer and consumer acts on each feature
 (channel, head) separately, and the consumer's weights on a removed group are zero (the
@@ -107,9 +108,9 @@ def remove_pruned(model: nn.Module, plan: StructuredPlan, *, check: bool = True,
             if u.attention_attrs:
                 attrs = u.attention_values(n)
             else:
-                attrs = {a: n for a in ("num_attention_heads", "num_heads") if isinstance(getattr(att, a, None), int)}
-                if isinstance(getattr(att, "all_head_size", None), int):
-                    attrs["all_head_size"] = n * u.features_per_group
+                attrs = {a: n for a in ("num_attention_heads", "num_heads", "n_heads") if isinstance(getattr(att, a, None), int)}
+                attrs.update({a: n * u.features_per_group for a in ("all_head_size", "inner_dim")
+                              if isinstance(getattr(att, a, None), int)})
             attention_updates.append((att, attrs))
 
     reference = _outputs(model, plan.example) if check and plan.example is not None else None
@@ -126,7 +127,16 @@ def remove_pruned(model: nn.Module, plan: StructuredPlan, *, check: bool = True,
     for att, attrs in attention_updates:
         _swap(att, {}, {}, attrs)
     if reference is not None:
-        after = _outputs(model, plan.example)
+        try:
+            after = _outputs(model, plan.example)
+        except Exception as exc:
+            for mod, params, buffers, attrs in saved:
+                _swap(mod, params, buffers, attrs)
+            raise ValueError(
+                f"model: {type(model).__name__}'s forward pass fails after physical removal ({type(exc).__name__}: {exc}); "
+                "it does not follow the recognised pattern (e.g. per-head position biases sized by the original head "
+                "count), removal undone; use apply='mask' or 'permanent'"
+            ) from exc
         scale = max(1.0, float(reference.abs().max())) if reference.numel() else 1.0
         if after.shape != reference.shape or not torch.allclose(after, reference, rtol=0.0, atol=atol * scale):
             for mod, params, buffers, attrs in saved:
@@ -183,7 +193,8 @@ def _check_unit(u: StructuredUnit, keep: Any, modules: Mapping[str, nn.Module]) 
         current = {a: getattr(att, a, None) for a, _ in u.attention_attrs}
         if current != u.attention_values(u.n_groups):
             raise ValueError(f"plan: {u.attention!r} has {current}, expected {u.attention_values(u.n_groups)}")
-    elif head_attrs(att) != (u.n_groups, u.features_per_group):
+    elif any(have is not None and have != want for have, want in zip(head_attrs(att), (u.n_groups, u.features_per_group))):
+        # attributes the module does not hold (GPT-NeoX reads its head count from the config) are not checked
         raise ValueError(f"plan: {u.attention!r} does not have {u.n_groups} heads of size {u.features_per_group}")
 
 

@@ -286,12 +286,30 @@ def _out_features(layer: nn.Module) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
+def _first_int(mod: nn.Module, names: Iterable[str]) -> int | None:
+    return next((getattr(mod, n) for n in names if isinstance(getattr(mod, n, None), int)), None)
+
+
 def head_attrs(att: nn.Module) -> tuple[int | None, int | None]:
-    """``(number of heads, head size)`` of a Hugging Face attention module (BERT's
-    ``num_attention_heads`` / ``attention_head_size`` or ``num_heads`` / ``head_dim``)."""
-    heads = getattr(att, "num_attention_heads", getattr(att, "num_heads", None))
-    hd = getattr(att, "attention_head_size", getattr(att, "head_dim", None))
-    return (heads if isinstance(heads, int) else None), (hd if isinstance(hd, int) else None)
+    """``(number of heads, head size)`` of a Hugging Face attention module: BERT's
+    ``num_attention_heads`` / ``attention_head_size``, ``num_heads`` / ``head_dim``,
+    DistilBERT's ``n_heads`` / ``attention_head_size``, T5's ``n_heads`` / ``key_value_proj_dim``,
+    GPT-NeoX's ``head_size``."""
+    return (_first_int(att, ("num_attention_heads", "num_heads", "n_heads")),
+            _first_int(att, ("attention_head_size", "head_dim", "head_size", "key_value_proj_dim")))
+
+
+#: Separate query / key / value projections and the output projection, by naming scheme:
+#: LLaMA / OPT / ViT / CLIP, DistilBERT, T5.
+PROJECTION_NAMES = ((("q_proj", "k_proj", "v_proj"), ("o_proj", "out_proj")), (("q_lin", "k_lin", "v_lin"), ("out_lin",)),
+                    (("q", "k", "v"), ("o",)))
+
+#: Feed-forward pairs ``consumer(act(producer(x)))`` by naming scheme, with the activation
+#: attributes one of which the module must have: ViT / CLIP / OPT, DistilBERT, T5, GPT-NeoX /
+#: BLOOM / Falcon.
+FFN_NAMES = ((("fc1",), "fc2", ("activation_fn",)), (("lin1",), "lin2", ("activation",)), (("wi",), "wo", ("act",)),
+             (("dense_h_to_4h",), "dense_4h_to_h", ("act", "gelu_impl", "activation_fn")),
+             (("gate_proj", "up_proj"), "down_proj", ("act_fn",)), (("wi_0", "wi_1"), "wo", ("act",)))
 
 
 def _linears(mod: nn.Module, names: Iterable[str]) -> bool:
@@ -306,14 +324,17 @@ def _hf_units(model: nn.Module) -> list[StructuredUnit]:
     * BERT family (BERT, RoBERTa, ELECTRA, ...): a self-attention module with
       ``query``/``key``/``value`` and ``num_attention_heads`` / ``attention_head_size``, whose
       parent has ``output.dense`` (the output projection);
-    * projection style (ViT, CLIP, OPT, ... in transformers 5.x): a module with
-      ``q_proj``/``k_proj``/``v_proj`` and ``o_proj`` or ``out_proj``, and ``num_heads`` or
-      ``num_attention_heads`` / ``head_dim`` (LLaMA-style modules that read the head count
-      from their config, or with grouped-query attention, are not recognised).
+    * projection style (:data:`PROJECTION_NAMES`: ViT, CLIP, OPT with ``q_proj``/``k_proj``/
+      ``v_proj`` and ``o_proj`` or ``out_proj``; DistilBERT's ``q_lin``.. ``out_lin``; T5's
+      ``q``/``k``/``v``/``o``) with a head count and size on the module (:func:`head_attrs`;
+      LLaMA-style modules that read the head count from their config, or with grouped-query
+      attention, are handled by :mod:`combprune.torch._groups`).
 
     FFN neurons: ``intermediate.dense`` (+ ``intermediate_act_fn``) -> ``output.dense``
-    (BERT family); ``fc1`` -> ``activation_fn`` -> ``fc2`` (ViT, CLIP, OPT); and the gated
-    ``down_proj(act_fn(gate_proj(x)) * up_proj(x))`` (LLaMA family: producers gate and up).
+    (BERT family) and the pairs of :data:`FFN_NAMES`: ``fc1 -> fc2`` (ViT, CLIP, OPT),
+    ``lin1 -> lin2`` (DistilBERT), ``wi -> wo`` (T5), ``dense_h_to_4h -> dense_4h_to_h``
+    (GPT-NeoX, BLOOM, Falcon), and the gated ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``
+    (LLaMA family) and ``wo(act(wi_0(x)) * wi_1(x))`` (T5 v1.1): the producers are gate and up.
     """
     units: list[StructuredUnit] = []
     for name, mod in model.named_modules():
@@ -335,15 +356,17 @@ def _hf_units(model: nn.Module) -> list[StructuredUnit]:
                 attention=f"{prefix}{attr}", n_groups=heads, features_per_group=hd,
             ))
         # projection style
-        o_name = next((n for n in ("o_proj", "out_proj") if isinstance(children.get(n), nn.Linear)), None)
-        if o_name is not None and _linears(mod, ("q_proj", "k_proj", "v_proj")):
+        for qkv, outs in PROJECTION_NAMES:
+            o_name = next((n for n in outs if isinstance(children.get(n), nn.Linear)), None)
+            if o_name is None or not _linears(mod, qkv):
+                continue
             heads, hd = head_attrs(mod)
-            projections = [getattr(mod, a) for a in ("q_proj", "k_proj", "v_proj")]
+            projections = [getattr(mod, a) for a in qkv]
             if heads is not None and hd is not None and children[o_name].in_features == heads * hd and all(
                 p.out_features == heads * hd for p in projections
             ):
                 units.append(StructuredUnit(
-                    "head", f"{prefix}{o_name}", tuple(f"{prefix}{a}" for a in ("q_proj", "k_proj", "v_proj")),
+                    "head", f"{prefix}{o_name}", tuple(f"{prefix}{a}" for a in qkv),
                     attention=name, n_groups=heads, features_per_group=hd,
                 ))
         # FFN neurons
@@ -358,16 +381,12 @@ def _hf_units(model: nn.Module) -> list[StructuredUnit]:
             units.append(
                 StructuredUnit("neuron", f"{prefix}output.dense", (f"{prefix}intermediate.dense",), n_groups=inter.dense.out_features)
             )
-        if _linears(mod, ("fc1", "fc2")) and hasattr(mod, "activation_fn") and mod.fc2.in_features == mod.fc1.out_features:
-            units.append(StructuredUnit("neuron", f"{prefix}fc2", (f"{prefix}fc1",), n_groups=mod.fc1.out_features))
-        if (
-            _linears(mod, ("gate_proj", "up_proj", "down_proj"))
-            and hasattr(mod, "act_fn")
-            and mod.gate_proj.out_features == mod.up_proj.out_features == mod.down_proj.in_features
-        ):
-            units.append(StructuredUnit(
-                "neuron", f"{prefix}down_proj", (f"{prefix}gate_proj", f"{prefix}up_proj"), n_groups=mod.down_proj.in_features,
-            ))
+        for producers, consumer, activations in FFN_NAMES:
+            if not (_linears(mod, (*producers, consumer)) and any(hasattr(mod, a) for a in activations)):
+                continue
+            width = getattr(mod, consumer).in_features
+            if all(getattr(mod, p).out_features == width for p in producers):
+                units.append(StructuredUnit("neuron", f"{prefix}{consumer}", tuple(f"{prefix}{p}" for p in producers), n_groups=width))
     return units
 
 
@@ -549,10 +568,13 @@ def _declared_units(model: nn.Module, pairs: Iterable[Any]) -> list[StructuredUn
 
 
 def _attention_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
-    """Modules that look like attention: q/k/v projections (separate or fused GPT-2 ``c_attn``)."""
+    """Modules that look like attention: q/k/v projections (separate, or fused as GPT-2's
+    ``c_attn`` or GPT-NeoX's / BLOOM's / Falcon's ``query_key_value``), or torch's own
+    ``nn.MultiheadAttention``."""
+    schemes = [set(qkv) for qkv, _ in PROJECTION_NAMES] + [{"query", "key", "value"}, {"c_attn"}, {"query_key_value"}, {"qkv_proj"}]
     for name, mod in model.named_modules():
-        children = dict(mod.named_children())
-        if {"q_proj", "k_proj", "v_proj"} <= set(children) or {"query", "key", "value"} <= set(children) or "c_attn" in children:
+        children = set(dict(mod.named_children()))
+        if isinstance(mod, nn.MultiheadAttention) or any(scheme <= children for scheme in schemes):
             yield name, mod
 
 
