@@ -19,8 +19,8 @@ from ._calibration import Batch, forward
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KNOWN_BLOCK_PATHS", "find_stacks", "find_blocks", "forward_order", "capture_block_inputs", "linear_layers", "Slot", "weight_slots",
-           "BlockInput", "run_block", "GramHooks"]
+__all__ = ["KNOWN_BLOCK_PATHS", "find_stacks", "find_blocks", "forward_order", "capture_block_inputs", "linear_layers",
+           "Slot", "weight_slots", "BlockInput", "run_block", "GramHooks"]
 
 #: Dotted paths of the repeated blocks in Hugging Face models, tried in this order.
 KNOWN_BLOCK_PATHS = ("model.layers", "model.decoder.layers", "decoder.layers", "encoder.layer", "transformer.h",
@@ -346,7 +346,7 @@ class GramHooks:
 
     def _output_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            self.out_sq[name] += _without_bias(out, module.bias).square().sum()
+            self.out_sq[name] += _without_bias(out, getattr(module, "bias", None)).square().sum()
         return hook
 
     def _attention_hook(self, projections: list[Slot], out_name: str):
