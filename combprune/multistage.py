@@ -168,6 +168,8 @@ def multistage(
     time_limit: float | None = None,
     seed: int | None = None,
     callback: Callable[[int, Result], None] | None = None,
+    polish: int = 0,
+    accept: Callable[[ChosenPoint], bool] | None = None,
     **options: Any,
 ) -> Result:
     """Run ``solver`` over a schedule of budgets, rebuilding the problem at every stage.
@@ -184,6 +186,10 @@ def multistage(
     weights : the starting (dense) weights, any array namespace.
     time_limit : for the whole run; each stage gets an equal share of what is left.
     callback : called as ``callback(stage_index, stage_result)`` after each stage.
+    polish, accept : up to ``polish`` more stages at the final budget after the schedule, each
+        built like the others (``build`` must return a :class:`ChosenPoint`) and kept while
+        ``accept(point)`` says so; the last kept stage (the schedule's last when none is) is
+        then solved from its point, as the last stage is without polishing.
 
     Returns
     -------
@@ -192,7 +198,8 @@ def multistage(
     (times from the start of the run; objectives of different stages belong to different local
     models), and ``info["stages"]``: for each stage ``k``, ``flop_budget``, ``sparsity``,
     ``objective``, ``status``, ``time``, ``solved`` (False where the stage took a
-    :class:`ChosenPoint`) and the stage's full ``result``.
+    :class:`ChosenPoint`), ``polish`` (True for a kept polishing stage) and the stage's full
+    ``result``.
     """
     if not callable(build):
         raise TypeError(f"build: expected a callable build(weights, k, F), got {type(build).__name__}")
@@ -205,6 +212,10 @@ def multistage(
     p = int(np.asarray(backend.to_numpy(weights) if backend.is_array(weights) else weights).reshape(-1).shape[0])
     if not isinstance(base, (int, float)) or not 0.0 <= float(base) < 1.0:
         raise ValueError(f"base: expected a sparsity in [0, 1), got {base!r}")
+    if isinstance(polish, bool) or not isinstance(polish, int) or polish < 0:
+        raise ValueError(f"polish: expected a number of stages >= 0, got {polish!r}")
+    if polish and accept is None:
+        raise ValueError("accept: polishing stages need accept(point), which decides whether a stage is kept")
     budgets = _budgets(schedule, p, k, flop_budget, dense_flops, n_stages, float(base))
     start = time.perf_counter()
     current = weights
@@ -212,6 +223,21 @@ def multistage(
     history: list[tuple[float, float]] = []
     iterations = 0
     result: Result | None = None
+    last_point: ChosenPoint | None = None
+
+    def record(t: int, kk: int, FF: float | None, t0: float, result: Result, polishing: bool = False) -> None:
+        nonlocal iterations
+        history.extend((t0 - start + h_t, h_v) for h_t, h_v in result.history)
+        iterations += int(result.iterations)
+        stages.append({
+            "stage": t + 1, "k": kk, "flop_budget": FF, "sparsity": 1.0 - kk / p,
+            "objective": result.objective, "status": result.status.value, "time": result.time,
+            "solved": not result.info.get("chosen_point", False), "polish": polishing, "result": result,
+        })
+        logger.info("multistage stage %d: k=%d F=%s objective=%.6g (%.3gs)", t + 1, kk, FF, result.objective, result.time)
+        if callback is not None:
+            callback(t, result)
+
     for t, (kk, FF) in enumerate(budgets):
         t0 = time.perf_counter()
         stage_limit = None
@@ -223,24 +249,38 @@ def multistage(
         built = build(current, kk, FF)
         point = built if isinstance(built, ChosenPoint) else None
         problem = built.problem if point is not None else built
-        result = _stage_result(problem, point, t == len(budgets) - 1, solver, options, time_limit=stage_limit, seed=seed)
+        last = t == len(budgets) - 1 and not (polish and point is not None)
+        result = _stage_result(problem, point, last, solver, options, time_limit=stage_limit, seed=seed)
         if result.x is None:
             raise RuntimeError(f"multistage: stage {t + 1} (k={kk}, F={FF}) returned no solution ({result.status.value})")
-        offset = t0 - start
-        history.extend((offset + h_t, h_v) for h_t, h_v in result.history)
-        iterations += int(result.iterations)
-        stages.append({
-            "stage": t + 1, "k": kk, "flop_budget": FF, "sparsity": 1.0 - kk / p,
-            "objective": result.objective, "status": result.status.value, "time": result.time,
-            "solved": not result.info.get("chosen_point", False), "result": result,
-        })
-        logger.info("multistage stage %d/%d: k=%d F=%s objective=%.6g (%.3gs)", t + 1, len(budgets), kk, FF, result.objective, result.time)
-        if callback is not None:
-            callback(t, result)
+        record(t, kk, FF, t0, result)
         current = result.x
+        last_point = point if result.info.get("chosen_point", False) else None
     if result is None:
         raise RuntimeError("multistage: time_limit expired before the first stage")
     completed = len(stages) == len(budgets)
+    if completed and last_point is not None:  # polishing stages at the final budget, then the last kept one solved
+        kk, FF = budgets[-1]
+        for _ in range(polish):
+            t0 = time.perf_counter()
+            if time_limit is not None and time_limit - (t0 - start) <= 0:
+                break
+            built = build(current, kk, FF)
+            if not isinstance(built, ChosenPoint) or not accept(built):
+                break
+            result = _stage_result(built.problem, built, False, solver, options, seed=seed)
+            if not result.info.get("chosen_point", False):
+                break  # the point was infeasible for the stage: keep the previous one
+            record(len(stages), kk, FF, t0, result, polishing=True)
+            current, last_point = result.x, built
+        t0 = time.perf_counter()
+        left = None if time_limit is None else time_limit - (t0 - start)
+        if left is None or left > 0:
+            result = _stage_result(last_point.problem, last_point, True, solver, options, time_limit=left, seed=seed)
+            stages[-1].update(objective=result.objective, status=result.status.value, time=stages[-1]["time"] + result.time,
+                              solved=True, result=result)
+            history.extend((t0 - start + h_t, h_v) for h_t, h_v in result.history)
+            iterations += int(result.iterations)
     status = result.status if completed else Status.TIME_LIMIT
     if status is Status.OPTIMAL:
         status = Status.FEASIBLE  # the composition is a heuristic even when each stage is exact

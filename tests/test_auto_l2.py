@@ -150,7 +150,7 @@ def test_per_stage_choice_records_every_stage_and_once_does_not(trained, digits,
     stage_solves = []
     real = combprune.multistage.solve
     monkeypatch.setattr(combprune.multistage, "solve", lambda *a, **kw: stage_solves.append(kw.get("warm_start")) or real(*a, **kw))
-    per = cpt.prune(_clone(trained), calib, method="chita++", sparsity=0.8, stages=3, progress=False)
+    per = cpt.prune(_clone(trained), calib, method="chita++", sparsity=0.8, stages=3, polish_stages=0, progress=False)
     # stages 1-2 move to their winning candidate; only the last is solved again, on every sample, from its winner
     assert len(stage_solves) == 1 and stage_solves[0] is not None and [s["solved"] for s in per.stages] == [False, False, True]
     assert per.info["auto"]["mode"] == "per-stage" and len(per.info["auto"]["stages"]) == 3
@@ -170,6 +170,28 @@ def test_per_stage_choice_records_every_stage_and_once_does_not(trained, digits,
     assert once.info["auto"]["mode"] == "once" and "stages" not in once.info["auto"]
     assert all("l2" not in s for s in once.stages)
     assert per.sparsity >= 0.8 and once.sparsity >= 0.8
+
+
+def test_polishing_stages_are_kept_while_the_held_back_loss_falls(trained, digits):
+    X, y = digits
+    calib = [(X[i : i + 100], y[i : i + 100]) for i in range(0, 300, 100)]
+    report = cpt.prune(_clone(trained), calib, method="chita++", sparsity=0.95, stages=3, progress=False)
+    choices = report.info["auto"]["stages"]
+    polish = [c.get("polish") for c in choices[3:]]
+    assert 1 <= len(polish) <= 5 and all(p == "kept" for p in polish[:-1])
+    assert polish[-1] == "rejected" or len(polish) == 5
+    kept = [c for c in choices if c.get("polish") != "rejected"]
+    for prev, c in zip(kept[2:], kept[3:]):  # every kept polishing stage lowered the held-back loss
+        assert c["held_out_loss"] < prev["held_out_loss"] * (1 - 1e-3)
+    if polish[-1] == "rejected":
+        assert choices[-1]["held_out_loss"] >= kept[-1]["held_out_loss"] * (1 - 1e-3)
+    assert len(report.stages) == len(kept) and [s["polish"] for s in report.stages] == [False] * 3 + [True] * (len(kept) - 3)
+    assert all(s["k"] == report.stages[2]["k"] for s in report.stages[2:]) and report.stages[-1]["solved"] is True
+    assert report.info["l2"] == kept[-1]["l2"] and report.sparsity >= 0.95
+    fixed = cpt.prune(_clone(trained), calib, method="chita++", sparsity=0.95, stages=3, l2=1e-3, first_order=False, progress=False)
+    assert len(fixed.stages) == 3  # no per-stage choice, no polishing
+    with pytest.raises(ValueError, match="^polish_stages: "):
+        cpt.Pruner("chita++", sparsity=0.5, polish_stages=-1)
 
 
 def test_fresh_samples_use_every_whole_subset(trained, digits, caplog):

@@ -96,6 +96,50 @@ def test_chosen_points_replace_intermediate_solves_and_warm_start_the_last(monke
     assert starts == [None, None] and res.nnz <= 12 and "infeasible" in caplog.text
 
 
+@pytest.mark.parametrize("kept", [0, 2, 5])
+def test_polishing_stages_repeat_the_final_budget_while_accepted_and_solve_the_last_kept(monkeypatch, kept):
+    rng = np.random.default_rng(5)
+    M = rng.standard_normal((30, 120))
+    inner = _builder(M, [])
+    built: list[ChosenPoint] = []
+
+    def build(w, k, F):
+        x = np.zeros(120)
+        keep = np.argsort(-np.abs(np.asarray(w)))[:k]
+        x[keep] = np.asarray(w)[keep] * 0.9
+        built.append(ChosenPoint(inner(w, k, F), x))
+        return built[-1]
+
+    starts, real = [], cp.solve
+
+    def spy(problem, solver=None, **kw):
+        starts.append((problem, kw.get("warm_start")))
+        return real(problem, solver=solver, **kw)
+
+    monkeypatch.setattr("combprune.multistage.solve", spy)
+    asked = []
+
+    def accept(point):
+        asked.append(point)
+        return len(asked) <= kept
+
+    res = multistage(build, "poly", "chita", weights=rng.standard_normal(120), k=12, n_stages=3, polish=4, accept=accept)
+    stages = res.info["stages"]
+    n_kept = min(kept, 4)
+    assert len(asked) == min(kept + 1, 4) and len(built) == 3 + len(asked)
+    assert len(stages) == 3 + n_kept and [s["polish"] for s in stages] == [False] * 3 + [True] * n_kept
+    assert all(s["k"] == 12 for s in stages[2:])
+    last = built[2 + n_kept]  # the schedule's last stage, or the last polishing stage kept
+    assert len(starts) == 1 and starts[0][0] is last.problem and np.array_equal(starts[0][1], last.x)
+    assert stages[-1]["solved"] is True and all(s["solved"] is False for s in stages[:-1]) and res.nnz <= 12
+    for t in range(3, 3 + len(asked)):  # each polishing stage starts from the previous stage's point
+        assert np.count_nonzero(built[t].x) <= 12
+    with pytest.raises(ValueError, match="^accept: "):
+        multistage(build, "poly", "chita", weights=np.ones(120), k=12, n_stages=2, polish=1)
+    with pytest.raises(ValueError, match="^polish: "):
+        multistage(build, "poly", "chita", weights=np.ones(120), k=12, n_stages=2, polish=-1, accept=accept)
+
+
 def test_multistage_flop_budget_and_explicit_schedule():
     rng = np.random.default_rng(1)
     M = rng.standard_normal((20, 80))

@@ -330,7 +330,8 @@ def search(
                     "kept" if test["kept"] else "dropped", test["mean_difference"], test["standard_error"])
         best = best if test["kept"] else plain
     record = {
-        "l2": best["l2"], "first_order": best["first_order"], "fisher_scale": scale, "holdout": cfg.holdout,
+        "l2": best["l2"], "first_order": best["first_order"], "held_out_loss": best["held_out_loss"], "fisher_scale": scale,
+        "holdout": cfg.holdout,
         "candidate_same_support_as_magnitude": None if magnitude_support is None else bool(np.array_equal(best["weights"] != 0, magnitude_support)),
         "candidates": [{k: v for k, v in c.items() if k != "weights"} for c in candidates],
         "first_order_test": test,

@@ -216,7 +216,8 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
         new_w, solves, stage_records = _solve_gradient(ctx, solve_cfg, k, F)
         if ctx.per_stage:  # report the last stage's values; every stage's choice under info["auto"]["stages"]
             auto["stages"] = [{key: v for key, v in c.items() if key != "holdout"} for c in ctx.stage_choices]
-            cfg = dataclasses.replace(cfg, l2=ctx.stage_choices[-1]["l2"], first_order=ctx.stage_choices[-1]["first_order"])
+            final = kept_choices(ctx.stage_choices)[-1]
+            cfg = dataclasses.replace(cfg, l2=final["l2"], first_order=final["first_order"])
     report = _apply_and_report(ctx, new_w, apply=cfg.apply, method=cfg.method, solves=solves, k=k if cfg.sparsity is not None else None, F=F)
     report.sparsity_requested, report.flop_budget_requested = cfg.sparsity, cfg.flop_budget
     report.stages = stage_records
@@ -621,11 +622,21 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
     dense_b = math.fsum(costs.tolist())
     if not isinstance(schedule, str):  # explicit sparsities -> explicit (k_t, F_t) of this block
         schedule = _explicit_budgets(tuple(schedule), b - a, k, dense_b, F)
+    polish = cfg.polish_stages if ctx.per_stage else 0
+
+    def improves(point: ChosenPoint) -> bool:
+        """A polishing stage is kept when its winner lowers the held-back loss of the point it started from."""
+        new, old = ctx.stage_choices[-1], ctx.stage_choices[-2]
+        keep = new["held_out_loss"] < old["held_out_loss"] * (1.0 - POLISH_RTOL)
+        new["polish"] = "kept" if keep else "rejected"
+        return keep
+
     try:
         res = multistage(
             build_stage, schedule, solver, weights=w_start, k=k, flop_budget=F,
             dense_flops=None if F is None else dense_b, n_stages=stages, base=cfg.base_sparsity,
-            time_limit=cfg.time_limit, seed=cfg.seed, callback=lambda t, r: bar.update(1), **options,
+            time_limit=cfg.time_limit, seed=cfg.seed, callback=lambda t, r: _advance(bar, t), polish=polish, accept=improves,
+            **options,
         )
     finally:
         bar.close()
@@ -636,9 +647,26 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
     if violations:
         raise PruningError(f"multi-stage {solver!r} returned an infeasible point: {'; '.join(violations)}")
     records = [{key: v for key, v in r.items() if key != "result"} for r in res.info.get("stages", [])]
-    for r, choice in zip(records, ctx.stage_choices if ctx.per_stage else []):
+    for r, choice in zip(records, kept_choices(ctx.stage_choices) if ctx.per_stage else []):
         r.update(l2=choice["l2"], first_order=choice["first_order"])
     return x, res, records
+
+
+def _advance(bar: Any, stage: int) -> None:
+    """One stage done (polishing stages extend the bar's total)."""
+    if bar.total is not None and stage + 1 > bar.total:
+        bar.total = stage + 1
+    bar.update(1)
+
+
+#: A polishing stage must lower the held-back loss by more than this fraction to be kept (a
+#: stage that returns to its own starting point changes it by rounding only).
+POLISH_RTOL = 1e-3
+
+
+def kept_choices(choices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-stage choices of the stages the run kept (a rejected polishing stage is only reported)."""
+    return [c for c in choices if c.get("polish") != "rejected"]
 
 
 def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block: tuple[int, int], A_kept: np.ndarray, wb: np.ndarray,

@@ -34,6 +34,8 @@ __all__ = ["Pruner", "PruneConfig", "prune"]
 APPLY_MODES = ("mask", "permanent", "physical")
 SCHEDULES = ("poly", "exp", "linear", "const")
 DEFAULT_STAGES = 10
+#: Most polishing stages at the final budget (multi-stage methods, per-stage automatic choice).
+DEFAULT_POLISH_STAGES = 5
 
 
 def _fraction(name: str, value: Any, *, low_open: bool, high_open: bool) -> float | None:
@@ -121,6 +123,7 @@ class PruneConfig:
     l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
     auto_stages: str = "per-stage"
     fresh_samples: bool = False
+    polish_stages: int = DEFAULT_POLISH_STAGES
     solver: str | None = None
     solver_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     time_limit: float | None = None
@@ -245,6 +248,9 @@ class PruneConfig:
             raise TypeError(f"fresh_samples: expected True or False, got {a['fresh_samples']!r}")
         if a["fresh_samples"] and a["n_samples"] is None:
             raise ValueError("fresh_samples: fresh subsets per stage need a finite n_samples (the size of each subset)")
+        polish = a["polish_stages"]
+        if isinstance(polish, bool) or not isinstance(polish, int) or polish < 0:
+            raise ValueError(f"polish_stages: expected a number of stages >= 0, got {polish!r}")
         options = a["solver_options"]
         if options is None:
             options = {}
@@ -262,6 +268,7 @@ class PruneConfig:
             n_samples=_positive_int("n_samples", a["n_samples"], allow_none=True), stages=stages, schedule=schedule,
             base_sparsity=base_sparsity, structured=a["structured"], loss_fn=a["loss_fn"], l2=l2 if l2 is None or l2 == "auto" else float(l2),
             first_order=_default_first_order(a["first_order"], l2, stages), holdout=holdout, l2_grid=l2_grid, auto_stages=a["auto_stages"], fresh_samples=a["fresh_samples"],
+            polish_stages=polish,
             solver=a["solver"], solver_options=MappingProxyType(dict(options)), time_limit=time_limit, seed=a["seed"], apply=a["apply"],
             max_memory=_positive_int("max_memory", a["max_memory"]), chunk_size=_positive_int("chunk_size", a["chunk_size"]),
             device=a["device"], progress=a["progress"], gqa=a["gqa"],
@@ -368,6 +375,7 @@ def prune(
     l2_grid: Sequence[float] = DEFAULT_L2_GRID,
     auto_stages: str = "per-stage",
     fresh_samples: bool = False,
+    polish_stages: int = DEFAULT_POLISH_STAGES,
     solver: str | None = None,
     solver_options: dict[str, Any] | None = None,
     time_limit: float | None = None,
@@ -443,6 +451,10 @@ def prune(
     fresh_samples : multi-stage methods: when the calibration data holds more than
         ``n_samples`` samples, stage t linearises on the t-th subset of ``n_samples`` samples
         (in turn) instead of the same ones (as the CHITA paper's code does).
+    polish_stages : multi-stage methods with the per-stage automatic choice: after the schedule,
+        up to this many more stages at the final budget, each kept only while its winning
+        candidate lowers the held-back loss (by more than 0.1 %); 0: none. See
+        ``docs/torch_adapter.md``.
     solver : override the solver of the method (a registered name).
     solver_options : keyword options passed to the solver (its own names).
     time_limit : seconds per solve (the solver returns its best feasible point).
