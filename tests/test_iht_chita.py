@@ -263,3 +263,29 @@ def test_chita_refinement_on_active_block(flops):
     assert r.objective == pytest.approx(prob.objective(r.x), rel=1e-9)
     assert r.objective <= plain.objective + 1e-9 * abs(plain.objective)
     assert any(s["stage"] == "support refinement" for s in r.info["stages"])
+
+
+class _GeometricIHT:
+    """A stand-in for InnerIHT whose objective falls by 3 % a step towards ``const``."""
+
+    def __init__(self, f0: float, noise: float, const: float = 0.0):
+        self.f, self.noise, self.const, self.mask = f0, noise, const, np.ones(3, bool)
+
+    def step(self):
+        self.f = self.const + (self.f - self.const) * 0.97
+        return 1.0, False
+
+
+@pytest.mark.parametrize("f0, noise, const, stops_at_once", [(1e-11, 1e-4, 0.0, True), (5.0 + 1e-11, 1e-4, -5.0, False),
+                                                             (1.0, 1e-4, 0.0, False)])
+def test_run_inner_stops_at_an_exact_fit_within_the_rounding_of_A(f0, noise, const, stops_at_once):
+    """A (sub-)problem fitted exactly up to the rounding of A's products (Q - const below
+    ``noise``) is converged: relative decreases there are rounding, which once ran a
+    polishing stage of CHITA++ to max_iter. Above the floor the relative rule decides."""
+    from combprune.result import Deadline
+    from combprune.solvers._kernels.iht_engine import run_inner
+
+    inner = _GeometricIHT(f0 + const, noise, const)
+    it, _, converged = run_inner(inner, deadline=Deadline(None), max_iter=200, tol=1e-7, refresh_every=None)
+    assert converged is stops_at_once
+    assert (it == 1) is stops_at_once

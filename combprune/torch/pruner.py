@@ -445,7 +445,8 @@ def prune(
     l2_grid : candidate ridges of ``l2="auto"``, relative to the Fisher's mean diagonal.
     auto_stages : multi-stage methods with ``l2="auto"``: ``"per-stage"`` (default: every stage
         chooses its ``l2``, and ``first_order`` when automatic, on the held-back samples, and
-        moves to the winning candidate; the last stage re-solves on every sample from it) or
+        moves to the winning candidate; the last stage, after any ``polish_stages``, re-solves on
+        every sample from it) or
         ``"once"`` (choose one-shot at the final budget, then use the values at every stage);
         measured in ``benchmarks/results/auto_l2.md``.
     fresh_samples : multi-stage methods: when the calibration data holds more than

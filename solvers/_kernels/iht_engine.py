@@ -60,7 +60,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -157,6 +157,9 @@ class InnerIHT:
         self.mask = mask.copy()
         self.e = op.cols_matvec(np.flatnonzero(self.w), self.w[self.w != 0]) - b if e is None else e.copy()
         self.f = self.value(self.w, self.e)
+        # Q - const is never negative; below this it is rounding of the products with A (its
+        # dtype's epsilon times Q at w = 0): nothing left to decrease (see run_inner)
+        self.noise = _epsilon(op) * (0.5 * vdot(b, b) + 0.5 * ridge * vdot(w_bar, w_bar))
         self.line_search = line_search
         self.L = lipschitz
         self.fallbacks = 0
@@ -335,6 +338,14 @@ class InnerIHT:
         self.f = val
         return tau, changed
 
+def _epsilon(op: Any) -> float:
+    """Machine epsilon of the operator's dtype (float64 when it has none NumPy knows)."""
+    try:
+        return float(np.finfo(np.dtype(str(op.dtype).replace("torch.", ""))).eps)
+    except (TypeError, ValueError, AttributeError):
+        return float(np.finfo(np.float64).eps)
+
+
 def run_inner(
     inner: InnerIHT,
     *,
@@ -347,7 +358,9 @@ def run_inner(
     stable_iters: int | None = None,
 ) -> tuple[int, list[float], bool]:
     """Iterate until ``patience`` consecutive steps decrease Q by less than ``tol * |Q|``
-    (or a step cannot decrease Q at all). The one stopping loop of the L0 family.
+    (or a step cannot decrease Q at all, or ``Q - const`` is within the rounding of A's products
+    of zero, ``inner.noise``: an exact fit, where relative decreases are rounding). The one
+    stopping loop of the L0 family.
 
     ``refresh_every``: the residual is recomputed exactly every that many steps (None:
     never, the carried residual only). ``on_iterate(f)`` is called after every step that
@@ -390,6 +403,9 @@ def run_inner(
             stable = 0
             slow = 0
             continue
+        if inner.f - inner.const <= inner.noise:
+            converged = True  # at zero up to the rounding of A's products: further steps only chase rounding
+            break
         if f_old - inner.f <= tol * max(abs(inner.f), 1e-300):
             slow += 1
             if slow >= patience:
