@@ -555,7 +555,8 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
 
     Stage t of a multi-stage run linearises on ``ctx.stage_data(t)`` (the calibration samples,
     or with ``fresh_samples`` a fresh subset per stage) and, with ``auto_stages="per-stage"``,
-    chooses its own ``l2`` (:func:`_stage_choice`).
+    chooses its own ``l2`` (:func:`_stage_choice`); then up to ``polish_stages`` more stages at
+    the final budget are kept while they lower the held-back loss (``docs/torch_adapter.md``).
     """
     solver, options, stages, schedule = cfg.solver_name, dict(cfg.solver_options), cfg.stages, cfg.schedule
     costs = ctx.costs[a:b]
