@@ -477,6 +477,8 @@ def test_a_stack_the_forward_pass_never_enters_is_left_dense_with_a_warning(capl
     with caplog.at_level("WARNING", logger="combprune"):
         report = cpt.prune_sequential(model, torch.randn(8, 5, 8), sparsity=0.5, progress=False)
     assert report.info["stacks"] == ["enc.layers"]
+    outside = report.info["outside_blocks"]
+    assert {"emb", "head", "unused.layers.0.linear1"} <= set(outside) and not any(n.startswith("enc.") for n in outside)
     assert "never enters unused.layers; left dense" in caplog.text
     assert all(torch.equal(unused[k], v) for k, v in model.unused.state_dict().items())
 
@@ -487,7 +489,7 @@ def test_encoder_decoder_hf_model_prunes_both_stacks():
     torch.manual_seed(0)
     model = transformers.BartModel(cfg).eval()
     report = cpt.prune_sequential(model, token_batches(), method="sparsegpt", sparsity=0.5, progress=False)
-    assert report.info["stacks"] == ["encoder.layers", "decoder.layers"]
+    assert report.info["stacks"] == ["encoder.layers", "decoder.layers"] and report.info["outside_blocks"] == []
     assert len(report.layers) == 2 * 6 + 10  # encoder: q, k, v, out, fc1, fc2; decoder: + cross-attention
     for row in report.layers:
         assert int((model.get_parameter(row.name) != 0).sum()) == row.kept == row.params // 2

@@ -100,3 +100,51 @@ def test_non_finite_statistics_on_one_rank_raise_on_every_rank(tmp_path):
             assert out["outcome"].startswith("calibration: the inputs") and "not finite" in out["outcome"], (method, out)
             assert "of layer encoder.layer.0." in out["outcome"] and "encoder.layer.0.encoder" not in out["outcome"], out
             assert out["same"], method
+
+
+def _encoder_decoder():
+    """torch's own modules: an encoder stack, then a decoder stack with cross-attention."""
+    torch.manual_seed(0)
+    emb = torch.nn.Linear(8, 16)
+    enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0), 2)
+    dec = torch.nn.TransformerDecoder(torch.nn.TransformerDecoderLayer(16, 2, 32, batch_first=True, dropout=0.0), 1)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.enc, self.dec = emb, enc, dec
+
+        def forward(self, x):
+            memory = self.enc(self.emb(x))
+            return self.dec(memory[:, :3], memory)
+
+    return Model().eval()
+
+
+def _native_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = _encoder_decoder()
+        g = torch.Generator().manual_seed(2)
+        report = cpt.prune_sequential(model, [torch.randn(4, 5, 8, generator=g) for _ in range(4)], sparsity=0.5, progress=False)
+        torch.save({"state": model.state_dict(), "stacks": report.info["stacks"]}, os.path.join(out_dir, f"native-rank{rank}.pt"))
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_prune_attention_slots_and_both_stacks_like_one_process(tmp_path):
+    mp.spawn(_native_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    single = _encoder_decoder()
+    g = torch.Generator().manual_seed(2)
+    cpt.prune_sequential(single, [torch.randn(4, 5, 8, generator=g) for _ in range(4)], sparsity=0.5, progress=False)
+    outs = [torch.load(tmp_path / f"native-rank{r}.pt") for r in range(2)]
+    assert outs[0]["stacks"] == ["enc.layers", "dec.layers"]
+    attn = single.dec.layers[0].multihead_attn.in_proj_weight
+    assert int((attn == 0).sum()) == attn.numel() // 2  # the cross-attention's q, k, v pruned too
+    for key, value in single.state_dict().items():
+        a, b = outs[0]["state"][key], outs[1]["state"][key]
+        assert torch.equal(a, b), key
+        assert torch.equal(a != 0, value != 0), key
+        torch.testing.assert_close(a, value, rtol=1e-4, atol=1e-6)

@@ -63,8 +63,8 @@ def find_stacks(model: nn.Module, blocks: Any = None) -> list[tuple[str, list[nn
     ``blocks``: one stack (a dotted path, an ``nn.ModuleList`` or a list of modules) or several
     (a list of dotted paths, e.g. ``["model.encoder.layers", "model.decoder.layers"]``). By
     default every list of repeated blocks found: the known Hugging Face paths
-    (:data:`KNOWN_BLOCK_PATHS`) and every outermost ``nn.ModuleList`` of two or more blocks of one
-    class holding linear layers, so that the encoder and the decoder of an encoder-decoder model
+    (:data:`KNOWN_BLOCK_PATHS`) and every outermost ``nn.ModuleList`` of blocks of one class
+    holding linear layers (:func:`_outermost_block_lists`), so that the encoder and the decoder of an encoder-decoder model
     are both found; lists inside another (the experts of a block) are not stacks. A model with no
     such list is one stack: the children of an ``nn.Sequential``, else the model as one block.
     """
@@ -107,12 +107,13 @@ def find_blocks(model: nn.Module, blocks: Any = None) -> list[nn.Module]:
 
 
 def _outermost_block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
-    """Every ``nn.ModuleList`` of two or more blocks of one type holding linear layers (blocks,
-    not bare linear layers such as a list of heads), except those inside another such list
-    (e.g. the experts inside each block), as (path, list)."""
+    """Every ``nn.ModuleList`` of blocks of one type holding linear layers (blocks, not bare
+    linear layers such as a list of heads; a list of one block when that block holds two or more,
+    e.g. a one-layer decoder), except those inside another such list (e.g. the experts inside
+    each block), as (path, list)."""
     found: list[tuple[str, nn.ModuleList]] = []
     for name, mod in model.named_modules():
-        if not (_is_block_list(mod) and len(mod) >= 2 and linear_layers(mod[0]) and not _is_linear(mod[0])):
+        if not (_is_block_list(mod) and not _is_linear(mod[0]) and len(linear_layers(mod[0])) >= (1 if len(mod) >= 2 else 2)):
             continue
         if any(name.startswith(outer + ".") for outer, _ in found):
             continue  # named_modules walks parents first: an outer list is already in

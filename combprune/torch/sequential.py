@@ -50,8 +50,8 @@ from combprune.registry import UnknownSolverError, get_solver
 
 from ._calibration import check_finite_parameters, collect, eval_mode, model_device
 from ._attention import fused_attention_off
-from ._sequential_blocks import (BlockInput, GramHooks, Slot, capture_block_inputs, find_stacks, forward_order, run_block,
-                                 weight_slots)
+from ._sequential_blocks import (BlockInput, GramHooks, Slot, capture_block_inputs, find_stacks, forward_order, linear_layers,
+                                 run_block, weight_slots)
 from ._sequential_dist import Dist
 from ._sequential_offload import DiskOffload
 from ._sequential_structured import StructuredStep
@@ -314,7 +314,8 @@ def prune_sequential(
     -------
     :class:`~combprune.torch.report.PruneReport` with one row per pruned weight (``block``,
     ``relative_error``, ``rank`` filled in), ``blocks`` (time and peak memory per block) and
-    ``peak_memory_bytes``; ``info`` holds the pattern, world size and calibration samples.
+    ``peak_memory_bytes``; ``info`` holds the pattern, world size, calibration samples, the
+    ``stacks`` pruned and the linear layers ``outside_blocks`` (left dense).
     """
     start = time.perf_counter()
     kind = _kind(method)
@@ -346,6 +347,10 @@ def prune_sequential(
     prefixes = [f"{names[id(b)]}." if names.get(id(b)) else "" for b in block_list]
     if kind == "layerwise":
         _warn_dense_convolutions(block_list, prefixes)
+    inside = {id(m) for block in block_list for m in block.modules()}
+    outside = [name for name, m in linear_layers(model) if id(m) not in inside]
+    if outside:
+        logger.info("linear layers outside the blocks stay dense: %s", ", ".join(outside))
     if kind == "layerwise" and step.kind == "nm":
         _check_nm(step.value, block_list, prefixes)  # before anything changes
     elif kind == "layerwise":
@@ -355,7 +360,7 @@ def prune_sequential(
                          apply=apply)
     report.info.update(pattern=step.pattern_text, world_size=dist.world, engine="sequential",
                        calibration_samples=dist.total(sum(b.size for b in batches)), ridge=ridge,
-                       stacks=[path for path, _ in stacks])
+                       stacks=[path for path, _ in stacks], outside_blocks=outside)
     backup = _Backup()
     step.check_blocks(prefixes)
     disks: list[DiskOffload] = []
