@@ -127,25 +127,11 @@ def remove_pruned(model: nn.Module, plan: StructuredPlan, *, check: bool = True,
     for att, attrs in attention_updates:
         _swap(att, {}, {}, attrs)
     if reference is not None:
-        try:
-            after = _outputs(model, plan.example)
-        except Exception as exc:
+        problem = _output_change(model, plan.example, reference, atol)
+        if problem is not None:
             for mod, params, buffers, attrs in saved:
                 _swap(mod, params, buffers, attrs)
-            raise ValueError(
-                f"model: {type(model).__name__}'s forward pass fails after physical removal ({type(exc).__name__}: {exc}); "
-                "it does not follow the recognised pattern (e.g. per-head position biases sized by the original head "
-                "count), removal undone; use apply='mask' or 'permanent'"
-            ) from exc
-        scale = max(1.0, float(reference.abs().max())) if reference.numel() else 1.0
-        if after.shape != reference.shape or not torch.allclose(after, reference, rtol=0.0, atol=atol * scale):
-            for mod, params, buffers, attrs in saved:
-                _swap(mod, params, buffers, attrs)
-            diff = float((after - reference).abs().max()) if after.shape == reference.shape else float("inf")
-            raise ValueError(
-                f"model: outputs changed by {diff:.3g} after physical removal (> {atol:g} x {scale:.3g}); "
-                f"{type(model).__name__}'s forward pass does not match the recognised pattern, removal undone"
-            )
+            raise ValueError(problem[0]) from problem[1]
     if _is_hf(model):
         record = _structure_record(model, modules, set(out_keep) | set(in_keep), attention_updates)
         merged = dict(getattr(model.config, STRUCTURE_KEY, None) or {})
@@ -155,6 +141,23 @@ def remove_pruned(model: nn.Module, plan: StructuredPlan, *, check: bool = True,
         setattr(model.config, STRUCTURE_KEY, merged)
     logger.info("removed %d structured units physically", len(plan.pruned_units))
     return model
+
+
+def _output_change(model: nn.Module, example: Any, reference: torch.Tensor, atol: float) -> tuple[str, Exception | None] | None:
+    """``None`` when the model's outputs on ``example`` still match ``reference`` (within
+    ``atol * max(1, max|reference|)``), else the error message and its cause."""
+    try:
+        after = _outputs(model, example)
+    except Exception as exc:
+        return (f"model: {type(model).__name__}'s forward pass fails after physical removal ({type(exc).__name__}: {exc}); "
+                "it does not follow the recognised pattern (e.g. per-head position biases sized by the original head "
+                "count), removal undone; use apply='mask' or 'permanent'"), exc
+    scale = max(1.0, float(reference.abs().max())) if reference.numel() else 1.0
+    if after.shape == reference.shape and torch.allclose(after, reference, rtol=0.0, atol=atol * scale):
+        return None
+    diff = float((after - reference).abs().max()) if after.shape == reference.shape else float("inf")
+    return (f"model: outputs changed by {diff:.3g} after physical removal (> {atol:g} x {scale:.3g}); "
+            f"{type(model).__name__}'s forward pass does not match the recognised pattern, removal undone"), None
 
 
 def _check_unit(u: StructuredUnit, keep: Any, modules: Mapping[str, nn.Module]) -> None:

@@ -573,7 +573,7 @@ def _attention_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
     ``nn.MultiheadAttention``."""
     schemes = [set(qkv) for qkv, _ in PROJECTION_NAMES] + [{"query", "key", "value"}, {"c_attn"}, {"query_key_value"}, {"qkv_proj"}]
     for name, mod in model.named_modules():
-        children = set(dict(mod.named_children()))
+        children = {child for child, _ in mod.named_children()}
         if isinstance(mod, nn.MultiheadAttention) or any(scheme <= children for scheme in schemes):
             yield name, mod
 
