@@ -180,6 +180,10 @@ def test_polishing_stages_are_kept_while_the_held_back_loss_falls(trained, digit
     polish = [c.get("polish") for c in choices[3:]]
     assert 1 <= len(polish) <= 5 and all(p == "kept" for p in polish[:-1])
     assert polish[-1] == "rejected" or len(polish) == 5
+    for c in choices[3:]:  # a polishing stage starts inside its budget: no walk without the term
+        without = [cand for cand in c["candidates"] if not cand["first_order"]]
+        assert len(without) == 1 and without[0]["starting_point"]
+    assert not any(cand.get("starting_point") for c in choices[:3] for cand in c["candidates"])
     kept = [c for c in choices if c.get("polish") != "rejected"]
     for prev, c in zip(kept[2:], kept[3:]):  # every kept polishing stage lowered the held-back loss
         assert c["held_out_loss"] < prev["held_out_loss"] * (1 - 1e-3)
@@ -302,3 +306,33 @@ def test_search_keeps_the_term_only_beyond_one_standard_error(gain, kept):
     assert {c["first_order"] for c in record["candidates"]} == {False, True}
     assert chosen.first_order is kept and record["first_order"] is kept and record["first_order_test"]["kept"] is kept
     assert chosen.l2 == 1.0  # the ridge nearest the scale has the lowest loss in either walk
+
+
+@pytest.mark.parametrize("gain, kept", [(0.5, True), (0.01, False)])
+def test_search_takes_a_known_minimiser_without_the_term_instead_of_its_walk(gain, kept):
+    """With the stage's start inside the budget, the model without the term is minimised by the
+    start for every ridge: that walk becomes one candidate (no solve), the term's walk is unchanged
+    and still has to beat the start by one standard error."""
+    noise = np.tile([1.0, -1.0], 50)
+    start = np.array([7.0, 0.0])
+    solved = []
+
+    def one_shot(trial, warm):
+        solved.append(trial.first_order)
+        return np.array([trial.l2, float(trial.first_order)])
+
+    def loss(w):
+        return 1.0 if w is start else 1.0 + abs(np.log10(w[0])) * 0.1 - (gain if w[1] else 0.0)
+
+    def sample_losses(w):
+        return loss(w) + (noise if w[1] else 0.0)
+
+    cfg = PruneConfig.build(method="chita++", sparsity=0.5, stages=3)
+    chosen, record, best = search(cfg, 1.0, one_shot, loss, None, start={False: 0.1, True: 1.0}, sample_losses=sample_losses,
+                                  minimiser_without=start)
+    assert solved and all(solved)  # no solve without the term
+    without = [c for c in record["candidates"] if not c["first_order"]]
+    assert len(without) == 1 and without[0]["starting_point"] and without[0]["l2_relative"] == 0.1
+    assert chosen.first_order is kept and (best is start) is not kept
+    assert best_relative(record, {False: 0.1, True: 1.0})[False] == 0.1
+

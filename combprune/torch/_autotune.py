@@ -274,6 +274,7 @@ def search(
     *,
     start: Mapping[bool, float] | None = None,
     sample_losses: Callable[[np.ndarray], np.ndarray] | None = None,
+    minimiser_without: np.ndarray | None = None,
 ) -> tuple["PruneConfig", dict[str, Any], np.ndarray]:
     """Resolve ``l2="auto"`` / ``first_order="auto"`` of ``cfg``: (concrete cfg, record, best candidate's weights).
 
@@ -291,6 +292,10 @@ def search(
     walks ran and the best candidate keeps the first-order term, ``sample_losses(w)`` (the
     held-back per-sample losses) decide whether it beats the best one without the term by more
     than one standard error (:func:`first_order_test`); else the one without wins.
+    ``minimiser_without`` is the local model's minimiser without the first-order term for every
+    ridge, when it is known: the stage's own starting weights when they already meet the budget
+    (a polishing stage), where the model's objective is 0 and cannot be lower. That walk is then
+    replaced by this one candidate (one forward pass instead of a walk of solves).
     """
     auto_l2 = is_auto(cfg.l2)
     grid = relative_grid(cfg.l2_grid, extend=True) if auto_l2 else [float(cfg.l2) / scale]
@@ -299,6 +304,14 @@ def search(
     orders = [False, True] if is_auto(cfg.first_order) else [cfg.first_order]
     candidates: list[dict[str, Any]] = []
     for first_order in orders:
+        if not first_order and minimiser_without is not None:
+            c = float(start[False]) if start is not None and auto_l2 and start.get(False) is not None else grid[middle]
+            value = loss(minimiser_without)
+            candidates.append({"l2": c * scale if auto_l2 else float(cfg.l2), "l2_relative": c, "first_order": False,
+                               "held_out_loss": value, "weights": minimiser_without,
+                               "starting_point": True})
+            logger.info("auto: first_order=False: the starting weights meet the budget (the minimiser for every l2): held-back loss %.6g", value)
+            continue
         walk, first = grid, 0 if first_order else middle
         if start is not None and auto_l2 and start.get(first_order) is not None:
             walk = sorted(set(grid) | {float(start[first_order])}, reverse=True)

@@ -710,7 +710,13 @@ def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block:
         return _autotune.held_out_losses(ctx.model, ctx.params, ctx.held, full(x), cfg.loss_fn)
 
     prev = previous[-1]["best_relative"] if previous else None
-    _, record, best = _autotune.search(cfg, scale, one_shot, loss, None, start=prev, sample_losses=sample_losses)
+    # starting weights within the budget (a polishing stage) minimise the model without the term
+    minimiser = None
+    if cfg.first_order is not True:
+        base[False] = _problems.L0Regression.from_gradients(A_kept, wb.astype(A_kept.dtype), int(k_t), l2=0.0, first_order=False, **flop)
+        minimiser = None if base[False].check(wb) else wb
+    _, record, best = _autotune.search(cfg, scale, one_shot, loss, None, start=prev, sample_losses=sample_losses,
+                                       minimiser_without=minimiser)
     record["l2_relative"] = record["l2"] / scale
     record["best_relative"] = _autotune.best_relative(record, prev)
     return record["l2"], record["first_order"], record, best
