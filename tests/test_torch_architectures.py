@@ -190,6 +190,8 @@ _FAMILIES = {
     "bloom": lambda: transformers.BloomModel(transformers.BloomConfig(vocab_size=50, hidden_size=32, n_layer=1, n_head=4)),
     "falcon": lambda: transformers.FalconModel(transformers.FalconConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
                                                                          num_attention_heads=4, multi_query=False)),
+    "phi3": lambda: transformers.Phi3Model(transformers.Phi3Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                                   num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)),
 }
 
 
@@ -210,19 +212,20 @@ def test_structured_units_of_more_families_match_the_forward_pass(family):
         for u in units:
             keep = np.asarray(report.info["structured_plan"]["keep"][u["consumer"]])
             assert keep.sum() == len(keep) // 2
-            layout = {name: (per, seg) for name, per, seg in u["layout"]}
+            layout = dict(u["layout"])
             for producer in u["producers"]:
-                per, seg = layout.get(producer, (u["features_per_group"], 1))
-                rows = np.flatnonzero(np.tile(np.repeat(~keep, per), seg))
+                sizes = layout.get(producer, [u["features_per_group"]])
+                rows = np.flatnonzero(np.concatenate([np.repeat(~keep, size) for size in sizes]))
                 modules[producer].weight[rows] += torch.randn(len(rows), modules[producer].weight.shape[1])
         after = model(**ids[0]).last_hidden_state
     torch.testing.assert_close(after, before)
 
 
-@pytest.mark.parametrize("family", ["distilbert", "gpt-neox", "bloom", "t5-gated"])
+@pytest.mark.parametrize("family", ["distilbert", "gpt-neox", "bloom", "t5-gated", "phi3"])
 def test_physical_removal_on_more_families_shrinks_or_says_why_and_restores(family):
     """DistilBERT and GPT-NeoX shrink (the same outputs); BLOOM's ALiBi and T5's relative
-    position bias are sized by the original head count: a clear error, the model unchanged."""
+    position bias are sized by the original head count, and Phi-3 splits its fused q | k | v
+    with the config's head count, shared by all layers: a clear error, the model unchanged."""
     torch.manual_seed(0)
     model = _FAMILIES[family]().eval()
     ids = [{"input_ids": torch.randint(1, 50, (4, 8), generator=torch.Generator().manual_seed(i))} for i in range(2)]
@@ -235,3 +238,21 @@ def test_physical_removal_on_more_families_shrinks_or_says_why_and_restores(fami
     with pytest.raises(ValueError, match="forward pass fails after physical removal.*use apply=.mask."):
         cpt.prune(model, ids, method="osscar", sparsity=0.5, apply="physical", progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_phi3_fused_heads_need_the_kv_layout_and_say_so():
+    """Phi-3's fused q | k | v keeps keys and values whole under gqa='query': its heads are left
+    dense with a reason naming qkv_proj, while the fused gate | up MLP neurons are still pruned,
+    and physically (both halves of gate_up_proj shrink; the outputs equal the masked model's)."""
+    ids = [{"input_ids": torch.randint(1, 50, (4, 8), generator=torch.Generator().manual_seed(0))}]
+    torch.manual_seed(0)
+    model = _FAMILIES["phi3"]().eval()
+    report = cpt.prune(model, ids, method="osscar", sparsity=0.5, gqa="query", progress=False)
+    assert [u["kind"] for u in report.info["structured_plan"]["units"]] == ["neuron"]
+    assert len(report.not_pruned) == 1 and "qkv_proj" in report.not_pruned[0][1] and "gqa='kv'" in report.not_pruned[0][1]
+    torch.manual_seed(0)
+    shrunk = _FAMILIES["phi3"]().eval()
+    cpt.prune(shrunk, ids, method="osscar", sparsity=0.5, gqa="query", apply="physical", progress=False)
+    assert shrunk.layers[0].mlp.gate_up_proj.out_features == 64 and shrunk.layers[0].mlp.down_proj.in_features == 32
+    with torch.no_grad():
+        torch.testing.assert_close(shrunk(**ids[0]).last_hidden_state, model(**ids[0]).last_hidden_state)

@@ -26,6 +26,15 @@ GPT-NeoX, BLOOM and Falcon without multi-query (``query_key_value`` fused per he
 ``h`` is the ``3 head_dim`` consecutive output rows ``[3 h d, 3 (h+1) d)`` of
 ``query_key_value`` (its q, k and v) and ``head_dim`` input features of ``dense``. Multi-query
 and grouped Falcon layouts have fewer than ``3 E`` outputs and are not recognised.
+
+Phi-3 (``qkv_proj`` fused in segments q | k | v with grouped-query attention, and ``o_proj``):
+with ``gqa="kv"`` a group is one KV head with its r query heads, ``r * head_dim`` rows of the q
+segment and ``head_dim`` rows of each of the k and v segments (layout ``(r hd, hd, hd)``) and
+``r * head_dim`` input features of ``o_proj``. The module splits the fused output with the
+config's head count, shared by every layer, so only masks apply (physical removal fails its
+output check and is undone); ``gqa="query"`` is not offered (keys and values would stay whole
+inside a fused producer). Its MLP ``down_proj(up * act(gate))`` with ``gate_up_proj`` fused
+gate | up is a neuron unit of layout ``(1, 1)``.
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ from torch import nn
 from ._select import is_hf_conv1d
 from .structured import StructuredUnit, head_attrs
 
-__all__ = ["GQA_MODES", "coupled_hf_units", "gqa_unit", "gpt2_units", "fused_qkv_unit", "covered_attention"]
+__all__ = ["GQA_MODES", "coupled_hf_units", "gqa_unit", "gpt2_units", "fused_qkv_unit", "fused_gqa_unit", "fused_gate_up_unit",
+           "covered_attention"]
 
 GQA_MODES: tuple[str, ...] = ("kv", "query")
 
@@ -77,7 +87,7 @@ def gqa_unit(name: str, mod: nn.Module, gqa: str = "kv") -> StructuredUnit | Non
     if gqa == "kv":
         return StructuredUnit(
             "head", f"{p}o_proj", (f"{p}q_proj", f"{p}k_proj", f"{p}v_proj"), n_groups=n_kv, features_per_group=rep * hd,
-            layout=((f"{p}k_proj", hd, 1), (f"{p}v_proj", hd, 1)),
+            layout=((f"{p}k_proj", (hd,)), (f"{p}v_proj", (hd,))),
         )
     if _int_attr(mod, "num_key_value_groups") is None:
         return None  # the kept-heads-per-KV-head count has nowhere to go
@@ -99,7 +109,7 @@ def gpt2_units(name: str, mod: nn.Module) -> list[StructuredUnit]:
         if heads and hd and split == heads * hd and c_attn.weight.shape[1] == 3 * split and c_proj.weight.shape[0] == split:
             return [StructuredUnit(
                 "head", f"{p}c_proj", (f"{p}c_attn",), attention=name, n_groups=heads, features_per_group=hd,
-                layout=((f"{p}c_attn", hd, 3),), attention_attrs=(("num_heads", 1), ("split_size", hd)),
+                layout=((f"{p}c_attn", (hd, hd, hd)),), attention_attrs=(("num_heads", 1), ("split_size", hd)),
             )]
         return []
     if c_fc is not None and is_hf_conv1d(c_fc) and hasattr(mod, "act") and c_fc.weight.shape[1] == c_proj.weight.shape[0]:
@@ -118,12 +128,46 @@ def fused_qkv_unit(name: str, mod: nn.Module) -> StructuredUnit | None:
         return None
     p = f"{name}." if name else ""
     return StructuredUnit("head", f"{p}dense", (f"{p}query_key_value",), attention=name, n_groups=width // hd,
-                          features_per_group=hd, layout=((f"{p}query_key_value", 3 * hd, 1),))
+                          features_per_group=hd, layout=((f"{p}query_key_value", (3 * hd,)),))
+
+
+def fused_gqa_unit(name: str, mod: nn.Module, gqa: str = "kv") -> StructuredUnit | None:
+    """The KV-head unit of a Phi-3 style attention, ``qkv_proj`` fused in segments (module
+    docstring); ``None`` when ``mod`` is not one or ``gqa`` is not ``"kv"``."""
+    qkv, o = getattr(mod, "qkv_proj", None), getattr(mod, "o_proj", None)
+    hd = _int_attr(mod, "head_dim")
+    if gqa != "kv" or not (isinstance(qkv, nn.Linear) and isinstance(o, nn.Linear) and hd and hd > 0):
+        return None
+    if o.in_features % hd or (qkv.out_features - o.in_features) % (2 * hd) or qkv.in_features != o.out_features:
+        return None
+    n_q, n_kv = o.in_features // hd, (qkv.out_features - o.in_features) // (2 * hd)
+    if n_kv == 0 or n_q % n_kv or _int_attr(mod, "num_key_value_heads") not in (None, n_kv):
+        return None
+    rep = n_q // n_kv
+    if _int_attr(mod, "num_key_value_groups") not in (None, rep):
+        return None
+    p = f"{name}." if name else ""
+    return StructuredUnit("head", f"{p}o_proj", (f"{p}qkv_proj",), n_groups=n_kv, features_per_group=rep * hd,
+                          layout=((f"{p}qkv_proj", (rep * hd, hd, hd)),))
+
+
+def fused_gate_up_unit(name: str, mod: nn.Module) -> StructuredUnit | None:
+    """The neurons of a gated MLP with ``gate_up_proj`` fused gate | up (Phi-3) feeding
+    ``down_proj``; ``None`` when ``mod`` is not one."""
+    fused, down = getattr(mod, "gate_up_proj", None), getattr(mod, "down_proj", None)
+    if not (isinstance(fused, nn.Linear) and isinstance(down, nn.Linear) and fused.out_features == 2 * down.in_features):
+        return None
+    if fused.in_features != down.out_features:
+        return None
+    p = f"{name}." if name else ""
+    return StructuredUnit("neuron", f"{p}down_proj", (f"{p}gate_up_proj",), n_groups=down.in_features,
+                          layout=((f"{p}gate_up_proj", (1, 1)),))
 
 
 def coupled_hf_units(model: nn.Module, gqa: str = "kv") -> list[StructuredUnit]:
-    """GQA head units (layout ``gqa``), GPT-2 head and MLP units and fused-per-head
-    ``query_key_value`` head units of ``model``."""
+    """GQA head units (layout ``gqa``), GPT-2 head and MLP units, fused-per-head
+    ``query_key_value`` head units and Phi-3's fused ``qkv_proj`` and ``gate_up_proj`` units of
+    ``model``."""
     if gqa not in GQA_MODES:
         raise ValueError(f"gqa: expected one of {GQA_MODES}, got {gqa!r}")
     units: list[StructuredUnit] = []
@@ -132,9 +176,7 @@ def coupled_hf_units(model: nn.Module, gqa: str = "kv") -> list[StructuredUnit]:
         if unit is not None:
             units.append(unit)
         units.extend(gpt2_units(name, mod))
-        fused = fused_qkv_unit(name, mod)
-        if fused is not None:
-            units.append(fused)
+        units.extend(u for u in (fused_qkv_unit(name, mod), fused_gqa_unit(name, mod, gqa), fused_gate_up_unit(name, mod)) if u is not None)
     return units
 
 

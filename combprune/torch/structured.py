@@ -123,11 +123,13 @@ class StructuredUnit:
     n_groups: int = 0
     features_per_group: int = 1
     #: producers whose output features are not ``features_per_group`` consecutive features per
-    #: group: ``(name, features per group, segments)``; the kept output features are
-    #: ``tile(repeat(keep, features per group), segments)`` (GQA key/value projections: one
-    #: ``head_dim`` per KV head; GPT-2's fused ``c_attn``: 3 segments q | k | v). See
+    #: group: ``(name, sizes)``, the output being consecutive segments, segment ``j`` holding
+    #: ``sizes[j]`` consecutive features of each group in group order; the kept output features
+    #: are the concatenation of ``repeat(keep, sizes[j])`` (GQA key/value projections: ``(hd,)``,
+    #: one ``head_dim`` per KV head; GPT-2's fused ``c_attn``: ``(hd, hd, hd)`` for q | k | v;
+    #: Phi-3's ``qkv_proj``: ``(r hd, hd, hd)``; a fused gate | up projection: ``(1, 1)``). See
     #: :mod:`combprune.torch._groups`.
-    layout: tuple[tuple[str, int, int], ...] = ()
+    layout: tuple[tuple[str, tuple[int, ...]], ...] = ()
     #: further consumers reading the same groups (each with its own input X); the optimisation
     #: sums their reconstruction objectives (:mod:`combprune.torch._coupled`).
     extra_consumers: tuple[str, ...] = ()
@@ -156,16 +158,16 @@ class StructuredUnit:
     def producer_features_of(self, producer: str, keep: np.ndarray) -> np.ndarray:
         """Indices of the output features of ``producer`` (or a norm) that stay for ``keep``."""
         keep = np.asarray(keep, dtype=bool)
-        for name, per_group, segments in self.layout:
+        for name, sizes in self.layout:
             if name == producer:
-                return np.flatnonzero(np.tile(np.repeat(keep, per_group), segments))
+                return np.flatnonzero(np.concatenate([np.repeat(keep, size) for size in sizes]))
         return self.features_of(keep)
 
     def producer_size(self, producer: str) -> int:
         """Number of output features of ``producer`` the unit expects."""
-        for name, per_group, segments in self.layout:
+        for name, sizes in self.layout:
             if name == producer:
-                return self.n_groups * per_group * segments
+                return self.n_groups * sum(sizes)
         return self.n_groups * self.features_per_group
 
     def features_of(self, keep: np.ndarray) -> np.ndarray:
@@ -182,7 +184,7 @@ class StructuredUnit:
             "attention": self.attention,
             "n_groups": self.n_groups,
             "features_per_group": self.features_per_group,
-            "layout": [list(x) for x in self.layout],
+            "layout": [[name, list(sizes)] for name, sizes in self.layout],
             "extra_consumers": list(self.extra_consumers),
             "attention_attrs": [list(x) for x in self.attention_attrs],
             "even_blocks": self.even_blocks,
@@ -594,6 +596,9 @@ def unsupported_structures(model: nn.Module, units: Iterable[StructuredUnit]) ->
         children = dict(mod.named_children())
         if "q_attn" in children:
             reason = "GPT-2 cross-attention (separate q_attn, fused k/v c_attn): heads are not pruned"
+        elif "qkv_proj" in children:
+            reason = ("fused q | k | v projection (qkv_proj): heads are pruned with gqa='kv' (a KV head with its query heads) "
+                      "when its shapes match head_dim: heads are not pruned")
         elif "c_attn" in children:
             reason = "fused q/k/v projection without matching num_heads / head_dim / split_size: heads are not pruned"
         elif "k_proj" in children and isinstance(children["k_proj"], nn.Linear) and isinstance(children.get("q_proj"), nn.Linear) and (
