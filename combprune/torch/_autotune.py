@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ._calibration import Batch, _map
+from ._calibration import Batch, _map, eval_mode
 from ._gradients import NON_FINITE_GRADIENTS, batch_loss, default_loss, param_overrides, per_sample_gradients
 
 if TYPE_CHECKING:
@@ -160,18 +160,12 @@ def held_out_loss(model: torch.nn.Module, params: list, batches: list[Batch], we
     loss_fn = loss_fn or default_loss
     like = params[0].storage
     overrides = param_overrides(params, torch.as_tensor(weights, dtype=like.dtype, device=like.device))
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     total, n = 0.0, 0
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                out = _call(model, overrides, batch.inputs)
-                total += float(batch_loss(loss_fn, out, batch.targets, batch.size)) * batch.size
-                n += batch.size
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    with eval_mode(model), torch.no_grad():
+        for batch in batches:
+            out = _call(model, overrides, batch.inputs)
+            total += float(batch_loss(loss_fn, out, batch.targets, batch.size)) * batch.size
+            n += batch.size
     return total / n
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ._calibration import Batch
+from ._calibration import Batch, eval_mode
 from ._select import PrunableParam
 
 logger = logging.getLogger(__name__)
@@ -202,10 +202,8 @@ def per_sample_gradients(
         return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
 
     grad_fn = grad(sample_loss)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     method, row = "vmap", 0
-    try:
+    with eval_mode(model):
         for batch in batches:
             for s in range(0, batch.size, chunk_size):
                 part = batch.slice(s, min(batch.size, s + chunk_size))
@@ -229,9 +227,6 @@ def per_sample_gradients(
                 row += part.size
                 if progress is not None:
                     progress.update(part.size)
-    finally:
-        for m, mode in modes:
-            m.training = mode
     if info is not None:
         info["method"] = method
     return out

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._calibration import check_device, collect, forward
+from ._calibration import check_device, collect, eval_mode, forward
 from ._gradients import batch_loss, default_loss
 from .masking import MaskedTraining, apply_masks, base_optimizer, clear_optimizer_state, get_masks, make_permanent, masked_parameters, zero_pruned
 from ._select import select_parameters
@@ -288,17 +288,11 @@ class GradualPruner:
         batches = collect(self.calibration, self.n_samples, self.device)
         if self.prune_options.get("loss_fn") is None and any(b.targets is None for b in batches):
             return None
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
         total, n = 0.0, 0
-        try:
-            with torch.no_grad():
-                for b in batches:
-                    total += float(batch_loss(self.loss_fn, forward(self.model, b.inputs), b.targets, b.size)) * b.size
-                    n += b.size
-        finally:
-            for m, mode in modes:
-                m.training = mode
+        with eval_mode(self.model), torch.no_grad():
+            for b in batches:
+                total += float(batch_loss(self.loss_fn, forward(self.model, b.inputs), b.targets, b.size)) * b.size
+                n += b.size
         return total / n
 
     def _event(self, t: int) -> EventRecord | None:
