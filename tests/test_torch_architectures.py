@@ -190,6 +190,9 @@ _FAMILIES = {
     "bloom": lambda: transformers.BloomModel(transformers.BloomConfig(vocab_size=50, hidden_size=32, n_layer=1, n_head=4)),
     "falcon": lambda: transformers.FalconModel(transformers.FalconConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
                                                                          num_attention_heads=4, multi_query=False)),
+    "falcon-grouped": lambda: transformers.FalconModel(transformers.FalconConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                                                                 num_attention_heads=4, num_kv_heads=2,
+                                                                                 new_decoder_architecture=True)),
     "phi3": lambda: transformers.Phi3Model(transformers.Phi3Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                                    num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)),
 }
@@ -221,9 +224,9 @@ def test_structured_units_of_more_families_match_the_forward_pass(family):
     torch.testing.assert_close(after, before)
 
 
-@pytest.mark.parametrize("family", ["distilbert", "gpt-neox", "bloom", "t5-gated", "phi3"])
+@pytest.mark.parametrize("family", ["distilbert", "gpt-neox", "falcon-grouped", "bloom", "t5-gated", "phi3"])
 def test_physical_removal_on_more_families_shrinks_or_says_why_and_restores(family):
-    """DistilBERT and GPT-NeoX shrink (the same outputs); BLOOM's ALiBi and T5's relative
+    """DistilBERT, GPT-NeoX and grouped Falcon shrink (the same outputs); BLOOM's ALiBi and T5's relative
     position bias are sized by the original head count, and Phi-3 splits its fused q | k | v
     with the config's head count, shared by all layers: a clear error, the model unchanged."""
     torch.manual_seed(0)
@@ -231,7 +234,7 @@ def test_physical_removal_on_more_families_shrinks_or_says_why_and_restores(fami
     ids = [{"input_ids": torch.randint(1, 50, (4, 8), generator=torch.Generator().manual_seed(i))} for i in range(2)]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     n_params = sum(p.numel() for p in model.parameters())
-    if family in ("distilbert", "gpt-neox"):
+    if family in ("distilbert", "gpt-neox", "falcon-grouped"):
         cpt.prune(model, ids, method="osscar", sparsity=0.5, apply="physical", progress=False)
         assert sum(p.numel() for p in model.parameters()) < n_params
         return

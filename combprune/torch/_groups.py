@@ -25,7 +25,13 @@ GPT-NeoX, BLOOM and Falcon without multi-query (``query_key_value`` fused per he
 ``3 E`` outputs, and ``dense``): the fused output is viewed as ``(heads, 3, head_dim)``, so a head
 ``h`` is the ``3 head_dim`` consecutive output rows ``[3 h d, 3 (h+1) d)`` of
 ``query_key_value`` (its q, k and v) and ``head_dim`` input features of ``dense``. Multi-query
-and grouped Falcon layouts have fewer than ``3 E`` outputs and are not recognised.
+Falcon (one key and one value for every head, ``E + 2 head_dim`` outputs) is not recognised.
+
+Falcon's grouped layout (``new_decoder_architecture``: Falcon-40B/180B; ``num_kv_heads`` KV
+heads, ``query_key_value`` viewed as ``(n_kv, r + 2, head_dim)``, KV group ``j`` being its r
+query heads, then its key, then its value): a group is one KV group, the ``(r + 2) head_dim``
+consecutive rows of ``query_key_value`` and ``r head_dim`` input features of ``dense``; physical
+removal sets the module's ``num_heads`` and ``num_kv_heads`` (``r`` unchanged).
 
 Phi-3 (``qkv_proj`` fused in segments q | k | v with grouped-query attention, and ``o_proj``):
 with ``gqa="kv"`` a group is one KV head with its r query heads, ``r * head_dim`` rows of the q
@@ -46,7 +52,8 @@ from torch import nn
 from ._select import is_hf_conv1d
 from .structured import StructuredUnit, head_attrs
 
-__all__ = ["GQA_MODES", "coupled_hf_units", "gqa_unit", "gpt2_units", "fused_qkv_unit", "fused_gqa_unit", "fused_gate_up_unit",
+__all__ = ["GQA_MODES", "coupled_hf_units", "gqa_unit", "gpt2_units", "fused_qkv_unit", "grouped_fused_qkv_unit", "fused_gqa_unit",
+           "fused_gate_up_unit",
            "covered_attention"]
 
 GQA_MODES: tuple[str, ...] = ("kv", "query")
@@ -131,6 +138,23 @@ def fused_qkv_unit(name: str, mod: nn.Module) -> StructuredUnit | None:
                           features_per_group=hd, layout=((f"{p}query_key_value", (3 * hd,)),))
 
 
+def grouped_fused_qkv_unit(name: str, mod: nn.Module, gqa: str = "kv") -> StructuredUnit | None:
+    """The KV-group unit of Falcon's grouped ``query_key_value`` (``new_decoder_architecture``;
+    module docstring); ``None`` when ``mod`` is not one or ``gqa`` is not ``"kv"``."""
+    qkv, dense = getattr(mod, "query_key_value", None), getattr(mod, "dense", None)
+    heads, hd, n_kv = _int_attr(mod, "num_heads"), _int_attr(mod, "head_dim"), _int_attr(mod, "num_kv_heads")
+    if gqa != "kv" or getattr(mod, "new_decoder_architecture", False) is not True or not (heads and hd and n_kv):
+        return None
+    if not (isinstance(qkv, nn.Linear) and isinstance(dense, nn.Linear)) or heads % n_kv or dense.in_features != heads * hd:
+        return None
+    rep = heads // n_kv
+    if qkv.out_features != n_kv * (rep + 2) * hd or qkv.in_features != dense.out_features:
+        return None
+    p = f"{name}." if name else ""
+    return StructuredUnit("head", f"{p}dense", (f"{p}query_key_value",), attention=name, n_groups=n_kv, features_per_group=rep * hd,
+                          layout=((f"{p}query_key_value", ((rep + 2) * hd,)),), attention_attrs=(("num_heads", rep), ("num_kv_heads", 1)))
+
+
 def fused_gqa_unit(name: str, mod: nn.Module, gqa: str = "kv") -> StructuredUnit | None:
     """The KV-head unit of a Phi-3 style attention, ``qkv_proj`` fused in segments (module
     docstring); ``None`` when ``mod`` is not one or ``gqa`` is not ``"kv"``."""
@@ -165,9 +189,9 @@ def fused_gate_up_unit(name: str, mod: nn.Module) -> StructuredUnit | None:
 
 
 def coupled_hf_units(model: nn.Module, gqa: str = "kv") -> list[StructuredUnit]:
-    """GQA head units (layout ``gqa``), GPT-2 head and MLP units, fused-per-head
-    ``query_key_value`` head units and Phi-3's fused ``qkv_proj`` and ``gate_up_proj`` units of
-    ``model``."""
+    """GQA head units (layout ``gqa``), GPT-2 head and MLP units, fused-per-head and Falcon's
+    grouped ``query_key_value`` head units and Phi-3's fused ``qkv_proj`` and ``gate_up_proj``
+    units of ``model``."""
     if gqa not in GQA_MODES:
         raise ValueError(f"gqa: expected one of {GQA_MODES}, got {gqa!r}")
     units: list[StructuredUnit] = []
@@ -176,7 +200,8 @@ def coupled_hf_units(model: nn.Module, gqa: str = "kv") -> list[StructuredUnit]:
         if unit is not None:
             units.append(unit)
         units.extend(gpt2_units(name, mod))
-        units.extend(u for u in (fused_qkv_unit(name, mod), fused_gqa_unit(name, mod, gqa), fused_gate_up_unit(name, mod)) if u is not None)
+        found = (fused_qkv_unit(name, mod), grouped_fused_qkv_unit(name, mod, gqa), fused_gqa_unit(name, mod, gqa), fused_gate_up_unit(name, mod))
+        units.extend(u for u in found if u is not None)
     return units
 
 
