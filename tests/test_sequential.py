@@ -520,3 +520,25 @@ def test_disk_offload_failure_in_a_later_stack_restores_every_stack_and_removes_
         cpt.prune_sequential(model, torch.randn(8, 5, 8), sparsity=0.5, offload="disk", progress=False)
     assert all(torch.equal(before[k], v) for k, v in weights(model).items())
     assert os.listdir(tmp_path) == []
+
+
+def test_targets_and_ignore_choose_the_reconstructed_layers():
+    """The layer-wise methods honour targets / ignore (they used to ignore both silently): an
+    ignored projection keeps every weight, the others are pruned; a selection with nothing
+    inside the blocks names targets, before anything changes."""
+    model = tiny_llama()
+    before = weights(model)
+    rep = cpt.prune(model, token_batches(), method="wanda", sparsity=0.5, ignore=r".*\.q_proj", progress=False)
+    pruned = {row.name for row in rep.layers}
+    assert pruned and not any(".q_proj" in name for name in pruned) and any(".k_proj" in name for name in pruned)
+    for i in range(2):
+        assert torch.equal(model.layers[i].self_attn.q_proj.weight, before[f"layers.{i}.self_attn.q_proj.weight"])
+        assert int((model.layers[i].self_attn.k_proj.weight == 0).sum()) >= model.layers[i].self_attn.k_proj.weight.numel() // 2
+    only = tiny_llama()
+    rep = cpt.prune(only, token_batches(), method="sparsegpt", sparsity=0.5, targets=r"layers\.1\.mlp\..*", progress=False)
+    assert {row.name.rsplit(".", 2)[0] for row in rep.layers} == {"layers.1.mlp"}
+    assert torch.equal(only.layers[0].mlp.up_proj.weight, tiny_llama().layers[0].mlp.up_proj.weight)
+    untouched = tiny_llama()
+    with pytest.raises(ValueError, match="^targets: no selected weight lies inside the repeated blocks"):
+        cpt.prune_sequential(untouched, token_batches(), method="wanda", sparsity=0.5, targets=nn.Embedding, progress=False)
+    assert all(torch.equal(v, weights(tiny_llama())[k]) for k, v in weights(untouched).items())

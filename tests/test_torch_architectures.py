@@ -259,3 +259,68 @@ def test_phi3_fused_heads_need_the_kv_layout_and_say_so():
     assert shrunk.layers[0].mlp.gate_up_proj.out_features == 64 and shrunk.layers[0].mlp.down_proj.in_features == 32
     with torch.no_grad():
         torch.testing.assert_close(shrunk(**ids[0]).last_hidden_state, model(**ids[0]).last_hidden_state)
+
+
+def _mixtral() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                     num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=32)
+    return transformers.MixtralForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "osscar"])
+def test_mixture_of_experts_tensors_left_dense_are_named_not_hidden(method, caplog):
+    """transformers' MoE blocks hold their experts as 3-D parameters (experts, out, in), outside
+    any Linear: the default selection leaves them dense, and every path says so in
+    report.not_pruned and a warning (the report used to count the Linear layers only, silently)."""
+    model = _mixtral()
+    experts = {n: p.detach().clone() for n, p in model.named_parameters() if ".experts." in n}
+    ids = torch.randint(1, 50, (8, 8), generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.WARNING):
+        report = cpt.prune(model, [{"input_ids": ids, "labels": ids}], method=method, sparsity=0.5, progress=False)
+    named = {name for name, _ in report.not_pruned}
+    assert set(experts) <= named and all("3-D parameter" in reason for name, reason in report.not_pruned if name in experts)
+    assert all(torch.equal(p, experts[n]) for n, p in model.named_parameters() if n in experts)
+    assert any("left dense" in r.getMessage() and "experts" in r.getMessage() for r in caplog.records)
+
+
+def test_mixture_of_experts_tensors_pruned_when_targeted_and_a_flop_budget_refused():
+    """Named in targets, the expert tensors are pruned by magnitude and by gradients; torch's FLOP
+    counter sees no FLOPs in their grouped products, so a FLOP budget (which would treat them as
+    free) is refused naming flop_budget, the model unchanged."""
+    ids = torch.randint(1, 50, (48, 8), generator=torch.Generator().manual_seed(0))
+    calib = [{"input_ids": ids, "labels": ids}]
+    targets = [torch.nn.Linear, r".*experts\.(gate_up|down)_proj"]
+    for method in ("magnitude", "chita"):
+        model = _mixtral()
+        report = cpt.prune(model, calib, method=method, sparsity=0.5, targets=targets, progress=False)
+        expert_layers = [row for row in report.layers if ".experts." in row.name]
+        assert len(expert_layers) == 2 and all(0 < row.kept < row.params for row in expert_layers)
+        for row in expert_layers:  # the masked tensor the forward pass reads
+            module, attr = row.name.rsplit(".", 1)
+            assert int(torch.count_nonzero(getattr(model.get_submodule(module), attr))) == row.kept
+        assert report.sparsity == pytest.approx(0.5, abs=1e-3) and not report.not_pruned
+    model = _mixtral()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="^flop_budget: torch's FLOP counter attributes no FLOPs to model.layers.0.mlp.experts"):
+        cpt.prune(model, calib, method="falcon", flop_budget=0.5, targets=targets, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_small_tensors_outside_linear_layers_are_not_reported():
+    """Position embeddings and class tokens (below 1 % of the Linear weights) are not weights a
+    pruning method should touch: not reported; a large raw weight matrix is."""
+
+    class Net(torch.nn.Module):
+        def __init__(self, raw: int) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 64)
+            self.pos = torch.nn.Parameter(torch.randn(1, 2, 16))  # 32 < 1 % of 4096
+            self.raw = torch.nn.Parameter(torch.randn(raw, 64))
+
+        def forward(self, x):
+            return torch.nn.functional.linear(self.fc(x), self.raw) + self.pos.sum()
+
+    for raw, reported in ((64, True), (0, False)):
+        report = cpt.prune(Net(raw), torch.randn(16, 64), method="magnitude", sparsity=0.5, progress=False)
+        assert [name for name, _ in report.not_pruned] == (["raw"] if reported else [])

@@ -92,13 +92,16 @@ def _eval_mode(model: nn.Module):
         yield
 
 
-def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> list[float]:
+def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch, *, uncounted: list[str] | None = None) -> list[float]:
     """Dense FLOPs (per sample) of each parameter's module, in the order of ``params``.
 
     The module's inputs are captured with forward hooks during one pass of the model on the
     representative samples of ``batch`` (see :func:`model_flops`); each module is then re-run
     alone under the counter (every call of a module
     used several times is counted). A module that the forward pass never calls gets 0 FLOPs.
+    ``uncounted`` (a list) receives the names of the parameters whose module *was* called but
+    to which the counter attributes no FLOPs (an operation it has no formula for, such as the
+    grouped matrix products of transformers' mixture-of-experts blocks).
     """
     # the out_proj of an nn.MultiheadAttention is never called as a module: its cost comes from
     # the attention module's queries
@@ -131,6 +134,8 @@ def layer_flops(model: nn.Module, params: list[PrunableParam], batch: Batch) -> 
             else:
                 total = sum(_counted_flops(p.module, args, kwargs) for args, kwargs in calls)
             per_module[id(p.module)] = total / sample.size
+            if uncounted is not None and calls and total == 0:
+                uncounted.extend(q.name for q in params if q.module is p.module)
     # A module with several prunable weights would split its FLOPs by weight count.
     by_module: dict[int, int] = {}
     for p in params:

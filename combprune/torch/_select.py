@@ -28,7 +28,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-__all__ = ["PrunableParam", "select_parameters", "DEFAULT_TYPES", "NOT_PRUNED_TYPES", "is_hf_conv1d"]
+__all__ = ["PrunableParam", "select_parameters", "unselected_weights", "with_unselected", "DEFAULT_TYPES", "NOT_PRUNED_TYPES", "is_hf_conv1d",
+           "UNSELECTED_REPORT_FRACTION"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,17 @@ def _matches(items: list[Spec], module_name: str, module: nn.Module, param_name:
     return False
 
 
+def _tensor_names(module: nn.Module) -> list[str]:
+    """The parameters of two or more dimensions of a module without a ``weight`` (plain or
+    torch-masked), e.g. the 3-D ``gate_up_proj`` / ``down_proj`` of a mixture-of-experts block:
+    prunable when ``targets`` names them (or their module)."""
+    out = []
+    for n, p in module._parameters.items():
+        if p is not None and p.ndim >= 2 and not isinstance(module, NOT_PRUNED_TYPES):
+            out.append(n[: -len("_orig")] if n.endswith("_orig") and hasattr(module, n[: -len("_orig")] + "_mask") else n)
+    return out
+
+
 def _weight_names(module: nn.Module) -> list[str]:
     """The prunable weights of ``module`` (plain or torch-masked): ``["weight"]`` when it has one;
     for ``nn.MultiheadAttention`` its in-projection, one fused ``in_proj_weight`` (or
@@ -168,7 +180,7 @@ def select_parameters(
     chosen: list[PrunableParam] = []
     seen: set[int] = set()
     for module_name, module in model.named_modules():
-        for pname in _weight_names(module):
+        for pname in _weight_names(module) or (_tensor_names(module) if tgt else []):
             if tgt:
                 ok = _matches(tgt, module_name, module, pname)
             else:
@@ -206,3 +218,52 @@ def _never_pruned_storages(model: nn.Module) -> dict[int, str]:
             for pname in _weight_names(module):
                 out.setdefault(id(PrunableParam(name, pname, module).storage), name or type(module).__name__)
     return out
+
+
+#: A weight tensor outside the default types is reported as left dense when it holds at least
+#: this fraction of the default types' weights (smaller ones, such as ViT's position embeddings
+#: or class token, are not weights a pruning method is expected to touch).
+UNSELECTED_REPORT_FRACTION = 0.01
+
+
+def unselected_weights(model: nn.Module) -> list[tuple[str, str]]:
+    """Large weight tensors the default selection leaves dense, ``(name, reason)``.
+
+    Parameters of two or more dimensions owned by a module that is neither a default type
+    (:data:`DEFAULT_TYPES`, Hugging Face ``Conv1D``) nor a never-pruned one (embeddings,
+    norms), not tied to a never-pruned weight, and holding at least
+    :data:`UNSELECTED_REPORT_FRACTION` of the default types' weights: e.g. the 3-D expert
+    tensors of transformers' mixture-of-experts blocks (Mixtral, Qwen-MoE: ``experts.gate_up_proj``
+    of shape (experts, 2 I, H)), which would otherwise stay dense behind a report that counts
+    only the Linear layers.
+    """
+    never = _never_pruned_storages(model)
+    default = [m for m in model.modules() if isinstance(m, DEFAULT_TYPES) or is_hf_conv1d(m)]
+    total = sum(p.numel() for m in default for p in m.parameters(recurse=False) if p.ndim >= 2)
+    owners = {id(p) for m in default for p in m.parameters(recurse=False)}
+    out: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, NOT_PRUNED_TYPES) or isinstance(module, DEFAULT_TYPES) or is_hf_conv1d(module):
+            continue
+        for pname, param in module.named_parameters(recurse=False):
+            if param.ndim < 2 or id(param) in never or id(param) in owners or id(param) in seen:
+                continue
+            seen.add(id(param))
+            if param.numel() < UNSELECTED_REPORT_FRACTION * total:
+                continue
+            name = f"{module_name}.{pname}" if module_name else pname
+            out.append((name, f"{param.ndim}-D parameter {tuple(param.shape)} of {type(module).__name__}, outside the Linear / "
+                              "convolution layers: left dense (name it in targets= to prune it by magnitude or gradients)"))
+    return out
+
+
+def with_unselected(model: nn.Module, not_pruned: list[tuple[str, str]], method: str) -> list[tuple[str, str]]:
+    """``not_pruned`` (a report's) extended by :func:`unselected_weights`, with a warning naming
+    them: the default selection of ``method`` left them dense."""
+    listed = {name for name, _ in not_pruned}
+    left = [item for item in unselected_weights(model) if item[0] not in listed]
+    if left:
+        logger.warning("prune %s: %d weight tensor(s) outside the Linear / convolution layers left dense: %s (report.not_pruned)",
+                       method, len(left), ", ".join(name for name, _ in left[:4]) + (", ..." if len(left) > 4 else ""))
+    return [*not_pruned, *left]

@@ -51,7 +51,7 @@ from . import _autotune
 from ._calibration import Batch, check_device, check_finite_parameters, collect
 from ._flops import layer_flops, model_flops
 from ._gradients import NON_FINITE_GRADIENTS, flat_weights, per_sample_gradients
-from ._select import PrunableParam, select_parameters
+from ._select import PrunableParam, select_parameters, with_unselected
 from .methods import FLOP_SELECTION_SOLVER
 from .report import BudgetError, LayerReport, PruneReport
 
@@ -169,6 +169,8 @@ def run(model: nn.Module, calibration: Any, cfg: "PruneConfig") -> PruneReport:
         if isinstance(exc, (ValueError, TypeError, KeyboardInterrupt, BudgetError)):
             raise
         raise PruningError(f"pruning with {cfg.method!r} failed: {exc}; the model was restored unchanged") from exc
+    if cfg.targets is None:
+        report.not_pruned = with_unselected(model, report.not_pruned, cfg.method)
     report.time = time.perf_counter() - t0
     logger.info("prune %s done: %r", cfg.method, report)
     return report
@@ -190,6 +192,12 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     k = ctx.p if cfg.sparsity is None else k_from_sparsity(cfg.sparsity, ctx.p)
     if cfg.sparsity is not None:
         require_one_kept(cfg.sparsity, ctx.p)
+    if ctx.uncounted:
+        if cfg.flop_budget is not None:
+            raise ValueError(f"flop_budget: torch's FLOP counter attributes no FLOPs to {', '.join(ctx.uncounted[:4])}: a FLOP "
+                             "budget would treat them as free; leave them out of targets or give sparsity instead")
+        logger.warning("prune %s: torch's FLOP counter attributes no FLOPs to %s; the report's FLOPs leave them out",
+                       cfg.method, ", ".join(ctx.uncounted[:4]))
     F = None
     if cfg.flop_budget is not None:
         F = cfg.flop_budget * ctx.model_flops - ctx.fixed_flops
@@ -344,7 +352,8 @@ class _Context:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.p = int(self.offsets[-1])
         self.w0 = flat_weights(params)
-        self.dense = layer_flops(model, params, batches[0])
+        self.uncounted: list[str] = []  # weights whose module runs but whose FLOPs the counter cannot see
+        self.dense = layer_flops(model, params, batches[0], uncounted=self.uncounted)
         self.model_flops = model_flops(model, batches[0])
         self.fixed_flops = max(0.0, self.model_flops - math.fsum(self.dense))
         per_weight = [d / s if s else 0.0 for d, s in zip(self.dense, self.sizes)]

@@ -327,7 +327,7 @@ class Pruner:
                 model, calibration, method=c.solver_name, sparsity=c.sparsity, pattern=c.pattern, granularity=c.granularity,
                 blocks=c.blocks, ridge=c.ridge, device=c.device, n_samples=c.n_samples, time_limit=c.time_limit,
                 solver_options=dict(c.solver_options), offload=c.offload, offload_dir=c.offload_dir, progress=c.progress,
-                **(dict(targets=c.targets, ignore=c.ignore, pairs=c.pairs, apply=c.apply, gqa=c.gqa) if structured else {}),
+                targets=c.targets, ignore=c.ignore, **(dict(pairs=c.pairs, apply=c.apply, gqa=c.gqa) if structured else {}),
             )
         return run(model, calibration, c)
 

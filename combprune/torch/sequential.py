@@ -54,6 +54,7 @@ from ._sequential_blocks import (BlockInput, GramHooks, Slot, capture_block_inpu
                                  run_block, weight_slots)
 from ._sequential_dist import Dist
 from ._sequential_offload import DiskOffload
+from ._select import select_parameters, with_unselected
 from ._sequential_structured import StructuredStep
 from ._structured_ridge import check_ridge
 from .prune import k_from_sparsity, require_one_kept
@@ -150,22 +151,32 @@ class _LayerStep:
     """The unstructured layer-wise methods: every linear layer of a block from one statistics pass."""
 
     def __init__(self, method: str, kind: str, value: Any, ridge: float, time_limit: float | None,
-                 solver_options: dict[str, Any] | None) -> None:
+                 solver_options: dict[str, Any] | None, selected: set[int] | None = None) -> None:
         self.method, self.kind, self.value, self.ridge = method, kind, value, ridge
         self.time_limit, self.solver_options = time_limit, solver_options
+        self.selected = selected  # ids of the weights targets / ignore leave prunable (None: every one)
         self.pattern_text = f"{kind}={value}"
         self.rows: list[LayerReport] = []
         self.k = 0
         self.samples = 1
 
     @classmethod
-    def build(cls, method: str, sparsity: Any, pattern: Any, granularity: str, ridge: float, time_limit: float | None,
-              solver_options: dict[str, Any] | None, apply: str) -> "_LayerStep":
-        """Validate the unstructured budget (errors name the argument)."""
+    def build(cls, model: nn.Module, method: str, sparsity: Any, pattern: Any, granularity: str, ridge: float, time_limit: float | None,
+              solver_options: dict[str, Any] | None, apply: str, targets: Any = None, ignore: Any = None) -> "_LayerStep":
+        """Validate the unstructured budget (errors name the argument) and the weights
+        ``targets`` / ``ignore`` select (:func:`combprune.torch.select_parameters`)."""
         kind, value = _pattern(sparsity, pattern, granularity)
         if apply != "mask":
             raise ValueError("apply: the unstructured layer-wise methods write the pruned weights in place; leave apply='mask'")
-        return cls(method, kind, value, ridge, time_limit, solver_options)
+        selected = None
+        if targets is not None or ignore is not None:
+            selected = {id(p.storage) for p in select_parameters(model, targets, ignore)}
+        return cls(method, kind, value, ridge, time_limit, solver_options, selected)
+
+    def slots(self, block: nn.Module) -> list[Slot]:
+        """The block's weight slots this step prunes (those ``targets`` / ``ignore`` leave)."""
+        slots = weight_slots(block)
+        return slots if self.selected is None else [s for s in slots if id(getattr(s.module, s.param)) in self.selected]
 
     def check_blocks(self, prefixes: list[str]) -> None:
         """Every linear layer of the blocks is pruned: nothing to check."""
@@ -180,7 +191,7 @@ class _LayerStep:
 
     def prune_block(self, index: int, block: nn.Module, prefix: str, inputs: list[BlockInput], dist: Dist,
                     keep_backup: Callable[[Slot], None]) -> int:
-        slots = weight_slots(block)
+        slots = self.slots(block)
         hooks = GramHooks(slots)
         try:
             with fused_attention_off():
@@ -301,8 +312,11 @@ def prune_sequential(
     offload : ``None`` or ``"disk"``: blocks live in safetensors files (``offload_dir``, default a
         temporary directory) except during their turn; the model is whole again at the end.
     progress : a tqdm bar over the blocks.
-    targets, ignore, kinds, pairs : structured only: which units (by consumer layer), which kinds
-        (``"neuron"``, ``"head"``, ``"channel"``), explicit producer/consumer pairs.
+    targets, ignore : which weights are pruned (:func:`combprune.torch.select_parameters`; for
+        the structured methods, which units by consumer layer); the unstructured methods
+        reconstruct the selected weights inside the blocks and leave the others as they are.
+    kinds, pairs : structured only: which kinds (``"neuron"``, ``"head"``, ``"channel"``),
+        explicit producer/consumer pairs.
     apply : structured only: ``"mask"`` (torch pruning masks on consumers and producers),
         ``"permanent"`` (zeros written) or ``"physical"`` (smaller layers); the unstructured
         methods write the pruned weights (zeros included) in place.
@@ -325,7 +339,7 @@ def prune_sequential(
     if offload not in (None, "disk"):
         raise ValueError(f"offload: expected None or 'disk', got {offload!r}")
     if kind == "layerwise":
-        step: Any = _LayerStep.build(method, sparsity, pattern, granularity, ridge, time_limit, solver_options, apply)
+        step: Any = _LayerStep.build(model, method, sparsity, pattern, granularity, ridge, time_limit, solver_options, apply, targets, ignore)
     else:
         if pattern is not None:
             raise ValueError(f"pattern: N:M patterns are unstructured; {method!r} prunes groups (give sparsity)")
@@ -347,14 +361,16 @@ def prune_sequential(
     prefixes = [f"{names[id(b)]}." if names.get(id(b)) else "" for b in block_list]
     if kind == "layerwise":
         _warn_dense_convolutions(block_list, prefixes)
+        if step.selected is not None:
+            _check_selection(model, step, block_list)
     inside = {id(m) for block in block_list for m in block.modules()}
     outside = [name for name, m in linear_layers(model) if id(m) not in inside]
     if outside:
         logger.info("linear layers outside the blocks stay dense: %s", ", ".join(outside))
     if kind == "layerwise" and step.kind == "nm":
-        _check_nm(step.value, block_list, prefixes)  # before anything changes
+        _check_nm(step.value, [step.slots(b) for b in block_list], prefixes)  # before anything changes
     elif kind == "layerwise":
-        _check_keeps_one(step.kind, step.value, block_list, prefixes)
+        _check_keeps_one(step.kind, step.value, [step.slots(b) for b in block_list], prefixes)
     batches = step.prepare(model, batches)
     report = PruneReport(layers=[], method=method, sparsity_requested=sparsity if isinstance(sparsity, float) else None,
                          apply=apply)
@@ -383,6 +399,8 @@ def prune_sequential(
         for disk in disks:
             disk.cleanup()
     report.peak_memory_bytes = max((b.peak_memory_bytes for b in report.blocks), default=0)
+    if targets is None:
+        report.not_pruned = with_unselected(model, report.not_pruned, method)
     report.time = time.perf_counter() - start
     logger.info("%s", report)
     return report
@@ -401,15 +419,30 @@ def _work_device(device: Any, home: torch.device) -> torch.device:
     return work
 
 
-def _check_nm(value: str, block_list: list[nn.Module], prefixes: list[str]) -> None:
-    """Every linear layer's input size must be a multiple of m (checked before anything changes)."""
+def _check_nm(value: str, block_slots: list[list[Slot]], prefixes: list[str]) -> None:
+    """Every pruned layer's input size must be a multiple of m (checked before anything changes)."""
     group = parse_nm(value)[1]
-    for block, prefix in zip(block_list, prefixes):
-        for slot in weight_slots(block):
+    for slots, prefix in zip(block_slots, prefixes):
+        for slot in slots:
             d = slot.matrix().shape[0]
             if d % group:
                 raise ValueError(f"pattern: group size m={group} does not divide the input size {d} of {prefix}{slot.name}; "
                                  f"choose m dividing every layer's input size")
+
+
+def _check_selection(model: nn.Module, step: "_LayerStep", block_list: list[nn.Module]) -> None:
+    """With ``targets`` / ``ignore``: a ``ValueError`` naming ``targets`` when no selected weight
+    lies in the blocks, and a warning naming the selected weights the engine leaves dense
+    (outside the blocks, or not a Linear / Conv1D / attention matrix)."""
+    covered = {id(getattr(s.module, s.param)) for block in block_list for s in step.slots(block)}
+    if not covered:
+        raise ValueError("targets: no selected weight lies inside the repeated blocks the layer-wise methods reconstruct "
+                         "(choose them with blocks=, or prune weights outside blocks with a one-shot method)")
+    names = {id(p): n for n, p in model.named_parameters()}
+    left = [names.get(i, "?") for i in step.selected if i not in covered]
+    if left:
+        logger.warning("targets: %d selected weight(s) are not reconstructed by the layer-wise methods (outside the blocks, "
+                       "or not a Linear / Conv1D / attention matrix) and stay as they are: %s", len(left), ", ".join(sorted(left)[:6]))
 
 
 def _warn_dense_convolutions(block_list: list[nn.Module], prefixes: list[str]) -> None:
@@ -422,12 +455,12 @@ def _warn_dense_convolutions(block_list: list[nn.Module], prefixes: list[str]) -
                        "(prune them with a one-shot method, e.g. cpt.prune(..., method='chita'))", ", ".join(convs))
 
 
-def _check_keeps_one(kind: str, sparsity: float, block_list: list[nn.Module], prefixes: list[str]) -> None:
+def _check_keeps_one(kind: str, sparsity: float, block_slots: list[list[Slot]], prefixes: list[str]) -> None:
     """Every linear layer keeps at least one weight (per output with ``granularity="output"``),
     checked before anything changes on the smallest layer (the budget rule is :func:`_problem`'s)."""
     sizes = []
-    for block, prefix in zip(block_list, prefixes):
-        for slot in weight_slots(block):
+    for slots, prefix in zip(block_slots, prefixes):
+        for slot in slots:
             d, m = slot.matrix().shape
             sizes.append((d if kind == "output" else d * m, f"{prefix}{slot.name}"))
     if not sizes:
