@@ -324,3 +324,13 @@ def test_small_tensors_outside_linear_layers_are_not_reported():
     for raw, reported in ((64, True), (0, False)):
         report = cpt.prune(Net(raw), torch.randn(16, 64), method="magnitude", sparsity=0.5, progress=False)
         assert [name for name, _ in report.not_pruned] == (["raw"] if reported else [])
+
+
+def test_training_time_selections_name_the_expert_tensors_they_leave_dense(caplog):
+    """Learned masks and the density cut by magnitude select like the one-shot adapter, and warn
+    the same way about large tensors outside the Linear layers."""
+    for build in (lambda m: cpt.LearnedMasks(m), lambda m: cpt.prune_to_density(m, 0.5, method="magnitude", progress=False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            build(_mixtral())
+        assert any("left dense" in r.getMessage() and "experts.gate_up_proj" in r.getMessage() for r in caplog.records)

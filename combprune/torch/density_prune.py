@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._select import PrunableParam, select_parameters
+from ._select import PrunableParam, select_parameters, with_unselected
 from .prune import _topk_mask, k_from_sparsity
 from .pruner import prune
 
@@ -92,6 +92,8 @@ def prune_to_density(
     if warm_start not in (None, "scores"):
         raise ValueError(f"warm_start: expected None or 'scores', got {warm_start!r}")
     if method in ("magnitude", "mask"):
+        if targets is None:
+            with_unselected(model, [], f"to density ({method})")  # a warning naming large weights left dense
         if warm_start is not None:
             raise ValueError(f"warm_start: only for combprune's gradient methods, not method={method!r}")
         if prune_options:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._select import select_parameters
+from ._select import select_parameters, with_unselected
 
 __all__ = ["LearnedMasks"]
 
@@ -120,6 +120,8 @@ class LearnedMasks:
         for p in params:
             if p.is_masked:
                 raise ValueError(f"model: {p.name} carries a torch pruning mask; make it permanent first")
+        if targets is None:
+            with_unselected(model, [], "learned masks")  # a warning naming large weights left dense
         self.model = model
         self.names = [p.name for p in params]
         self._gates: dict[str, tuple[nn.Module, str, _Gate]] = {}
