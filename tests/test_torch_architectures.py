@@ -334,3 +334,24 @@ def test_training_time_selections_name_the_expert_tensors_they_leave_dense(caplo
         with caplog.at_level(logging.WARNING):
             build(_mixtral())
         assert any("left dense" in r.getMessage() and "experts.gate_up_proj" in r.getMessage() for r in caplog.records)
+
+
+def test_per_sample_gradients_hold_the_other_parameters_fixed():
+    """Only the prunable weights are differentiated: Swin's relative position bias (a parameter,
+    not pruned) reaches a fused attention kernel as its attn_mask, which refuses an input that
+    requires grad; the gradient methods failed there. The rows still equal autograd's."""
+    from combprune.torch._calibration import collect
+    from combprune.torch._gradients import per_sample_gradients
+
+    torch.manual_seed(0)
+    model = transformers.SwinForImageClassification(transformers.SwinConfig(
+        image_size=16, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=4, num_labels=3)).eval()
+    g = torch.Generator().manual_seed(0)
+    batch = {"pixel_values": torch.randn(6, 3, 16, 16, generator=g), "labels": torch.randint(0, 3, (6,), generator=g)}
+    params = cpt.select_parameters(model)
+    G = per_sample_gradients(model, params, collect(batch, None, torch.device("cpu")))
+    model.zero_grad()
+    model(pixel_values=batch["pixel_values"][2:3], labels=batch["labels"][2:3]).loss.backward()
+    torch.testing.assert_close(G[2], torch.cat([p.storage.grad.reshape(-1) for p in params]), atol=1e-5, rtol=1e-4)
+    report = cpt.prune(model, [batch], method="chita", sparsity=0.5, progress=False)
+    assert report.sparsity == pytest.approx(0.5, abs=1e-3)

@@ -169,6 +169,11 @@ def per_sample_gradients(
     names = _names(chosen)
     diff = {name: overrides[name] for name in names}
     fixed = {k: v for k, v in overrides.items() if k not in diff}
+    # every other parameter enters detached: only the prunable weights are differentiated, and
+    # a parameter that requires grad can reach an operation that refuses it (Swin's relative
+    # position bias becomes the attn_mask of a fused attention kernel)
+    storages = {id(p.storage) for p in params}
+    fixed.update({k: v.detach() for k, v in model.named_parameters() if k not in overrides and id(v) not in storages})
     offsets = [0]
     for p in chosen:
         offsets.append(offsets[-1] + p.numel)
