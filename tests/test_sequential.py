@@ -74,11 +74,28 @@ def tiny_bloom(seed=0):
     return transformers.BloomModel(transformers.BloomConfig(vocab_size=50, hidden_size=16, n_layer=2, n_head=2)).eval()
 
 
+def tiny_gemma2(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.Gemma2Config(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                    num_key_value_heads=2, head_dim=4, sliding_window=3, max_position_embeddings=16)
+    return transformers.Gemma2Model(cfg).eval()
+
+
+def tiny_t5(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.T5Config(vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=3, num_heads=4)
+    return transformers.T5EncoderModel(cfg).eval()
+
+
 @pytest.mark.parametrize("build, name", [(tiny_bert, "encoder.layer.1.attention.self.query"), (tiny_gptj, "h.1.attn.q_proj"),
-                                         (tiny_bloom, "h.1.self_attention.query_key_value")])
+                                         (tiny_bloom, "h.1.self_attention.query_key_value"), (tiny_gemma2, "layers.2.self_attn.q_proj"),
+                                         (tiny_t5, "encoder.block.2.layer.0.SelfAttention.q")])
 def test_statistics_are_the_layer_inputs_after_earlier_blocks_are_pruned(build, name):
-    """The H of a block-1 layer is the Gram matrix of its input in the pruned model (GPT-J and
-    BLOOM pass their KV cache under other names: no run of a block may see an earlier run's keys)."""
+    """The H of a block's first layer is the Gram matrix of its input in the pruned model (GPT-J
+    and BLOOM pass their KV cache under other names: no run of a block may see an earlier run's
+    keys; Gemma-2's layer 1 attends globally with a mask of its own, layers 0 and 2 through a
+    sliding window shorter than the sequence, and T5 passes its position bias from block 1 on:
+    block 1's outputs, block 2's inputs, come from block 1's own inputs, not block 0's)."""
     model = build()
     batches = token_batches()
     ref = build()
@@ -90,7 +107,7 @@ def test_statistics_are_the_layer_inputs_after_earlier_blocks_are_pruned(build, 
     dense = ref.get_submodule(name).weight.detach()
     with torch.no_grad():
         for b in batches:
-            model(**b, use_cache=False)
+            model(**b, **({} if build is tiny_t5 else {"use_cache": False}))
     h.remove()
     X = torch.cat(seen).numpy()
     prob = LayerwiseL0.from_activations(X, dense.T.double().numpy(), k=dense.numel() // 2, ridge=0.0)
@@ -202,7 +219,7 @@ def test_calibration_too_short_and_empty():
         cpt.prune_sequential(tiny_bert(), [], sparsity=0.5, progress=False)
     model = tiny_bert()
     before = weights(model)
-    with pytest.raises(ValueError, match="^calibration: the model failed on batch 0"):  # 32 tokens > 16 positions
+    with pytest.raises(ValueError, match="^calibration: the model failed on the first batch"):  # 32 tokens > 16 positions
         cpt.prune_sequential(model, [{"input_ids": torch.randint(0, 50, (2, 32))}], sparsity=0.5, progress=False)
     assert all(torch.equal(before[k], v) for k, v in weights(model).items())
 
@@ -447,7 +464,9 @@ def test_user_hooks_on_the_attention_see_only_the_model_s_own_calls():
     model.enc.layers[1].self_attn.register_forward_hook(lambda m, a, o: calls.append(a[0].shape))
     batches = [torch.randn(4, 5, 8), torch.randn(3, 5, 8)]
     cpt.prune_sequential(model, batches, sparsity=0.5, progress=False)
-    assert calls == [(4, 5, 16), (3, 5, 16)] * 2  # the statistics pass, then the pruned block's outputs
+    # the dense pass on the first batch that checks the blocks' inputs, then the statistics pass
+    # (the last block's outputs are not needed)
+    assert calls == [(4, 5, 16), (4, 5, 16), (3, 5, 16)]
 
 
 @pytest.mark.parametrize("decoder_first", [False, True])
@@ -542,3 +561,48 @@ def test_targets_and_ignore_choose_the_reconstructed_layers():
     with pytest.raises(ValueError, match="^targets: no selected weight lies inside the repeated blocks"):
         cpt.prune_sequential(untouched, token_batches(), method="wanda", sparsity=0.5, targets=nn.Embedding, progress=False)
     assert all(torch.equal(v, weights(tiny_llama())[k]) for k, v in weights(untouched).items())
+
+
+def test_stages_with_inputs_of_their_own_are_pruned_in_sequence():
+    """Swin's stages (the outermost block list) take their own spatial sizes: each stage runs
+    with its own inputs (they used to get stage 0's and the engine crashed), and stage 1's first
+    layer is solved on its input in the pruned model."""
+    torch.manual_seed(0)
+    build = lambda: transformers.SwinModel(transformers.SwinConfig(image_size=16, patch_size=2, embed_dim=8, depths=[1, 1],  # noqa: E731
+                                                                    num_heads=[2, 2], window_size=4)).eval()
+    model = build()
+    torch.manual_seed(0)
+    ref = build()
+    g = torch.Generator().manual_seed(0)
+    batches = [{"pixel_values": torch.randn(4, 3, 16, 16, generator=g)} for _ in range(2)]
+    rep = cpt.prune_sequential(model, batches, method="wanda", sparsity=0.5, ridge=0.0, progress=False)
+    assert rep.info["stacks"] == ["encoder.layers"] and {row.block for row in rep.layers} == {0, 1}
+    name = "encoder.layers.1.blocks.0.attention.q_proj"
+    seen = []
+    h = model.get_submodule(name).register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, 16).double()))
+    with torch.no_grad():
+        for b in batches:
+            model(**b)
+    h.remove()
+    dense = ref.get_submodule(name).weight.detach()
+    prob = LayerwiseL0.from_activations(torch.cat(seen).numpy(), dense.T.double().numpy(), k=dense.numel() // 2, ridge=0.0)
+    np.testing.assert_allclose(model.get_submodule(name).weight.detach().T.double().numpy(), cp.solve(prob, "wanda").x, rtol=1e-6, atol=1e-7)
+
+
+def test_blocks_that_do_not_follow_each_other_are_refused():
+    """Something between two blocks (here a scaling) breaks the engine's chain: a ValueError
+    naming blocks, the model unchanged."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)) for _ in range(2))
+
+        def forward(self, x):
+            return self.layers[1](2 * self.layers[0](x))
+
+    model = Scaled()
+    before = weights(model)
+    with pytest.raises(ValueError, match="^blocks: block 1 of layers does not take block 0's output"):
+        cpt.prune_sequential(model, [torch.randn(6, 8)], sparsity=0.5, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in weights(model).items())

@@ -1,4 +1,4 @@
-"""Block discovery, block-0 input capture and per-layer statistics for the sequential engine.
+"""Block discovery, block input capture and per-layer statistics for the sequential engine.
 
 See ``docs/large_models.md``. Blocks are the repeated modules of a model (an ``nn.ModuleList`` of
 modules of one class), in one or more stacks (an encoder and a decoder): the known Hugging Face
@@ -19,8 +19,8 @@ from ._calibration import Batch, forward
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KNOWN_BLOCK_PATHS", "find_stacks", "find_blocks", "forward_order", "capture_block_inputs", "linear_layers",
-           "Slot", "weight_slots", "BlockInput", "run_block", "GramHooks"]
+__all__ = ["KNOWN_BLOCK_PATHS", "find_stacks", "find_blocks", "forward_order", "input_sources",
+           "stack_inputs", "linear_layers", "Slot", "weight_slots", "BlockInput", "run_block", "GramHooks"]
 
 #: Dotted paths of the repeated blocks in Hugging Face models, tried in this order.
 KNOWN_BLOCK_PATHS = ("model.layers", "model.decoder.layers", "decoder.layers", "encoder.layer", "transformer.h",
@@ -177,6 +177,10 @@ class BlockInput:
     def hidden(self) -> torch.Tensor:
         return self.args[0] if self.args else self.kwargs["hidden_states"]
 
+    def others(self) -> tuple[tuple, dict[str, Any]]:
+        """The inputs other than the hidden states."""
+        return (self.args[1:], self.kwargs) if self.args else ((), {k: v for k, v in self.kwargs.items() if k != "hidden_states"})
+
     def with_hidden(self, hidden: torch.Tensor) -> "BlockInput":
         if self.args:
             return BlockInput((hidden, *self.args[1:]), self.kwargs)
@@ -188,27 +192,116 @@ class BlockInput:
         return BlockInput(tuple(move(a) for a in self.args), {k: move(v) for k, v in self.kwargs.items()})
 
 
-def capture_block_inputs(model: nn.Module, first: nn.Module, batches: Sequence[Batch]) -> list[BlockInput]:
-    """Run each batch up to ``first`` (a forward pre-hook raises once the inputs are stored)."""
-    store: list[BlockInput] = []
+def _block_input(args: tuple, kwargs: dict[str, Any]) -> BlockInput:
+    """A block's call as the engine replays it: no KV cache (every run of a block, statistics
+    then outputs, would append to it), tensors detached."""
+    kwargs = {k: None if _is_cache(k, v) else v for k, v in kwargs.items()}
+    if "use_cache" in kwargs:
+        kwargs["use_cache"] = False
+    args = tuple(None if _is_cache("", a) else a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    return BlockInput(args, kwargs)
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        # no KV cache: every run of a block (statistics, then outputs) would append to it
-        kwargs = {k: None if _is_cache(k, v) else v for k, v in kwargs.items()}
-        if "use_cache" in kwargs:
-            kwargs["use_cache"] = False
-        args = tuple(None if _is_cache("", a) else a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-        store.append(BlockInput(args, kwargs))
-        raise _Captured
 
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+def stack_inputs(model: nn.Module, blocks: Sequence[nn.Module], batches: Sequence[Batch]) -> list[list[BlockInput]]:
+    """The inputs of each of ``blocks`` (per block, per batch): each batch runs until the last
+    of them is entered (forward pre-hooks; the pass stops there)."""
+    store: list[list[BlockInput]] = [[] for _ in blocks]
+    pending: set[int] = set()
+
+    def hook(i: int):
+        def pre(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            if i in pending:
+                pending.discard(i)
+                store[i].append(_block_input(args, kwargs))
+            if not pending:
+                raise _Captured
+        return pre
+
+    handles = [block.register_forward_pre_hook(hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
     try:
-        for i, batch in enumerate(batches):
-            if not _run_until_captured(model, batch, f"batch {i} before its first block"):
+        for n, batch in enumerate(batches):
+            pending.update(range(len(blocks)))
+            if not _run_until_captured(model, batch, f"batch {n} before its blocks"):
                 raise ValueError("blocks: the model's forward pass never reached the first block; check blocks=")
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     return store
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal block inputs: the same object, equal tensors (shape, dtype, values), or equal
+    containers / plain values."""
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype
+                and a.device == b.device):
+            return False
+        # NaN where both are NaN counts as equal (non-finite activations are reported later, by name)
+        return bool(torch.equal(a, b)) or (a.is_floating_point() and bool(torch.all((a == b) | (a.isnan() & b.isnan()))))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - incomparable values are different inputs
+        return False
+
+
+def input_sources(model: nn.Module, stacks: list[tuple[str, list[nn.Module]]], batch: Batch) -> list[list[int]]:
+    """Per stack, per block ``i``: the first block of the stack whose inputs other than the hidden
+    states equal block ``i``'s on ``batch`` (one forward pass).
+
+    The engine feeds block ``i`` the previous block's output with the other inputs of that
+    source block. Most stacks take the same other inputs everywhere (all sources 0); Gemma-2/3
+    give sliding-window and full-attention layers different masks, T5 passes its position bias
+    from the second block on, and Swin's stages take their own spatial sizes. A stack whose
+    block does not take the previous block's output as its hidden states is a ``ValueError``
+    naming ``blocks``.
+    """
+    order = [(s, i) for s, (_, stack) in enumerate(stacks) for i in range(len(stack))]
+    calls: dict[tuple[int, int], BlockInput] = {}
+    outputs: dict[tuple[int, int], Any] = {}
+
+    def pre(key: tuple[int, int]):
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            calls.setdefault(key, _block_input(args, kwargs))
+        return hook
+
+    def post(key: tuple[int, int]):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            outputs.setdefault(key, output[0] if isinstance(output, (tuple, list)) else output)
+            if len(outputs) == len(order):
+                raise _Captured
+        return hook
+
+    handles = []
+    for s, i in order:
+        block = stacks[s][1][i]
+        handles += [block.register_forward_pre_hook(pre((s, i)), with_kwargs=True), block.register_forward_hook(post((s, i)))]
+    try:
+        _run_until_captured(model, batch, "the first batch")
+    finally:
+        for h in handles:
+            h.remove()
+    sources: list[list[int]] = []
+    for s, (path, stack) in enumerate(stacks):
+        own: list[int] = []
+        for i in range(len(stack)):
+            if (s, i) not in calls:
+                own.append(own[-1] if own else 0)  # never entered on this batch: as the previous block
+                continue
+            call = calls[(s, i)]
+            if i and (s, i - 1) in outputs and not _same(call.hidden, outputs[(s, i - 1)]):
+                raise ValueError(f"blocks: block {i} of {path or '<blocks>'} does not take block {i - 1}'s output as its input "
+                                 "(something runs between them), so the blocks cannot be pruned in sequence; pass blocks= "
+                                 "with lists whose blocks follow each other directly")
+            others = call.others()
+            own.append(next(j for j in range(i + 1) if j == i or ((s, j) in calls and _same(calls[(s, j)].others(), others))))
+        sources.append(own)
+    return sources
 
 
 #: Keyword names under which Hugging Face blocks receive their KV cache.

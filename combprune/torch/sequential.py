@@ -50,8 +50,8 @@ from combprune.registry import UnknownSolverError, get_solver
 
 from ._calibration import check_finite_parameters, collect, eval_mode, model_device
 from ._attention import fused_attention_off
-from ._sequential_blocks import (BlockInput, GramHooks, Slot, capture_block_inputs, find_stacks, forward_order, linear_layers,
-                                 run_block, weight_slots)
+from ._sequential_blocks import (BlockInput, GramHooks, Slot, find_stacks, forward_order, input_sources, linear_layers, run_block,
+                                 stack_inputs, weight_slots)
 from ._sequential_dist import Dist
 from ._sequential_offload import DiskOffload
 from ._select import select_parameters, with_unselected
@@ -356,6 +356,7 @@ def prune_sequential(
         raise ValueError(f"calibration: {dist.world} ranks need at least {dist.world} calibration batches")
     with eval_mode(model), torch.no_grad():
         stacks = forward_order(model, stacks, batches[0])
+        sources = input_sources(model, stacks, batches[0])
     block_list = [block for _, stack in stacks for block in stack]
     names = {id(m): n for n, m in model.named_modules()}
     prefixes = [f"{names[id(b)]}." if names.get(id(b)) else "" for b in block_list]
@@ -382,10 +383,14 @@ def prune_sequential(
     disks: list[DiskOffload] = []
     try:
         first = 0
-        for _, stack in stacks:
+        for (_, stack), own in zip(stacks, sources):
+            # the inputs of every source block, from the model as it is now (earlier stacks pruned)
+            with eval_mode(model), torch.no_grad():
+                reps = sorted(set(own))
+                captured = dict(zip(reps, stack_inputs(model, [stack[r] for r in reps], batches)))
             disk = DiskOffload(stack, offload_dir, first) if offload == "disk" else None
             disks += [disk] if disk is not None else []
-            _run_blocks(model, stack, first, prefixes, batches, step, report, backup, work, dist, disk, progress)
+            _run_blocks(model, stack, first, prefixes, captured, own, step, report, backup, work, dist, disk, progress)
             first += len(stack)
         block_of = {p[:-1]: i for i, p in enumerate(prefixes)}
         report.layers = step.layer_reports({n: _block_index(n, block_of) for n in names.values()})
@@ -477,14 +482,19 @@ def _block_index(name: str, block_of: dict[str, int]) -> int | None:
     return None
 
 
-def _run_blocks(model: nn.Module, block_list: list[nn.Module], first: int, prefixes: list[str], batches: list[Any],
-                step: Any, report: PruneReport, backup: _Backup, work: torch.device, dist: Dist, disk: DiskOffload | None,
-                progress: bool) -> None:
-    """The engine's loop over one stack (module docstring): its block-0 inputs once, then per
-    block: load, prune (``step.prune_block``), recompute the outputs, release. ``first`` is the
-    index of the stack's first block over all stacks. The caller restores the model on error."""
+def _run_blocks(model: nn.Module, block_list: list[nn.Module], first: int, prefixes: list[str], captured: dict[int, list[BlockInput]],
+                sources: list[int], step: Any, report: PruneReport, backup: _Backup, work: torch.device, dist: Dist,
+                disk: DiskOffload | None, progress: bool) -> None:
+    """The engine's loop over one stack (module docstring): per block, load, prune
+    (``step.prune_block``), recompute the outputs, release. ``captured`` holds the inputs (per
+    batch) of the source blocks of :func:`input_sources` (``sources``: each block's), block 0's
+    first: block ``i`` runs on block ``i - 1``'s outputs with the other inputs of its source.
+    ``first`` is the index of the stack's first block over all stacks. The caller restores the
+    model on error."""
     with eval_mode(model), torch.no_grad():
-        inputs = [inp.to(work) for inp in capture_block_inputs(model, block_list[0], batches)]
+        inputs = [inp.to(work) for inp in captured[0]]
+        others = {r: [inp.with_hidden(None).to(work) for inp in got] for r, got in captured.items()}
+        captured.clear()  # block 0's hidden states live on in ``inputs`` only
         for offset, block in enumerate(tqdm(block_list, desc="blocks", disable=not progress)):
             index = first + offset
             t0 = time.perf_counter()
@@ -496,7 +506,9 @@ def _run_blocks(model: nn.Module, block_list: list[nn.Module], first: int, prefi
             # with disk offload the dense block file is the backup (structured: consumers only, kept anyway)
             keep = backup.keep if disk is None or isinstance(step, StructuredStep) else (lambda slot: None)
             solved = step.prune_block(index, block, prefixes[index], inputs, dist, keep)
-            inputs = [inp.with_hidden(run_block(block, inp)) for inp in inputs]
+            if offset + 1 < len(block_list):
+                nxt = others[sources[offset + 1]]
+                inputs = [base.with_hidden(run_block(block, inp)) for base, inp in zip(nxt, inputs)]
             peak, report.memory_kind = _peak_memory(work)
             if disk is not None:
                 disk.release(offset)
