@@ -355,3 +355,30 @@ def test_per_sample_gradients_hold_the_other_parameters_fixed():
     torch.testing.assert_close(G[2], torch.cat([p.storage.grad.reshape(-1) for p in params]), atol=1e-5, rtol=1e-4)
     report = cpt.prune(model, [batch], method="chita", sparsity=0.5, progress=False)
     assert report.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_dict_batches_without_labels_use_the_model_s_own_loss_or_say_what_is_missing():
+    """A question-answering batch carries its targets as start_positions / end_positions (no
+    labels): the gradient methods take the model's own loss (refused before); a dict batch for a
+    model that returns no loss is a ValueError naming loss_fn, the model unchanged."""
+    from combprune.torch._calibration import collect
+    from combprune.torch._gradients import per_sample_gradients
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    model = transformers.BertForQuestionAnswering(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(1, 50, (6, 8), generator=g), "start_positions": torch.randint(0, 8, (6,), generator=g),
+             "end_positions": torch.randint(0, 8, (6,), generator=g)}
+    params = cpt.select_parameters(model)
+    G = per_sample_gradients(model, params, collect(batch, None, torch.device("cpu")))
+    model.zero_grad()
+    model(**{k: v[4:5] for k, v in batch.items()}).loss.backward()
+    torch.testing.assert_close(G[4], torch.cat([p.storage.grad.reshape(-1) for p in params]), atol=1e-6, rtol=1e-5)
+    report = cpt.prune(model, [batch], method="chita", sparsity=0.5, progress=False)
+    assert report.sparsity == pytest.approx(0.5, abs=1e-3)
+    bare = transformers.BertModel(cfg).eval()
+    before = {k: v.clone() for k, v in bare.state_dict().items()}
+    with pytest.raises(ValueError, match="^loss_fn: the default loss needs targets or a model that returns its own loss"):
+        cpt.prune(bare, [{"input_ids": batch["input_ids"]}], method="chita", sparsity=0.5, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in bare.state_dict().items())

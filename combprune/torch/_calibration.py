@@ -146,7 +146,10 @@ def iter_batches(calibration: Any, n_samples: int | None, device: torch.device, 
     """Yield :class:`Batch` es on ``device`` until ``n_samples`` samples (all when ``None``).
 
     Raises ``ValueError`` naming ``calibration`` when it yields no sample, or when targets are
-    needed (gradient-based methods with the default loss) and a batch has none.
+    needed (gradient-based methods with the default loss) and a batch that is not a dict has
+    none (a dict batch without ``labels`` may hold what the model computes its own loss from,
+    e.g. a question-answering model's ``start_positions`` / ``end_positions``; the default loss
+    then takes ``outputs.loss`` and says so when there is none).
     """
     if n_samples is not None and (not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1):
         raise ValueError(f"n_samples: expected a positive integer, got {n_samples!r}")
@@ -159,7 +162,7 @@ def iter_batches(calibration: Any, n_samples: int | None, device: torch.device, 
         size = int(first.shape[0]) if first.ndim > 0 else 1
         if size == 0:
             continue
-        if need_targets and targets is None:
+        if need_targets and targets is None and not isinstance(inputs, dict):
             raise ValueError(
                 "calibration: this method needs (inputs, targets) batches (or pass loss_fn that uses outputs only); "
                 "without targets, prune layer by layer from the inputs alone with method='layerwise', 'sparsegpt' or 'wanda'"

@@ -55,7 +55,9 @@ def default_loss(outputs: Any, targets: Any) -> torch.Tensor:
     if hasattr(outputs, "logits"):
         outputs = outputs.logits
     if targets is None:
-        raise ValueError("loss_fn: the default loss (cross-entropy) needs targets; pass (inputs, targets) batches or a loss_fn")
+        raise ValueError("loss_fn: the default loss needs targets or a model that returns its own loss (a Hugging Face batch "
+                         "with labels); pass (inputs, targets) batches or a loss_fn, or prune layer by layer from the inputs "
+                         "alone with method='layerwise', 'sparsegpt' or 'wanda'")
     if not isinstance(outputs, torch.Tensor):
         raise TypeError(f"loss_fn: the default loss (cross-entropy) needs the model to return logits (a tensor, or an output "
                         f"with .logits or .loss); it returned a {type(outputs).__name__}: pass loss_fn=")
