@@ -259,47 +259,58 @@ def input_sources(model: nn.Module, stacks: list[tuple[str, list[nn.Module]]], b
     give sliding-window and full-attention layers different masks, T5 passes its position bias
     from the second block on, and Swin's stages take their own spatial sizes. A stack whose
     block does not take the previous block's output as its hidden states is a ``ValueError``
-    naming ``blocks``.
+    naming ``blocks``. Only the other inputs are kept (references), and each block's output only
+    until the next block is entered.
     """
-    order = [(s, i) for s, (_, stack) in enumerate(stacks) for i in range(len(stack))]
-    calls: dict[tuple[int, int], BlockInput] = {}
-    outputs: dict[tuple[int, int], Any] = {}
+    n_blocks = sum(len(stack) for _, stack in stacks)
+    others: dict[tuple[int, int], tuple[tuple, dict[str, Any]]] = {}
+    last_output: dict[int, tuple[int, Any]] = {}  # per stack: (block, its output)
+    finished: set[tuple[int, int]] = set()
+    broken: list[tuple[int, int]] = []
 
-    def pre(key: tuple[int, int]):
+    def pre(s: int, i: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-            calls.setdefault(key, _block_input(args, kwargs))
+            if (s, i) in others:
+                return
+            call = _block_input(args, kwargs)
+            previous = last_output.pop(s, None)
+            if i and previous is not None and previous[0] == i - 1 and not _same(call.hidden, previous[1]):
+                broken.append((s, i))
+            others[(s, i)] = call.others()
         return hook
 
-    def post(key: tuple[int, int]):
+    def post(s: int, i: int):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            outputs.setdefault(key, output[0] if isinstance(output, (tuple, list)) else output)
-            if len(outputs) == len(order):
+            if (s, i) in finished:
+                return
+            finished.add((s, i))
+            last_output[s] = (i, output[0] if isinstance(output, (tuple, list)) else output)
+            if len(finished) == n_blocks:
                 raise _Captured
         return hook
 
     handles = []
-    for s, i in order:
-        block = stacks[s][1][i]
-        handles += [block.register_forward_pre_hook(pre((s, i)), with_kwargs=True), block.register_forward_hook(post((s, i)))]
+    for s, (_, stack) in enumerate(stacks):
+        for i, block in enumerate(stack):
+            handles += [block.register_forward_pre_hook(pre(s, i), with_kwargs=True), block.register_forward_hook(post(s, i))]
     try:
         _run_until_captured(model, batch, "the first batch")
     finally:
         for h in handles:
             h.remove()
+    if broken:
+        s, i = broken[0]
+        raise ValueError(f"blocks: block {i} of {stacks[s][0] or '<blocks>'} does not take block {i - 1}'s output as its input "
+                         "(something runs between them), so the blocks cannot be pruned in sequence; pass blocks= "
+                         "with lists whose blocks follow each other directly")
     sources: list[list[int]] = []
-    for s, (path, stack) in enumerate(stacks):
+    for s, (_, stack) in enumerate(stacks):
         own: list[int] = []
         for i in range(len(stack)):
-            if (s, i) not in calls:
+            if (s, i) not in others:
                 own.append(own[-1] if own else 0)  # never entered on this batch: as the previous block
                 continue
-            call = calls[(s, i)]
-            if i and (s, i - 1) in outputs and not _same(call.hidden, outputs[(s, i - 1)]):
-                raise ValueError(f"blocks: block {i} of {path or '<blocks>'} does not take block {i - 1}'s output as its input "
-                                 "(something runs between them), so the blocks cannot be pruned in sequence; pass blocks= "
-                                 "with lists whose blocks follow each other directly")
-            others = call.others()
-            own.append(next(j for j in range(i + 1) if j == i or ((s, j) in calls and _same(calls[(s, j)].others(), others))))
+            own.append(next(j for j in range(i + 1) if j == i or ((s, j) in others and _same(others[(s, j)], others[(s, i)]))))
         sources.append(own)
     return sources
 
