@@ -204,7 +204,8 @@ def _block_input(args: tuple, kwargs: dict[str, Any]) -> BlockInput:
 
 def stack_inputs(model: nn.Module, blocks: Sequence[nn.Module], batches: Sequence[Batch]) -> list[list[BlockInput]]:
     """The inputs of each of ``blocks`` (per block, per batch): each batch runs until the last
-    of them is entered (forward pre-hooks; the pass stops there)."""
+    of them is entered (forward pre-hooks; the pass stops there). The hidden states are kept for
+    the first block only (the engine gives the others the previous block's outputs)."""
     store: list[list[BlockInput]] = [[] for _ in blocks]
     pending: set[int] = set()
 
@@ -212,7 +213,8 @@ def stack_inputs(model: nn.Module, blocks: Sequence[nn.Module], batches: Sequenc
         def pre(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             if i in pending:
                 pending.discard(i)
-                store[i].append(_block_input(args, kwargs))
+                call = _block_input(args, kwargs)
+                store[i].append(call if i == 0 else call.with_hidden(None))
             if not pending:
                 raise _Captured
         return pre
