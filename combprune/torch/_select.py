@@ -15,7 +15,10 @@ choice; each accepts one item or a list of
   name (``"features.0"``) or the parameter's (``"features.0.weight"``), e.g. ``r"fc\\d"``.
 
 ``targets`` replaces the default selection (a module type given in ``targets`` is pruned even
-if it is not Linear/Conv, through its ``weight``); ``ignore`` removes from it.
+if it is not Linear/Conv, through its ``weight``; a module without a ``weight``, such as the
+experts of a mixture-of-experts block, through its parameters of two or more dimensions);
+``ignore`` removes from it. Large weight tensors the default selection leaves dense are
+reported (:func:`unselected_weights`).
 """
 
 from __future__ import annotations
