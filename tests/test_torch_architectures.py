@@ -281,7 +281,7 @@ def test_mixture_of_experts_tensors_left_dense_are_named_not_hidden(method, capl
     named = {name for name, _ in report.not_pruned}
     assert set(experts) <= named and all("3-D parameter" in reason for name, reason in report.not_pruned if name in experts)
     assert all(torch.equal(p, experts[n]) for n, p in model.named_parameters() if n in experts)
-    assert any("left dense" in r.getMessage() and "experts" in r.getMessage() for r in caplog.records)
+    assert any("left out (dense)" in r.getMessage() and "experts" in r.getMessage() for r in caplog.records)
 
 
 def test_mixture_of_experts_tensors_pruned_when_targeted_and_a_flop_budget_refused():
@@ -327,13 +327,15 @@ def test_small_tensors_outside_linear_layers_are_not_reported():
 
 
 def test_training_time_selections_name_the_expert_tensors_they_leave_dense(caplog):
-    """Learned masks and the density cut by magnitude select like the one-shot adapter, and warn
-    the same way about large tensors outside the Linear layers."""
-    for build in (lambda m: cpt.LearnedMasks(m), lambda m: cpt.prune_to_density(m, 0.5, method="magnitude", progress=False)):
+    """Learned masks, the density cut by magnitude and measure select like the one-shot adapter,
+    and warn the same way about large tensors outside the Linear layers."""
+    example = {"input_ids": torch.randint(1, 50, (2, 8), generator=torch.Generator().manual_seed(0))}
+    for build in (lambda m: cpt.LearnedMasks(m), lambda m: cpt.prune_to_density(m, 0.5, method="magnitude", progress=False),
+                  lambda m: cpt.measure(m, example)):
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             build(_mixtral())
-        assert any("left dense" in r.getMessage() and "experts.gate_up_proj" in r.getMessage() for r in caplog.records)
+        assert any("left out (dense)" in r.getMessage() and "experts.gate_up_proj" in r.getMessage() for r in caplog.records)
 
 
 def test_per_sample_gradients_hold_the_other_parameters_fixed():

@@ -171,9 +171,11 @@ def measure(model: nn.Module, example: Any, *, targets: Any = None, ignore: Any 
     ``effective_flops`` (the model's FLOPs counting only nonzero prunable weights: each weight
     costs its layer's dense FLOPs / its number of weights) and ``flops_kept`` (their ratio).
     """
-    from ._select import select_parameters
+    from ._select import select_parameters, with_unselected
 
     params = select_parameters(model, targets, ignore)
+    if targets is None:
+        with_unselected(model, [], "measure")  # a warning naming large weights outside the measured ones
     batch = _as_batch(model, example)
     dense = layer_flops(model, params, batch)
     total = model_flops(model, batch)

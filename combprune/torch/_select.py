@@ -261,12 +261,12 @@ def unselected_weights(model: nn.Module) -> list[tuple[str, str]]:
     return out
 
 
-def with_unselected(model: nn.Module, not_pruned: list[tuple[str, str]], method: str) -> list[tuple[str, str]]:
+def with_unselected(model: nn.Module, not_pruned: list[tuple[str, str]], context: str) -> list[tuple[str, str]]:
     """``not_pruned`` (a report's) extended by :func:`unselected_weights`, with a warning naming
-    them: the default selection of ``method`` left them dense."""
+    them (``context``: who left them out, e.g. ``"prune wanda"``)."""
     listed = {name for name, _ in not_pruned}
     left = [item for item in unselected_weights(model) if item[0] not in listed]
     if left:
-        logger.warning("prune %s: %d weight tensor(s) outside the Linear / convolution layers left dense: %s (report.not_pruned)",
-                       method, len(left), ", ".join(name for name, _ in left[:4]) + (", ..." if len(left) > 4 else ""))
+        logger.warning("%s: %d weight tensor(s) outside the Linear / convolution layers left out (dense): %s; name them in "
+                       "targets= to include them", context, len(left), ", ".join(name for name, _ in left[:4]) + (", ..." if len(left) > 4 else ""))
     return [*not_pruned, *left]

@@ -93,7 +93,7 @@ def prune_to_density(
         raise ValueError(f"warm_start: expected None or 'scores', got {warm_start!r}")
     if method in ("magnitude", "mask"):
         if targets is None:
-            with_unselected(model, [], f"to density ({method})")  # a warning naming large weights left dense
+            with_unselected(model, [], f"prune to density ({method})")  # a warning naming large weights left dense
         if warm_start is not None:
             raise ValueError(f"warm_start: only for combprune's gradient methods, not method={method!r}")
         if prune_options:

@@ -170,7 +170,7 @@ def run(model: nn.Module, calibration: Any, cfg: "PruneConfig") -> PruneReport:
             raise
         raise PruningError(f"pruning with {cfg.method!r} failed: {exc}; the model was restored unchanged") from exc
     if cfg.targets is None:
-        report.not_pruned = with_unselected(model, report.not_pruned, cfg.method)
+        report.not_pruned = with_unselected(model, report.not_pruned, f"prune {cfg.method}")
     report.time = time.perf_counter() - t0
     logger.info("prune %s done: %r", cfg.method, report)
     return report

@@ -405,7 +405,7 @@ def prune_sequential(
             disk.cleanup()
     report.peak_memory_bytes = max((b.peak_memory_bytes for b in report.blocks), default=0)
     if targets is None:
-        report.not_pruned = with_unselected(model, report.not_pruned, method)
+        report.not_pruned = with_unselected(model, report.not_pruned, f"prune {method}")
     report.time = time.perf_counter() - start
     logger.info("%s", report)
     return report
