@@ -35,8 +35,8 @@ from ._sequential_dist import Dist
 from ._structured_ridge import solve_unit_auto, split_batches
 from .prune import _apply_structured
 from .report import LayerReport, PruneReport
-from .structured import (KINDS, StructuredSetup, StructuredUnit, _reports, _set_weight_matrix, check_finite_grams, layer_grams,
-                         weight_matrix)
+from .structured import (KINDS, StructuredSetup, StructuredUnit, UnsupportedGraphError, _reports, _set_weight_matrix, check_finite_grams,
+                         layer_grams, weight_matrix)
 
 __all__ = ["StructuredStep"]
 
@@ -104,8 +104,18 @@ class StructuredStep:
                 plan.keep[unit.consumer] = np.ones(unit.n_groups, dtype=bool)
                 continue
             parts = [inputs] if self.n_fit is None else [inputs[: self.n_fit], inputs[self.n_fit :]]
-            fit, *held = [[dist.all_reduce(H) for H in layer_grams(layers, [lambda inp=inp: run_block(block, inp) for inp in part])]
-                          for part in parts]
+            local, failure = [], None
+            try:
+                local = [layer_grams(layers, [lambda inp=inp: run_block(block, inp) for inp in part]) for part in parts]
+            except UnsupportedGraphError as exc:
+                failure = exc
+            # every rank raises together (a rank that raised alone would leave the others waiting in a collective)
+            flag = torch.tensor([float(failure is not None)], dtype=torch.float64, device=weight_matrix(layers[0]).device)
+            if float(dist.all_reduce(flag)[0]) > 0:
+                raise failure or UnsupportedGraphError(
+                    f"{unit.consumer}: a layer of the unit was not called on another process's calibration batches; "
+                    "cannot calibrate it")
+            fit, *held = [[dist.all_reduce(H) for H in grams] for grams in local]
             grams = fit if not held else [Hf + Hh for Hf, Hh in zip(fit, held[0])]
             check_finite_grams(grams, unit.consumers)  # reduced: every rank raises together
             owner = i % dist.world

@@ -157,6 +157,7 @@ class _LayerStep:
         self.selected = selected  # ids of the weights targets / ignore leave prunable (None: every one)
         self.pattern_text = f"{kind}={value}"
         self.rows: list[LayerReport] = []
+        self.unreached: list[tuple[str, str]] = []  # layers no calibration sample reached (report.not_pruned)
         self.k = 0
         self.samples = 1
 
@@ -183,6 +184,7 @@ class _LayerStep:
 
     def finish(self, model: nn.Module, report: PruneReport) -> None:
         report.k = self.k
+        report.not_pruned = [*report.not_pruned, *self.unreached]
         report.info["flops"] = "2 x d_in x d_out per token of the calibration samples (per sample; FLOPs = 2 x MACs)"
 
     def prepare(self, model: nn.Module, batches: list[Any]) -> list[Any]:
@@ -199,10 +201,21 @@ class _LayerStep:
                     run_block(block, inp)
         finally:
             hooks.remove()
-        seen = [(i, slot.name, slot) for i, slot in enumerate(slots) if slot.name in hooks.H]
-        for slot in slots:
-            if slot.name not in hooks.H:
+        # the ranks agree on the layers that saw input (one rank's batches may never reach a
+        # layer, e.g. an expert no token is routed to): collectives must match on every rank
+        device = slots[0].tensor.device if slots else torch.device("cpu")  # the block's (the work device: NCCL needs CUDA)
+        here = torch.tensor([float(slot.name in hooks.H) for slot in slots], dtype=torch.float64, device=device)
+        anywhere = dist.all_reduce(here).cpu() > 0
+        for slot, reached in zip(slots, anywhere.tolist()):
+            if not reached:
                 logger.warning("block %d: %s%s saw no input; left dense", index, prefix, slot.name)
+                self.unreached.append((f"{prefix}{slot.name}", "saw no input on the calibration data (never called as a module): left dense"))
+            elif slot.name not in hooks.H:  # seen on another rank only: this rank adds nothing
+                d = slot.matrix().shape[0]
+                hooks.H[slot.name] = torch.zeros(d, d, dtype=torch.float64, device=slot.tensor.device)
+                hooks.out_sq[slot.name] = torch.zeros((), dtype=torch.float64, device=slot.tensor.device)
+                hooks.rows[slot.name] = 0
+        seen = [(i, slot.name, slot) for i, slot in enumerate(slots) if slot.name in hooks.H]
         # 1. statistics of every layer summed over ranks; 2. each rank solves its own layers (in
         # parallel across ranks); 3. the results are broadcast and written in layer order
         stats = {name: (dist.all_reduce(hooks.H[name]), float(dist.all_reduce(hooks.out_sq[name]))) for _, name, _ in seen}
