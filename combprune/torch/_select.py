@@ -147,9 +147,11 @@ def _tensor_names(module: nn.Module) -> list[str]:
     """The parameters of two or more dimensions of a module without a ``weight`` (plain or
     torch-masked), e.g. the 3-D ``gate_up_proj`` / ``down_proj`` of a mixture-of-experts block:
     prunable when ``targets`` names them (or their module)."""
+    if isinstance(module, NOT_PRUNED_TYPES):
+        return []
     out = []
     for n, p in module._parameters.items():
-        if p is not None and p.ndim >= 2 and not isinstance(module, NOT_PRUNED_TYPES):
+        if p is not None and p.ndim >= 2:
             out.append(n[: -len("_orig")] if n.endswith("_orig") and hasattr(module, n[: -len("_orig")] + "_mask") else n)
     return out
 

@@ -224,7 +224,8 @@ def stack_inputs(model: nn.Module, blocks: Sequence[nn.Module], batches: Sequenc
         for n, batch in enumerate(batches):
             pending.update(range(len(blocks)))
             if not _run_until_captured(model, batch, f"batch {n} before its blocks"):
-                raise ValueError("blocks: the model's forward pass never reached the first block; check blocks=")
+                missed = "the first block" if 0 in pending else f"{len(pending)} of the blocks whose inputs it needs"
+                raise ValueError(f"blocks: the model's forward pass on batch {n} never reached {missed}; check blocks=")
     finally:
         for h in handles:
             h.remove()

@@ -505,9 +505,9 @@ def _run_blocks(model: nn.Module, block_list: list[nn.Module], first: int, prefi
     ``first`` is the index of the stack's first block over all stacks. The caller restores the
     model on error."""
     with eval_mode(model), torch.no_grad():
-        inputs = [inp.to(work) for inp in captured[0]]
-        others = {r: [inp.with_hidden(None).to(work) for inp in got] for r, got in captured.items()}
-        captured.clear()  # block 0's hidden states live on in ``inputs`` only
+        inputs = [inp.to(work) for inp in captured.pop(0)]  # block 0's hidden states live on here only
+        others = {r: [inp.to(work) for inp in got] for r, got in captured.items()}  # hidden states already dropped
+        others[0] = [inp.with_hidden(None) for inp in inputs]  # the same tensors, already on the work device
         for offset, block in enumerate(tqdm(block_list, desc="blocks", disable=not progress)):
             index = first + offset
             t0 = time.perf_counter()
