@@ -99,6 +99,8 @@ class L0Regression(Problem):
         *,
         l2: float,
         first_order: bool = False,
+        residual: Any = None,
+        n_samples: int | None = None,
         flop_costs: Any = None,
         flop_budget: float | None = None,
         layer: Any = None,
@@ -116,6 +118,12 @@ class L0Regression(Problem):
         The ridge is given relative to the normalised Fisher, as in CHITA/FALCON code:
         ``(l2/2) ||w - w_bar||^2`` added to the mean loss model, i.e. ``ridge = n * l2`` here.
         Typical values of ``l2``: 1e-4 to 1e-2.
+
+        Another factor of the curvature (several rows per sample, e.g. the true Fisher,
+        ``docs/torch_adapter.md``) gives ``grads`` with ``H = G^T G / n_samples`` and a
+        ``residual`` r with ``G^T r = n g``: then ``b = G w_bar - r`` with the first-order term
+        (``residual`` defaults to ``1_n``, the empirical Fisher's) and ``ridge = n_samples * l2``
+        (``n_samples`` defaults to the rows of ``grads``).
         """
         A = check_array("grads", grads, ndim=2)
         w_bar = check_array("w_bar", w_bar, ndim=1, shape=(A.shape[1],))
@@ -125,8 +133,13 @@ class L0Regression(Problem):
             w_bar = backend.from_numpy(backend.to_numpy(w_bar), like=A)
         b = A @ xp.astype(w_bar, A.dtype)
         if first_order:
-            b = b - 1.0
-        return cls(A, b, k, ridge=A.shape[0] * l2, w_bar=w_bar, flop_costs=flop_costs, flop_budget=flop_budget, layer=layer)
+            if residual is None:
+                b = b - 1.0
+            else:
+                residual = check_array("residual", residual, ndim=1, shape=(A.shape[0],))
+                b = b - xp.astype(backend.from_numpy(np.array(backend.to_numpy(residual)), like=A), A.dtype)
+        n = A.shape[0] if n_samples is None else check_int("n_samples", n_samples, low=1, high=max(1, A.shape[0]))
+        return cls(A, b, k, ridge=n * l2, w_bar=w_bar, flop_costs=flop_costs, flop_budget=flop_budget, layer=layer)
 
     def with_ridge(self, ridge: float) -> "L0Regression":
         """The same instance with another ``ridge`` (``>= 0``), sharing the validated arrays.

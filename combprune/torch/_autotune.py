@@ -43,10 +43,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
-from torch.func import functional_call
 
-from ._calibration import Batch, _map, eval_mode
-from ._gradients import NON_FINITE_GRADIENTS, batch_loss, default_loss, param_overrides, per_sample_gradients
+from ._calibration import Batch, _map, eval_mode, functional_forward
+from ._fisher import fisher_rows
+from ._gradients import NON_FINITE_GRADIENTS, batch_loss, default_loss, flat_weights, param_overrides
 
 if TYPE_CHECKING:
     from .pruner import PruneConfig
@@ -129,29 +129,32 @@ def split_holdout(batches: list[Batch], fraction: float, seed: int | None) -> tu
     return select_samples(batches, kept), select_samples(batches, held)
 
 
-def fisher_scale(model: torch.nn.Module, params: list, batches: list[Batch], *, loss_fn: Any, chunk_size: int, max_memory: int) -> float:
-    """Mean diagonal of the empirical Fisher ``||A||_F^2 / (n p)`` on (a bounded subset of) ``batches``.
+def fisher_scale(model: torch.nn.Module, params: list, batches: list[Batch], *, fisher: str = "empirical", loss_fn: Any, chunk_size: int,
+                 max_memory: int) -> float:
+    """Mean diagonal ``||A||_F^2 / (n p)`` of the Fisher (``fisher``, :mod:`._fisher`) on (a bounded subset of) ``batches``.
 
-    Gradients are computed a few samples at a time (``max_memory`` bytes at most) and reduced
-    on the fly, so the estimate never stores the n x p matrix.
+    Its rows are computed a few samples at a time (``max_memory`` bytes at most) and reduced
+    on the fly, so the estimate never stores the whole factor.
     """
     p = sum(q.numel for q in params)
     per_call = max(1, min(_SCALE_SAMPLES, max_memory // max(1, 4 * p)))
+    weights = flat_weights(params)
     total, seen = 0.0, 0
     for batch in batches:
         for start in range(0, batch.size, per_call):
             if seen >= _SCALE_SAMPLES:
                 break
             part = batch.slice(start, min(batch.size, start + per_call, start + _SCALE_SAMPLES - seen))
-            G = per_sample_gradients(model, params, [part], loss_fn=loss_fn, chunk_size=chunk_size)
-            total += float(torch.sum(G.detach().double() ** 2))
+            rows = fisher_rows(model, params, [part], fisher=fisher, weights=weights, loss_fn=loss_fn, chunk_size=chunk_size)
+            total += float(np.einsum("ij,ij->", rows.A, rows.A, dtype=np.float64))
             seen += part.size
     return total / (seen * p) if seen and p else 0.0
 
 
-def gram_scale(G: np.ndarray) -> float:
-    """Mean diagonal ``||G||_F^2 / (n p)`` of the empirical Fisher of the gradient matrix ``G``."""
-    n, p = G.shape
+def gram_scale(G: np.ndarray, n: int | None = None) -> float:
+    """Mean diagonal ``||G||_F^2 / (n p)`` of the Fisher ``G^T G / n`` (``n``: the samples, default the rows of ``G``)."""
+    rows, p = G.shape
+    n = rows if n is None else n
     return float(np.einsum("ij,ij->", G, G, dtype=np.float64)) / (n * p) if n and p else 0.0
 
 
@@ -163,7 +166,7 @@ def held_out_loss(model: torch.nn.Module, params: list, batches: list[Batch], we
     total, n = 0.0, 0
     with eval_mode(model), torch.no_grad():
         for batch in batches:
-            out = _call(model, overrides, batch.inputs)
+            out = functional_forward(model, overrides, batch.inputs)
             total += float(batch_loss(loss_fn, out, batch.targets, batch.size)) * batch.size
             n += batch.size
     return total / n
@@ -187,14 +190,6 @@ def first_order_test(with_term: np.ndarray, without: np.ndarray) -> dict[str, An
     se = float(np.std(d, ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.inf
     mean = float(np.mean(d))
     return {"mean_difference": mean, "standard_error": se, "kept": bool(mean < -se)}
-
-
-def _call(model: torch.nn.Module, overrides: dict[str, torch.Tensor], inputs: Any) -> Any:
-    if isinstance(inputs, dict):
-        return functional_call(model, overrides, (), inputs)
-    if isinstance(inputs, (tuple, list)):
-        return functional_call(model, overrides, tuple(inputs))
-    return functional_call(model, overrides, (inputs,))
 
 
 def fallback(cfg: "PruneConfig", n: int) -> tuple["PruneConfig", dict[str, Any]] | None:

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["Batch", "iter_batches", "collect", "model_device", "forward", "eval_mode"]
+__all__ = ["Batch", "iter_batches", "collect", "model_device", "forward", "functional_forward", "eval_mode"]
 
 
 @dataclass
@@ -193,3 +193,14 @@ def forward(model: nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
+
+
+def functional_forward(model: nn.Module, overrides: dict[str, torch.Tensor], inputs: Any) -> Any:
+    """:func:`forward` with some parameters replaced (:func:`torch.func.functional_call`)."""
+    from torch.func import functional_call
+
+    if isinstance(inputs, dict):
+        return functional_call(model, overrides, (), inputs)
+    if isinstance(inputs, (tuple, list)):
+        return functional_call(model, overrides, tuple(inputs))
+    return functional_call(model, overrides, (inputs,))

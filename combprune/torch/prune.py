@@ -50,7 +50,8 @@ from combprune.registry import free_warm_start
 from . import _autotune
 from ._calibration import Batch, check_device, check_finite_parameters, collect
 from ._flops import layer_flops, model_flops
-from ._gradients import NON_FINITE_GRADIENTS, flat_weights, per_sample_gradients
+from ._fisher import FisherRows, fisher_rows, rows_per_sample
+from ._gradients import NON_FINITE_GRADIENTS, flat_weights
 from ._select import PrunableParam, select_parameters, with_unselected
 from .methods import FLOP_SELECTION_SOLVER
 from .report import BudgetError, LayerReport, PruneReport
@@ -189,6 +190,8 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     n = sum(b.size for b in batches)
     ctx = _Context(model, params, batches, dev, cfg.progress)
     ctx.pool = pool
+    if need_grads:
+        ctx.rows_per_sample = rows_per_sample(model, params, batches, cfg.fisher, ctx.w0, cfg.loss_fn)
     k = ctx.p if cfg.sparsity is None else k_from_sparsity(cfg.sparsity, ctx.p)
     if cfg.sparsity is not None:
         require_one_kept(cfg.sparsity, ctx.p)
@@ -231,7 +234,8 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     report.stages = stage_records
     multi = need_grads and cfg.stages > 1
     report.info.update(
-        n_samples=n, l2=cfg.l2 if need_grads else None, first_order=cfg.first_order if need_grads else None,
+        n_samples=n, fisher=cfg.fisher if need_grads else None, l2=cfg.l2 if need_grads else None,
+        first_order=cfg.first_order if need_grads else None,
         stages=cfg.stages if need_grads else 1, schedule=cfg.schedule if multi else None,
         base_sparsity=cfg.base_sparsity if multi else None, fresh_samples=1 + len(ctx.pool) if multi and cfg.fresh_samples else None,
         solver=cfg.solver_name, solver_options=dict(cfg.solver_options), model_flops=ctx.model_flops, fixed_flops=ctx.fixed_flops,
@@ -292,7 +296,7 @@ def _choose_auto(ctx: "_Context", cfg: "PruneConfig", k: int, F: float | None) -
     n_kept = sum(b.size for b in kept)
     full = ctx.with_batches(kept + held, cache_gradients=True)
     full.held, full.n_kept = held, n_kept
-    single = len(_blocks(full, n, cfg.max_memory, 4)) == 1
+    single = len(_blocks(full, n * full.rows_per_sample, cfg.max_memory, 4)) == 1
     if cfg.auto_stages == "per-stage" and cfg.stages > 1:
         if single:
             full.per_stage = True
@@ -303,10 +307,11 @@ def _choose_auto(ctx: "_Context", cfg: "PruneConfig", k: int, F: float | None) -
         w0 = full.w0.detach().cpu().double().numpy()
         G = _gradients(full, cfg, full.w0, 0, full.p, full.batches)
         full.gradient_cache[(0, full.p, id(full.batches))] = (w0, G)
-        fit.gradient_cache[(0, fit.p, id(fit.batches))] = (w0, G[:n_kept])  # a view: the kept samples come first
-        scale = _autotune.gram_scale(G[:n_kept])
+        fit.gradient_cache[(0, fit.p, id(fit.batches))] = (w0, G.head(n_kept))  # views: the kept samples come first
+        scale = _autotune.gram_scale(G.head(n_kept).A, n_kept)
     else:
-        scale = _autotune.fisher_scale(ctx.model, ctx.params, kept, loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size, max_memory=cfg.max_memory)
+        scale = _autotune.fisher_scale(ctx.model, ctx.params, kept, fisher=cfg.fisher, loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size,
+                                       max_memory=cfg.max_memory)
     scale = _autotune.check_scale(scale)
     warm_startable = free_warm_start(cfg.solver_name, cfg.solver_options)
 
@@ -359,7 +364,8 @@ class _Context:
         per_weight = [d / s if s else 0.0 for d, s in zip(self.dense, self.sizes)]
         self.costs = np.repeat(np.asarray(per_weight, dtype=np.float64), self.sizes)
         self.layer = np.repeat(np.arange(len(params), dtype=np.int64), self.sizes)
-        self.gradient_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None
+        self.gradient_cache: dict[tuple[int, int], tuple[np.ndarray, FisherRows]] | None = None
+        self.rows_per_sample = 1.0  # rows of the curvature factor per sample, planned (fisher="true": several)
         self.gradient_info: dict[str, Any] = {}
         #: the last local model built on cached gradients, reused (ridge replaced) by the next candidate
         self.problem_cache: dict[tuple, tuple[np.ndarray, _problems.L0Regression]] = {}
@@ -476,7 +482,7 @@ def _blocks(ctx: _Context, n: int, max_memory: int, itemsize: int) -> list[tuple
 
 def _solve_gradient(ctx: _Context, cfg: "PruneConfig", k: int, F: float | None):
     n = sum(b.size for b in ctx.batches)
-    blocks = _blocks(ctx, n, cfg.max_memory, 4)
+    blocks = _blocks(ctx, n * ctx.rows_per_sample, cfg.max_memory, 4)
     w_all = ctx.w0.detach().clone()
     solves: list[_Solve] = []
     stage_records: list[dict[str, Any]] = []
@@ -539,8 +545,9 @@ def _block_params(ctx: _Context, a: int, b: int):
     return out
 
 
-def _gradients(ctx: _Context, cfg: "PruneConfig", w: torch.Tensor, a: int, b: int, batches: list[Batch]) -> np.ndarray:
-    """Per-sample gradients (n x (b-a), float32) of ``batches`` for the coordinates [a, b) at the flat weights ``w``.
+def _gradients(ctx: _Context, cfg: "PruneConfig", w: torch.Tensor, a: int, b: int, batches: list[Batch]) -> FisherRows:
+    """The curvature factor (``cfg.fisher``; float32 rows of width b-a) of ``batches`` for the coordinates [a, b) at the flat
+    weights ``w``: the per-sample gradients for the empirical Fisher (:mod:`._fisher`).
 
     The matrix is filled in place; samples are differentiated in chunks whose gradients of the
     block's layers take at most a quarter of ``max_memory``, so the peak of the gradient path
@@ -551,12 +558,11 @@ def _gradients(ctx: _Context, cfg: "PruneConfig", w: torch.Tensor, a: int, b: in
     width = int(ctx.offsets[members[-1][0] + 1]) - lo
     chunk = max(1, min(cfg.chunk_size, cfg.max_memory // (4 * 4 * max(1, width))))
     n = sum(bt.size for bt in batches)
-    with ctx.bar(total=n, desc="per-sample gradients", unit="sample") as bar:
-        G = per_sample_gradients(
-            ctx.model, ctx.params, batches, weights=w, wrt=[j for j, _, _ in members], columns=(a - lo, b - lo), loss_fn=cfg.loss_fn,
-            chunk_size=chunk, progress=bar, info=ctx.gradient_info,
+    with ctx.bar(total=n, desc="per-sample gradients", unit="row") as bar:
+        return fisher_rows(
+            ctx.model, ctx.params, batches, fisher=cfg.fisher, weights=w, wrt=[j for j, _, _ in members], columns=(a - lo, b - lo),
+            loss_fn=cfg.loss_fn, chunk_size=chunk, progress=bar, info=ctx.gradient_info,
         )
-    return G.detach().cpu().numpy()
 
 
 def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int, b: int, k: int, F: float | None):
@@ -573,8 +579,8 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
     members = _block_params(ctx, a, b)
     layer = np.searchsorted(ctx.offsets, np.arange(a, b), side="right") - 1 - members[0][0]
 
-    def gradients(weights_block: np.ndarray, batches: list[Batch]) -> np.ndarray:
-        """Per-sample gradients (n x (b-a)) of ``batches`` with the block set to ``weights_block``."""
+    def gradients(weights_block: np.ndarray, batches: list[Batch]) -> FisherRows:
+        """The curvature factor (rows x (b-a)) of ``batches`` with the block set to ``weights_block``."""
         cache, key = ctx.gradient_cache, (a, b, id(batches))
         cacheable = cache is not None and b - a == ctx.p  # never hold more than one matrix
         if cacheable and key in cache and np.array_equal(cache[key][0], weights_block):
@@ -582,7 +588,7 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
         w = w_all.clone()
         w[a:b] = torch.as_tensor(weights_block, dtype=w.dtype, device=w.device)
         G = _gradients(ctx, cfg, w, a, b, batches)
-        _check_gradients(G, weights_block, ctx.gradient_info)
+        _check_gradients(G.A, weights_block, ctx.gradient_info)
         if cacheable:
             cache.clear()
             cache[key] = (weights_block.copy(), G)
@@ -597,13 +603,13 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
         flop = {} if F_t is None else {"flop_costs": costs, "flop_budget": float(F_t)}
         l2, first_order, chosen = cfg.l2, cfg.first_order, None
         if ctx.per_stage and stages > 1:
-            l2, first_order, record, chosen = _stage_choice(ctx, cfg, w_all, (a, b), A[:n_kept], wb, (k_t, flop), ctx.stage_choices)
+            l2, first_order, record, chosen = _stage_choice(ctx, cfg, w_all, (a, b), A.head(n_kept), wb, (k_t, flop), ctx.stage_choices)
             ctx.stage_choices.append(record)
         key = (a, b, id(A), int(k_t), F_t, bool(first_order))
         cached = ctx.problem_cache.get(key) if ctx.gradient_cache is not None else None
         if cached is not None and np.array_equal(cached[0], wb):  # another candidate ridge of l2="auto"
-            return cached[1].with_ridge(A.shape[0] * float(l2)), chosen
-        problem = _problems.L0Regression.from_gradients(A, wb.astype(A.dtype), int(k_t), l2=l2, first_order=first_order, layer=layer, **flop)
+            return cached[1].with_ridge(A.n_samples * float(l2)), chosen
+        problem = _local_model(A, wb, int(k_t), l2, first_order, layer=layer, **flop)
         if ctx.gradient_cache is not None:
             ctx.problem_cache.clear()  # never hold more than one
             ctx.problem_cache[key] = (wb.copy(), problem)
@@ -679,7 +685,13 @@ def kept_choices(choices: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [c for c in choices if c.get("polish") != "rejected"]
 
 
-def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block: tuple[int, int], A_kept: np.ndarray, wb: np.ndarray,
+def _local_model(rows: FisherRows, wb: np.ndarray, k: int, l2: float, first_order: bool, **extra: Any) -> _problems.L0Regression:
+    """The local quadratic model of the curvature factor ``rows`` at the weights ``wb``."""
+    return _problems.L0Regression.from_gradients(
+        rows.A, wb.astype(rows.A.dtype), k, l2=l2, first_order=first_order, residual=rows.residual, n_samples=rows.n_samples, **extra)
+
+
+def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block: tuple[int, int], A_kept: FisherRows, wb: np.ndarray,
                   budget: tuple[int, dict[str, Any]], previous: list[dict[str, Any]]) -> tuple[float, bool, dict[str, Any], np.ndarray]:
     """``auto_stages="per-stage"``: this stage's ``l2`` and ``first_order`` (when automatic), the
     record for the report and the winning candidate's block weights.
@@ -694,15 +706,14 @@ def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block:
     a, b = block
     k_t, flop = budget
     warm_startable = free_warm_start(cfg.solver_name, cfg.solver_options)
-    scale = _autotune.check_scale(_autotune.gram_scale(A_kept))
+    scale = _autotune.check_scale(_autotune.gram_scale(A_kept.A, A_kept.n_samples))
 
     base: dict[bool, _problems.L0Regression] = {}  # one local model per first_order; candidates replace its ridge
 
     def one_shot(trial: "PruneConfig", warm: np.ndarray | None) -> np.ndarray:
         if trial.first_order not in base:
-            base[trial.first_order] = _problems.L0Regression.from_gradients(
-                A_kept, wb.astype(A_kept.dtype), int(k_t), l2=trial.l2, first_order=trial.first_order, **flop)
-        problem = base[trial.first_order].with_ridge(A_kept.shape[0] * float(trial.l2))
+            base[trial.first_order] = _local_model(A_kept, wb, int(k_t), trial.l2, trial.first_order, **flop)
+        problem = base[trial.first_order].with_ridge(A_kept.n_samples * float(trial.l2))
         opts = dict(cfg.solver_options, **({"warm_start": warm} if warm is not None and warm_startable else {}))
         res = solve(problem, cfg.solver_name, time_limit=cfg.time_limit, seed=cfg.seed, **opts)
         return np.asarray(res.x, dtype=np.float64)
@@ -722,7 +733,7 @@ def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block:
     # starting weights within the budget (a polishing stage) minimise the model without the term
     minimiser = None
     if cfg.first_order is not True:
-        base[False] = _problems.L0Regression.from_gradients(A_kept, wb.astype(A_kept.dtype), int(k_t), l2=0.0, first_order=False, **flop)
+        base[False] = _local_model(A_kept, wb, int(k_t), 0.0, False, **flop)
         minimiser = None if base[False].check(wb) else wb
     _, record, best = _autotune.search(cfg, scale, one_shot, loss, None, start=prev, sample_losses=sample_losses,
                                        minimiser_without=minimiser)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ._autotune import AUTO_STAGES, DEFAULT_HOLDOUT, DEFAULT_L2_GRID
+from ._fisher import FISHER_KINDS
 from ._structured_ridge import check_ridge
 from .methods import Method, resolve_method
 from .prune import run
@@ -117,6 +118,7 @@ class PruneConfig:
     base_sparsity: float = 0.0
     structured: bool = False
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+    fisher: str = "empirical"
     l2: float | str | None = None
     first_order: bool | str | None = None
     holdout: float = DEFAULT_HOLDOUT
@@ -256,6 +258,10 @@ class PruneConfig:
             options = {}
         if not isinstance(options, Mapping):
             raise TypeError(f"solver_options: expected a dict, got {type(options).__name__}")
+        if a["fisher"] not in FISHER_KINDS:
+            raise ValueError(f"fisher: expected one of {', '.join(map(repr, FISHER_KINDS))}, got {a['fisher']!r}")
+        if a["fisher"] != "empirical" and spec.kind != "gradient":
+            raise ValueError(f"fisher: only the gradient-based methods (chita, chita++, falcon, ...) build a Fisher, not {method!r}")
         if a["loss_fn"] is not None and not callable(a["loss_fn"]):
             raise TypeError(f"loss_fn: expected a callable loss_fn(outputs, targets), got {a['loss_fn']!r}")
         if a["solver"] is not None:
@@ -266,7 +272,7 @@ class PruneConfig:
         return cls(
             method=method, spec=spec, sparsity=sparsity, flop_budget=flop_budget, targets=a["targets"], ignore=a["ignore"],
             n_samples=_positive_int("n_samples", a["n_samples"], allow_none=True), stages=stages, schedule=schedule,
-            base_sparsity=base_sparsity, structured=a["structured"], loss_fn=a["loss_fn"], l2=l2 if l2 is None or l2 == "auto" else float(l2),
+            base_sparsity=base_sparsity, structured=a["structured"], loss_fn=a["loss_fn"], fisher=a["fisher"], l2=l2 if l2 is None or l2 == "auto" else float(l2),
             first_order=_default_first_order(a["first_order"], l2, stages), holdout=holdout, l2_grid=l2_grid, auto_stages=a["auto_stages"], fresh_samples=a["fresh_samples"],
             polish_stages=polish,
             solver=a["solver"], solver_options=MappingProxyType(dict(options)), time_limit=time_limit, seed=a["seed"], apply=a["apply"],
@@ -369,6 +375,7 @@ def prune(
     base_sparsity: float = 0.0,
     structured: bool = False,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    fisher: str = "empirical",
     l2: float | str | None = None,
     first_order: bool | str | None = None,
     holdout: float = DEFAULT_HOLDOUT,
@@ -430,6 +437,10 @@ def prune(
     structured : prune groups (neurons, channels, heads) layer by layer instead of weights.
     loss_fn : ``loss_fn(outputs, targets) -> mean loss`` for the per-sample gradients
         (default: cross-entropy; on log-softmax outputs it is the NLL loss).
+    fisher : the curvature of the local model: ``"empirical"`` (default, the papers': one row
+        per sample, its loss gradient) or ``"true"`` (classifiers trained with the cross-entropy
+        of ``softmax(outputs)``: the Fisher over the model's own class probabilities, one row per
+        class the model gives at least 1 %; ``docs/torch_adapter.md``, "The curvature").
     l2 : ridge of the local model (``ridge = n * l2``, ``docs/formulations/l0_regression.md``),
         or ``"auto"``: chosen among ``l2_grid`` x the empirical Fisher's mean diagonal by the
         true loss on ``holdout`` of the calibration samples held back (``docs/torch_adapter.md``,

@@ -1,0 +1,175 @@
+"""The factor ``A`` of the local model's curvature: the empirical or the true Fisher.
+
+The local model of the mean calibration loss (``docs/torch_adapter.md``, "The curvature:
+empirical or true Fisher") is ``Q(w) = 1/2 ||b - A w||^2 + ridge/2 ||w - w_bar||^2`` with
+``A^T A / n`` the curvature and ``b = A w_bar - r`` (first-order term) or ``b = A w_bar``,
+where ``A^T r`` is the sum of the per-sample loss gradients:
+
+* ``"empirical"``: one row per sample, the gradient ``g_i`` of its loss; ``r = 1``. The
+  empirical Fisher ``sum_i g_i g_i^T / n`` (the papers' choice).
+* ``"true"``: for a classifier trained with the cross-entropy of ``softmax(z)``, the Fisher
+  ``sum_i sum_c p_ic a_ic a_ic^T / n`` with ``a_ic = grad_w (-log p_ic)`` (the expectation over
+  the model's own labels, equal to the Gauss-Newton matrix ``J^T (diag p - p p^T) J``): rows
+  ``sqrt(p_ic) a_ic`` for every class with ``p_ic >= MIN_CLASS_PROB`` and the sample's label
+  ``y_i``; ``r`` is ``1 / sqrt(p_iy)`` on the label's row and 0 elsewhere, so that
+  ``A^T r = sum_i a_iy = sum_i g_i`` exactly. It sees every class's curvature where the
+  empirical Fisher sees only the label's gradient, which is near zero on samples the model
+  already fits.
+
+Rows are sample-major: sample ``i`` owns rows ``sample_rows[i]:sample_rows[i + 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._calibration import Batch, _map, eval_mode, functional_forward
+from ._gradients import LossFn, batch_loss, default_loss, param_overrides, per_sample_gradients
+from ._select import PrunableParam
+
+__all__ = ["FISHER_KINDS", "MIN_CLASS_PROB", "FisherRows", "fisher_rows", "class_probabilities", "rows_per_sample"]
+
+#: The curvatures the gradient methods offer.
+FISHER_KINDS: tuple[str, ...] = ("empirical", "true")
+#: ``fisher="true"`` keeps a class's row when the model gives it at least this probability (the
+#: label's row always): a dropped row would carry at most ``sqrt(MIN_CLASS_PROB)`` of a gradient.
+MIN_CLASS_PROB = 1e-2
+#: Relative tolerance of the check that ``loss_fn`` is the cross-entropy of ``softmax(outputs)``.
+_LOSS_RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class FisherRows:
+    """Rows ``A`` of the curvature factor, the first-order residual ``r`` and the rows of each sample."""
+
+    A: np.ndarray
+    residual: np.ndarray
+    sample_rows: np.ndarray
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.sample_rows.shape[0] - 1)
+
+    def head(self, n: int) -> "FisherRows":
+        """The rows of the first ``n`` samples (views, no copy)."""
+        stop = int(self.sample_rows[n])
+        return FisherRows(self.A[:stop], self.residual[:stop], self.sample_rows[: n + 1])
+
+
+def _logits(outputs: Any) -> torch.Tensor:
+    return outputs.logits if hasattr(outputs, "logits") and not isinstance(outputs, torch.Tensor) else outputs
+
+
+def class_probabilities(model: nn.Module, params: list[PrunableParam], batch: Batch, weights: torch.Tensor, loss_fn: LossFn | None) -> torch.Tensor:
+    """``softmax(outputs)`` of ``batch`` (float64, ``(size, C)``) at ``weights``.
+
+    ``ValueError`` naming ``fisher`` unless the model returns class scores ``(size, C)`` (a
+    tensor or ``.logits``), the targets are class indices and ``loss_fn`` is the cross-entropy
+    of ``softmax(outputs)`` against them (the default loss, or the NLL loss of log-softmax
+    outputs): the true Fisher is that loss's.
+    """
+    with eval_mode(model), torch.no_grad():
+        outputs = functional_forward(model, param_overrides(params, weights), batch.inputs)
+        logits = _logits(outputs)
+        targets = batch.targets
+        if not (isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == batch.size):
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"fisher: 'true' needs class scores of shape (samples, classes) from the model, got {shape}; use fisher='empirical'")
+        if not (isinstance(targets, torch.Tensor) and targets.shape == (batch.size,) and not targets.is_floating_point()):
+            raise ValueError("fisher: 'true' needs integer class targets, one per sample; use fisher='empirical'")
+        expected = float(nn.functional.cross_entropy(logits.double(), targets))
+        actual = float(batch_loss(loss_fn or default_loss, outputs, targets, batch.size))
+        if not math.isclose(actual, expected, rel_tol=_LOSS_RTOL, abs_tol=_LOSS_RTOL * 1e-3):
+            raise ValueError(
+                f"fisher: 'true' is the Fisher of the cross-entropy of softmax(outputs), but loss_fn gives {actual:.6g} where that "
+                f"loss is {expected:.6g}; use fisher='empirical' for another loss"
+            )
+        return torch.softmax(logits.double(), dim=1)
+
+
+def _kept_classes(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Which (sample, class) rows ``fisher="true"`` keeps: ``p >= MIN_CLASS_PROB``, and every label."""
+    keep = probs >= MIN_CLASS_PROB
+    keep[torch.arange(probs.shape[0]), labels] = True
+    return keep
+
+
+def rows_per_sample(model: nn.Module, params: list[PrunableParam], batches: list[Batch], fisher: str, weights: torch.Tensor,
+                    loss_fn: LossFn | None) -> float:
+    """Rows per sample to plan memory for: 1 for the empirical Fisher; for the true Fisher twice
+    the mean at ``weights`` (a sparser model is less sure of its classes), at most the classes.
+
+    Also checks, before any gradient is computed, that ``fisher="true"`` applies (:func:`class_probabilities`).
+    """
+    if fisher == "empirical":
+        return 1.0
+    kept, classes, n = 0, 1, 0
+    for batch in batches:
+        probs = class_probabilities(model, params, batch, weights, loss_fn).cpu()
+        kept += int(_kept_classes(probs, batch.targets.cpu()).sum())
+        classes, n = probs.shape[1], n + batch.size
+    return float(min(classes, 2.0 * kept / max(1, n)))
+
+
+def _expand(batch: Batch, sample: torch.Tensor, classes: torch.Tensor) -> Batch:
+    """One sample per (sample, class) row, the class as its target."""
+
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return t.index_select(0, sample.to(t.device)) if t.ndim > 0 and t.shape[0] == batch.size else t
+
+    return Batch(_map(batch.inputs, pick), classes.to(batch.targets.device), int(sample.numel()))
+
+
+def _class_loss(outputs: Any, classes: torch.Tensor) -> torch.Tensor:
+    """``-log softmax(outputs)_c``: the cross-entropy whose Fisher the rows factor."""
+    return nn.functional.cross_entropy(_logits(outputs), classes)
+
+
+def fisher_rows(
+    model: nn.Module,
+    params: list[PrunableParam],
+    batches: Iterable[Batch],
+    *,
+    fisher: str = "empirical",
+    weights: torch.Tensor,
+    loss_fn: LossFn | None = None,
+    progress: Any = None,
+    **gradient_options: Any,
+) -> FisherRows:
+    """The curvature factor of ``batches`` at ``weights`` (module docstring).
+
+    ``gradient_options`` go to :func:`~combprune.torch._gradients.per_sample_gradients`
+    (``wrt``, ``columns``, ``chunk_size``, ``info``); ``progress`` is advanced by rows.
+    """
+    batches = list(batches)
+    if fisher == "empirical":
+        A = per_sample_gradients(model, params, batches, weights=weights, loss_fn=loss_fn, progress=progress, **gradient_options)
+        n = A.shape[0]
+        return FisherRows(A.detach().cpu().numpy(), np.ones(n), np.arange(n + 1, dtype=np.int64))
+    if fisher != "true":
+        raise ValueError(f"fisher: expected one of {FISHER_KINDS}, got {fisher!r}")
+    expanded, scale, residual, counts = [], [], [], []
+    for batch in batches:
+        probs = class_probabilities(model, params, batch, weights, loss_fn).cpu()
+        labels = batch.targets.cpu()
+        keep = _kept_classes(probs, labels)
+        sample, classes = keep.nonzero(as_tuple=True)  # sample-major
+        p = probs[sample, classes]
+        expanded.append(_expand(batch, sample, classes))
+        scale.append(p.sqrt())
+        residual.append(torch.where(classes == labels[sample], 1.0 / p.sqrt(), torch.zeros_like(p)))
+        counts.append(keep.sum(1))
+    if progress is not None:
+        progress.total = sum(b.size for b in expanded)
+        progress.refresh()
+    G = per_sample_gradients(model, params, expanded, weights=weights, loss_fn=_class_loss, progress=progress, **gradient_options)
+    A = G.detach().cpu().numpy()
+    A *= torch.cat(scale).numpy().astype(A.dtype)[:, None]
+    rows = np.concatenate([[0], np.cumsum(torch.cat(counts).numpy())]).astype(np.int64)
+    return FisherRows(A, torch.cat(residual).numpy(), rows)
