@@ -455,8 +455,9 @@ def _solve_magnitude(ctx: _Context, cfg: "PruneConfig", k: int, F: float | None)
 _COLUMN_BYTES = 128
 
 
-def _blocks(ctx: _Context, n: int, max_memory: int, itemsize: int) -> list[tuple[int, int]]:
-    """Contiguous coordinate ranges [start, stop) whose whole gradient path fits ``max_memory``.
+def _blocks(ctx: _Context, n: float, max_memory: int, itemsize: int) -> list[tuple[int, int]]:
+    """Contiguous coordinate ranges [start, stop) whose whole gradient path fits ``max_memory``
+    (``n``: the rows of the gradient matrix planned for, samples x ``ctx.rows_per_sample``).
 
     A block of c weights costs its gradient matrix (``n c itemsize`` bytes), room for one
     working copy of it in the solver (a column subset, ``|A|``) and :data:`_COLUMN_BYTES` per
