@@ -135,6 +135,10 @@ def test_true_fisher_rejects_other_losses_and_shapes_before_any_gradient():
     with pytest.raises(ValueError, match="fisher: 'true' needs integer class targets"):
         cpt.prune(model, (X, torch.randn(40, 3)), method="chita", sparsity=0.5, fisher="true", progress=False,
                   loss_fn=lambda out, t: ((out - t) ** 2).mean())
+    ignored = y.clone()
+    ignored[0] = -100
+    with pytest.raises(ValueError, match=r"fisher: 'true' needs every target to be a class index in \[0, 3\)"):
+        cpt.prune(model, (X, ignored), method="chita", sparsity=0.5, fisher="true", progress=False)
     token = nn.Sequential(nn.Linear(5, 3))
     with pytest.raises(ValueError, match=r"fisher: 'true' needs class scores of shape \(samples, classes\)"):
         cpt.prune(token, (torch.randn(40, 2, 5), torch.randint(0, 3, (40, 2))), method="chita", sparsity=0.5, fisher="true", progress=False)

@@ -83,6 +83,9 @@ def class_probabilities(model: nn.Module, params: list[PrunableParam], batch: Ba
             raise ValueError(f"fisher: 'true' needs class scores of shape (samples, classes) from the model, got {shape}; use fisher='empirical'")
         if not (isinstance(targets, torch.Tensor) and targets.shape == (batch.size,) and not targets.is_floating_point()):
             raise ValueError("fisher: 'true' needs integer class targets, one per sample; use fisher='empirical'")
+        if bool(((targets < 0) | (targets >= logits.shape[1])).any()):
+            raise ValueError(f"fisher: 'true' needs every target to be a class index in [0, {logits.shape[1]}) (no ignored samples); "
+                             "use fisher='empirical'")
         expected = float(nn.functional.cross_entropy(logits.double(), targets))
         actual = float(batch_loss(loss_fn or default_loss, outputs, targets, batch.size))
         if not math.isclose(actual, expected, rel_tol=_LOSS_RTOL, abs_tol=_LOSS_RTOL * 1e-3):
