@@ -155,3 +155,19 @@ def test_true_fisher_rejects_other_losses_and_shapes_before_any_gradient():
 def test_fisher_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         cpt.Pruner(sparsity=0.5, **kwargs)
+
+
+def test_true_fisher_in_blocks_and_with_a_flop_budget(caplog):
+    """The blocked path (max_memory too small for one matrix: the Fisher's scale estimated on the fly) and FALCON's FLOP budget."""
+    X, y = data(5, 60, 8, 4)
+    X = X.float()
+    model = mlp(5, (8, 6, 4)).float()
+    with caplog.at_level("INFO", logger="combprune.torch.prune"):
+        report = cpt.prune(model, (X, y), method="chita", sparsity=0.6, fisher="true", max_memory=20_000, progress=False)
+    assert "blocks in turn" in caplog.text
+    assert sum(layer.kept for layer in report.layers) == report.k
+    assert report.info["auto"]["mode"] == "once" and report.info["fisher"] == "true"
+    model = mlp(5, (8, 6, 4)).float()
+    report = cpt.prune(model, (X, y), method="falcon", sparsity=0.5, flop_budget=0.6, fisher="true", progress=False)
+    report.check_budgets()
+    assert report.effective_flops <= report.flop_limit * (1 + 1e-9)

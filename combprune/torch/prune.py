@@ -522,7 +522,7 @@ def _check_gradients(A: np.ndarray, w: np.ndarray, info: dict[str, Any]) -> None
     """Raise when the per-sample gradients are not finite; warn (once per call, recorded in ``info["degenerate"]``) when they
     are (near) zero: the Fisher term ``||A (w - w_bar)||^2`` then carries nothing and the
     gradient-based methods reduce to their l2 term, i.e. to magnitude pruning."""
-    rms_a = float(np.sqrt(np.mean(np.square(A, dtype=np.float64)))) if A.size else 0.0
+    rms_a = math.sqrt(_autotune.gram_scale(A))  # no float64 copy of A
     if not math.isfinite(rms_a):
         raise ValueError(NON_FINITE_GRADIENTS)
     rms_w = float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) if w.size else 0.0
