@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ._calibration import Batch, _map, eval_mode, functional_forward
+from ._calibration import Batch, eval_mode, functional_forward
 from ._fisher import fisher_rows
 from ._gradients import NON_FINITE_GRADIENTS, batch_loss, default_loss, flat_weights, param_overrides
 
@@ -83,17 +83,9 @@ def select_samples(batches: list[Batch], index: np.ndarray) -> list[Batch]:
         local = index[(index >= start) & (index < start + b.size)] - start
         if local.size:
             sel = torch.as_tensor(local, dtype=torch.long)
-            out.append(_take(b, sel))
+            out.append(b.take(sel))
         start += b.size
     return out
-
-
-def _take(batch: Batch, sel: torch.Tensor) -> Batch:
-    def pick(t: torch.Tensor) -> torch.Tensor:
-        return t.index_select(0, sel.to(t.device)) if t.ndim > 0 and t.shape[0] == batch.size else t
-
-    targets = None if batch.targets is None else pick(batch.targets)
-    return Batch(_map(batch.inputs, pick), targets, int(sel.numel()))
 
 
 def is_auto(value: Any) -> bool:

@@ -37,6 +37,17 @@ class Batch:
     def slice(self, start: int, stop: int) -> "Batch":
         return Batch(_map(self.inputs, lambda t: t[start:stop]), None if self.targets is None else self.targets[start:stop], stop - start)
 
+    def take(self, index: torch.Tensor) -> "Batch":
+        """The samples ``index`` (positions in this batch, repeats allowed), in that order.
+
+        Tensors whose first dimension is the batch size are indexed; others (shared across
+        the batch) are passed on as they are."""
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, index.to(t.device)) if t.ndim > 0 and t.shape[0] == self.size else t
+
+        return Batch(_map(self.inputs, pick), None if self.targets is None else pick(self.targets), int(index.numel()))
+
 
 def _map(obj: Any, fn) -> Any:
     if isinstance(obj, torch.Tensor):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._calibration import Batch, _map, eval_mode, functional_forward
+from ._calibration import Batch, eval_mode, functional_forward
 from ._gradients import LossFn, batch_loss, default_loss, param_overrides, per_sample_gradients
 from ._select import PrunableParam
 
@@ -120,15 +120,6 @@ def rows_per_sample(model: nn.Module, params: list[PrunableParam], batches: list
     return float(min(classes, 2.0 * kept / max(1, n)))
 
 
-def _expand(batch: Batch, sample: torch.Tensor, classes: torch.Tensor) -> Batch:
-    """One sample per (sample, class) row, the class as its target."""
-
-    def pick(t: torch.Tensor) -> torch.Tensor:
-        return t.index_select(0, sample.to(t.device)) if t.ndim > 0 and t.shape[0] == batch.size else t
-
-    return Batch(_map(batch.inputs, pick), classes.to(batch.targets.device), int(sample.numel()))
-
-
 def _class_loss(outputs: Any, classes: torch.Tensor) -> torch.Tensor:
     """``-log softmax(outputs)_c``: the cross-entropy whose Fisher the rows factor."""
     return nn.functional.cross_entropy(_logits(outputs), classes)
@@ -164,7 +155,8 @@ def fisher_rows(
         keep = _kept_classes(probs, labels)
         sample, classes = keep.nonzero(as_tuple=True)  # sample-major
         p = probs[sample, classes]
-        expanded.append(_expand(batch, sample, classes))
+        rows = batch.take(sample)  # one sample per (sample, class) row, the class as its target
+        expanded.append(Batch(rows.inputs, classes.to(batch.targets.device), rows.size))
         scale.append(p.sqrt())
         residual.append(torch.where(classes == labels[sample], 1.0 / p.sqrt(), torch.zeros_like(p)))
         counts.append(keep.sum(1))
