@@ -131,13 +131,13 @@ class L0Regression(Problem):
         xp = backend.namespace(A)
         if backend.namespace(w_bar) is not xp:  # e.g. torch gradients with NumPy weights
             w_bar = backend.from_numpy(backend.to_numpy(w_bar), like=A)
+        if residual is not None:
+            residual = check_array("residual", residual, ndim=1, shape=(A.shape[0],))
+            if backend.namespace(residual) is not xp:
+                residual = backend.from_numpy(np.array(backend.to_numpy(residual)), like=A)
         b = A @ xp.astype(w_bar, A.dtype)
         if first_order:
-            if residual is None:
-                b = b - 1.0
-            else:
-                residual = check_array("residual", residual, ndim=1, shape=(A.shape[0],))
-                b = b - xp.astype(backend.from_numpy(np.array(backend.to_numpy(residual)), like=A), A.dtype)
+            b = b - (1.0 if residual is None else xp.astype(residual, A.dtype))
         n = A.shape[0] if n_samples is None else check_int("n_samples", n_samples, low=1, high=max(1, A.shape[0]))
         return cls(A, b, k, ridge=n * l2, w_bar=w_bar, flop_costs=flop_costs, flop_budget=flop_budget, layer=layer)
 

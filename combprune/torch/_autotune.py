@@ -121,15 +121,16 @@ def split_holdout(batches: list[Batch], fraction: float, seed: int | None) -> tu
     return select_samples(batches, kept), select_samples(batches, held)
 
 
-def fisher_scale(model: torch.nn.Module, params: list, batches: list[Batch], *, fisher: str = "empirical", loss_fn: Any, chunk_size: int,
-                 max_memory: int) -> float:
+def fisher_scale(model: torch.nn.Module, params: list, batches: list[Batch], *, fisher: str = "empirical", rows_per_sample: float = 1.0,
+                 loss_fn: Any, chunk_size: int, max_memory: int) -> float:
     """Mean diagonal ``||A||_F^2 / (n p)`` of the Fisher (``fisher``, :mod:`._fisher`) on (a bounded subset of) ``batches``.
 
-    Its rows are computed a few samples at a time (``max_memory`` bytes at most) and reduced
-    on the fly, so the estimate never stores the whole factor.
+    Its rows are computed a few samples at a time (``max_memory`` bytes at most, planning
+    ``rows_per_sample`` rows per sample) and reduced on the fly, so the estimate never stores
+    the whole factor.
     """
     p = sum(q.numel for q in params)
-    per_call = max(1, min(_SCALE_SAMPLES, max_memory // max(1, 4 * p)))
+    per_call = max(1, min(_SCALE_SAMPLES, int(max_memory // max(1.0, 4 * p * rows_per_sample))))
     weights = flat_weights(params)
     total, seen = 0.0, 0
     for batch in batches:

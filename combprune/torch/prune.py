@@ -310,8 +310,8 @@ def _choose_auto(ctx: "_Context", cfg: "PruneConfig", k: int, F: float | None) -
         fit.gradient_cache[(0, fit.p, id(fit.batches))] = (w0, G.head(n_kept))  # views: the kept samples come first
         scale = _autotune.gram_scale(G.head(n_kept).A, n_kept)
     else:
-        scale = _autotune.fisher_scale(ctx.model, ctx.params, kept, fisher=cfg.fisher, loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size,
-                                       max_memory=cfg.max_memory)
+        scale = _autotune.fisher_scale(ctx.model, ctx.params, kept, fisher=cfg.fisher, rows_per_sample=ctx.rows_per_sample,
+                                       loss_fn=cfg.loss_fn, chunk_size=cfg.chunk_size, max_memory=cfg.max_memory)
     scale = _autotune.check_scale(scale)
     warm_startable = free_warm_start(cfg.solver_name, cfg.solver_options)
 
