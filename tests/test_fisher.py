@@ -139,6 +139,12 @@ def test_true_fisher_rejects_other_losses_and_shapes_before_any_gradient():
     ignored[0] = -100
     with pytest.raises(ValueError, match=r"fisher: 'true' needs every target to be a class index in \[0, 3\)"):
         cpt.prune(model, (X, ignored), method="chita", sparsity=0.5, fisher="true", progress=False)
+    certain = nn.Sequential(nn.Linear(5, 3))
+    with torch.no_grad():
+        certain[0].weight.zero_()
+        certain[0].bias.copy_(torch.tensor([0.0, 0.0, 2000.0]))  # labels 0 and 1 get probability exactly 0
+    with pytest.raises(ValueError, match="fisher: 'true' needs every label to have a positive probability"):
+        cpt.prune(certain, (X, torch.zeros(40, dtype=torch.long)), method="chita", sparsity=0.5, fisher="true", progress=False)
     token = nn.Sequential(nn.Linear(5, 3))
     with pytest.raises(ValueError, match=r"fisher: 'true' needs class scores of shape \(samples, classes\)"):
         cpt.prune(token, (torch.randn(40, 2, 5), torch.randint(0, 3, (40, 2))), method="chita", sparsity=0.5, fisher="true", progress=False)

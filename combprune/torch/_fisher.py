@@ -93,7 +93,12 @@ def class_probabilities(model: nn.Module, params: list[PrunableParam], batch: Ba
                 f"fisher: 'true' is the Fisher of the cross-entropy of softmax(outputs), but loss_fn gives {actual:.6g} where that "
                 f"loss is {expected:.6g}; use fisher='empirical' for another loss"
             )
-        return torch.softmax(logits.double(), dim=1)
+        probs = torch.softmax(logits.double(), dim=1)
+        if not bool((probs[torch.arange(batch.size, device=probs.device), targets.to(probs.device)] > 0).all()):
+            # a label the model rules out: its row would be 0 and its residual 1/sqrt(p) infinite
+            raise ValueError("fisher: 'true' needs every label to have a positive probability, but the model's softmax gives "
+                             "some calibration label exactly 0 (float64 underflow); use fisher='empirical'")
+        return probs
 
 
 def _kept_classes(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
