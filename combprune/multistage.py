@@ -17,8 +17,10 @@ the caller already chose for it (the torch adapter's per-stage ``l2="auto"`` sol
 ridges on part of the samples and scores them on the rest). An intermediate stage then moves
 to that point without a solve (it is the point whose quality was measured, and a solve would
 repeat the winning candidate's work); the last stage is always solved, warm started from the
-point when the solver takes a ``warm_start``. A point infeasible for the stage's budgets is
-ignored (with a warning): the stage is solved as without it.
+point when the solver takes a ``warm_start``; with ``keep_solve`` the caller may reject that
+solve (``keep_solve(x, point)`` False: the point is kept instead, the stage marked unsolved).
+A point infeasible for the stage's budgets is ignored (with a warning): the stage is solved
+as without it.
 
 Schedules (``sparsity_schedule``), sparsity = fraction of weights removed, from a base
 sparsity ``s_0`` to the target ``s_T`` over T stages (t = 1..T):
@@ -138,20 +140,32 @@ class ChosenPoint:
     x: Any
 
 
-def _stage_result(problem: Any, point: ChosenPoint | None, last: bool, solver: str, options: dict[str, Any], **kwargs: Any) -> Result:
+def _stage_result(problem: Any, point: ChosenPoint | None, last: bool, solver: str, options: dict[str, Any],
+                  keep_solve: Callable[[np.ndarray, ChosenPoint], bool] | None = None, **kwargs: Any) -> Result:
     """The stage's result: the chosen point itself (intermediate stages, when feasible), else a
-    solve (warm started from a feasible point when the solver takes one)."""
-    if point is not None:
-        x = np.asarray(backend.to_numpy(point.x), dtype=np.float64).reshape(-1)
-        violations = problem.check(x)
-        if not last and not violations:
-            return Result(x=x, support=x != 0, objective=problem.objective(x), status=Status.FEASIBLE, solver=solver,
-                          message="the chosen point (no solve)", info={"chosen_point": True})
-        if violations:
-            logger.warning("multistage: the chosen point is infeasible for the stage (%s); solving without it", "; ".join(violations))
-        elif free_warm_start(solver, options):
-            options = dict(options, warm_start=x)
-    return solve(problem, solver=solver, **kwargs, **options)
+    solve (warm started from a feasible point when the solver takes one), unless ``keep_solve``
+    rejects the solve in favour of the point."""
+    if point is None:
+        return solve(problem, solver=solver, **kwargs, **options)
+    x = np.asarray(backend.to_numpy(point.x), dtype=np.float64).reshape(-1)
+    violations = problem.check(x)
+
+    def the_point(message: str) -> Result:
+        return Result(x=x, support=x != 0, objective=problem.objective(x), status=Status.FEASIBLE, solver=solver,
+                      message=message, info={"chosen_point": True})
+
+    if not last and not violations:
+        return the_point("the chosen point (no solve)")
+    if violations:
+        logger.warning("multistage: the chosen point is infeasible for the stage (%s); solving without it", "; ".join(violations))
+        return solve(problem, solver=solver, **kwargs, **options)
+    if free_warm_start(solver, options):
+        options = dict(options, warm_start=x)
+    result = solve(problem, solver=solver, **kwargs, **options)
+    if keep_solve is not None and result.x is not None and not keep_solve(np.asarray(backend.to_numpy(result.x), dtype=np.float64), point):
+        logger.info("multistage: the last stage's solve was rejected (keep_solve); keeping its chosen point")
+        return the_point("the chosen point (the solve from it was rejected by keep_solve)")
+    return result
 
 
 def multistage(
@@ -170,6 +184,7 @@ def multistage(
     callback: Callable[[int, Result], None] | None = None,
     polish: int = 0,
     accept: Callable[[ChosenPoint], bool] | None = None,
+    keep_solve: Callable[[np.ndarray, ChosenPoint], bool] | None = None,
     **options: Any,
 ) -> Result:
     """Run ``solver`` over a schedule of budgets, rebuilding the problem at every stage.
@@ -190,6 +205,9 @@ def multistage(
         built like the others (``build`` must return a :class:`ChosenPoint`) and kept while
         ``accept(point)`` says so; the last kept stage (the schedule's last when none is) is
         then solved from its point, as the last stage is without polishing.
+    keep_solve : ``keep_solve(x, point)`` after the last stage is solved from a
+        :class:`ChosenPoint`: False keeps the point instead of the solution ``x`` (a caller
+        that can measure both, e.g. on the samples the solve fitted).
 
     Returns
     -------
@@ -250,7 +268,7 @@ def multistage(
         point = built if isinstance(built, ChosenPoint) else None
         problem = built.problem if point is not None else built
         last = t == len(budgets) - 1 and not (polish and point is not None)
-        result = _stage_result(problem, point, last, solver, options, time_limit=stage_limit, seed=seed)
+        result = _stage_result(problem, point, last, solver, options, keep_solve, time_limit=stage_limit, seed=seed)
         if result.x is None:
             raise RuntimeError(f"multistage: stage {t + 1} (k={kk}, F={FF}) returned no solution ({result.status.value})")
         record(t, kk, FF, t0, result)
@@ -259,7 +277,7 @@ def multistage(
     if result is None:
         raise RuntimeError("multistage: time_limit expired before the first stage")
     completed = len(stages) == len(budgets)
-    if completed and last_point is not None:  # polishing stages at the final budget, then the last kept one solved
+    if completed and polish and last_point is not None:  # polishing stages at the final budget, then the last kept one solved
         kk, FF = budgets[-1]
         for _ in range(polish):
             t0 = time.perf_counter()
@@ -276,9 +294,9 @@ def multistage(
         t0 = time.perf_counter()
         left = None if time_limit is None else time_limit - (t0 - start)
         if left is None or left > 0:
-            result = _stage_result(last_point.problem, last_point, True, solver, options, time_limit=left, seed=seed)
+            result = _stage_result(last_point.problem, last_point, True, solver, options, keep_solve, time_limit=left, seed=seed)
             stages[-1].update(objective=result.objective, status=result.status.value, time=stages[-1]["time"] + result.time,
-                              solved=True, result=result)
+                              solved=not result.info.get("chosen_point", False), result=result)
             history.extend((t0 - start + h_t, h_v) for h_t, h_v in result.history)
             iterations += int(result.iterations)
     status = result.status if completed else Status.TIME_LIMIT

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,7 @@ def test_true_fisher_rows_factor_the_gauss_newton_matrix_and_the_gradient(seed, 
     batches = collect((X, y), None, torch.device("cpu"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_fisher, "MIN_CLASS_PROB", 0.0)
+        mp.setattr(_fisher, "PROB_FLOOR", 0.0)
         rows = fisher_rows(model, params, batches, fisher="true", weights=flat_weights(params), dtype=torch.float64)
     assert rows.n_samples == n and rows.A.shape[0] == n * classes
     np.testing.assert_allclose(rows.A.T @ rows.A, gauss_newton(model, X), rtol=1e-8, atol=1e-10)
@@ -77,8 +80,13 @@ def test_true_fisher_drops_unlikely_classes_but_keeps_every_label():
     assert rows.A.shape[0] == int(kept.sum()) < 12 * 6
     np.testing.assert_array_equal(np.diff(rows.sample_rows), kept.sum(1).numpy())
     labels = rows.residual != 0
-    assert labels.sum() == 12  # exactly one label row per sample, 1/sqrt(p_iy) on it
-    np.testing.assert_allclose(np.sort(rows.residual[labels]), np.sort(1 / np.sqrt(probs[torch.arange(12), y].numpy())), rtol=1e-5)
+    assert labels.sum() == 12  # exactly one label row per sample, 1/sqrt(p_iy) on it (p floored)
+    p_label = np.maximum(probs[torch.arange(12), y].numpy(), _fisher.PROB_FLOOR)
+    assert (probs[torch.arange(12), y] < _fisher.PROB_FLOOR).any()  # the floor is exercised
+    np.testing.assert_allclose(np.sort(rows.residual[labels]), np.sort(1 / np.sqrt(p_label)), rtol=1e-5)
+    # the floor scales the row and its residual alike: A^T r is still the summed gradient
+    G = per_sample_gradients(model, params, collect((X, y), None, torch.device("cpu"))).numpy()
+    np.testing.assert_allclose(rows.A.T @ rows.residual, G.sum(0), rtol=1e-4, atol=1e-5)
     head = rows.head(5)
     assert head.n_samples == 5 and head.A.shape[0] == rows.sample_rows[5]
 
@@ -157,10 +165,93 @@ def test_true_fisher_rejects_other_losses_and_shapes_before_any_gradient():
     ({"method": "chita", "fisher": "gauss"}, "fisher: expected one of 'empirical', 'true'"),
     ({"method": "magnitude", "fisher": "true"}, "fisher: only the gradient-based methods"),
     ({"method": "wanda", "fisher": "true"}, "fisher: only the gradient-based methods"),
+    ({"method": "chita++", "fisher": "empirical", "distill": True}, "distill: .* needs fisher='true'"),
+    ({"method": "magnitude", "distill": True}, "distill: only the gradient-based methods"),
 ])
 def test_fisher_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         cpt.Pruner(sparsity=0.5, **kwargs)
+    with pytest.raises(TypeError, match="distill: expected True, False or None"):
+        cpt.Pruner(sparsity=0.5, method="chita", distill="yes")
+
+
+def soft_cross_entropy_gradient(model: nn.Module, X: torch.Tensor, q: torch.Tensor) -> np.ndarray:
+    """Gradient over the weight matrices of sum_i CE(softmax(z_i), q_i), by autograd."""
+    model.zero_grad()
+    loss = -(q * torch.log_softmax(model(X), 1)).sum()
+    loss.backward()
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.dim() == 2]).numpy()
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 9), classes=st.integers(2, 5))
+def test_distilled_rows_have_the_teachers_gradient_and_the_same_curvature(seed, n, classes):
+    """With a teacher, A^T A is unchanged (the Fisher does not depend on the target) and A^T r is
+    the gradient of the cross-entropy against the teacher's probabilities."""
+    model, teacher = mlp(seed, (4, 3, classes)), mlp(seed + 1, (4, 3, classes))
+    X, y = data(seed, n, 4, classes)
+    params = select_parameters(model)
+    batches = collect((X, y), None, torch.device("cpu"))
+    q = torch.softmax(teacher(X), 1).detach()
+    taught = [dataclasses.replace(batches[0], teacher=q)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_fisher, "MIN_CLASS_PROB", 0.0)
+        mp.setattr(_fisher, "PROB_FLOOR", 0.0)
+        plain = fisher_rows(model, params, batches, fisher="true", weights=flat_weights(params), dtype=torch.float64)
+        rows = fisher_rows(model, params, taught, fisher="true", weights=flat_weights(params), dtype=torch.float64)
+    np.testing.assert_allclose(rows.A, plain.A, rtol=1e-12)
+    np.testing.assert_allclose(rows.A.T @ rows.residual, soft_cross_entropy_gradient(model, X, q), rtol=1e-8, atol=1e-10)
+
+
+def test_teacher_rows_keep_the_teachers_classes_and_renormalise():
+    model = mlp(0, (5, 4, 6), scale=8.0)  # confident: most classes below 1 %
+    X, y = data(1, 12, 5, 6)
+    params = select_parameters(model)
+    q = torch.softmax(mlp(7, (5, 4, 6), scale=3.0)(X), 1).detach()  # another model's beliefs
+    batch = dataclasses.replace(collect((X, y), None, torch.device("cpu"))[0], teacher=q)
+    rows = fisher_rows(model, params, [batch], fisher="true", weights=flat_weights(params))
+    probs = torch.softmax(model(X), 1).detach()
+    kept = (probs >= _fisher.MIN_CLASS_PROB) | (q >= _fisher.MIN_CLASS_PROB)  # the label itself is not a target
+    np.testing.assert_array_equal(np.diff(rows.sample_rows), kept.sum(1).numpy())
+    s = np.sqrt(np.maximum(probs[kept].numpy(), _fisher.PROB_FLOOR))
+    target = torch.where(kept, q, torch.zeros_like(q))
+    target = (target / target.sum(1, keepdim=True))[kept].numpy()
+    np.testing.assert_allclose(rows.residual * s, target, rtol=1e-5)
+    np.testing.assert_allclose(np.add.reduceat(rows.residual * s, rows.sample_rows[:-1]), np.ones(12), rtol=1e-5)
+    assert batch.slice(2, 5).teacher.shape == (3, 6) and torch.equal(batch.take(torch.tensor([4, 4])).teacher, q[[4, 4]])
+
+
+def test_curvature_defaults_follow_the_method_and_the_data():
+    """chita++ on a classifier: the true Fisher with distillation; one-shot chita and other
+    losses: the empirical Fisher; an explicit choice is kept."""
+    X, y = data(6, 80, 8, 4)
+    X = X.float()
+    report = cpt.prune(mlp(6, (8, 6, 4)).float(), (X, y), method="chita++", sparsity=0.7, stages=3, polish_stages=1, progress=False)
+    assert report.info["fisher"] == "true" and report.info["distill"] is True
+    report = cpt.prune(mlp(6, (8, 6, 4)).float(), (X, y), method="chita", sparsity=0.7, progress=False)
+    assert report.info["fisher"] == "empirical" and report.info["distill"] is False
+    mse = lambda out, t: ((out - nn.functional.one_hot(t, 4).float()) ** 2).mean()  # noqa: E731
+    report = cpt.prune(mlp(6, (8, 6, 4)).float(), (X, y), method="chita++", sparsity=0.7, stages=3, loss_fn=mse, progress=False)
+    assert report.info["fisher"] == "empirical" and report.info["distill"] is False
+    report = cpt.prune(mlp(6, (8, 6, 4)).float(), (X, y), method="chita++", sparsity=0.7, stages=3, distill=False, progress=False)
+    assert report.info["fisher"] == "true" and report.info["distill"] is False
+    report = cpt.prune(mlp(6, (8, 6, 4)).float(), (X, y), method="chita", sparsity=0.7, fisher="true", distill=True, progress=False)
+    assert report.info["fisher"] == "true" and report.info["distill"] is True
+    # FALCON's FLOP-budgeted solves keep the empirical Fisher by default (not measured with the true one)
+    report = cpt.prune(mlp(6, (8, 6, 4)).float(), (X, y), method="falcon++", sparsity=0.5, flop_budget=0.6, stages=2, progress=False)
+    assert report.info["fisher"] == "empirical" and report.info["distill"] is False
+
+
+def test_distillation_keeps_the_first_order_term_small_at_the_unpruned_model():
+    """At the unpruned weights the model is its own teacher: A^T r vanishes (up to the dropped classes)."""
+    model = mlp(8, (6, 5, 4))
+    X, y = data(8, 30, 6, 4)
+    params = select_parameters(model)
+    batch = collect((X, y), None, torch.device("cpu"))[0]
+    taught = _fisher.with_teacher(model, params, [batch], flat_weights(params), None)
+    rows = fisher_rows(model, params, taught, fisher="true", weights=flat_weights(params), dtype=torch.float64)
+    labels = fisher_rows(model, params, [batch], fisher="true", weights=flat_weights(params), dtype=torch.float64)
+    assert np.linalg.norm(rows.A.T @ rows.residual) < 1e-2 * np.linalg.norm(labels.A.T @ labels.residual)
 
 
 def test_true_fisher_in_blocks_and_with_a_flop_budget(caplog):

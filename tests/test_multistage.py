@@ -96,19 +96,26 @@ def test_chosen_points_replace_intermediate_solves_and_warm_start_the_last(monke
     assert starts == [None, None] and res.nnz <= 12 and "infeasible" in caplog.text
 
 
+def _top_k_points(inner, built: list[ChosenPoint]):
+    """A build that chooses, for every stage, the stage's k largest weights shrunk by 0.9 (recorded in ``built``)."""
+
+    def build(w, k, F):
+        x = np.zeros(len(w))
+        keep = np.argsort(-np.abs(np.asarray(w)))[:k]
+        x[keep] = np.asarray(w)[keep] * 0.9
+        built.append(ChosenPoint(inner(w, k, F), x))
+        return built[-1]
+
+    return build
+
+
 @pytest.mark.parametrize("kept", [0, 2, 5])
 def test_polishing_stages_repeat_the_final_budget_while_accepted_and_solve_the_last_kept(monkeypatch, kept):
     rng = np.random.default_rng(5)
     M = rng.standard_normal((30, 120))
     inner = _builder(M, [])
     built: list[ChosenPoint] = []
-
-    def build(w, k, F):
-        x = np.zeros(120)
-        keep = np.argsort(-np.abs(np.asarray(w)))[:k]
-        x[keep] = np.asarray(w)[keep] * 0.9
-        built.append(ChosenPoint(inner(w, k, F), x))
-        return built[-1]
+    build = _top_k_points(inner, built)
 
     starts, real = [], cp.solve
 
@@ -138,6 +145,35 @@ def test_polishing_stages_repeat_the_final_budget_while_accepted_and_solve_the_l
         multistage(build, "poly", "chita", weights=np.ones(120), k=12, n_stages=2, polish=1)
     with pytest.raises(ValueError, match="^polish: "):
         multistage(build, "poly", "chita", weights=np.ones(120), k=12, n_stages=2, polish=-1, accept=accept)
+
+
+@pytest.mark.parametrize("polish", [0, 2])
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_solve_decides_between_the_last_solve_and_its_chosen_point(monkeypatch, polish, keep):
+    """The last stage is solved once from its point; keep_solve(x, point) False returns the point."""
+    rng = np.random.default_rng(7)
+    inner = _builder(rng.standard_normal((30, 120)), [])
+    built: list[ChosenPoint] = []
+    build = _top_k_points(inner, built)
+
+    solves, real = [], cp.solve
+    monkeypatch.setattr("combprune.multistage.solve", lambda problem, solver=None, **kw: solves.append(problem) or real(problem, solver=solver, **kw))
+    asked = []
+
+    def keep_solve(x, point):
+        asked.append((x.copy(), point))
+        return keep
+
+    res = multistage(build, "poly", "chita", weights=rng.standard_normal(120), k=12, n_stages=3, polish=polish,
+                     accept=lambda point: False, keep_solve=keep_solve)
+    last = built[2]  # no polishing stage is accepted: the schedule's last stage is the one solved
+    assert len(solves) == 1 and solves[0] is last.problem and len(asked) == 1 and asked[0][1] is last
+    if keep:
+        assert np.array_equal(res.x, asked[0][0]) and res.info["stages"][-1]["solved"] is True
+    else:
+        assert np.array_equal(res.x, last.x) and res.info["stages"][-1]["solved"] is False
+        assert res.objective == pytest.approx(last.problem.objective(last.x))
+    assert res.nnz <= 12 and len(res.info["stages"]) == 3
 
 
 def test_multistage_flop_budget_and_explicit_schedule():

@@ -33,9 +33,13 @@ class Batch:
     inputs: Any  # Tensor | tuple[Tensor, ...] | dict[str, Tensor]
     targets: torch.Tensor | None
     size: int
+    #: The unpruned model's class probabilities ``(size, C)`` (float64, CPU) when the local model
+    #: distils them (``distill=True``, :mod:`._fisher`); None otherwise.
+    teacher: torch.Tensor | None = None
 
     def slice(self, start: int, stop: int) -> "Batch":
-        return Batch(_map(self.inputs, lambda t: t[start:stop]), None if self.targets is None else self.targets[start:stop], stop - start)
+        return Batch(_map(self.inputs, lambda t: t[start:stop]), None if self.targets is None else self.targets[start:stop], stop - start,
+                     None if self.teacher is None else self.teacher[start:stop])
 
     def take(self, index: torch.Tensor) -> "Batch":
         """The samples ``index`` (positions in this batch, repeats allowed), in that order.
@@ -46,7 +50,8 @@ class Batch:
         def pick(t: torch.Tensor) -> torch.Tensor:
             return t.index_select(0, index.to(t.device)) if t.ndim > 0 and t.shape[0] == self.size else t
 
-        return Batch(_map(self.inputs, pick), None if self.targets is None else pick(self.targets), int(index.numel()))
+        return Batch(_map(self.inputs, pick), None if self.targets is None else pick(self.targets), int(index.numel()),
+                     None if self.teacher is None else pick(self.teacher))
 
 
 def _map(obj: Any, fn) -> Any:

@@ -10,17 +10,23 @@ where ``A^T r`` is the sum of the per-sample loss gradients:
 * ``"true"``: for a classifier trained with the cross-entropy of ``softmax(z)``, the Fisher
   ``sum_i sum_c p_ic a_ic a_ic^T / n`` with ``a_ic = grad_w (-log p_ic)`` (the expectation over
   the model's own labels, equal to the Gauss-Newton matrix ``J^T (diag p - p p^T) J``): rows
-  ``sqrt(p_ic) a_ic`` for every class with ``p_ic >= MIN_CLASS_PROB`` and the sample's label
-  ``y_i``; ``r`` is ``1 / sqrt(p_iy)`` on the label's row and 0 elsewhere, so that
-  ``A^T r = sum_i a_iy = sum_i g_i`` exactly. It sees every class's curvature where the
-  empirical Fisher sees only the label's gradient, which is near zero on samples the model
-  already fits.
+  ``s_ic a_ic``, ``s_ic = sqrt(max(p_ic, PROB_FLOOR))``, for every class with
+  ``p_ic >= MIN_CLASS_PROB`` and every class the sample's target puts weight on. The target
+  ``t_i`` is the label ``y_i`` (one-hot), or with ``distill=True`` the unpruned model's class
+  probabilities ``q_i`` (:attr:`Batch.teacher`; its classes below ``MIN_CLASS_PROB`` dropped
+  and the rest renormalised). ``r_ic = t_ic / s_ic``, so that
+  ``A^T r = sum_i J_i^T (p_i - t_i)``: exactly the summed gradient of the cross-entropy
+  against ``t_i``. The curvature does not depend on the target; with ``t = q`` the first-order
+  term pulls the pruned model towards the unpruned one's predictions (self-distillation)
+  instead of the calibration labels. The floor only bounds ``r`` (a class the model all but
+  rules out); it adds at most ``PROB_FLOOR a a^T`` to the curvature.
 
 Rows are sample-major: sample ``i`` owns rows ``sample_rows[i]:sample_rows[i + 1]``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -33,13 +39,16 @@ from ._calibration import Batch, eval_mode, functional_forward
 from ._gradients import LossFn, batch_loss, default_loss, param_overrides, per_sample_gradients
 from ._select import PrunableParam
 
-__all__ = ["FISHER_KINDS", "MIN_CLASS_PROB", "FisherRows", "fisher_rows", "class_probabilities", "rows_per_sample"]
+__all__ = ["FISHER_KINDS", "MIN_CLASS_PROB", "PROB_FLOOR", "FisherRows", "fisher_rows", "class_probabilities", "rows_per_sample",
+           "with_teacher"]
 
 #: The curvatures the gradient methods offer.
 FISHER_KINDS: tuple[str, ...] = ("empirical", "true")
 #: ``fisher="true"`` keeps a class's row when the model gives it at least this probability (the
 #: label's row always): a dropped row would carry at most ``sqrt(MIN_CLASS_PROB)`` of a gradient.
 MIN_CLASS_PROB = 1e-2
+#: The smallest probability a row is scaled by (module docstring): it bounds the residual ``t / s``.
+PROB_FLOOR = 1e-4
 #: Relative tolerance of the check that ``loss_fn`` is the cross-entropy of ``softmax(outputs)``.
 _LOSS_RTOL = 1e-4
 
@@ -101,11 +110,31 @@ def class_probabilities(model: nn.Module, params: list[PrunableParam], batch: Ba
         return probs
 
 
-def _kept_classes(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Which (sample, class) rows ``fisher="true"`` keeps: ``p >= MIN_CLASS_PROB``, and every label."""
+def _kept_classes(probs: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Which (sample, class) rows ``fisher="true"`` keeps: ``p >= MIN_CLASS_PROB``, and every
+    class of the target (the label, or the teacher's classes with ``q >= MIN_CLASS_PROB``)."""
     keep = probs >= MIN_CLASS_PROB
-    keep[torch.arange(probs.shape[0]), labels] = True
+    if batch.teacher is None:
+        keep[torch.arange(probs.shape[0]), batch.targets.cpu()] = True
+    else:
+        keep |= batch.teacher >= MIN_CLASS_PROB
     return keep
+
+
+def _target(batch: Batch, keep: torch.Tensor) -> torch.Tensor:
+    """The target distribution ``t`` (float64, ``(size, C)``): the one-hot label, or the teacher's
+    probabilities on the kept classes, renormalised."""
+    if batch.teacher is None:
+        return nn.functional.one_hot(batch.targets.cpu(), keep.shape[1]).double()
+    t = torch.where(keep, batch.teacher, torch.zeros_like(batch.teacher))
+    return t / t.sum(1, keepdim=True)
+
+
+def with_teacher(model: nn.Module, params: list[PrunableParam], batches: list[Batch], weights: torch.Tensor,
+                 loss_fn: LossFn | None) -> list[Batch]:
+    """``batches`` with :attr:`Batch.teacher` set to the class probabilities at ``weights`` (the
+    unpruned model): the targets of ``distill=True`` (checked like ``fisher="true"``)."""
+    return [dataclasses.replace(b, teacher=class_probabilities(model, params, b, weights, loss_fn).cpu()) for b in batches]
 
 
 def rows_per_sample(model: nn.Module, params: list[PrunableParam], batches: list[Batch], fisher: str, weights: torch.Tensor,
@@ -120,7 +149,7 @@ def rows_per_sample(model: nn.Module, params: list[PrunableParam], batches: list
     kept, classes, n = 0, 1, 0
     for batch in batches:
         probs = class_probabilities(model, params, batch, weights, loss_fn).cpu()
-        kept += int(_kept_classes(probs, batch.targets.cpu()).sum())
+        kept += int(_kept_classes(probs, batch).sum())
         classes, n = probs.shape[1], n + batch.size
     return float(min(classes, 2.0 * kept / max(1, n)))
 
@@ -156,14 +185,13 @@ def fisher_rows(
     expanded, scale, residual, counts = [], [], [], []
     for batch in batches:
         probs = class_probabilities(model, params, batch, weights, loss_fn).cpu()
-        labels = batch.targets.cpu()
-        keep = _kept_classes(probs, labels)
+        keep = _kept_classes(probs, batch)
         sample, classes = keep.nonzero(as_tuple=True)  # sample-major
-        p = probs[sample, classes]
+        s = probs[sample, classes].clamp_min(PROB_FLOOR).sqrt()
         rows = batch.take(sample)  # one sample per (sample, class) row, the class as its target
         expanded.append(Batch(rows.inputs, classes.to(batch.targets.device), rows.size))
-        scale.append(p.sqrt())
-        residual.append(torch.where(classes == labels[sample], 1.0 / p.sqrt(), torch.zeros_like(p)))
+        scale.append(s)
+        residual.append(_target(batch, keep)[sample, classes] / s)
         counts.append(keep.sum(1))
     if progress is not None:
         progress.total = sum(b.size for b in expanded)

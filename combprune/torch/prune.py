@@ -50,7 +50,7 @@ from combprune.registry import free_warm_start
 from . import _autotune
 from ._calibration import Batch, check_device, check_finite_parameters, collect
 from ._flops import layer_flops, model_flops
-from ._fisher import FisherRows, fisher_rows, rows_per_sample
+from ._fisher import FisherRows, class_probabilities, fisher_rows, rows_per_sample, with_teacher
 from ._gradients import NON_FINITE_GRADIENTS, flat_weights
 from ._select import PrunableParam, select_parameters, with_unselected
 from .methods import FLOP_SELECTION_SOLVER
@@ -184,6 +184,10 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     fresh = need_grads and cfg.stages > 1 and cfg.fresh_samples
     pool_size = cfg.n_samples * cfg.stages if fresh else cfg.n_samples
     batches = collect(calibration, pool_size, dev, need_targets=need_grads and cfg.loss_fn is None)
+    if need_grads:
+        cfg = _resolve_curvature(model, params, batches, cfg)
+        if cfg.distill:
+            batches = with_teacher(model, params, batches, flat_weights(params), cfg.loss_fn)
     pool: list[list[Batch]] = []
     if fresh:
         batches, pool = _fresh_subsets(batches, cfg.n_samples)
@@ -234,7 +238,7 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     report.stages = stage_records
     multi = need_grads and cfg.stages > 1
     report.info.update(
-        n_samples=n, fisher=cfg.fisher if need_grads else None, l2=cfg.l2 if need_grads else None,
+        n_samples=n, fisher=cfg.fisher if need_grads else None, distill=cfg.distill if need_grads else None, l2=cfg.l2 if need_grads else None,
         first_order=cfg.first_order if need_grads else None,
         stages=cfg.stages if need_grads else 1, schedule=cfg.schedule if multi else None,
         base_sparsity=cfg.base_sparsity if multi else None, fresh_samples=1 + len(ctx.pool) if multi and cfg.fresh_samples else None,
@@ -250,6 +254,29 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
         report.info["same_support_as_magnitude"] = _same_as_magnitude(ctx, cfg, new_w, k, F, chosen=chosen)
     report.check_budgets()
     return report
+
+
+def _resolve_curvature(model: nn.Module, params: list[PrunableParam], batches: list[Batch], cfg: "PruneConfig") -> "PruneConfig":
+    """``fisher`` / ``distill`` left at ``None`` made concrete on the calibration data.
+
+    A multi-stage run without a FLOP budget (``chita++``) gets the true Fisher when it applies
+    (class scores, class targets, the cross-entropy loss: :func:`._fisher.class_probabilities`),
+    with distillation; anything else the empirical Fisher (``docs/torch_adapter.md``, "The
+    curvature": FALCON's FLOP-budgeted solves were not measured with the true Fisher).
+    """
+    fisher = cfg.fisher
+    if fisher is None:
+        fisher = "empirical"
+        if cfg.stages > 1 and cfg.flop_budget is None:
+            weights = flat_weights(params)
+            try:
+                for batch in batches:
+                    class_probabilities(model, params, batch, weights, cfg.loss_fn)
+                fisher = "true"
+            except ValueError as exc:
+                logger.info("prune %s: the empirical Fisher (the true Fisher does not apply here: %s)", cfg.method, exc)
+    distill = cfg.distill if cfg.distill is not None else fisher == "true" and cfg.stages > 1
+    return dataclasses.replace(cfg, fisher=fisher, distill=distill)
 
 
 def _same_as_magnitude(ctx: "_Context", cfg: "PruneConfig", new_w: np.ndarray, k: int, F: float | None, *, chosen: bool) -> bool:
@@ -623,18 +650,32 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
         violations = problem.check(res.x)
         if violations:
             raise PruningError(f"solver {solver!r} returned an infeasible point: {'; '.join(violations)}")
-        return np.asarray(res.x, dtype=np.float64), res, []
+        x = np.asarray(res.x, dtype=np.float64)
+        winner = ctx.warm if (a, b) == (0, ctx.p) else None  # the candidate l2="auto" chose
+        if winner is not None and not _keeps_solve(ctx, cfg, w_all, (a, b), ctx.batches, x, winner):
+            x = np.asarray(winner, dtype=np.float64)
+            res = dataclasses.replace(res, x=x, support=x != 0, objective=problem.objective(x), message="the chosen candidate (the solve from it raised the calibration loss)")
+        return x, res, []
     from combprune.multistage import ChosenPoint, multistage
 
     built: list[_problems.L0Regression] = []
     bar = ctx.bar(total=stages, desc=f"{solver} stages", unit="stage")
+
+    stage_samples: dict[int, list[Batch]] = {}  # id(ChosenPoint) -> the samples of its stage
 
     def build_stage(weights: Any, k_t: int, F_t: float | None) -> _problems.L0Regression | ChosenPoint:
         """The stage's local model; with the per-stage choice, with its winning candidate
         (intermediate stages move to it, the last is solved from it: :class:`ChosenPoint`)."""
         problem, chosen = build(weights, k_t, F_t, len(built))
         built.append(problem)
-        return problem if chosen is None else ChosenPoint(problem, chosen)
+        if chosen is None:
+            return problem
+        point = ChosenPoint(problem, chosen)
+        stage_samples[id(point)] = ctx.stage_data(len(built) - 1)[0]
+        return point
+
+    def keep_solve(x: np.ndarray, point: ChosenPoint) -> bool:
+        return _keeps_solve(ctx, cfg, w_all, (a, b), stage_samples[id(point)], x, np.asarray(point.x, dtype=np.float64))
 
     dense_b = math.fsum(costs.tolist())
     if not isinstance(schedule, str):  # explicit sparsities -> explicit (k_t, F_t) of this block
@@ -653,7 +694,7 @@ def _solve_block(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, a: int,
             build_stage, schedule, solver, weights=w_start, k=k, flop_budget=F,
             dense_flops=None if F is None else dense_b, n_stages=stages, base=cfg.base_sparsity,
             time_limit=cfg.time_limit, seed=cfg.seed, callback=lambda t, r: _advance(bar, t), polish=polish, accept=improves,
-            **options,
+            keep_solve=keep_solve, **options,
         )
     finally:
         bar.close()
@@ -684,6 +725,29 @@ POLISH_RTOL = 1e-3
 def kept_choices(choices: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The per-stage choices of the stages the run kept (a rejected polishing stage is only reported)."""
     return [c for c in choices if c.get("polish") != "rejected"]
+
+
+def _with_block(w_all: torch.Tensor, a: int, b: int, x: np.ndarray) -> np.ndarray:
+    """The flat weights ``w_all`` (float64 copy) with the coordinates [a, b) set to ``x``."""
+    w = w_all.detach().cpu().double().numpy().copy()
+    w[a:b] = x
+    return w
+
+
+def _keeps_solve(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block: tuple[int, int], batches: list[Batch],
+                 x: np.ndarray, winner: np.ndarray) -> bool:
+    """Whether a solve on all of ``batches``, started from ``winner`` (a candidate fitted to the
+    kept samples and measured on the held-back ones), is kept: unless its true loss on those
+    same samples is above the winner's. A local model misleads where its curvature is far too
+    small (a sample the model all but rules out its target on), and nothing else measures that
+    last solve (``docs/torch_adapter.md``, "Automatic l2")."""
+    a, b = block
+    new, old = (_autotune.held_out_loss(ctx.model, ctx.params, batches, _with_block(w_all, a, b, v), cfg.loss_fn) for v in (x, winner))
+    if new <= old:
+        return True
+    logger.warning("prune %s: the final solve on all calibration samples raised their loss (%.6g against %.6g at the chosen "
+                   "candidate); keeping the candidate", cfg.method, new, old)
+    return False
 
 
 def _local_model(rows: FisherRows, wb: np.ndarray, k: int, l2: float, first_order: bool, **extra: Any) -> _problems.L0Regression:
@@ -719,16 +783,11 @@ def _stage_choice(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block:
         res = solve(problem, cfg.solver_name, time_limit=cfg.time_limit, seed=cfg.seed, **opts)
         return np.asarray(res.x, dtype=np.float64)
 
-    def full(x: np.ndarray) -> np.ndarray:
-        w = w_all.detach().cpu().double().numpy().copy()
-        w[a:b] = x
-        return w
-
     def loss(x: np.ndarray) -> float:
-        return _autotune.held_out_loss(ctx.model, ctx.params, ctx.held, full(x), cfg.loss_fn)
+        return _autotune.held_out_loss(ctx.model, ctx.params, ctx.held, _with_block(w_all, a, b, x), cfg.loss_fn)
 
     def sample_losses(x: np.ndarray) -> np.ndarray:
-        return _autotune.held_out_losses(ctx.model, ctx.params, ctx.held, full(x), cfg.loss_fn)
+        return _autotune.held_out_losses(ctx.model, ctx.params, ctx.held, _with_block(w_all, a, b, x), cfg.loss_fn)
 
     prev = previous[-1]["best_relative"] if previous else None
     # starting weights within the budget (a polishing stage) minimise the model without the term

@@ -118,7 +118,8 @@ class PruneConfig:
     base_sparsity: float = 0.0
     structured: bool = False
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
-    fisher: str = "empirical"
+    fisher: str | None = None
+    distill: bool | None = None
     l2: float | str | None = None
     first_order: bool | str | None = None
     holdout: float = DEFAULT_HOLDOUT
@@ -258,10 +259,17 @@ class PruneConfig:
             options = {}
         if not isinstance(options, Mapping):
             raise TypeError(f"solver_options: expected a dict, got {type(options).__name__}")
-        if a["fisher"] not in FISHER_KINDS:
-            raise ValueError(f"fisher: expected one of {', '.join(map(repr, FISHER_KINDS))}, got {a['fisher']!r}")
-        if a["fisher"] != "empirical" and spec.kind != "gradient":
+        if a["fisher"] is not None and a["fisher"] not in FISHER_KINDS:
+            raise ValueError(f"fisher: expected one of {', '.join(map(repr, FISHER_KINDS))} or None (automatic), got {a['fisher']!r}")
+        if a["fisher"] not in (None, "empirical") and spec.kind != "gradient":
             raise ValueError(f"fisher: only the gradient-based methods (chita, chita++, falcon, ...) build a Fisher, not {method!r}")
+        if a["distill"] is not None and not isinstance(a["distill"], bool):
+            raise TypeError(f"distill: expected True, False or None (automatic), got {a['distill']!r}")
+        if a["distill"] and spec.kind != "gradient":
+            raise ValueError(f"distill: only the gradient-based methods (chita, chita++, falcon, ...) build a local model to distil into, not {method!r}")
+        if a["distill"] and a["fisher"] == "empirical":
+            raise ValueError("distill: the empirical Fisher's rows are the per-sample gradients, all zero against the unpruned model's "
+                             "own predictions; distill=True needs fisher='true' (or None)")
         if a["loss_fn"] is not None and not callable(a["loss_fn"]):
             raise TypeError(f"loss_fn: expected a callable loss_fn(outputs, targets), got {a['loss_fn']!r}")
         if a["solver"] is not None:
@@ -272,7 +280,7 @@ class PruneConfig:
         return cls(
             method=method, spec=spec, sparsity=sparsity, flop_budget=flop_budget, targets=a["targets"], ignore=a["ignore"],
             n_samples=_positive_int("n_samples", a["n_samples"], allow_none=True), stages=stages, schedule=schedule,
-            base_sparsity=base_sparsity, structured=a["structured"], loss_fn=a["loss_fn"], fisher=a["fisher"], l2=l2 if l2 is None or l2 == "auto" else float(l2),
+            base_sparsity=base_sparsity, structured=a["structured"], loss_fn=a["loss_fn"], fisher=a["fisher"], distill=a["distill"], l2=l2 if l2 is None or l2 == "auto" else float(l2),
             first_order=_default_first_order(a["first_order"], l2, stages), holdout=holdout, l2_grid=l2_grid, auto_stages=a["auto_stages"], fresh_samples=a["fresh_samples"],
             polish_stages=polish,
             solver=a["solver"], solver_options=MappingProxyType(dict(options)), time_limit=time_limit, seed=a["seed"], apply=a["apply"],
@@ -375,7 +383,8 @@ def prune(
     base_sparsity: float = 0.0,
     structured: bool = False,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
-    fisher: str = "empirical",
+    fisher: str | None = None,
+    distill: bool | None = None,
     l2: float | str | None = None,
     first_order: bool | str | None = None,
     holdout: float = DEFAULT_HOLDOUT,
@@ -437,10 +446,18 @@ def prune(
     structured : prune groups (neurons, channels, heads) layer by layer instead of weights.
     loss_fn : ``loss_fn(outputs, targets) -> mean loss`` for the per-sample gradients
         (default: cross-entropy; on log-softmax outputs it is the NLL loss).
-    fisher : the curvature of the local model: ``"empirical"`` (default, the papers': one row
-        per sample, its loss gradient) or ``"true"`` (classifiers trained with the cross-entropy
-        of ``softmax(outputs)``: the Fisher over the model's own class probabilities, one row per
+    fisher : the curvature of the local model: ``"empirical"`` (the papers': one row per
+        sample, its loss gradient) or ``"true"`` (classifiers trained with the cross-entropy of
+        ``softmax(outputs)``: the Fisher over the model's own class probabilities, one row per
         class the model gives at least 1 %; ``docs/torch_adapter.md``, "The curvature").
+        ``None`` (default): ``"true"`` for a multi-stage method without a FLOP budget
+        (``chita++``) when the model, targets and loss are such a classifier's, else
+        ``"empirical"``.
+    distill : with ``fisher="true"``, the local model's loss is the cross-entropy against the
+        unpruned model's class probabilities (self-distillation) instead of the labels: the
+        same curvature, a first-order term that pulls towards the unpruned model's predictions.
+        The automatic choices still score the true loss (``loss_fn`` on the labels) of the
+        held-back samples. ``None`` (default): on for a multi-stage method with the true Fisher.
     l2 : ridge of the local model (``ridge = n * l2``, ``docs/formulations/l0_regression.md``),
         or ``"auto"``: chosen among ``l2_grid`` x the empirical Fisher's mean diagonal by the
         true loss on ``holdout`` of the calibration samples held back (``docs/torch_adapter.md``,
