@@ -237,6 +237,10 @@ def test_curvature_defaults_follow_the_method_and_the_data():
     assert report.info["fisher"] == "true" and report.info["distill"] is False
     report = cpt.prune(mlp(6, (8, 6, 4)).float(), (X, y), method="chita", sparsity=0.7, fisher="true", distill=True, progress=False)
     assert report.info["fisher"] == "true" and report.info["distill"] is True
+    report = cpt.prune(mlp(6, (8, 6, 4)).float(), (X, y), method="chita", sparsity=0.7, distill=True, progress=False)
+    assert report.info["fisher"] == "true" and report.info["distill"] is True  # distillation asks for the true Fisher
+    with pytest.raises(ValueError, match="distill: distillation needs the true Fisher"):
+        cpt.prune(mlp(6, (8, 6, 4)).float(), (X, y), method="chita++", sparsity=0.7, stages=2, distill=True, loss_fn=mse, progress=False)
     # FALCON's FLOP-budgeted solves keep the empirical Fisher by default (not measured with the true one)
     report = cpt.prune(mlp(6, (8, 6, 4)).float(), (X, y), method="falcon++", sparsity=0.5, flop_budget=0.6, stages=2, progress=False)
     assert report.info["fisher"] == "empirical" and report.info["distill"] is False

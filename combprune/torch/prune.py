@@ -265,16 +265,17 @@ def _resolve_curvature(model: nn.Module, params: list[PrunableParam], batches: l
     curvature": FALCON's FLOP-budgeted solves were not measured with the true Fisher).
     """
     fisher = cfg.fisher
-    if fisher is None:
-        fisher = "empirical"
-        if cfg.stages > 1 and cfg.flop_budget is None:
-            weights = flat_weights(params)
-            try:
-                for batch in batches:
-                    class_probabilities(model, params, batch, weights, cfg.loss_fn)
-                fisher = "true"
-            except ValueError as exc:
-                logger.info("prune %s: the empirical Fisher (the true Fisher does not apply here: %s)", cfg.method, exc)
+    if fisher is None and (cfg.distill or (cfg.stages > 1 and cfg.flop_budget is None)):
+        weights = flat_weights(params)
+        try:
+            for batch in batches:
+                class_probabilities(model, params, batch, weights, cfg.loss_fn)
+            fisher = "true"
+        except ValueError as exc:
+            if cfg.distill:  # asked for: distillation needs the true Fisher
+                raise ValueError(f"distill: distillation needs the true Fisher, which does not apply here ({exc})") from None
+            logger.info("prune %s: the empirical Fisher (the true Fisher does not apply here: %s)", cfg.method, exc)
+    fisher = fisher or "empirical"
     distill = cfg.distill if cfg.distill is not None else fisher == "true" and cfg.stages > 1
     return dataclasses.replace(cfg, fisher=fisher, distill=distill)
 

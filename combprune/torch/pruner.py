@@ -458,6 +458,8 @@ def prune(
         same curvature, a first-order term that pulls towards the unpruned model's predictions.
         The automatic choices still score the true loss (``loss_fn`` on the labels) of the
         held-back samples. ``None`` (default): on for a multi-stage method with the true Fisher.
+        ``True`` with ``fisher`` left at ``None`` selects the true Fisher (a ``ValueError``
+        naming ``distill`` where it does not apply); with ``fisher="empirical"`` it is an error.
     l2 : ridge of the local model (``ridge = n * l2``, ``docs/formulations/l0_regression.md``),
         or ``"auto"``: chosen among ``l2_grid`` x the empirical Fisher's mean diagonal by the
         true loss on ``holdout`` of the calibration samples held back (``docs/torch_adapter.md``,
