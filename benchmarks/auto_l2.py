@@ -3,7 +3,8 @@
 The MLPNet checkpoint (784-40-20-10, ``../shared/data``) is pruned with ``chita`` and
 ``chita++`` at their **defaults** (no argument but method and sparsity: the automatic ridge
 choice on 20 % of the calibration digits held back; ``chita`` without the first-order term,
-``chita++`` choosing the ridge and the term at every stage, ``auto_stages="per-stage"``) and,
+``chita++`` choosing the ridge and the term at every stage, ``auto_stages="per-stage"``, and
+on this classifier the true Fisher with distillation, ``docs/torch_adapter.md``) and,
 next to it, with the previous fixed default
 (``l2 = 1e-3``, ``first_order = False``). For ``chita++`` two more columns: the choice made
 once at the final budget (``auto_stages="once"``) and, with 500 samples per stage, the same

@@ -741,7 +741,7 @@ def _keeps_solve(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block: 
     kept samples and measured on the held-back ones), is kept: unless its true loss on those
     same samples is above the winner's. A local model misleads where its curvature is far too
     small (a sample the model all but rules out its target on), and nothing else measures that
-    last solve (``docs/torch_adapter.md``, "Automatic l2")."""
+    last solve (``docs/torch_adapter.md``, "The last solve is checked")."""
     a, b = block
     new, old = (_autotune.held_out_loss(ctx.model, ctx.params, batches, _with_block(w_all, a, b, v), cfg.loss_fn) for v in (x, winner))
     if new <= old:
