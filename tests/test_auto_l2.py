@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import logging
 
 import numpy as np
@@ -14,7 +16,7 @@ from torch import nn
 
 import combprune.multistage
 import combprune.torch as cpt
-from combprune.torch._autotune import best_relative, first_order_test, search
+from combprune.torch._autotune import best_relative, one_se_rule, search
 from combprune.torch.pruner import PruneConfig
 
 
@@ -277,10 +279,10 @@ def test_best_relative_keeps_untried_terms():
 def test_first_order_test_is_the_one_standard_error_rule(a, b, scale, shift):
     n = min(len(a), len(b))
     with_term, without = np.array(a[:n]), np.array(b[:n])
-    test = first_order_test(with_term, without)
+    test = one_se_rule(with_term, without)
     d = with_term - without
     assert test["kept"] == bool(d.mean() < -d.std(ddof=1) / np.sqrt(n))
-    moved = first_order_test(scale * with_term + shift, scale * without + shift)  # units and offsets do not matter
+    moved = one_se_rule(scale * with_term + shift, scale * without + shift)  # units and offsets do not matter
     assert np.isclose(moved["mean_difference"], scale * test["mean_difference"], atol=1e-9)
     if abs(test["mean_difference"] + test["standard_error"]) > 1e-9 * (1 + abs(test["mean_difference"])):
         assert moved["kept"] == test["kept"]
@@ -336,3 +338,30 @@ def test_search_takes_a_known_minimiser_without_the_term_instead_of_its_walk(gai
     assert chosen.first_order is kept and (best is start) is not kept
     assert best_relative(record, {False: 0.1, True: 1.0})[False] == 0.1
 
+
+
+def test_a_final_solve_that_raises_the_calibration_loss_is_replaced_by_the_chosen_candidate(monkeypatch, caplog):
+    """The one-shot solve on all samples after l2="auto" is the one point no held-back loss
+    measured: when it raises the calibration loss beyond one standard error (here: a solver
+    that returns its solution scaled 30x, same support), the chosen candidate is the result."""
+    torch.manual_seed(0)
+    X, y = torch.randn(100, 6), torch.randint(0, 3, (100,))
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    engine = importlib.import_module("combprune.torch.prune")  # the module (cpt.prune is the function)
+    real = engine.solve
+    rows = []
+
+    def corrupting(problem, solver=None, **kw):
+        res = real(problem, solver, **kw)
+        rows.append(problem.A.shape[0])
+        if problem.A.shape[0] == 100:  # the final solve: every calibration sample
+            res = dataclasses.replace(res, x=res.x * 30.0)
+        return res
+
+    monkeypatch.setattr(engine, "solve", corrupting)
+    with caplog.at_level(logging.WARNING, logger="combprune.torch.prune"):
+        report = cpt.prune(model, (X, y), method="chita", sparsity=0.5, progress=False)
+    assert rows[-1] == 100 and all(r == 80 for r in rows[:-1])  # candidates on the kept 80, then the final solve
+    assert "raised their loss beyond one standard error" in caplog.text
+    loss = nn.functional.cross_entropy(model(X), y).item()
+    assert loss < 5.0 and sum(layer.kept for layer in report.layers) == report.k

@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_L2_GRID", "AUTO_STAGES", "DEFAULT_HOLDOUT", "MIN_HELD_OUT", "FALLBACK_L2", "is_auto", "fallback", "select_samples", "split_holdout", "fisher_scale",
-    "gram_scale", "check_scale", "relative_grid", "held_out_loss", "held_out_losses", "first_order_test", "search", "best_relative",
+    "gram_scale", "check_scale", "relative_grid", "held_out_loss", "held_out_losses", "one_se_rule", "search", "best_relative",
 ]
 
 #: Candidate ridges relative to the Fisher's mean diagonal.
@@ -171,15 +171,17 @@ def held_out_losses(model: torch.nn.Module, params: list, batches: list[Batch], 
     return np.array([held_out_loss(model, params, [b.slice(i, i + 1)], weights, loss_fn) for b in batches for i in range(b.size)])
 
 
-def first_order_test(with_term: np.ndarray, without: np.ndarray) -> dict[str, Any]:
-    """The one-standard-error rule for the first-order term, on paired per-sample held-back losses.
+def one_se_rule(candidate: np.ndarray, incumbent: np.ndarray) -> dict[str, Any]:
+    """The one-standard-error rule on paired per-sample losses: ``candidate`` replaces
+    ``incumbent`` only when it lowers the mean loss by more than one standard error of the
+    paired differences ``d_i = loss_i(candidate) - loss_i(incumbent)``: ``mean(d) < -std(d) / sqrt(n)``.
 
-    The term is kept only when it lowers the mean loss by more than one standard error of the
-    paired differences ``d_i = loss_i(with) - loss_i(without)``: ``mean(d) < -std(d) / sqrt(n)``.
-    Its step is fitted on the kept samples, and a gain within the noise of a few hundred
-    held-back samples cost accuracy on the validation splits (``docs/torch_adapter.md``).
+    Used for the first-order term (candidate: the best point with the term; its step is fitted
+    on the kept samples, and a gain within the noise of a few hundred held-back samples cost
+    accuracy on the validation splits, ``docs/torch_adapter.md``) and for the check of the last
+    solve (candidate: the measured winner it started from).
     """
-    d = np.asarray(with_term, dtype=np.float64) - np.asarray(without, dtype=np.float64)
+    d = np.asarray(candidate, dtype=np.float64) - np.asarray(incumbent, dtype=np.float64)
     se = float(np.std(d, ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.inf
     mean = float(np.mean(d))
     return {"mean_difference": mean, "standard_error": se, "kept": bool(mean < -se)}
@@ -273,7 +275,7 @@ def search(
     support magnitude pruning keeps (for the report; None to skip the comparison). When both
     walks ran and the best candidate keeps the first-order term, ``sample_losses(w)`` (the
     held-back per-sample losses) decide whether it beats the best one without the term by more
-    than one standard error (:func:`first_order_test`); else the one without wins.
+    than one standard error (:func:`one_se_rule`); else the one without wins.
     ``minimiser_without`` is the local model's minimiser without the first-order term for every
     ridge, when it is known: the stage's own starting weights when they already meet the budget
     (a polishing stage), where the model's objective is 0 and cannot be lower. That walk is then
@@ -320,7 +322,7 @@ def search(
     test = None
     if best["first_order"] and without and sample_losses is not None:
         plain = min(without, key=lambda c: c["held_out_loss"])
-        test = first_order_test(sample_losses(best["weights"]), sample_losses(plain["weights"]))
+        test = one_se_rule(sample_losses(best["weights"]), sample_losses(plain["weights"]))
         logger.info("auto: first-order term %s (held-back loss difference %.3g, standard error %.3g)",
                     "kept" if test["kept"] else "dropped", test["mean_difference"], test["standard_error"])
         best = best if test["kept"] else plain

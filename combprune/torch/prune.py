@@ -738,16 +738,22 @@ def _with_block(w_all: torch.Tensor, a: int, b: int, x: np.ndarray) -> np.ndarra
 def _keeps_solve(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block: tuple[int, int], batches: list[Batch],
                  x: np.ndarray, winner: np.ndarray) -> bool:
     """Whether a solve on all of ``batches``, started from ``winner`` (a candidate fitted to the
-    kept samples and measured on the held-back ones), is kept: unless its true loss on those
-    same samples is above the winner's. A local model misleads where its curvature is far too
-    small (a sample the model all but rules out its target on), and nothing else measures that
-    last solve (``docs/torch_adapter.md``, "The last solve is checked")."""
+    kept samples and measured on the held-back ones), is kept: unless the winner's true loss on
+    those same samples is lower by more than one standard error of the paired per-sample
+    differences (:func:`._autotune.one_se_rule`). A local model misleads where its curvature is
+    far too small (a sample the model all but rules out its target on), and nothing else
+    measures that last solve (``docs/torch_adapter.md``, "The last solve is checked")."""
     a, b = block
-    new, old = (_autotune.held_out_loss(ctx.model, ctx.params, batches, _with_block(w_all, a, b, v), cfg.loss_fn) for v in (x, winner))
+    solved, started = _with_block(w_all, a, b, x), _with_block(w_all, a, b, winner)
+    new, old = (_autotune.held_out_loss(ctx.model, ctx.params, batches, w, cfg.loss_fn) for w in (solved, started))
     if new <= old:
         return True
-    logger.warning("prune %s: the final solve on all calibration samples raised their loss (%.6g against %.6g at the chosen "
-                   "candidate); keeping the candidate", cfg.method, new, old)
+    test = _autotune.one_se_rule(*(_autotune.held_out_losses(ctx.model, ctx.params, batches, w, cfg.loss_fn) for w in (started, solved)))
+    if not test["kept"]:
+        return True
+    logger.warning("prune %s: the final solve on all calibration samples raised their loss beyond one standard error (%.6g "
+                   "against %.6g at the chosen candidate, standard error %.3g); keeping the candidate",
+                   cfg.method, new, old, test["standard_error"])
     return False
 
 
