@@ -359,7 +359,7 @@ def test_a_final_solve_that_raises_the_calibration_loss_is_replaced_by_the_chose
         return res
 
     monkeypatch.setattr(engine, "solve", corrupting)
-    with caplog.at_level(logging.WARNING, logger="combprune.torch.prune"):
+    with caplog.at_level(logging.INFO, logger="combprune.torch.prune"):
         report = cpt.prune(model, (X, y), method="chita", sparsity=0.5, progress=False)
     assert rows[-1] == 100 and all(r == 80 for r in rows[:-1])  # candidates on the kept 80, then the final solve
     assert "raised their loss beyond one standard error" in caplog.text

@@ -751,7 +751,7 @@ def _keeps_solve(ctx: _Context, cfg: "PruneConfig", w_all: torch.Tensor, block: 
     test = _autotune.one_se_rule(*(_autotune.held_out_losses(ctx.model, ctx.params, batches, w, cfg.loss_fn) for w in (started, solved)))
     if not test["kept"]:
         return True
-    logger.warning("prune %s: the final solve on all calibration samples raised their loss beyond one standard error (%.6g "
+    logger.info("prune %s: the final solve on all calibration samples raised their loss beyond one standard error (%.6g "
                    "against %.6g at the chosen candidate, standard error %.3g); keeping the candidate",
                    cfg.method, new, old, test["standard_error"])
     return False
