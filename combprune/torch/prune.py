@@ -50,7 +50,7 @@ from combprune.registry import free_warm_start
 from . import _autotune
 from ._calibration import Batch, check_device, check_finite_parameters, collect
 from ._flops import layer_flops, model_flops
-from ._fisher import FisherRows, class_probabilities, fisher_rows, rows_per_sample, with_teacher
+from ._fisher import FisherRows, fisher_rows, rows_per_sample, with_teacher
 from ._gradients import NON_FINITE_GRADIENTS, flat_weights
 from ._select import PrunableParam, select_parameters, with_unselected
 from .methods import FLOP_SELECTION_SOLVER
@@ -185,9 +185,7 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     pool_size = cfg.n_samples * cfg.stages if fresh else cfg.n_samples
     batches = collect(calibration, pool_size, dev, need_targets=need_grads and cfg.loss_fn is None)
     if need_grads:
-        cfg = _resolve_curvature(model, params, batches, cfg)
-        if cfg.distill:
-            batches = with_teacher(model, params, batches, flat_weights(params), cfg.loss_fn)
+        cfg, batches = _resolve_curvature(model, params, batches, cfg)
     pool: list[list[Batch]] = []
     if fresh:
         batches, pool = _fresh_subsets(batches, cfg.n_samples)
@@ -256,20 +254,21 @@ def _prune_unstructured(model: nn.Module, calibration: Any, cfg: "PruneConfig", 
     return report
 
 
-def _resolve_curvature(model: nn.Module, params: list[PrunableParam], batches: list[Batch], cfg: "PruneConfig") -> "PruneConfig":
-    """``fisher`` / ``distill`` left at ``None`` made concrete on the calibration data.
+def _resolve_curvature(model: nn.Module, params: list[PrunableParam], batches: list[Batch],
+                       cfg: "PruneConfig") -> tuple["PruneConfig", list[Batch]]:
+    """``fisher`` / ``distill`` left at ``None`` made concrete on the calibration data, and the
+    batches the local models use (with the unpruned model's probabilities when distilling).
 
     A multi-stage run without a FLOP budget (``chita++``) gets the true Fisher when it applies
     (class scores, class targets, the cross-entropy loss: :func:`._fisher.class_probabilities`),
     with distillation; anything else the empirical Fisher (``docs/torch_adapter.md``, "The
     curvature": FALCON's FLOP-budgeted solves were not measured with the true Fisher).
     """
-    fisher = cfg.fisher
+    weights = flat_weights(params)
+    fisher, taught = cfg.fisher, None
     if fisher is None and (cfg.distill or (cfg.stages > 1 and cfg.flop_budget is None)):
-        weights = flat_weights(params)
         try:
-            for batch in batches:
-                class_probabilities(model, params, batch, weights, cfg.loss_fn)
+            taught = with_teacher(model, params, batches, weights, cfg.loss_fn)  # checks that the true Fisher applies
             fisher = "true"
         except ValueError as exc:
             if cfg.distill:  # asked for: distillation needs the true Fisher
@@ -277,7 +276,9 @@ def _resolve_curvature(model: nn.Module, params: list[PrunableParam], batches: l
             logger.info("prune %s: the empirical Fisher (the true Fisher does not apply here: %s)", cfg.method, exc)
     fisher = fisher or "empirical"
     distill = cfg.distill if cfg.distill is not None else fisher == "true" and cfg.stages > 1
-    return dataclasses.replace(cfg, fisher=fisher, distill=distill)
+    if distill and taught is None:
+        taught = with_teacher(model, params, batches, weights, cfg.loss_fn)
+    return dataclasses.replace(cfg, fisher=fisher, distill=distill), taught if distill else batches
 
 
 def _same_as_magnitude(ctx: "_Context", cfg: "PruneConfig", new_w: np.ndarray, k: int, F: float | None, *, chosen: bool) -> bool:
